@@ -1,0 +1,551 @@
+"""The conversation state machine: pure, synchronous, clock-free.
+
+    IDLE --wake--> CONNECTING --session ready--> LISTENING --end of turn--> RESPONDING
+      ^                |  failure                 ^   | follow-up silence       | response done
+      |                v                          |   v                         | + playback drained
+      +------- (chime) <--------------------------+---+<------------------------+
+
+`ConversationMachine.step(input, now)` takes one input (see `inputs.py`) and the current
+monotonic time and returns the actions to carry out, in order. It owns every piece of
+conversation state: what is buffered, what was sent, which response is active, how much reply
+audio the speaker was given. Adapters hold none of it, so every transition, including stale and
+out-of-order events, is a plain unit test.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from talkbox.core.inputs import (
+    Action,
+    CancelTimer,
+    ChimeKind,
+    CloseConnection,
+    ConnectionFailed,
+    ConversationEnded,
+    FlushPlayback,
+    Input,
+    MicSpeechAudio,
+    MicSpeechEnded,
+    MicSpeechStarted,
+    MuteChanged,
+    OpenConnection,
+    PlayAudio,
+    PlaybackDrained,
+    PlayChime,
+    Send,
+    ServerEventReceived,
+    SessionReady,
+    StartTimer,
+    State,
+    StateChanged,
+    StopRequested,
+    TimerFired,
+    Transcript,
+    TurnFinished,
+    WakeWord,
+)
+from talkbox.errors import SessionExpired
+from talkbox.realtime.events import (
+    AppendAudio,
+    AudioCommitted,
+    AudioDelta,
+    CancelResponse,
+    ClearAudio,
+    ClientEvent,
+    CommitAudio,
+    CreateResponse,
+    InputTranscript,
+    ResponseCreated,
+    ResponseDone,
+    ServerError,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptDone,
+    TruncateItem,
+)
+
+log = logging.getLogger(__name__)
+
+BYTES_PER_SAMPLE = 2
+# The service refuses commits of less than 100 ms of audio.
+MIN_COMMIT_MS = 100
+# Error codes that only mean "we raced the server"; the conversation goes on (protocol notes §8).
+HARMLESS_ERROR_CODES = frozenset(
+    {
+        "response_cancel_not_active",
+        "conversation_already_has_active_response",
+        "input_audio_buffer_commit_empty",
+    }
+)
+
+TIMER_FOLLOW_UP = "follow_up"
+TIMER_MAX_CONVERSATION = "max_conversation"
+TIMER_RESPONSE = "response"
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    detection: Literal["local", "server_vad", "semantic_vad"] = "local"
+    barge_in: Literal["wake", "speech", "off"] = "wake"
+    follow_up_seconds: float = 8.0
+    max_conversation_seconds: float = 300.0
+    silence_duration_ms: int = 500
+    # How long the service may take from end of turn to response.done before we give up.
+    response_timeout_seconds: float = 30.0
+    # Speech after the wake word shorter than this (beyond the gate's silence hangover) is the
+    # wake phrase's own tail, not a command: it is dropped, not sent as a turn.
+    min_command_ms: int = 250
+    sample_rate: int = 24000
+    # Length of each chime in reply-rate samples: chimes share the speaker with the reply, and
+    # the played-sample count must be mapped back to reply audio exactly.
+    chime_samples: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _ReplyItem:
+    item_id: str
+    content_index: int
+    start_offset: int  # position of its first sample in what the speaker was given
+    received_samples: int = 0
+
+
+class ConversationMachine:
+    def __init__(self, config: MachineConfig) -> None:
+        self.config = config
+        self.state = State.IDLE
+        self.muted = False
+        self.conversation = 0
+        self._timer_tokens: dict[str, int] = {}
+        self._next_token = 0
+        self._reset_conversation()
+        self.in_segment = False  # the mic gate is inside a speech segment
+
+    # --- conversation-scoped state ------------------------------------------------------------
+
+    def _reset_conversation(self) -> None:
+        self.session_ready = False
+        self.pending_upload: list[bytes] = []  # kept while connecting (speak-through)
+        self.ending = False  # close at the next quiet moment (max duration reached)
+        self._reset_turn()
+        self._reset_response()
+        self._reset_playback()
+
+    def _reset_turn(self) -> None:
+        self.turn_open = False  # audio of the current user turn is being taken
+        self.turn_samples = 0
+        self.holding_wake_segment = False  # not yet sure the wake segment holds a command
+        self.held_audio: list[bytes] = []
+        self.wake_segment_samples = 0
+        self.speech_ended_at: float | None = None
+
+    def _reset_response(self) -> None:
+        self.awaiting_response = False  # a turn was ended; a response is expected
+        self.active_response_id: str | None = None
+        self.response_done = True
+        self.silenced_responses: set[str] = set()
+        self.first_audio_at: float | None = None
+
+    def _reset_playback(self) -> None:
+        self.enqueued_samples = (
+            0  # reply and chime samples given to the speaker since the last flush
+        )
+        self.playing = False  # reply audio (not just a chime) is queued and not yet played
+        self.reply_items: list[_ReplyItem] = []
+
+    @property
+    def server_detects_turns(self) -> bool:
+        return self.config.detection != "local"
+
+    # --- entry point --------------------------------------------------------------------------
+
+    def step(self, event: Input, now: float) -> list[Action]:
+        out: list[Action] = []
+        if isinstance(event, WakeWord):
+            self._on_wake(event, now, out)
+        elif isinstance(event, MicSpeechStarted):
+            self._on_speech_started(event, out)
+        elif isinstance(event, MicSpeechAudio):
+            self._on_speech_audio(event.pcm, out)
+        elif isinstance(event, MicSpeechEnded):
+            self._on_speech_ended(now, out)
+        elif isinstance(event, SessionReady):
+            self._on_session_ready(event, out)
+        elif isinstance(event, ConnectionFailed):
+            if event.conversation == self.conversation and self.state is not State.IDLE:
+                if isinstance(event.error, SessionExpired):
+                    self._end(out, reason="the service's session time limit was reached")
+                else:
+                    self._end(out, error=str(event.error))
+        elif isinstance(event, ServerEventReceived):
+            if event.conversation == self.conversation and self.state is not State.IDLE:
+                self._on_server_event(event, now, out)
+        elif isinstance(event, PlaybackDrained):
+            self._on_drained(event.played_samples, out)
+        elif isinstance(event, TimerFired):
+            self._on_timer(event, out)
+        elif isinstance(event, StopRequested):
+            if self.state is not State.IDLE:
+                self._end(out, reason=event.reason, interrupt=True)
+        elif isinstance(event, MuteChanged):
+            self.muted = event.muted
+            if event.muted and self.state is not State.IDLE:
+                self._end(out, reason="muted", interrupt=True)
+        return out
+
+    # --- microphone ---------------------------------------------------------------------------
+
+    def _on_wake(self, event: WakeWord, now: float, out: list[Action]) -> None:
+        if self.muted:
+            return
+        if self.state is State.IDLE:
+            self.conversation += 1
+            self._reset_conversation()
+            self._set_state(State.CONNECTING, f"wake word {event.model}".strip(), out)
+            out.append(OpenConnection(self.conversation))
+            self._chime("wake", out)
+            self._start_timer(TIMER_MAX_CONVERSATION, self.config.max_conversation_seconds, out)
+            self._begin_wake_turn(event, out)
+        elif self.config.barge_in == "wake" and self._assistant_is_talking():
+            self._barge_in(event.played_samples, out)
+            self._begin_wake_turn(event, out)
+        elif self.state is State.LISTENING and not self.turn_open:
+            # Wake word said again as a follow-up: just treat it as the start of a turn.
+            self._begin_wake_turn(event, out)
+
+    def _begin_wake_turn(self, event: WakeWord, out: list[Action]) -> None:
+        self._reset_turn()
+        self._cancel_timer(TIMER_FOLLOW_UP, out)
+        if self.in_segment:
+            # The command may follow the wake phrase in one breath: keep what was just said and
+            # the rest of this segment, but only send it once it is long enough to be a command.
+            self.turn_open = True
+            self.holding_wake_segment = True
+            if event.recent_audio:
+                self.held_audio.append(event.recent_audio)
+        if self.state is State.LISTENING and not self.turn_open:
+            self._start_timer(TIMER_FOLLOW_UP, self.config.follow_up_seconds, out)
+
+    def _on_speech_started(self, event: MicSpeechStarted, out: list[Action]) -> None:
+        self.in_segment = True
+        if self.muted or self.state is State.IDLE:
+            return
+        if self.state is State.RESPONDING or self.playing:
+            if not (self.config.barge_in == "speech" and self._assistant_is_talking()):
+                return
+            if not self.server_detects_turns:
+                self._barge_in(event.played_samples, out)
+            # With server VAD the service hears the speech and cancels its response itself
+            # (interrupt_response); we stop the speaker when it says speech_started.
+        if self.turn_open:
+            return
+        self._reset_turn()
+        self.turn_open = True
+        self._cancel_timer(TIMER_FOLLOW_UP, out)
+        self._take_turn_audio(event.preroll, out)
+
+    def _on_speech_audio(self, pcm: bytes, out: list[Action]) -> None:
+        if self.muted or not self.turn_open:
+            return
+        self._take_turn_audio(pcm, out)
+
+    def _take_turn_audio(self, pcm: bytes, out: list[Action]) -> None:
+        if self.holding_wake_segment:
+            self.held_audio.append(pcm)
+            self.wake_segment_samples += len(pcm) // BYTES_PER_SAMPLE
+            if self.wake_segment_samples >= self._command_threshold_samples():
+                # Long enough to hold more than the wake phrase's tail: it is the command.
+                self.holding_wake_segment = False
+                held, self.held_audio = self.held_audio, []
+                for chunk in held:
+                    self._upload(chunk, out)
+            return
+        self._upload(pcm, out)
+
+    def _command_threshold_samples(self) -> int:
+        ms = self.config.silence_duration_ms + self.config.min_command_ms
+        return ms * self.config.sample_rate // 1000
+
+    def _upload(self, pcm: bytes, out: list[Action]) -> None:
+        if not pcm:
+            return
+        self.turn_samples += len(pcm) // BYTES_PER_SAMPLE
+        if self.session_ready:
+            self._send(AppendAudio(pcm), out)
+        else:
+            self.pending_upload.append(pcm)
+
+    def _on_speech_ended(self, now: float, out: list[Action]) -> None:
+        self.in_segment = False
+        if not self.turn_open:
+            return
+        if self.holding_wake_segment:
+            # Only the wake phrase: nothing to send. Wait for the command.
+            self._reset_turn()
+            if self.state is State.LISTENING:
+                self._start_timer(TIMER_FOLLOW_UP, self.config.follow_up_seconds, out)
+            return
+        self.turn_open = False
+        self.speech_ended_at = now
+        if self.server_detects_turns:
+            # The service ends the turn when it hears silence_duration_ms of silence: give it
+            # that silence (plus a margin) instead of streaming the quiet room.
+            silence_ms = self.config.silence_duration_ms + 200
+            self._upload(
+                bytes(silence_ms * self.config.sample_rate // 1000 * BYTES_PER_SAMPLE), out
+            )
+            if self.state is State.LISTENING:
+                self._start_timer(TIMER_FOLLOW_UP, self.config.follow_up_seconds, out)
+            return
+        if self.turn_samples * 1000 < MIN_COMMIT_MS * self.config.sample_rate:
+            # Too short for the service to accept as a turn: drop it wherever it is.
+            if self.session_ready:
+                self._send(ClearAudio(), out)
+            self.pending_upload.clear()
+            self._reset_turn()
+            return
+        if self.session_ready:
+            self._end_turn(out)
+        # else: the turn is complete in the speak-through buffer; it is sent on session ready.
+
+    def _end_turn(self, out: list[Action]) -> None:
+        """Local detection: the device decided the user has finished speaking."""
+        self._send(CommitAudio(), out)
+        self._send(CreateResponse(), out)
+        self._expect_response(out)
+
+    def _expect_response(self, out: list[Action]) -> None:
+        self.awaiting_response = True
+        self.response_done = False
+        self._cancel_timer(TIMER_FOLLOW_UP, out)
+        self._start_timer(TIMER_RESPONSE, self.config.response_timeout_seconds, out)
+        if self.state is not State.RESPONDING:
+            self._set_state(State.RESPONDING, "end of turn", out)
+
+    # --- connection ---------------------------------------------------------------------------
+
+    def _on_session_ready(self, event: SessionReady, out: list[Action]) -> None:
+        if event.conversation != self.conversation or self.state is not State.CONNECTING:
+            # A session that finished setting up after its conversation ended: let it go.
+            out.append(CloseConnection(event.conversation))
+            return
+        self.session_ready = True
+        self._set_state(State.LISTENING, "session ready", out)
+        pending, self.pending_upload = self.pending_upload, []
+        for chunk in pending:
+            self._send(AppendAudio(chunk), out)
+        turn_complete = not self.turn_open and self.turn_samples > 0
+        if turn_complete and not self.server_detects_turns:
+            self._end_turn(out)
+        elif not self.turn_open and self.turn_samples == 0:
+            self._start_timer(TIMER_FOLLOW_UP, self.config.follow_up_seconds, out)
+
+    def _on_server_event(
+        self, received: ServerEventReceived, now: float, out: list[Action]
+    ) -> None:
+        event = received.event
+        if isinstance(event, AudioDelta):
+            self._on_audio_delta(event, now, out)
+        elif isinstance(event, ResponseCreated):
+            if self.active_response_id is None:
+                self.active_response_id = event.response_id
+                self.response_done = False
+                self.awaiting_response = False
+                if self.state is State.LISTENING:
+                    # Server VAD started a response on its own.
+                    self._cancel_timer(TIMER_FOLLOW_UP, out)
+                    self._start_timer(TIMER_RESPONSE, self.config.response_timeout_seconds, out)
+                    self._set_state(State.RESPONDING, "server started a response", out)
+        elif isinstance(event, ResponseDone):
+            self._on_response_done(event, now, out)
+        elif isinstance(event, SpeechStarted):
+            if self.server_detects_turns:
+                self._cancel_timer(TIMER_FOLLOW_UP, out)
+                if self.config.barge_in == "speech" and self._assistant_is_talking():
+                    self._barge_in(received.played_samples, out, server_cancels=True)
+        elif isinstance(event, (SpeechStopped, AudioCommitted)):
+            if self.server_detects_turns and self.state is State.LISTENING:
+                self._expect_response(out)
+        elif isinstance(event, TranscriptDone):
+            if event.response_id not in self.silenced_responses:
+                out.append(Transcript("assistant", event.transcript))
+        elif isinstance(event, InputTranscript):
+            out.append(Transcript("user", event.transcript))
+        elif isinstance(event, ServerError):
+            self._on_server_error(event, out)
+
+    def _on_audio_delta(self, event: AudioDelta, now: float, out: list[Action]) -> None:
+        if (
+            event.response_id in self.silenced_responses
+            or event.response_id != self.active_response_id
+        ):
+            return  # late audio of an interrupted or unknown response: never play it
+        samples = len(event.pcm) // BYTES_PER_SAMPLE
+        if samples == 0:
+            return
+        item = self.reply_items[-1] if self.reply_items else None
+        if (
+            item is None
+            or item.item_id != event.item_id
+            or item.content_index != event.content_index
+        ):
+            item = _ReplyItem(event.item_id, event.content_index, self.enqueued_samples)
+            self.reply_items.append(item)
+        item.received_samples += samples
+        if self.first_audio_at is None:
+            self.first_audio_at = now
+        self.enqueued_samples += samples
+        self.playing = True
+        out.append(PlayAudio(event.pcm))
+
+    def _on_response_done(self, event: ResponseDone, now: float, out: list[Action]) -> None:
+        if event.response_id != self.active_response_id:
+            return  # a response we already stopped caring about (barge-in) or never saw
+        self.active_response_id = None
+        self.response_done = True
+        self._cancel_timer(TIMER_RESPONSE, out)
+        latency = None
+        if self.first_audio_at is not None and self.speech_ended_at is not None:
+            latency = (self.first_audio_at - self.speech_ended_at) * 1000.0
+        out.append(TurnFinished(self.conversation, latency, event.usage, event.status))
+        self.first_audio_at = None
+        if event.status == "failed":
+            code = event.error_code or "server_error"
+            self._end(out, error=f"the service could not answer (response failed: {code})")
+            return
+        if not self.playing:
+            self._to_listening("answer finished", out)
+
+    def _on_server_error(self, event: ServerError, out: list[Action]) -> None:
+        if event.code in HARMLESS_ERROR_CODES or _is_truncate_complaint(event):
+            log.info("service: %s (%s), carrying on", event.code or event.error_type, event.message)
+            return
+        if event.code == "session_expired":
+            self._end(out, reason="the service's session time limit was reached")
+            return
+        self._end(out, error=f"service error {event.code or event.error_type}: {event.message}")
+
+    # --- speaker ------------------------------------------------------------------------------
+
+    def _on_drained(self, played_samples: int, out: list[Action]) -> None:
+        if played_samples < self.enqueued_samples:
+            return  # a drain reported before the latest audio was queued
+        self.playing = False
+        if self.state is State.RESPONDING and self.response_done and not self.awaiting_response:
+            self._to_listening("answer played", out)
+
+    def _assistant_is_talking(self) -> bool:
+        return self.state is State.RESPONDING or self.playing
+
+    def _barge_in(
+        self, played_samples: int, out: list[Action], server_cancels: bool = False
+    ) -> None:
+        """The user interrupts: silence the speaker, stop the response, forget unheard words."""
+        out.append(FlushPlayback())
+        response_id = self.active_response_id
+        if response_id is not None:
+            self.silenced_responses.add(response_id)
+            if not server_cancels:
+                self._send(CancelResponse(response_id), out)
+        truncate = self._truncation(played_samples)
+        if truncate is not None:
+            self._send(truncate, out)
+        self.active_response_id = None
+        self.response_done = True
+        self.awaiting_response = False
+        self._cancel_timer(TIMER_RESPONSE, out)
+        self._reset_playback()
+        if self.state is State.RESPONDING:
+            self._set_state(State.LISTENING, "interrupted", out)
+
+    def _truncation(self, played_samples: int) -> TruncateItem | None:
+        for item in reversed(self.reply_items):
+            if played_samples < item.start_offset:
+                continue
+            played_in_item = played_samples - item.start_offset
+            if played_in_item >= item.received_samples:
+                return None  # fully heard: nothing to forget
+            audio_end_ms = played_in_item * 1000 // self.config.sample_rate
+            received_ms = item.received_samples * 1000 // self.config.sample_rate
+            return TruncateItem(item.item_id, item.content_index, min(audio_end_ms, received_ms))
+        # Nothing of the reply was heard yet: forget all of its first item.
+        if self.reply_items:
+            first = self.reply_items[0]
+            return TruncateItem(first.item_id, first.content_index, 0)
+        return None
+
+    # --- timers and endings -------------------------------------------------------------------
+
+    def _on_timer(self, event: TimerFired, out: list[Action]) -> None:
+        if self._timer_tokens.get(event.name) != event.token:
+            return  # cancelled or restarted since
+        del self._timer_tokens[event.name]
+        if self.state is State.IDLE:
+            return
+        if event.name == TIMER_FOLLOW_UP:
+            if self.state is State.LISTENING and not self.turn_open:
+                self._end(out, reason="no follow-up")
+        elif event.name == TIMER_MAX_CONVERSATION:
+            if self.state is State.RESPONDING or self.turn_open:
+                self.ending = True  # let the current turn finish, then close
+            else:
+                self._end(out, reason="maximum conversation length reached")
+        elif event.name == TIMER_RESPONSE:
+            seconds = self.config.response_timeout_seconds
+            self._end(out, error=f"the service did not answer within {seconds:g} s")
+
+    def _to_listening(self, reason: str, out: list[Action]) -> None:
+        if self.ending:
+            self._end(out, reason="maximum conversation length reached")
+            return
+        self._set_state(State.LISTENING, reason, out)
+        if not self.turn_open:
+            self._start_timer(TIMER_FOLLOW_UP, self.config.follow_up_seconds, out)
+
+    def _end(
+        self, out: list[Action], *, reason: str = "", error: str = "", interrupt: bool = False
+    ) -> None:
+        if error or interrupt:
+            out.append(FlushPlayback())
+        for name in list(self._timer_tokens):
+            self._cancel_timer(name, out)
+        out.append(CloseConnection(self.conversation))
+        self._chime("error" if error else "done", out)
+        self._set_state(State.IDLE, error or reason, out)
+        out.append(ConversationEnded(self.conversation, error=error))
+        self._reset_conversation()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _set_state(self, state: State, reason: str, out: list[Action]) -> None:
+        if state is not self.state:
+            self.state = state
+            out.append(StateChanged(state, reason))
+
+    def _send(self, event: ClientEvent, out: list[Action]) -> None:
+        out.append(Send(self.conversation, event))
+
+    def _chime(self, kind: ChimeKind, out: list[Action]) -> None:
+        # A kind configured with 0 samples is switched off ([audio] chimes = false).
+        samples = self.config.chime_samples.get(kind, 0)
+        if samples or kind not in self.config.chime_samples:
+            out.append(PlayChime(kind))
+            self.enqueued_samples += samples
+
+    def _start_timer(self, name: str, seconds: float, out: list[Action]) -> None:
+        self._next_token += 1
+        self._timer_tokens[name] = self._next_token
+        out.append(StartTimer(name, seconds, self._next_token))
+
+    def _cancel_timer(self, name: str, out: list[Action]) -> None:
+        if self._timer_tokens.pop(name, None) is not None:
+            out.append(CancelTimer(name))
+
+
+def _is_truncate_complaint(event: ServerError) -> bool:
+    # "Audio content of X ms is already shorter than Y ms": the server clamps and carries on.
+    return (event.param or "").endswith("audio_end_ms") or event.message.startswith(
+        "Audio content of"
+    )

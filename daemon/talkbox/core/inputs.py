@@ -1,0 +1,204 @@
+"""What the conversation state machine is told (inputs) and what it asks for (actions).
+
+Adapters (front end, connection, playback, timers, control socket) turn what happens into
+inputs; the app carries out the actions. Both are plain frozen dataclasses, so a test can
+drive the machine with a list of inputs and compare the actions it gets back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+from talkbox.errors import RealtimeError
+from talkbox.realtime.events import ClientEvent, ServerEvent, Usage
+
+ChimeKind = Literal["wake", "done", "error"]
+
+
+class State(Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    LISTENING = "listening"
+    RESPONDING = "responding"
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WakeWord:
+    """The wake word was heard (or `talkbox ctl wake`).
+
+    recent_audio: the last moments of 24 kHz mic audio before detection (the end of the wake
+    phrase and whatever followed it), so a command said in one breath is not cut.
+    played_samples: reply samples the speaker has played since the last flush (for barge-in).
+    """
+
+    model: str = ""
+    recent_audio: bytes = b""
+    played_samples: int = 0
+
+
+@dataclass(frozen=True)
+class MicSpeechStarted:
+    preroll: bytes  # 24 kHz PCM16: padding before speech plus the first voiced frames
+    played_samples: int = 0
+
+
+@dataclass(frozen=True)
+class MicSpeechAudio:
+    pcm: bytes
+
+
+@dataclass(frozen=True)
+class MicSpeechEnded:
+    reason: str = "silence"
+
+
+@dataclass(frozen=True)
+class SessionReady:
+    conversation: int
+
+
+@dataclass(frozen=True)
+class ConnectionFailed:
+    conversation: int
+    error: RealtimeError
+
+
+@dataclass(frozen=True)
+class ServerEventReceived:
+    conversation: int
+    event: ServerEvent
+    played_samples: int = 0  # as in WakeWord: for barge-in on the server's speech_started
+
+
+@dataclass(frozen=True)
+class PlaybackDrained:
+    played_samples: int  # reply samples played since the last flush, as counted by the device
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    name: str
+    token: int
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    """`talkbox ctl stop`, mute, shutdown or reload: end any conversation now, politely."""
+
+    reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class MuteChanged:
+    muted: bool
+
+
+Input = (
+    WakeWord
+    | MicSpeechStarted
+    | MicSpeechAudio
+    | MicSpeechEnded
+    | SessionReady
+    | ConnectionFailed
+    | ServerEventReceived
+    | PlaybackDrained
+    | TimerFired
+    | StopRequested
+    | MuteChanged
+)
+
+
+# --- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenConnection:
+    conversation: int
+
+
+@dataclass(frozen=True)
+class CloseConnection:
+    conversation: int
+
+
+@dataclass(frozen=True)
+class Send:
+    conversation: int
+    event: ClientEvent
+
+
+@dataclass(frozen=True)
+class PlayAudio:
+    pcm: bytes
+
+
+@dataclass(frozen=True)
+class FlushPlayback:
+    """Silence the speaker now and restart its played-sample count at zero."""
+
+
+@dataclass(frozen=True)
+class PlayChime:
+    kind: ChimeKind
+
+
+@dataclass(frozen=True)
+class StartTimer:
+    name: str
+    seconds: float
+    token: int
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    name: str
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    state: State
+    reason: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    role: Literal["user", "assistant"]
+    text: str
+
+
+@dataclass(frozen=True)
+class ConversationEnded:
+    conversation: int
+    error: str = ""  # "" when it ended well
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class TurnFinished:
+    """One answered turn, for the log: timings in ms and the token usage billed."""
+
+    conversation: int
+    end_of_speech_to_first_audio_ms: float | None
+    usage: Usage | None
+    status: str
+
+
+Action = (
+    OpenConnection
+    | CloseConnection
+    | Send
+    | PlayAudio
+    | FlushPlayback
+    | PlayChime
+    | StartTimer
+    | CancelTimer
+    | StateChanged
+    | Transcript
+    | ConversationEnded
+    | TurnFinished
+)

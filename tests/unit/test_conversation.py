@@ -1,0 +1,609 @@
+"""Every transition of the conversation state machine, including stale and out-of-order events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from talkbox.core.conversation import (
+    TIMER_FOLLOW_UP,
+    TIMER_MAX_CONVERSATION,
+    TIMER_RESPONSE,
+    ConversationMachine,
+    MachineConfig,
+)
+from talkbox.core.inputs import (
+    Action,
+    CancelTimer,
+    CloseConnection,
+    ConnectionFailed,
+    ConversationEnded,
+    FlushPlayback,
+    Input,
+    MicSpeechAudio,
+    MicSpeechEnded,
+    MicSpeechStarted,
+    MuteChanged,
+    OpenConnection,
+    PlayAudio,
+    PlaybackDrained,
+    PlayChime,
+    Send,
+    ServerEventReceived,
+    SessionReady,
+    StartTimer,
+    State,
+    StateChanged,
+    StopRequested,
+    TimerFired,
+    Transcript,
+    TurnFinished,
+    WakeWord,
+)
+from talkbox.errors import ConnectionDropped, SessionExpired
+from talkbox.realtime.events import (
+    AppendAudio,
+    AudioCommitted,
+    AudioDelta,
+    CancelResponse,
+    ClearAudio,
+    CommitAudio,
+    CreateResponse,
+    InputTranscript,
+    ResponseCreated,
+    ResponseDone,
+    ServerError,
+    ServerEvent,
+    SpeechStarted,
+    TranscriptDone,
+    TruncateItem,
+)
+
+RATE = 24000
+FRAME = bytes(960)  # 20 ms at 24 kHz
+
+
+def ms(n: int) -> bytes:
+    return bytes(n * RATE // 1000 * 2)
+
+
+class Driver:
+    """Feeds inputs with a fake clock and keeps every action for assertions."""
+
+    def __init__(self, **config: Any) -> None:
+        self.m = ConversationMachine(MachineConfig(**config))
+        self.now = 100.0
+        self.timers: dict[str, int] = {}
+
+    def __call__(self, event: Input, advance: float = 0.0) -> list[Action]:
+        self.now += advance
+        actions = self.m.step(event, self.now)
+        for a in actions:
+            if isinstance(a, StartTimer):
+                self.timers[a.name] = a.token
+            elif isinstance(a, CancelTimer):
+                self.timers.pop(a.name, None)
+        return actions
+
+    def server(self, event: ServerEvent) -> list[Action]:
+        return self(ServerEventReceived(self.m.conversation, event))
+
+    def fire(self, name: str) -> list[Action]:
+        return self(TimerFired(name, self.timers.pop(name)))
+
+    def ready(self) -> list[Action]:
+        return self(SessionReady(self.m.conversation))
+
+    def speak(self, audio_ms: int) -> list[Action]:
+        """A whole user segment: start, audio in 20 ms frames, end."""
+        out = self(MicSpeechStarted(preroll=FRAME))
+        for _ in range(audio_ms // 20 - 1):
+            out += self(MicSpeechAudio(FRAME))
+        out += self(MicSpeechEnded(), advance=audio_ms / 1000)
+        return out
+
+    def start_listening(self) -> None:
+        self(WakeWord("hey_jarvis"))
+        self.ready()
+        assert self.m.state is State.LISTENING
+
+    def respond(
+        self, response_id: str = "resp_1", item_id: str = "item_1", samples: int = 48000
+    ) -> None:
+        self.server(ResponseCreated(response_id))
+        self.server(AudioDelta(response_id, item_id, 0, bytes(samples * 2)))
+
+
+def sent(actions: list[Action]) -> list[Any]:
+    return [a.event for a in actions if isinstance(a, Send)]
+
+
+def of(kind: type, actions: list[Action]) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def appended_bytes(actions: list[Action]) -> bytes:
+    return b"".join(e.pcm for e in sent(actions) if isinstance(e, AppendAudio))
+
+
+# --- waking and connecting -------------------------------------------------------------------
+
+
+def test_wake_from_idle_opens_a_connection_and_chimes() -> None:
+    d = Driver()
+    actions = d(WakeWord("hey_jarvis"))
+    assert StateChanged(State.CONNECTING, "wake word hey_jarvis") in actions
+    assert OpenConnection(1) in actions
+    assert PlayChime("wake") in actions
+    assert TIMER_MAX_CONVERSATION in d.timers
+    assert sent(actions) == []
+
+
+def test_session_ready_without_speech_listens_and_waits_for_follow_up() -> None:
+    d = Driver()
+    d(WakeWord())
+    actions = d.ready()
+    assert StateChanged(State.LISTENING, "session ready") in actions
+    assert TIMER_FOLLOW_UP in d.timers
+
+
+def test_one_breath_command_is_kept_while_connecting_and_sent_whole() -> None:
+    d = Driver(silence_duration_ms=500, min_command_ms=250)
+    d(MicSpeechStarted(preroll=FRAME))  # "hey jarvis" begins; idle: nothing kept
+    recent = b"\x01\x00" * 12000  # the last 0.5 s before detection
+    d(WakeWord("hey_jarvis", recent_audio=recent))
+    command = [bytes([i % 251, 0]) * 480 for i in range(60)]  # 1.2 s of distinct frames
+    early: list[Action] = []
+    for frame in command:
+        early += d(MicSpeechAudio(frame))
+    early += d(MicSpeechEnded(), advance=1.2)
+    assert sent(early) == [], "nothing can be sent before the session is ready"
+    actions = d.ready()
+    assert appended_bytes(actions) == recent + b"".join(command)
+    events = sent(actions)
+    assert isinstance(events[-2], CommitAudio) and isinstance(events[-1], CreateResponse)
+    assert d.m.state is State.RESPONDING
+    assert TIMER_RESPONSE in d.timers
+
+
+def test_command_still_being_spoken_when_ready_streams_on() -> None:
+    d = Driver()
+    d(MicSpeechStarted(preroll=FRAME))
+    d(WakeWord(recent_audio=FRAME))
+    for _ in range(50):
+        d(MicSpeechAudio(FRAME))  # 1 s: long enough to be a command
+    actions = d.ready()
+    assert len(appended_bytes(actions)) == 51 * len(FRAME)
+    assert not of(StartTimer, actions), "the user is still talking: no follow-up timer"
+    more = d(MicSpeechAudio(FRAME))
+    assert sent(more) == [AppendAudio(FRAME)]
+    end = d(MicSpeechEnded())
+    assert [type(e) for e in sent(end)] == [CommitAudio, CreateResponse]
+
+
+def test_wake_phrase_alone_is_not_sent_as_a_turn() -> None:
+    d = Driver(silence_duration_ms=500, min_command_ms=250)
+    d(MicSpeechStarted(preroll=FRAME))
+    d(WakeWord(recent_audio=ms(300)))
+    d.ready()
+    tail: list[Action] = []
+    for _ in range(25):  # 500 ms of hangover after "jarvis": shorter than the threshold
+        tail += d(MicSpeechAudio(FRAME))
+    tail += d(MicSpeechEnded())
+    assert sent(tail) == []
+    assert TIMER_FOLLOW_UP in d.timers
+    # The command that follows after a pause is a normal turn.
+    turn = d.speak(1000)
+    assert len(appended_bytes(turn)) == 1000 * RATE // 1000 * 2
+    assert isinstance(sent(turn)[-1], CreateResponse)
+
+
+def test_ctl_wake_without_speech_waits_for_the_next_segment() -> None:
+    d = Driver()
+    d(WakeWord("ctl"))
+    d.ready()
+    turn = d.speak(600)
+    assert isinstance(sent(turn)[0], AppendAudio)
+    assert [type(e) for e in sent(turn)[-2:]] == [CommitAudio, CreateResponse]
+
+
+def test_audio_is_never_uploaded_while_idle() -> None:
+    d = Driver()
+    assert d.speak(2000) == []
+
+
+def test_connection_failure_while_connecting_chimes_error_and_returns_to_idle() -> None:
+    d = Driver()
+    d(WakeWord())
+    actions = d(ConnectionFailed(1, ConnectionDropped("dropped")))
+    assert PlayChime("error") in actions
+    assert CloseConnection(1) in actions
+    assert d.m.state is State.IDLE
+    assert of(ConversationEnded, actions)[0].error == "dropped"
+    assert d.timers == {}
+
+
+def test_stale_events_from_an_old_conversation_are_ignored() -> None:
+    d = Driver()
+    d(WakeWord())
+    d(ConnectionFailed(1, ConnectionDropped("x")))
+    d(WakeWord())  # conversation 2
+    assert d(ConnectionFailed(1, ConnectionDropped("late"))) == []
+    assert d(ServerEventReceived(1, ResponseCreated("r"))) == []
+    assert d.m.state is State.CONNECTING
+
+
+def test_session_ready_after_the_conversation_ended_is_closed() -> None:
+    d = Driver()
+    d(WakeWord())
+    d(StopRequested())
+    actions = d(SessionReady(1))
+    assert actions == [CloseConnection(1)]
+    assert d.m.state is State.IDLE
+
+
+# --- responding ------------------------------------------------------------------------------
+
+
+def test_reply_audio_plays_and_listening_resumes_after_it_drains() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(800)
+    d.server(ResponseCreated("r1"))
+    play = d.server(AudioDelta("r1", "i1", 0, bytes(9600)))
+    assert play == [PlayAudio(bytes(9600))]
+    done = d.server(ResponseDone("r1", "completed"))
+    assert d.m.state is State.RESPONDING, "still playing: wait for the speaker"
+    assert of(TurnFinished, done)[0].status == "completed"
+    assert TIMER_RESPONSE not in d.timers
+    assert d(PlaybackDrained(played_samples=100)) == [], "a stale drain is ignored"
+    back = d(PlaybackDrained(played_samples=d.m.enqueued_samples))
+    assert StateChanged(State.LISTENING, "answer played") in back
+    assert TIMER_FOLLOW_UP in d.timers
+
+
+def test_turn_latency_is_reported_from_end_of_speech_to_first_audio() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)  # speech ends at d.now
+    d.server(ResponseCreated("r1"))
+    d(ServerEventReceived(1, AudioDelta("r1", "i1", 0, bytes(100))), advance=0.25)
+    done = d.server(ResponseDone("r1", "completed"))
+    latency = of(TurnFinished, done)[0].end_of_speech_to_first_audio_ms
+    assert latency == pytest.approx(250.0)
+
+
+def test_response_done_with_nothing_playing_goes_straight_to_listening() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.server(ResponseCreated("r1"))
+    actions = d.server(ResponseDone("r1", "completed"))
+    assert d.m.state is State.LISTENING
+    assert TIMER_FOLLOW_UP in d.timers
+    assert of(StateChanged, actions)
+
+
+def test_follow_up_silence_closes_with_the_done_chime() -> None:
+    d = Driver()
+    d.start_listening()
+    actions = d.fire(TIMER_FOLLOW_UP)
+    assert PlayChime("done") in actions
+    assert CloseConnection(1) in actions
+    assert FlushPlayback() not in actions
+    assert d.m.state is State.IDLE
+    assert of(ConversationEnded, actions) == [ConversationEnded(1)]
+
+
+def test_follow_up_question_cancels_the_follow_up_timer() -> None:
+    d = Driver()
+    d.start_listening()
+    actions = d(MicSpeechStarted(preroll=FRAME))
+    assert CancelTimer(TIMER_FOLLOW_UP) in actions
+    assert TIMER_FOLLOW_UP not in d.timers
+
+
+def test_deltas_of_unknown_or_finished_responses_are_dropped() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    assert d.server(AudioDelta("nobody", "i", 0, bytes(10))) == []
+    d.respond("r1")
+    d.server(ResponseDone("r1", "completed"))
+    assert d.server(AudioDelta("r1", "i1", 0, bytes(10))) == []
+    assert d.server(ResponseDone("r1", "completed")) == []
+
+
+def test_failed_response_ends_with_the_error_chime() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.server(ResponseCreated("r1"))
+    actions = d.server(ResponseDone("r1", "failed", error_code="server_error"))
+    assert PlayChime("error") in actions
+    assert "server_error" in of(ConversationEnded, actions)[0].error
+    assert d.m.state is State.IDLE
+
+
+def test_response_timeout_ends_with_an_error() -> None:
+    d = Driver(response_timeout_seconds=12)
+    d.start_listening()
+    d.speak(500)
+    actions = d.fire(TIMER_RESPONSE)
+    assert "did not answer within 12 s" in of(ConversationEnded, actions)[0].error
+    assert d.m.state is State.IDLE
+
+
+def test_transcripts_are_reported() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1")
+    assert d.server(InputTranscript("u1", "what time is it")) == [
+        Transcript("user", "what time is it")
+    ]
+    assert d.server(TranscriptDone("r1", "i1", "It is noon.")) == [
+        Transcript("assistant", "It is noon.")
+    ]
+
+
+# --- barge-in --------------------------------------------------------------------------------
+
+
+def test_wake_word_barge_in_stops_cancels_and_truncates_at_what_was_played() -> None:
+    d = Driver(barge_in="wake")
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1", "i1", samples=48000)  # 2 s received
+    actions = d(WakeWord(played_samples=12000))  # 0.5 s heard
+    assert actions[0] == FlushPlayback()
+    assert sent(actions)[:2] == [CancelResponse("r1"), TruncateItem("i1", 0, 500)]
+    assert d.m.state is State.LISTENING
+    assert d.server(AudioDelta("r1", "i1", 0, bytes(100))) == [], "late audio is never played"
+    assert d.server(ResponseDone("r1", "cancelled", reason="client_cancelled")) == []
+    assert d.m.state is State.LISTENING
+
+
+def test_barge_in_counts_chimes_out_of_the_played_samples() -> None:
+    d = Driver(chime_samples={"wake": 2400, "done": 2400, "error": 2400})
+    d.start_listening()  # the wake chime, 2400 samples, went through the speaker first
+    d.speak(500)
+    d.respond("r1", "i1", samples=24000)
+    actions = d(WakeWord(played_samples=2400 + 4800))
+    assert TruncateItem("i1", 0, 200) in sent(actions)
+
+
+def test_barge_in_after_response_done_truncates_without_cancelling() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1", "i1", samples=24000)
+    d.server(ResponseDone("r1", "completed"))
+    actions = d(WakeWord(played_samples=6000))
+    assert sent(actions)[0] == TruncateItem("i1", 0, 250)
+    assert not any(isinstance(e, CancelResponse) for e in sent(actions))
+
+
+def test_barge_in_after_everything_was_heard_sends_no_truncate() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1", "i1", samples=24000)
+    d.server(ResponseDone("r1", "completed"))
+    actions = d(WakeWord(played_samples=24000))
+    assert not any(isinstance(e, TruncateItem) for e in sent(actions))
+
+
+def test_truncate_is_clamped_to_the_audio_received() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1", "i1", samples=2400)  # 100 ms received
+    # A device count that ran past what was received (latency bookkeeping): still clamped.
+    machine_item = d.m.reply_items[0]
+    machine_item.received_samples = 2400
+    truncate = d.m._truncation(2399)
+    assert truncate == TruncateItem("i1", 0, 99)
+
+
+def test_barge_in_before_any_reply_was_heard_truncates_at_zero() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1", "i1", samples=24000)
+    actions = d(WakeWord(played_samples=0))
+    assert TruncateItem("i1", 0, 0) in sent(actions)
+
+
+def test_barge_in_during_a_second_reply_item_truncates_that_item() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.server(ResponseCreated("r1"))
+    d.server(AudioDelta("r1", "a", 0, bytes(24000 * 2)))
+    d.server(AudioDelta("r1", "b", 0, bytes(24000 * 2)))
+    actions = d(WakeWord(played_samples=24000 + 12000))
+    assert TruncateItem("b", 0, 500) in sent(actions)
+
+
+def test_barge_in_off_ignores_the_wake_word_while_talking() -> None:
+    d = Driver(barge_in="off")
+    d.start_listening()
+    d.speak(500)
+    d.respond()
+    assert d(WakeWord(played_samples=10)) == []
+    assert d.m.state is State.RESPONDING
+
+
+def test_speech_barge_in_with_local_detection_starts_a_new_turn() -> None:
+    d = Driver(barge_in="speech")
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1", "i1", samples=24000)
+    actions = d(MicSpeechStarted(preroll=FRAME, played_samples=2400))
+    assert FlushPlayback() in actions
+    assert sent(actions) == [CancelResponse("r1"), TruncateItem("i1", 0, 100), AppendAudio(FRAME)]
+    assert d.m.state is State.LISTENING
+
+
+def test_with_wake_barge_in_speech_during_the_reply_is_not_uploaded() -> None:
+    d = Driver(barge_in="wake")
+    d.start_listening()
+    d.speak(500)
+    d.respond()
+    assert sent(d.speak(1000)) == []
+
+
+def test_server_vad_speech_barge_in_lets_the_server_cancel() -> None:
+    d = Driver(detection="server_vad", barge_in="speech")
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1", "i1", samples=24000)
+    actions = d(ServerEventReceived(1, SpeechStarted(900, "u2"), played_samples=7200))
+    assert FlushPlayback() in actions
+    assert sent(actions) == [TruncateItem("i1", 0, 300)], "no cancel: the server cancels itself"
+    assert d.m.state is State.LISTENING
+
+
+# --- server turn detection -------------------------------------------------------------------
+
+
+def test_server_vad_sends_trailing_silence_and_never_commits() -> None:
+    d = Driver(detection="server_vad", silence_duration_ms=500)
+    d.start_listening()
+    actions = d.speak(600)
+    events = sent(actions)
+    assert not any(isinstance(e, (CommitAudio, CreateResponse)) for e in events)
+    assert events[-1] == AppendAudio(ms(700)), "silence_duration_ms + margin of silence"
+    assert d.m.state is State.LISTENING
+    committed = d.server(AudioCommitted("u1"))
+    assert d.m.state is State.RESPONDING
+    assert of(StateChanged, committed)
+    d.server(ResponseCreated("r1"))
+    d.server(ResponseDone("r1", "completed"))
+    assert d.m.state is State.LISTENING
+
+
+def test_server_started_response_while_listening_moves_to_responding() -> None:
+    d = Driver(detection="semantic_vad")
+    d.start_listening()
+    d.server(ResponseCreated("r9"))
+    assert d.m.state is State.RESPONDING
+    assert TIMER_FOLLOW_UP not in d.timers
+
+
+# --- errors, limits, stop, mute --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ServerError("response_cancel_not_active", "no active response"),
+        ServerError("conversation_already_has_active_response", "busy"),
+        ServerError("input_audio_buffer_commit_empty", "buffer too small"),
+        ServerError(
+            "", "Audio content of 900ms is already shorter than 1000ms", param="audio_end_ms"
+        ),
+    ],
+)
+def test_race_errors_are_harmless(error: ServerError) -> None:
+    d = Driver()
+    d.start_listening()
+    assert d.server(error) == []
+    assert d.m.state is State.LISTENING
+
+
+def test_other_server_errors_end_the_conversation_with_the_error_chime() -> None:
+    d = Driver()
+    d.start_listening()
+    actions = d.server(ServerError("server_error", "The server had an error"))
+    assert PlayChime("error") in actions
+    assert "server_error" in of(ConversationEnded, actions)[0].error
+    assert d.m.state is State.IDLE
+
+
+def test_session_expiry_ends_cleanly() -> None:
+    d = Driver()
+    d.start_listening()
+    actions = d(ConnectionFailed(1, SessionExpired("60 minutes")))
+    assert PlayChime("done") in actions
+    assert of(ConversationEnded, actions)[0].error == ""
+    d2 = Driver()
+    d2.start_listening()
+    actions = d2.server(ServerError("session_expired", "maximum duration"))
+    assert PlayChime("done") in actions
+
+
+def test_max_conversation_lets_the_answer_finish_then_closes() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1", "i1", samples=2400)
+    assert d.fire(TIMER_MAX_CONVERSATION) == []
+    d.server(ResponseDone("r1", "completed"))
+    actions = d(PlaybackDrained(played_samples=d.m.enqueued_samples))
+    assert PlayChime("done") in actions
+    assert d.m.state is State.IDLE
+
+
+def test_max_conversation_while_listening_closes_at_once() -> None:
+    d = Driver()
+    d.start_listening()
+    actions = d.fire(TIMER_MAX_CONVERSATION)
+    assert CloseConnection(1) in actions
+    assert d.m.state is State.IDLE
+
+
+def test_a_cancelled_timer_firing_late_is_ignored() -> None:
+    d = Driver()
+    d.start_listening()
+    token = d.timers[TIMER_FOLLOW_UP]
+    d(MicSpeechStarted(preroll=FRAME))  # cancels the follow-up timer
+    assert d(TimerFired(TIMER_FOLLOW_UP, token)) == []
+    assert d.m.state is State.LISTENING
+
+
+def test_stop_request_interrupts_everything() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.respond()
+    actions = d(StopRequested("ctl stop"))
+    assert actions[0] == FlushPlayback()
+    assert CloseConnection(1) in actions
+    assert d.m.state is State.IDLE
+    assert d.timers == {}
+    assert d(StopRequested()) == [], "stopping while idle does nothing"
+
+
+def test_mute_ends_the_conversation_and_ignores_the_wake_word() -> None:
+    d = Driver()
+    d.start_listening()
+    actions = d(MuteChanged(True))
+    assert d.m.state is State.IDLE and CloseConnection(1) in actions
+    assert d(WakeWord()) == []
+    d(MuteChanged(False))
+    assert OpenConnection(2) in d(WakeWord())
+
+
+def test_muted_mid_turn_uploads_nothing_more() -> None:
+    d = Driver()
+    d.start_listening()
+    d(MicSpeechStarted(preroll=FRAME))
+    d(MuteChanged(True))
+    assert d(MicSpeechAudio(FRAME)) == []
+
+
+def test_too_short_a_turn_is_cleared_not_committed() -> None:
+    d = Driver()
+    d.start_listening()
+    d(MicSpeechStarted(preroll=bytes(960)))  # 20 ms
+    actions = d(MicSpeechEnded())
+    assert sent(actions) == [ClearAudio()]
+    assert d.m.state is State.LISTENING
+
+
+def test_disabled_chimes_are_not_played() -> None:
+    d = Driver(chime_samples={"wake": 0, "done": 0, "error": 0})
+    assert not of(PlayChime, d(WakeWord()))
