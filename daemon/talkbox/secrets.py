@@ -1,0 +1,168 @@
+"""The API key: where it is looked for, and a holder that never shows it.
+
+This module owns the lookup order (TALKBOX_API_KEY, then the systemd credential `api-key`,
+then `realtime.api_key_file`) and `ApiKey`, whose str/repr are a mask. The only way to get
+the value is `ApiKey.reveal()`, called where the key goes into a request header. No message
+raised or logged here contains the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from talkbox.config import RealtimeConfig
+from talkbox.errors import ConfigError
+
+ENV_VAR = "TALKBOX_API_KEY"
+CREDENTIAL_NAME = "api-key"
+# Real keys are well under 1 KiB; a bigger file is the wrong file (and is not read whole).
+MAX_KEY_FILE_BYTES = 4096
+# Below this length even a 3-character prefix gives away too much of the key.
+MIN_LENGTH_TO_SHOW_PREFIX = 16
+SHOWN_PREFIX_CHARS = 3
+
+_log = logging.getLogger(__name__)
+
+_HOW_TO_PROVIDE = (
+    "store the key readable by root only with `sudo install -m600 /dev/stdin "
+    "/etc/talkbox/api-key` (paste the key, Enter, Ctrl-D), which the talkbox systemd unit "
+    "passes in as the credential api-key (LoadCredential=api-key:/etc/talkbox/api-key); "
+    "when running by hand, set realtime.api_key_file to a key file you can read, "
+    f"or export {ENV_VAR}"
+)
+
+
+class ApiKey:
+    """A secret API key. str() and repr() show a mask; `reveal()` gives the value."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str) -> None:
+        self._value = value
+        self.source = source
+
+    def reveal(self) -> str:
+        """The key itself: only for putting it into a request header."""
+        return self._value
+
+    def masked(self) -> str:
+        """Like `sk-…(41 chars)`: at most the first 3 characters, and only of a long key."""
+        length = len(self._value)
+        prefix = self._value[:SHOWN_PREFIX_CHARS] if length >= MIN_LENGTH_TO_SHOW_PREFIX else ""
+        return f"{prefix}…({length} chars)"
+
+    def __repr__(self) -> str:
+        return self.masked()
+
+    def __str__(self) -> str:
+        return self.masked()
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickling would write the key in clear to wherever the pickle goes.
+        raise TypeError("an ApiKey cannot be pickled")
+
+
+def resolve_api_key(cfg: RealtimeConfig, environ: Mapping[str, str]) -> ApiKey | None:
+    """Find the API key for `cfg.provider`; None for "echo", which needs none.
+
+    Order: $TALKBOX_API_KEY, then $CREDENTIALS_DIRECTORY/api-key if that file exists, then
+    realtime.api_key_file if set. Raises ConfigError naming every place looked at, or the
+    source that is broken (unreadable, not text, more than the key on one line).
+    """
+    if cfg.provider == "echo":
+        return None
+    # An empty variable or credential counts as "not given": the systemd unit sets an empty
+    # api-key credential as the fallback for a missing /etc/talkbox/api-key.
+    looked_at = []
+    from_environment = environ.get(ENV_VAR)
+    if from_environment is None:
+        looked_at.append(f"the environment variable {ENV_VAR} (not set)")
+    elif not from_environment.strip():
+        looked_at.append(f"the environment variable {ENV_VAR} (set but empty)")
+    else:
+        return _key_from_text(from_environment, ENV_VAR, f"the environment variable {ENV_VAR}")
+
+    credentials_directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if credentials_directory:
+        credential = Path(credentials_directory) / CREDENTIAL_NAME
+        source = f"systemd credential {CREDENTIAL_NAME}"
+        if not credential.exists():
+            looked_at.append(f"the systemd credential {credential} (no such file)")
+        else:
+            text = _read_key_file(credential, source)
+            if text.strip():
+                return _key_from_text(text, source, source)
+            looked_at.append(f"the systemd credential {credential} (empty)")
+    else:
+        looked_at.append(
+            f"the systemd credential {CREDENTIAL_NAME} (CREDENTIALS_DIRECTORY not set)"
+        )
+
+    if cfg.api_key_file:
+        # Set on purpose, so an empty file is an error rather than "no key".
+        source = f"realtime.api_key_file {cfg.api_key_file}"
+        return _key_from_text(_read_key_file(Path(cfg.api_key_file), source), source, source)
+    looked_at.append("realtime.api_key_file (not set)")
+
+    raise ConfigError(
+        [
+            f'no API key found for provider = "{cfg.provider}"; looked at '
+            + ", ".join(looked_at)
+            + f". To fix: {_HOW_TO_PROVIDE}"
+        ]
+    )
+
+
+def _read_key_file(path: Path, source: str) -> str:
+    try:
+        with path.open("rb") as key_file:
+            mode = stat.S_IMODE(os.fstat(key_file.fileno()).st_mode)
+            data = key_file.read(MAX_KEY_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError([f"{source}: no such file. To fix: {_HOW_TO_PROVIDE}"]) from None
+    except PermissionError:
+        raise ConfigError(
+            [
+                f"{source}: permission denied; make it readable by the user talkbox runs as, or "
+                "keep it root-only at /etc/talkbox/api-key, which the systemd unit passes in as "
+                "the credential api-key"
+            ]
+        ) from None
+    except OSError as error:
+        raise ConfigError([f"{source}: cannot read it: {error.strerror}"]) from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise ConfigError(
+            [
+                f"{source}: larger than {MAX_KEY_FILE_BYTES} bytes, so not an API key file; "
+                "the file must hold only the key"
+            ]
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([f"{source}: not text; the file must hold only the key"]) from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        _log.warning("%s can be read by other users; restrict it with chmod 600", source)
+    return text
+
+
+def _key_from_text(text: str, source: str, described: str) -> ApiKey:
+    value = text.strip()
+    if not value:
+        raise ConfigError(
+            [f"{described} is empty; it must hold the API key. To fix: {_HOW_TO_PROVIDE}"]
+        )
+    # Spaces, line breaks or control characters inside mean a second line or a paste
+    # accident; such a value would also be rejected as an HTTP header.
+    if any(not (char.isprintable() and not char.isspace()) for char in value):
+        raise ConfigError(
+            [
+                f"{described} has spaces, line breaks or control characters "
+                "inside the key; it must hold only the key, on one line"
+            ]
+        )
+    return ApiKey(value, source)
