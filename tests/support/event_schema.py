@@ -1,0 +1,372 @@
+"""Strict validation of Realtime API events against the pinned `openai` package's type models.
+
+This module owns the question "is this event something the real service would accept (client
+events) or could have sent (server events), in this dialect?". Two dialects exist:
+
+- ``"ga"``: OpenAI GA and Azure ``/openai/v1`` (``openai.types.realtime``);
+- ``"preview"``: Azure ``/openai/realtime?api-version=...`` (= the retired OpenAI beta shape,
+  ``openai.types.beta.realtime``).
+
+The SDK unions carry a discriminator marker that pydantic ignores, so they are re-wrapped with a
+real ``Field(discriminator="type")``; the SDK models also accept unknown keys, so every
+``model_extra`` is walked and reported (the real service rejects unknown parameters). On top of
+the schema, the documented value ranges that the SDK does not enforce are checked.
+
+Each problem carries the error ``code`` and ``param`` the real service would answer with, so the
+fake server can reply like the real one; ``validate_*`` return plain strings for assertions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Any, Literal, Union, get_args
+
+import openai.types.beta.realtime as beta_types
+import openai.types.realtime as ga_types
+from openai.types.realtime.realtime_session_create_response import RealtimeSessionCreateResponse
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+
+Dialect = Literal["ga", "preview"]
+DIALECTS: tuple[Dialect, ...] = ("ga", "preview")
+
+# Largest single input_audio_buffer.append the service takes (decoded bytes).
+MAX_APPEND_BYTES = 15 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason an event is invalid, phrased the way the service's `error` event phrases it."""
+
+    code: str  # unknown_parameter | missing_required_parameter | invalid_value | invalid_type
+    param: str | None  # dotted path inside the event, e.g. "session.audio.input.format.rate"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class _PreviewServerSession(beta_types.Session):
+    """The preview session object as the service sends it in session.created/updated.
+
+    The SDK's beta `Session` model is the request shape; the service adds these two fields.
+    """
+
+    object: Literal["realtime.session"]
+    expires_at: int
+
+
+def _strict_union_adapter(sdk_union: object) -> TypeAdapter[Any]:
+    # The SDK union is Annotated[Union[...], PropertyInfo(discriminator=...)]; pydantic does not
+    # read PropertyInfo, so without this a bad event yields one error per union member.
+    members = get_args(get_args(sdk_union)[0])
+    union: Any = Annotated[Union[members], Field(discriminator="type")]  # noqa: UP007
+    return TypeAdapter(union)
+
+
+@cache
+def _client_adapter(dialect: Dialect) -> TypeAdapter[Any]:
+    module = ga_types if dialect == "ga" else beta_types
+    return _strict_union_adapter(module.RealtimeClientEvent)
+
+
+@cache
+def _server_adapter(dialect: Dialect) -> TypeAdapter[Any]:
+    module = ga_types if dialect == "ga" else beta_types
+    return _strict_union_adapter(module.RealtimeServerEvent)
+
+
+@cache
+def _server_session_adapter(dialect: Dialect) -> TypeAdapter[Any]:
+    if dialect == "ga":
+        return TypeAdapter(RealtimeSessionCreateResponse)
+    return TypeAdapter(_PreviewServerSession)
+
+
+def _check_dialect(dialect: str) -> Dialect:
+    if dialect == "ga":
+        return "ga"
+    if dialect == "preview":
+        return "preview"
+    raise ValueError(f"unknown dialect {dialect!r}; expected one of {DIALECTS}")
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+
+def _format_path(parts: Sequence[str | int]) -> str | None:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or None
+
+
+def _input_path(obj: object, loc: tuple[int | str, ...]) -> list[str | int]:
+    """Map a pydantic error location onto keys that really exist in the input.
+
+    Locations also contain union-member labels (class names, tags); following the input object
+    drops those and leaves the parameter path the service would name.
+    """
+    path: list[str | int] = []
+    current = obj
+    for part in loc:
+        in_mapping = isinstance(current, Mapping) and isinstance(part, str) and part in current
+        in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if in_mapping or in_list:
+            path.append(part)
+            current = current[part]  # type: ignore[index]
+        elif isinstance(current, Mapping) and isinstance(part, str) and not path and part == loc[0]:
+            continue  # the discriminator tag at the root
+        elif isinstance(current, Mapping) and part not in current and _looks_like_field(part):
+            path.append(part)  # a missing field: name it even though the input lacks it
+            current = None
+    return path
+
+
+# Labels pydantic puts in error locations for union members of builtin type.
+_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "bytes"})
+
+
+def _looks_like_field(part: int | str) -> bool:
+    return (isinstance(part, str) and part.isidentifier() and part.islower()
+            and part not in _TYPE_LABELS)
+
+
+def _is_type_tag_mismatch(error: ErrorDetails) -> bool:
+    loc = error["loc"]
+    return error["type"] == "literal_error" and bool(loc) and loc[-1] == "type"
+
+
+def _problem_from_error(obj: object, error: ErrorDetails) -> Problem:
+    kind = error["type"]
+    param = _format_path(_input_path(obj, tuple(error["loc"])))
+    where = f"'{param}'" if param else "the event"
+    if kind == "union_tag_not_found":
+        return Problem("missing_required_parameter", "type", "Missing required parameter: 'type'.")
+    if kind == "union_tag_invalid":
+        tag = error.get("ctx", {}).get("tag")
+        expected = error.get("ctx", {}).get("expected_tags", "")
+        return Problem("invalid_value", "type",
+                       f"Invalid value: '{tag}'. Supported values are: {expected}.")
+    if kind == "missing":
+        return Problem("missing_required_parameter", param,
+                       f"Missing required parameter: {where}.")
+    if kind in ("literal_error", "enum") or kind.endswith("_parsing"):
+        return Problem("invalid_value", param,
+                       f"Invalid value for {where}: {error['input']!r}. {error['msg']}.")
+    if kind.endswith("_type"):
+        return Problem("invalid_type", param, f"Invalid type for {where}: {error['msg']}.")
+    return Problem("invalid_value", param, f"Invalid value for {where}: {error['msg']}.")
+
+
+def _schema_problems(obj: object, error: ValidationError) -> list[Problem]:
+    errors = error.errors()
+    # Union members whose `type` literal does not match only add noise when another member
+    # produced the real complaint (e.g. a GA realtime session vs. the transcription session).
+    meaningful = [e for e in errors if not _is_type_tag_mismatch(e)]
+    chosen = meaningful or errors
+    problems: list[Problem] = []
+    for e in chosen:
+        problem = _problem_from_error(obj, e)
+        if problem not in problems:
+            problems.append(problem)
+    return problems
+
+
+def _unknown_keys(model: object, path: list[str | int], skip: frozenset[str] = frozenset()
+                  ) -> list[list[str | int]]:
+    """Paths of keys the models did not declare (pydantic keeps them in `model_extra`)."""
+    found: list[list[str | int]] = []
+    if isinstance(model, BaseModel):
+        found += [[*path, key] for key in (model.model_extra or {})]
+        for name in type(model).model_fields:
+            if not path and name in skip:
+                continue
+            found += _unknown_keys(getattr(model, name), [*path, name])
+    elif isinstance(model, list | tuple):
+        for index, value in enumerate(model):
+            found += _unknown_keys(value, [*path, index])
+    elif isinstance(model, dict):
+        for key, value in model.items():
+            found += _unknown_keys(value, [*path, str(key)])
+    return found
+
+
+def _unknown_key_problems(paths: list[list[str | int]]) -> list[Problem]:
+    problems = []
+    for parts in paths:
+        param = _format_path(parts)
+        problems.append(Problem("unknown_parameter", param, f"Unknown parameter: '{param}'."))
+    return problems
+
+
+# --- documented value ranges the SDK models do not enforce -------------------------------------
+
+
+def _dig(obj: object, *keys: str) -> object:
+    current = obj
+    for key in keys:
+        if not isinstance(current, Mapping) or key not in current:
+            return None
+        current = current[key]
+    return current
+
+
+def _check_range(problems: list[Problem], value: object, param: str, low: float, high: float,
+                 ) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if not low <= value <= high:
+        problems.append(Problem("invalid_value", param,
+                                f"Invalid '{param}': expected a value between {low} and {high},"
+                                f" but got {value} instead."))
+
+
+def _check_max_tokens(problems: list[Problem], value: object, param: str) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        _check_range(problems, value, param, 1, 4096)
+
+
+def _check_turn_detection(problems: list[Problem], value: object, param: str) -> None:
+    if not isinstance(value, Mapping):
+        return
+    _check_range(problems, value.get("threshold"), f"{param}.threshold", 0.0, 1.0)
+    for key in ("silence_duration_ms", "prefix_padding_ms", "idle_timeout_ms"):
+        _check_range(problems, value.get(key), f"{param}.{key}", 0, 3_600_000)
+
+
+def _check_modalities(problems: list[Problem], dialect: Dialect, value: object, param: str
+                      ) -> None:
+    if not isinstance(value, list):
+        return
+    if dialect == "ga":
+        allowed = [["audio"], ["text"]]
+        hint = "either ['audio'] or ['text'], not both"
+    else:
+        allowed = [["text"], ["audio", "text"]]
+        hint = "['text'] or ['audio', 'text']"
+    if sorted(value) not in allowed:
+        problems.append(Problem("invalid_value", param,
+                                f"Invalid value for '{param}': {value!r}. Supported: {hint}."))
+
+
+def _session_range_problems(dialect: Dialect, session: Mapping[str, Any], prefix: str
+                            ) -> list[Problem]:
+    problems: list[Problem] = []
+    if dialect == "ga":
+        _check_modalities(problems, dialect, session.get("output_modalities"),
+                          f"{prefix}.output_modalities")
+        _check_max_tokens(problems, session.get("max_output_tokens"),
+                          f"{prefix}.max_output_tokens")
+        _check_range(problems, _dig(session, "audio", "output", "speed"),
+                     f"{prefix}.audio.output.speed", 0.25, 1.5)
+        _check_turn_detection(problems, _dig(session, "audio", "input", "turn_detection"),
+                              f"{prefix}.audio.input.turn_detection")
+    else:
+        _check_modalities(problems, dialect, session.get("modalities"), f"{prefix}.modalities")
+        _check_max_tokens(problems, session.get("max_response_output_tokens"),
+                          f"{prefix}.max_response_output_tokens")
+        _check_range(problems, session.get("temperature"), f"{prefix}.temperature", 0.6, 1.2)
+        _check_range(problems, session.get("speed"), f"{prefix}.speed", 0.25, 1.5)
+        _check_turn_detection(problems, session.get("turn_detection"),
+                              f"{prefix}.turn_detection")
+    return problems
+
+
+def _client_value_problems(dialect: Dialect, event: Mapping[str, Any]) -> list[Problem]:
+    kind = event.get("type")
+    problems: list[Problem] = []
+    if kind == "session.update" and isinstance(event.get("session"), Mapping):
+        problems += _session_range_problems(dialect, event["session"], "session")
+    elif kind == "response.create" and isinstance(event.get("response"), Mapping):
+        response = event["response"]
+        if dialect == "ga":
+            _check_modalities(problems, dialect, response.get("output_modalities"),
+                              "response.output_modalities")
+            _check_max_tokens(problems, response.get("max_output_tokens"),
+                              "response.max_output_tokens")
+        else:
+            _check_modalities(problems, dialect, response.get("modalities"),
+                              "response.modalities")
+            _check_max_tokens(problems, response.get("max_response_output_tokens"),
+                              "response.max_response_output_tokens")
+            _check_range(problems, response.get("temperature"), "response.temperature", 0.6, 1.2)
+    elif kind == "input_audio_buffer.append":
+        problems += _base64_problems(event.get("audio"), "audio", MAX_APPEND_BYTES)
+    elif kind == "conversation.item.truncate":
+        _check_range(problems, event.get("audio_end_ms"), "audio_end_ms", 0, 2**31)
+        _check_range(problems, event.get("content_index"), "content_index", 0, 2**31)
+    return problems
+
+
+def _base64_problems(value: object, param: str, max_bytes: int | None) -> list[Problem]:
+    if not isinstance(value, str):
+        return []
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return [Problem("invalid_value", param, f"Invalid value for '{param}': not valid base64.")]
+    if max_bytes is not None and len(decoded) > max_bytes:
+        return [Problem("invalid_value", param,
+                        f"Invalid value for '{param}': {len(decoded)} bytes exceeds the"
+                        f" {max_bytes} byte limit per event.")]
+    return []
+
+
+# --- public API -------------------------------------------------------------------------------
+
+
+def check_client_event(dialect: Dialect, event: object) -> list[Problem]:
+    """Every problem the real service would reject in this client event (empty when valid)."""
+    dialect = _check_dialect(dialect)
+    if not isinstance(event, Mapping):
+        return [Problem("invalid_type", None, "A client event must be a JSON object.")]
+    try:
+        model = _client_adapter(dialect).validate_python(event)
+    except ValidationError as error:
+        return _schema_problems(event, error)
+    problems = _unknown_key_problems(_unknown_keys(model, []))
+    return problems + _client_value_problems(dialect, event)
+
+
+def check_server_event(dialect: Dialect, event: object) -> list[Problem]:
+    """Every way this server event departs from the dialect's models (empty when valid)."""
+    dialect = _check_dialect(dialect)
+    if not isinstance(event, Mapping):
+        return [Problem("invalid_type", None, "A server event must be a JSON object.")]
+    try:
+        model = _server_adapter(dialect).validate_python(event)
+    except ValidationError as error:
+        return _schema_problems(event, error)
+    kind = event.get("type")
+    if kind in ("session.created", "session.updated") and isinstance(event.get("session"),
+                                                                     Mapping):
+        # The SDK types these sessions with the request shape; the service's session object
+        # has a few more fields (id, object, expires_at), so check it against that shape.
+        problems = _unknown_key_problems(_unknown_keys(model, [], skip=frozenset({"session"})))
+        try:
+            session = _server_session_adapter(dialect).validate_python(event["session"])
+        except ValidationError as error:
+            return problems + [
+                Problem(p.code, f"session.{p.param}" if p.param else "session", p.message)
+                for p in _schema_problems(event["session"], error)
+            ]
+        return problems + _unknown_key_problems(_unknown_keys(session, ["session"]))
+    problems = _unknown_key_problems(_unknown_keys(model, []))
+    if isinstance(kind, str) and kind.endswith("audio.delta"):
+        problems += _base64_problems(event.get("delta"), "delta", None)
+    return problems
+
+
+def validate_client_event(dialect: Dialect, event: object) -> list[str]:
+    """Problems with a client event as readable strings; an empty list means it is valid."""
+    return [str(p) for p in check_client_event(dialect, event)]
+
+
+def validate_server_event(dialect: Dialect, event: object) -> list[str]:
+    """Problems with a server event as readable strings; an empty list means it is valid."""
+    return [str(p) for p in check_server_event(dialect, event)]
