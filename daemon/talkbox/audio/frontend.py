@@ -1,0 +1,171 @@
+"""The capture front end's signal processing: one mic stream in, speech and wake events out.
+
+This module owns what happens to captured audio before anything else sees it: resampling
+the native-rate capture to 16 kHz (VAD and wake word) and 24 kHz (upload) with stateful soxr
+streams, slicing both into time-aligned frames, running the VAD on each 16 kHz frame, and
+feeding the decisions to the speech gate (with the 24 kHz frame of the same instant) and to
+the gated wake-word detector. It is pure computation with no device I/O: hand it bytes in
+any chunk size (`process`) and it returns events in audio-time order, so tests and the
+benchmark drive it with files and the capture thread drives it with PyAudio buffers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from talkbox.audio.resample import Resampler
+from talkbox.vad import GateEvent, SpeechGate, VoiceActivity
+from talkbox.wake import SAMPLE_RATE as WAKE_RATE
+from talkbox.wake import GatedWakeDetector
+
+UPLOAD_RATE = 24000  # the Realtime API's pcm16 input rate
+
+
+@dataclass(frozen=True, slots=True)
+class WakeDetected:
+    """A wake word fired; `audio_time` is seconds of 16 kHz audio up to the end of its chunk."""
+
+    model: str
+    score: float
+    audio_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class VadFrame:
+    """The VAD decision for one frame (only with `monitor=True`, for `talkbox listen`)."""
+
+    is_speech: bool
+    audio_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class WakeScores:
+    """Scores of one inferred 80 ms chunk (only with `monitor=True`). Chunks skipped while
+    nobody talks have no scores: the gated detector did not run on them."""
+
+    scores: Mapping[str, float]
+    audio_time: float
+
+
+FrontEndEvent = WakeDetected | VadFrame | WakeScores | GateEvent
+
+
+class FrontEnd:
+    """Resample, VAD, speech gate and gated wake word over one capture stream.
+
+    Calling contract: `process()` takes consecutive captured bytes (PCM16 mono at
+    `input_rate`, any length, even split mid-sample) and returns the events they completed,
+    in audio-time order: for each frame, its `VadFrame` (monitor only), then any
+    `WakeDetected`/`WakeScores` of the wake chunk it completed, then the gate's events.
+    `flush()` drains the resamplers at the end of a stream (e.g. a test file).
+    Not thread-safe: one capture thread owns it.
+    """
+
+    def __init__(
+        self,
+        input_rate: int,
+        vad: VoiceActivity,
+        gate: SpeechGate,
+        wake: GatedWakeDetector | None,
+        *,
+        monitor: bool = False,
+    ) -> None:
+        if input_rate <= 0:
+            raise ValueError("input_rate must be positive")
+        if vad.sample_rate != WAKE_RATE:
+            raise ValueError(f"the VAD must run at {WAKE_RATE} Hz (the wake word's rate)")
+        if vad.frame_ms != gate.frame_ms:
+            raise ValueError("the VAD and the speech gate must use the same frame length")
+        self.input_rate = input_rate
+        self.vad = vad
+        self.gate = gate
+        self.wake = wake
+        self.monitor = monitor
+        self._to_wake_rate = Resampler(input_rate, WAKE_RATE)
+        self._to_upload_rate = Resampler(input_rate, UPLOAD_RATE)
+        self._frame16_bytes = vad.frame_bytes
+        self._frame24_bytes = UPLOAD_RATE * gate.frame_ms // 1000 * 2
+        self._pending16 = bytearray()
+        self._pending24 = bytearray()
+        self._odd_byte = b""
+        self._samples_in = 0
+        self._frames_done = 0
+        self._wake_enabled = wake is not None
+        self.last_is_speech = False
+
+    @property
+    def audio_time(self) -> float:
+        """Seconds of captured audio taken in so far."""
+        return self._samples_in / self.input_rate
+
+    @property
+    def wake_enabled(self) -> bool:
+        """Whether wake-word inference runs (idle, or during playback for barge-in)."""
+        return self._wake_enabled
+
+    @wake_enabled.setter
+    def wake_enabled(self, enabled: bool) -> None:
+        if enabled and self.wake is None:
+            raise ValueError("no wake-word detector configured")
+        self._wake_enabled = enabled
+
+    @property
+    def in_speech(self) -> bool:
+        """Whether the speech gate has a turn open."""
+        return self.gate.in_speech
+
+    def process(self, captured: bytes) -> list[FrontEndEvent]:
+        """Take captured PCM16 bytes at `input_rate`; return the events they completed."""
+        data = self._odd_byte + captured
+        usable = len(data) & ~1
+        self._odd_byte = data[usable:]
+        self._samples_in += usable // 2
+        self._pending16 += self._to_wake_rate.process(data[:usable])
+        self._pending24 += self._to_upload_rate.process(data[:usable])
+        return self._frames()
+
+    def flush(self) -> list[FrontEndEvent]:
+        """End of stream: drain the resamplers and return the last whole frames' events.
+
+        A trailing part-frame is dropped. The front end can go on with a new stream after.
+        """
+        self._pending16 += self._to_wake_rate.flush()
+        self._pending24 += self._to_upload_rate.flush()
+        events = self._frames()
+        self._pending16.clear()
+        self._pending24.clear()
+        self._odd_byte = b""
+        return events
+
+    def _frames(self) -> list[FrontEndEvent]:
+        events: list[FrontEndEvent] = []
+        n16, n24 = self._frame16_bytes, self._frame24_bytes
+        # Both streams are delay-compensated by soxr, so frame i of each covers the same
+        # instant; pair them, and the VAD decision of one applies to the other.
+        frames = min(len(self._pending16) // n16, len(self._pending24) // n24)
+        for i in range(frames):
+            frame16 = bytes(self._pending16[i * n16 : (i + 1) * n16])
+            frame24 = bytes(self._pending24[i * n24 : (i + 1) * n24])
+            self._frame(frame16, frame24, events)
+        del self._pending16[: frames * n16]
+        del self._pending24[: frames * n24]
+        return events
+
+    def _frame(self, frame16: bytes, frame24: bytes, events: list[FrontEndEvent]) -> None:
+        is_speech = self.vad.is_speech(frame16)
+        self.last_is_speech = is_speech
+        self._frames_done += 1
+        if self.monitor:
+            events.append(VadFrame(is_speech, self._frames_done * self.gate.frame_ms / 1000))
+        if self.wake is not None:
+            if self._wake_enabled:
+                scored_before = self.wake.detector.last_scores_time
+                detections = self.wake.feed(frame16, is_speech)
+                scored_now = self.wake.detector.last_scores_time
+                if self.monitor and scored_now is not None and scored_now != scored_before:
+                    events.append(WakeScores(dict(self.wake.detector.last_scores), scored_now))
+                events.extend(WakeDetected(d.model, d.score, d.audio_time) for d in detections)
+            else:
+                self.wake.skip(len(frame16) // 2)
+        events.extend(self.gate.feed(frame24, is_speech))
