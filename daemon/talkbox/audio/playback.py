@@ -1,0 +1,339 @@
+"""Speaker output: one PyAudio output stream that plays a queue and counts what it played.
+
+This module owns the speaker side of the data path: replies arrive as 24 kHz PCM16 deltas,
+are resampled to the device rate on the event loop (`write()`), queued, and handed to
+PortAudio period by period from its callback thread. The queue and counters are shared with
+that thread under one lock, held only for list operations; the callback never allocates
+more than its output buffer and never waits on the event loop.
+
+The stream is opened by `start()` and kept RUNNING, writing silence when the queue is empty,
+rather than stopped between replies: with the stream running, a chime or a reply starts
+within one period (no ALSA prepare/start), and the speaker amplifier is not switched on and
+off around every utterance (the I2S amps on Pi HATs and many USB speakers pop when their
+clock starts or stops). The cost is one callback per period (50 per second at the default
+20 ms), each a lock and a slice; PortAudio waits on the device between them, so there is
+no busy loop.
+
+Counting: `played_samples` is what the callback handed to PortAudio of assistant audio
+since `reset_count()`, in SOURCE-rate samples, so `conversation.item.truncate` can say how
+much of the item the user really heard. Chimes and silence are not counted.
+
+Draining: `end_of_stream()` marks the end of a reply; once everything up to the mark has
+been handed over and the queue is empty, `on_drained` is called on the event loop after the
+stream's output latency (the time PortAudio says handed audio takes to reach the DAC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import pyaudio
+
+from talkbox.audio.devices import find_device
+from talkbox.audio.pa import ThrottledWarning, create_pyaudio, describe_os_error, device_error
+from talkbox.audio.resample import Resampler
+from talkbox.errors import AudioDeviceError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_BYTES = 2
+# How often a waiting wait_drained() looks at the stream's health.
+_HEALTH_POLL_S = 0.2
+
+
+class _Kind(enum.Enum):
+    SPEECH = "speech"  # counted in played_samples
+    CHIME = "chime"  # played at once, not counted
+    END = "end"  # zero-length mark: the reply ends here
+
+
+class _Segment(NamedTuple):
+    pcm: memoryview
+    kind: _Kind
+
+
+_END_MARK = _Segment(memoryview(b""), _Kind.END)
+
+
+class Playback:
+    """Play PCM16 mono written at `source_rate` on the output device named `device`.
+
+    `start()`, `write()`, `end_of_stream()`, `flush()`, `play_chime()`, `wait_drained()` and
+    `close()` belong to the event loop's thread (`start()` binds to the running loop).
+    """
+
+    def __init__(
+        self,
+        device: str,
+        output_rate: int,
+        source_rate: int = 24000,
+        period_frames: int | None = None,
+        *,
+        prebuffer_ms: int = 100,
+        on_drained: Callable[[], None] | None = None,
+    ) -> None:
+        self.device = device
+        self.output_rate = output_rate
+        self.source_rate = source_rate
+        # 20 ms by default: flush() silences output within this, at 50 callbacks a second.
+        self.period_frames = period_frames or output_rate // 50
+        self.on_drained = on_drained
+        self._prebuffer_bytes = round(prebuffer_ms * output_rate / 1000) * SAMPLE_BYTES
+        self._resampler = Resampler(source_rate, output_rate)
+        self._silence = memoryview(bytes(self.period_frames * SAMPLE_BYTES))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pa: Any = None
+        self._stream: Any = None
+        self._closed = False
+        self._output_latency_s = 0.0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._underrun_warning = ThrottledWarning(
+            log, f"playback on {device!r}: audio arrived too slowly, output ran dry mid-reply"
+        )
+        # Shared with the callback thread; guarded by _lock.
+        self._lock = threading.Lock()
+        self._segments: deque[_Segment] = deque()
+        self._queued_bytes = 0
+        self._playing = False  # False: prebuffering (or idle), the callback plays silence
+        self._end_passed = False  # an END mark was handed over since the queue last ran dry
+        self._generation = 0  # bumped by every change from the loop; stale drains are dropped
+        self._played_speech_bytes = 0
+        self.underruns = 0
+        """Times the queue ran dry in the middle of a reply (before its end_of_stream())."""
+
+    # ----- lifecycle
+
+    def start(self) -> None:
+        """Open the device and start the (silent) stream. Raises AudioDeviceError."""
+        if self._stream is not None:
+            return
+        if self._closed:
+            raise RuntimeError("a closed Playback cannot be restarted; make a new one")
+        self._loop = asyncio.get_running_loop()
+        self._pa = create_pyaudio()
+        try:
+            index = find_device(self._pa, self.device, "output")
+            self._stream = self._pa.open(
+                format=pyaudio.paInt16,
+                channels=1,
+                rate=self.output_rate,
+                output=True,
+                output_device_index=index,
+                frames_per_buffer=self.period_frames,
+                stream_callback=self._fill,
+            )
+            self._output_latency_s = float(self._stream.get_output_latency())
+        except OSError as exc:
+            self._release()
+            raise device_error(
+                exc, "output", self.device, f"cannot play at {self.output_rate} Hz"
+            ) from exc
+        except BaseException:
+            self._release()
+            raise
+        log.info("playback started: output device %r at %d Hz", self.device, self.output_rate)
+
+    def close(self) -> None:
+        """Stop the stream and release the device (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel_drain_timer()
+        self._release()
+
+    def _release(self) -> None:
+        stream, self._stream = self._stream, None
+        pa, self._pa = self._pa, None
+        try:
+            if stream is not None:
+                stream.close()
+        except OSError as exc:  # a vanished device may fail to close; it is released anyway
+            log.warning("closing output device %r: %s", self.device, describe_os_error(exc))
+        finally:
+            if pa is not None:
+                pa.terminate()
+
+    async def __aenter__(self) -> Playback:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ----- the event loop's side
+
+    def write(self, pcm_source_rate: bytes) -> None:
+        """Queue reply audio (PCM16 at source_rate); returns at once."""
+        self._raise_if_unhealthy()
+        self._enqueue(_Segment(memoryview(self._resampler.process(pcm_source_rate)), _Kind.SPEECH))
+
+    def end_of_stream(self) -> None:
+        """The reply has no more audio: play what is queued now, however little it is."""
+        self._raise_if_unhealthy()
+        tail = self._resampler.flush()
+        if tail:
+            self._enqueue(_Segment(memoryview(tail), _Kind.SPEECH))
+        self._enqueue(_END_MARK)
+
+    def play_chime(self, pcm_output_rate: bytes) -> None:
+        """Queue a chime, already at output_rate (see chimes.chime()); it plays at once."""
+        if len(pcm_output_rate) % SAMPLE_BYTES:
+            raise ValueError(f"PCM16 chime has an odd length ({len(pcm_output_rate)} bytes)")
+        self._raise_if_unhealthy()
+        self._enqueue(_Segment(memoryview(pcm_output_rate), _Kind.CHIME))
+
+    def _enqueue(self, segment: _Segment) -> None:
+        self._cancel_drain_timer()
+        self._idle.clear()
+        with self._lock:
+            self._generation += 1
+            self._segments.append(segment)
+            self._queued_bytes += len(segment.pcm)
+            # Reply audio waits for the prebuffer; a chime or an end mark starts everything.
+            if segment.kind is not _Kind.SPEECH or self._queued_bytes >= self._prebuffer_bytes:
+                self._playing = True
+
+    def flush(self) -> None:
+        """Drop everything queued; the device goes silent within one period. Returns at once."""
+        self._cancel_drain_timer()
+        self._resampler.reset()
+        with self._lock:
+            self._generation += 1
+            self._segments.clear()
+            self._queued_bytes = 0
+            self._playing = False
+            self._end_passed = False
+        self._idle.set()
+
+    async def wait_drained(self) -> None:
+        """Return once everything written has been played (or flushed).
+
+        Raises AudioDeviceError if the device has failed or playback is closed, before or
+        while waiting.
+        """
+        self._raise_if_unhealthy()
+        while not self._idle.is_set():
+            try:
+                async with asyncio.timeout(_HEALTH_POLL_S):
+                    await self._idle.wait()
+            except TimeoutError:
+                self._raise_if_unhealthy()
+
+    @property
+    def played_samples(self) -> int:
+        """Reply audio handed to the device since reset_count(), in source-rate samples."""
+        with self._lock:
+            played_frames = self._played_speech_bytes // SAMPLE_BYTES
+        # Integer arithmetic on the running total: exact for integer ratios, never drifting.
+        return played_frames * self.source_rate // self.output_rate
+
+    def reset_count(self) -> None:
+        """Start counting played_samples afresh (call when a new assistant item starts)."""
+        with self._lock:
+            self._played_speech_bytes = 0
+
+    @property
+    def is_playing(self) -> bool:
+        """True while queued audio is being handed to the device (not prebuffering, not idle)."""
+        with self._lock:
+            return self._playing
+
+    def _raise_if_unhealthy(self) -> None:
+        if self._closed or self._stream is None:
+            raise AudioDeviceError(f"playback on output device {self.device!r} is not running")
+        if not self._stream.is_active():
+            raise AudioDeviceError(
+                f"output device {self.device!r} stopped taking audio (unplugged or failed?)"
+            )
+
+    def _cancel_drain_timer(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+
+    def _on_ran_dry(self, generation: int, reply_ended: bool, underrun: bool) -> None:
+        # Called on the loop when the callback emptied the queue; the audio still has the
+        # output latency to travel, so the drain is announced that much later.
+        if underrun:
+            self._underrun_warning.note(self.underruns)
+        if generation != self._generation or self._closed:
+            return
+        assert self._loop is not None
+        self._cancel_drain_timer()
+        self._drain_timer = self._loop.call_later(
+            self._output_latency_s, self._finish_drain, generation, reply_ended
+        )
+
+    def _finish_drain(self, generation: int, reply_ended: bool) -> None:
+        self._drain_timer = None
+        if generation != self._generation or self._closed:
+            return
+        self._idle.set()
+        if reply_ended and self.on_drained is not None:
+            self.on_drained()
+
+    # ----- PortAudio's callback thread
+
+    def _fill(
+        self, in_data: bytes | None, frame_count: int, time_info: Any, status_flags: int
+    ) -> tuple[bytes, int]:
+        wanted = frame_count * SAMPLE_BYTES
+        pieces: list[memoryview] = []
+        got = 0
+        ran_dry = reply_ended = underrun = False
+        generation = 0
+        with self._lock:
+            if self._playing:
+                segments = self._segments
+                last_kind = _Kind.END
+                # END marks right after the last byte handed over are passed now, too.
+                while segments and (got < wanted or segments[0].kind is _Kind.END):
+                    pcm, kind = segments[0]
+                    take = pcm[: wanted - got]
+                    if len(take) == len(pcm):
+                        segments.popleft()
+                    else:
+                        segments[0] = _Segment(pcm[len(take) :], kind)
+                    pieces.append(take)
+                    got += len(take)
+                    last_kind = kind
+                    if kind is _Kind.SPEECH:
+                        self._played_speech_bytes += len(take)
+                    elif kind is _Kind.END:
+                        self._end_passed = True
+                self._queued_bytes -= got
+                if not segments:
+                    ran_dry = True
+                    self._playing = False
+                    reply_ended = self._end_passed
+                    self._end_passed = False
+                    underrun = last_kind is _Kind.SPEECH
+                    if underrun:
+                        self.underruns += 1
+                    generation = self._generation
+        if got < wanted:
+            pieces.append(
+                self._silence[: wanted - got]
+                if wanted - got <= len(self._silence)
+                else memoryview(bytes(wanted - got))
+            )
+        if ran_dry and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._on_ran_dry, generation, reply_ended, underrun)
+            except RuntimeError:  # the loop is closed: the daemon is going away
+                return b"".join(pieces), pyaudio.paAbort
+        return b"".join(pieces), pyaudio.paContinue
