@@ -1,0 +1,465 @@
+"""The daemon: wires the audio front end, the Realtime connection and the speaker to the core.
+
+One asyncio loop owns everything. Adapters turn what happens (a captured chunk, a server
+event, the speaker running dry, a timer) into inputs for `ConversationMachine.step`, which
+runs synchronously; the app then carries out the actions it returns. No conversation state
+lives here: only handles on I/O (the open session, timers, devices) and counters for status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from talkbox.audio.chimes import chime
+from talkbox.audio.frontend import FrontEnd, WakeDetected
+from talkbox.config import Config
+from talkbox.core.conversation import ConversationMachine, MachineConfig
+from talkbox.core.inputs import (
+    Action,
+    CancelTimer,
+    CloseConnection,
+    ConnectionFailed,
+    ConversationEnded,
+    EndOfReply,
+    FlushPlayback,
+    Input,
+    MicSpeechAudio,
+    MicSpeechEnded,
+    MicSpeechStarted,
+    MuteChanged,
+    OpenConnection,
+    PlayAudio,
+    PlaybackDrained,
+    PlayChime,
+    Send,
+    ServerEventReceived,
+    SessionReady,
+    StartTimer,
+    State,
+    StateChanged,
+    StopRequested,
+    TimerFired,
+    Transcript,
+    TurnFinished,
+    WakeWord,
+)
+from talkbox.core.retry import Backoff
+from talkbox.errors import (
+    AudioDeviceError,
+    ConnectionDropped,
+    RealtimeError,
+)
+from talkbox.realtime.events import ClientEvent, ServerEvent
+from talkbox.vad import SpeechAudio as GateSpeechAudio
+from talkbox.vad import SpeechEnded, SpeechGate, SpeechStarted, VoiceActivity
+from talkbox.wake import GatedWakeDetector, WakeWordDetector
+
+log = logging.getLogger("talkbox")
+
+REPLY_RATE = 24000
+FRAME_MS = 20
+# Audio kept from the current speech segment for the moment the wake word fires: the wake
+# model decides a few hundred ms after the phrase ends, and the command may already have
+# begun. The wake phrase's own tail may come along; the command's start may not be lost.
+RECENT_AUDIO_MS = 800
+SHUTDOWN_SECONDS = 4.0
+
+
+class Session(Protocol):
+    """What the app needs of a Realtime session (the real one or the echo provider)."""
+
+    async def send(self, event: ClientEvent) -> None: ...
+    def events(self) -> AsyncIterator[ServerEvent]: ...
+    async def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+SessionOpener = Callable[[], Awaitable[Session]]
+
+
+class Speaker(Protocol):
+    """What the app needs of the playback device (see audio/playback.Playback)."""
+
+    @property
+    def played_samples(self) -> int: ...
+    def write(self, pcm_source_rate: bytes) -> None: ...
+    def end_of_stream(self) -> None: ...
+    def play_chime(self, pcm_output_rate: bytes) -> None: ...
+    def flush(self) -> None: ...
+    def reset_count(self) -> None: ...
+
+
+@dataclass
+class _Connection:
+    conversation: int
+    task: asyncio.Task[None] | None = None
+    outgoing: asyncio.Queue[ClientEvent] = field(default_factory=asyncio.Queue)
+
+
+@dataclass
+class Status:
+    started_monotonic: float = field(default_factory=time.monotonic)
+    conversations: int = 0
+    last_error: str = ""
+    state: str = State.IDLE.value
+
+
+def machine_config(cfg: Config) -> MachineConfig:
+    # The echo provider has no server VAD: the device always ends the turn there.
+    detection = "local" if cfg.realtime.provider == "echo" else cfg.turn.detection
+    return MachineConfig(
+        detection=detection,
+        barge_in=cfg.conversation.barge_in,
+        follow_up_seconds=cfg.conversation.follow_up_seconds,
+        max_conversation_seconds=cfg.conversation.max_conversation_seconds,
+        silence_duration_ms=cfg.turn.silence_duration_ms,
+        sample_rate=REPLY_RATE,
+    )
+
+
+def build_front_end(cfg: Config) -> FrontEnd:
+    vad = VoiceActivity(cfg.turn.vad_aggressiveness, sample_rate=16000, frame_ms=FRAME_MS)
+    gate = SpeechGate(
+        frame_ms=FRAME_MS,
+        start_frames=3,
+        silence_ms=cfg.turn.silence_duration_ms,
+        prefix_padding_ms=cfg.turn.prefix_padding_ms,
+        max_turn_ms=int(cfg.turn.max_turn_seconds * 1000),
+    )
+    detector = WakeWordDetector(
+        list(cfg.wake.models),
+        threshold=cfg.wake.threshold,
+        thresholds=dict(cfg.wake.thresholds),
+        refractory_seconds=cfg.wake.refractory_seconds,
+    )
+    return FrontEnd(cfg.audio.input_rate, vad, gate, GatedWakeDetector(detector))
+
+
+def make_chimes(cfg: Config) -> dict[str, bytes]:
+    """The chimes at the speaker's rate; none at all with [audio] chimes = false."""
+    if not cfg.audio.chimes:
+        return {}
+    rate, volume = cfg.audio.output_rate, cfg.audio.volume
+    return {kind: chime(kind, rate, volume) for kind in ("wake", "done", "error")}
+
+
+class Daemon:
+    """The conversation loop around one `ConversationMachine`.
+
+    `open_session` makes a configured session (the real service, or the echo provider);
+    `speaker` plays reply audio and chimes and counts what it played. Both are passed in, so
+    tests can use the real devices over ALSA's file plugin or the fake service on loopback.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        open_session: Callable[[Config], SessionOpener],
+        speaker: Speaker,
+        front_end: FrontEnd,
+        on_state: Callable[[State, str], None] | None = None,
+        on_speaker_error: Callable[[AudioDeviceError], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self._make_opener = open_session
+        self._open_session = open_session(cfg)
+        self.speaker = speaker
+        self.front_end = front_end
+        self._on_state = on_state
+        self._on_speaker_error = on_speaker_error
+        self._clock = clock
+        self.chimes = make_chimes(cfg)
+        self.machine = ConversationMachine(machine_config(cfg))
+        self.status = Status()
+        self.backoff = Backoff()
+        self._connection: _Connection | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._recent_audio: deque[bytes] = deque(maxlen=RECENT_AUDIO_MS // FRAME_MS)
+        self._last_failure: BaseException | None = None
+        self._pending_config: Config | None = None
+        self._update_wake_enabled()
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def step(self, event: Input) -> None:
+        """Feed one input to the machine and carry out what it asks, synchronously."""
+        for action in self.machine.step(event, self._clock()):
+            self._perform(action)
+
+    def on_audio(self, captured: bytes) -> None:
+        """A captured chunk: run the front end and feed what it found to the machine."""
+        for event in self.front_end.process(captured):
+            if isinstance(event, WakeDetected):
+                self._on_wake(event)
+            elif isinstance(event, SpeechStarted):
+                self._recent_audio.clear()
+                self._recent_audio.append(event.preroll)
+                self.step(MicSpeechStarted(event.preroll, self.speaker.played_samples))
+            elif isinstance(event, GateSpeechAudio):
+                self._recent_audio.append(event.pcm)
+                self.step(MicSpeechAudio(event.pcm))
+            elif isinstance(event, SpeechEnded):
+                self._recent_audio.clear()
+                self.step(MicSpeechEnded(event.reason))
+
+    def _on_wake(self, event: WakeDetected) -> None:
+        log.info("wake word %s (score %.2f)", event.model, event.score)
+        self.wake(event.model, b"".join(self._recent_audio))
+
+    def wake(self, model: str = "", recent_audio: bytes = b"") -> None:
+        """The wake word was heard, or `talkbox ctl wake` asked for a conversation."""
+        if self.machine.state is State.IDLE:
+            wait = self.backoff.remaining(self._clock())
+            if wait > 0:
+                log.warning(
+                    "not connecting for another %.0f s after %d failed attempts: %s",
+                    wait,
+                    self.backoff.consecutive_failures,
+                    self.status.last_error,
+                )
+                self._play_chime("error")
+                return
+        self.step(WakeWord(model, recent_audio, self.speaker.played_samples))
+
+    def on_playback_drained(self) -> None:
+        self.step(PlaybackDrained(self.speaker.played_samples))
+
+    def stop_conversation(self, reason: str) -> None:
+        self.step(StopRequested(reason))
+
+    def set_muted(self, muted: bool) -> None:
+        self.step(MuteChanged(muted))
+        self._update_wake_enabled()
+
+    # --- actions ------------------------------------------------------------------------------
+
+    def _perform(self, action: Action) -> None:
+        try:
+            self._carry_out(action)
+        except AudioDeviceError as error:
+            # The speaker vanished: the conversation goes on silently and the owner of the
+            # devices reopens it; the daemon itself must not die of it.
+            if self._on_speaker_error is not None:
+                self._on_speaker_error(error)
+            else:
+                log.error("%s", error)
+
+    def _carry_out(self, action: Action) -> None:
+        if isinstance(action, Send):
+            if (
+                self._connection is not None
+                and self._connection.conversation == action.conversation
+            ):
+                self._connection.outgoing.put_nowait(action.event)
+        elif isinstance(action, PlayAudio):
+            self.speaker.write(action.pcm)
+        elif isinstance(action, FlushPlayback):
+            self.speaker.flush()
+            self.speaker.reset_count()
+        elif isinstance(action, EndOfReply):
+            self.speaker.end_of_stream()
+        elif isinstance(action, PlayChime):
+            self._play_chime(action.kind)
+        elif isinstance(action, StartTimer):
+            self._cancel_timer(action.name)
+            loop = asyncio.get_running_loop()
+            fired = TimerFired(action.name, action.token)
+            self._timers[action.name] = loop.call_later(action.seconds, self.step, fired)
+        elif isinstance(action, CancelTimer):
+            self._cancel_timer(action.name)
+        elif isinstance(action, OpenConnection):
+            self._open(action.conversation)
+        elif isinstance(action, CloseConnection):
+            self._close(action.conversation)
+        elif isinstance(action, StateChanged):
+            self._state_changed(action.state, action.reason)
+        elif isinstance(action, Transcript):
+            if self.cfg.log.transcripts:
+                log.info("%s said: %s", action.role, action.text)
+        elif isinstance(action, TurnFinished):
+            self._log_turn(action)
+        elif isinstance(action, ConversationEnded):
+            self._conversation_ended(action)
+
+    def _play_chime(self, kind: str) -> None:
+        pcm = self.chimes.get(kind)
+        if pcm:
+            self.speaker.play_chime(pcm)
+
+    def _cancel_timer(self, name: str) -> None:
+        handle = self._timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _state_changed(self, state: State, reason: str) -> None:
+        self.status.state = state.value
+        log.info(
+            "state %s (%s)",
+            state.value,
+            reason,
+            extra={"TALKBOX_STATE": state.value, "CONVERSATION_ID": str(self.machine.conversation)},
+        )
+        self._update_wake_enabled()
+        if state is State.IDLE:
+            self._apply_pending_config()
+        if self._on_state is not None:
+            self._on_state(state, reason)
+
+    def _update_wake_enabled(self) -> None:
+        state = self.machine.state
+        barge_in_by_wake = self.cfg.conversation.barge_in == "wake" and state is State.RESPONDING
+        self.front_end.wake_enabled = not self.machine.muted and (
+            state is State.IDLE or barge_in_by_wake
+        )
+
+    def _log_turn(self, turn: TurnFinished) -> None:
+        usage = turn.usage
+        fields: dict[str, Any] = {"CONVERSATION_ID": str(turn.conversation)}
+        latency = turn.end_of_speech_to_first_audio_ms
+        if latency is not None:
+            fields["FIRST_AUDIO_MS"] = f"{latency:.0f}"
+        if usage is not None:
+            fields.update(
+                INPUT_TOKENS=str(usage.input_tokens),
+                OUTPUT_TOKENS=str(usage.output_tokens),
+                INPUT_AUDIO_TOKENS=str(usage.input_audio_tokens),
+                OUTPUT_AUDIO_TOKENS=str(usage.output_audio_tokens),
+                CACHED_TOKENS=str(usage.cached_tokens),
+            )
+        log.info(
+            "answer %s: first audio %s after end of speech, tokens %s in / %s out",
+            turn.status,
+            "?" if latency is None else f"{latency:.0f} ms",
+            "?" if usage is None else usage.input_tokens,
+            "?" if usage is None else usage.output_tokens,
+            extra=fields,
+        )
+
+    def _conversation_ended(self, ended: ConversationEnded) -> None:
+        self.status.conversations += 1
+        if ended.error:
+            self.status.last_error = ended.error
+            failure = self._last_failure or ConnectionDropped(ended.error)
+            delay = self.backoff.failure(failure, self._clock())
+            log.error(
+                "conversation failed: %s%s",
+                ended.error,
+                "" if delay is None else f" (next attempt allowed in {delay:.1f} s)",
+            )
+        else:
+            self.backoff.success()
+        self._last_failure = None
+
+    # --- the connection -----------------------------------------------------------------------
+
+    def _open(self, conversation: int) -> None:
+        connection = _Connection(conversation)
+        self._connection = connection
+        connection.task = asyncio.create_task(self._run_connection(connection))
+
+    def _close(self, conversation: int) -> None:
+        connection = self._connection
+        if connection is None or connection.conversation != conversation:
+            return
+        self._connection = None
+        if connection.task is not None:
+            connection.task.cancel()
+            self._closing.add(connection.task)
+            connection.task.add_done_callback(self._closing.discard)
+
+    async def _run_connection(self, connection: _Connection) -> None:
+        conversation = connection.conversation
+        try:
+            session = await self._open_session()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # every failure becomes an input; the daemon never dies of it
+            self._fail(conversation, error)
+            return
+        sender = asyncio.create_task(self._send_loop(session, connection))
+        try:
+            self.step(SessionReady(conversation))
+            async for event in session.events():
+                played = self.speaker.played_samples
+                self.step(ServerEventReceived(conversation, event, played))
+            self._fail(conversation, ConnectionDropped("the service ended the session"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._fail(conversation, error)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(session.close())
+
+    async def _send_loop(self, session: Session, connection: _Connection) -> None:
+        while True:
+            event = await connection.outgoing.get()
+            try:
+                await session.send(event)
+            except Exception as error:
+                self._fail(connection.conversation, error)
+                return
+
+    def _fail(self, conversation: int, error: BaseException) -> None:
+        if not isinstance(error, RealtimeError):
+            log.debug("unexpected failure in the connection", exc_info=error)
+            error = RealtimeError(f"unexpected failure: {type(error).__name__}: {error}")
+        if conversation == self.machine.conversation and self.machine.state is not State.IDLE:
+            self._last_failure = error
+        self.step(ConnectionFailed(conversation, error))
+
+    # --- reload -------------------------------------------------------------------------------
+
+    def reload(self, cfg: Config) -> None:
+        """Take a new, valid config: it applies from the next conversation."""
+        self._pending_config = cfg
+        if self.machine.state is State.IDLE:
+            self._apply_pending_config()
+
+    def _apply_pending_config(self) -> None:
+        cfg, self._pending_config = self._pending_config, None
+        if cfg is None:
+            return
+        old = self.cfg
+        self.cfg = cfg
+        self._open_session = self._make_opener(cfg)
+        self.chimes = make_chimes(cfg)
+        muted = self.machine.muted
+        conversation = self.machine.conversation
+        self.machine = ConversationMachine(machine_config(cfg))
+        self.machine.muted = muted
+        self.machine.conversation = conversation
+        if (old.wake, old.turn, old.audio.input_rate) != (cfg.wake, cfg.turn, cfg.audio.input_rate):
+            self.front_end = build_front_end(cfg)
+        if (old.audio.input_device, old.audio.output_device, old.audio.output_rate) != (
+            cfg.audio.input_device,
+            cfg.audio.output_device,
+            cfg.audio.output_rate,
+        ):
+            log.warning("audio device and rate changes take effect after a restart")
+        self._update_wake_enabled()
+        log.info("new configuration in force")
+
+    # --- shutdown -----------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        self.stop_conversation("shutting down")
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        pending = list(self._closing)
+        if self._connection is not None and self._connection.task is not None:
+            pending.append(self._connection.task)
+            self._connection.task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=SHUTDOWN_SECONDS / 2)

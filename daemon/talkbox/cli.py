@@ -1,0 +1,222 @@
+"""The `talkbox` command: run the daemon, check the setup, ask once, list devices, tune, control.
+
+Every failure ends in one clear line on stderr and a non-zero exit: 78 (EX_CONFIG) for a bad
+configuration, so systemd does not restart-loop on it; 1 for anything else. Never a traceback
+for a user's mistake, never the API key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from talkbox import __version__
+from talkbox.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    config_warnings,
+    effective_settings,
+    load_config,
+)
+from talkbox.errors import EX_CONFIG, ConfigError, TalkboxError
+from talkbox.secrets import ApiKey, resolve_api_key
+
+EXIT_FAILURE = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.handler(args)
+        return result
+    except ConfigError as error:
+        print(f"talkbox: {error}", file=sys.stderr)
+        return EX_CONFIG
+    except TalkboxError as error:
+        print(f"talkbox: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="talkbox", description="Headless smart speaker for the GPT-4o Realtime API."
+    )
+    parser.add_argument("--version", action="version", version=f"talkbox {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help=f"config file (default: {DEFAULT_CONFIG_PATH})",
+        )
+        return sub
+
+    run = command("run", "run the daemon in the foreground (systemd runs this)")
+    run.set_defaults(handler=_run)
+
+    check = command("check", "validate the config and print the settings in force")
+    check.add_argument("--connect", action="store_true", help="also open a session and close it")
+    check.set_defaults(handler=_check)
+
+    ask = command("ask", "ask one question as text and hear (or save) the spoken answer")
+    ask.add_argument("text", help="the question")
+    ask.add_argument(
+        "--out", type=Path, help="write the answer to this WAV file instead of playing it"
+    )
+    ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    ask.set_defaults(handler=_ask)
+
+    devices = command("devices", "list audio devices and mark the configured ones")
+    devices.set_defaults(handler=_devices)
+
+    listen = command("listen", "print wake-word scores and voice activity live, for tuning a room")
+    listen.add_argument(
+        "--seconds", type=float, default=0.0, help="stop after this long (0: never)"
+    )
+    listen.set_defaults(handler=_listen)
+
+    ctl = command("ctl", "control the running daemon")
+    ctl.add_argument("action", choices=["status", "mute", "unmute", "wake", "stop"])
+    ctl.add_argument("--socket", help="control socket (default: [control] socket of the config)")
+    ctl.set_defaults(handler=_ctl)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _key_for(cfg: Config) -> ApiKey | None:
+    return resolve_api_key(cfg.realtime, os.environ)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    from talkbox.service import run_daemon
+
+    config_path = args.config or DEFAULT_CONFIG_PATH
+    return run_daemon(config_path)
+
+
+def _check(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    key = _key_for(cfg)
+    settings: dict[str, Any] = effective_settings(cfg)
+    settings["realtime"]["api_key"] = f"{key} (from {key.source})" if key else "(none needed)"
+    if cfg.realtime.provider != "echo" and key is not None:
+        from talkbox.realtime.endpoint import endpoint_for
+
+        settings["realtime"]["connects_to"] = endpoint_for(cfg.realtime, key).description
+    print(f"config {args.config or DEFAULT_CONFIG_PATH}: valid")
+    for table, values in settings.items():
+        print(f"[{table}]")
+        for name, value in values.items():
+            print(f"{name} = {json.dumps(value) if not isinstance(value, str) else value}")
+    for warning in config_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.connect:
+        if key is None:
+            print("--connect: the echo provider has no service to connect to; nothing to check")
+            return 0
+        description = asyncio.run(_connect_once(cfg, key))
+        print(f"connected: {description}")
+    return 0
+
+
+async def _connect_once(cfg: Config, key: ApiKey) -> str:
+    from talkbox.realtime.connection import open_session
+    from talkbox.realtime.endpoint import endpoint_for, session_settings_for
+
+    endpoint = endpoint_for(cfg.realtime, key)
+    timeout = cfg.realtime.connect_timeout_seconds
+    session = await open_session(
+        endpoint, session_settings_for(cfg), connect_timeout=timeout, setup_timeout=timeout
+    )
+    await session.close()
+    info = session.session_info
+    return f"{endpoint.description}, session {info.session_id or '?'} ({info.model or 'model ?'})"
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from talkbox.ask import ask, write_wav
+
+    cfg = _load(args)
+    key = _key_for(cfg)
+    if key is None:
+        raise ConfigError(
+            [
+                'talkbox ask needs a service: set realtime.provider = "azure" or "openai" '
+                "(the echo provider only plays your own voice back)"
+            ],
+            source=str(args.config or DEFAULT_CONFIG_PATH),
+        )
+    answer = asyncio.run(ask(cfg, key, args.text, timeout=args.timeout))
+    seconds = len(answer.pcm) / 2 / 24000
+    if args.out is not None:
+        write_wav(args.out, bytes(answer.pcm))
+        print(f"answer: {answer.transcript}")
+        print(f"wrote {seconds:.1f} s of audio to {args.out}")
+    else:
+        print(f"answer: {answer.transcript}")
+        from talkbox.audio.speaker import play_once
+
+        play_once(cfg, bytes(answer.pcm))
+    if answer.usage is not None:
+        u = answer.usage
+        print(f"tokens: {u.input_tokens} in, {u.output_tokens} out ({u.output_audio_tokens} audio)")
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from talkbox.audio.devices import format_device_table, list_devices
+    from talkbox.audio.pa import open_pyaudio
+
+    cfg = _load(args)
+    with open_pyaudio() as pa:
+        print(
+            format_device_table(list_devices(pa), cfg.audio.input_device, cfg.audio.output_device)
+        )
+    return 0
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from talkbox.listen import listen
+
+    return listen(_load(args), seconds=args.seconds)
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    from talkbox.control import send_command_sync
+
+    socket_path = args.socket
+    if socket_path is None:
+        socket_path = _load(args).control.socket
+    reply = send_command_sync(socket_path, args.action)
+    if not reply.get("ok"):
+        print(f"talkbox: {reply.get('error', 'the daemon refused')}", file=sys.stderr)
+        return EXIT_FAILURE
+    for name, value in reply.items():
+        if name != "ok":
+            print(f"{name}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

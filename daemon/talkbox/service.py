@@ -1,0 +1,355 @@
+"""`talkbox run`: the daemon as systemd runs it, around the conversation loop of `app.Daemon`.
+
+This module owns the process-level parts: loading the config, opening and re-opening the
+audio devices, sd_notify (READY, STATUS, WATCHDOG only while capture delivers audio,
+RELOADING, STOPPING), signals (SIGTERM/SIGINT stop, SIGHUP reloads), the control socket,
+state hooks, and persisting mute. Each failure of a device or of the service is logged and
+retried; only a bad configuration at start ends the process (exit 78).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from talkbox.app import REPLY_RATE, Daemon, SessionOpener, build_front_end
+from talkbox.audio.capture import Capture
+from talkbox.audio.playback import Playback
+from talkbox.config import Config, load_config
+from talkbox.control import ControlServer
+from talkbox.core.inputs import State
+from talkbox.core.retry import Backoff
+from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxError
+from talkbox.hooks import StateHook
+from talkbox.realtime.connection import open_session
+from talkbox.realtime.echo import open_echo_session
+from talkbox.realtime.endpoint import endpoint_for, session_settings_for
+from talkbox.secrets import ApiKey, resolve_api_key
+from talkbox.systemd import Notifier, WatchdogGate, setup_logging
+
+log = logging.getLogger("talkbox")
+
+CAPTURE_PERIOD_MS = 80  # one wake-word chunk per buffer: fewer wake-ups on a Pi
+DEVICE_RETRY_MAX_SECONDS = 30.0
+MUTE_FILE = "muted"
+
+
+def session_opener(cfg: Config, key: ApiKey | None) -> SessionOpener:
+    """How this config opens a session: the echo stand-in, or the configured service."""
+    if cfg.realtime.provider == "echo" or key is None:
+        return open_echo_session
+    endpoint = endpoint_for(cfg.realtime, key)
+    settings = session_settings_for(cfg)
+    timeout = cfg.realtime.connect_timeout_seconds
+
+    async def open_service_session() -> Any:
+        return await open_session(
+            endpoint, settings, connect_timeout=timeout, setup_timeout=timeout
+        )
+
+    return open_service_session
+
+
+def load_checked(path: Path) -> tuple[Config, ApiKey | None]:
+    """The config and key, or ConfigError: everything a reload must check before it applies."""
+    cfg = load_config(path)
+    key = resolve_api_key(cfg.realtime, os.environ)
+    if key is not None:
+        endpoint_for(cfg.realtime, key)  # the URL rules, checked now rather than at a wake
+    return cfg, key
+
+
+def status_text(state: State, muted: bool, wake_models: tuple[str, ...]) -> str:
+    if muted:
+        return "muted (talkbox ctl unmute to listen again)"
+    if state is State.IDLE:
+        return f"idle, listening for {' or '.join(m.replace('_', ' ') for m in wake_models)}"
+    if state is State.CONNECTING:
+        return "connecting to the service"
+    return "in a conversation"
+
+
+class Service:
+    """The running daemon: devices, systemd, signals, control socket, hooks."""
+
+    def __init__(self, config_path: Path, cfg: Config, key: ApiKey | None) -> None:
+        self.config_path = config_path
+        self.cfg = cfg
+        self.key = key
+        self.notifier = Notifier()
+        self.stopping = asyncio.Event()
+        self.hook = StateHook(cfg.hooks.on_state, cfg.hooks.timeout_seconds)
+        self.capture: Capture | None = None
+        self.playback: Playback | None = None
+        self.daemon: Daemon | None = None
+        self.device_backoff = Backoff(base=1.0, cap=DEVICE_RETRY_MAX_SECONDS)
+        self.watchdog_gate = WatchdogGate(max_silence_seconds=5.0, started_at=time.monotonic())
+        self._speaker_broken = asyncio.Event()
+
+    # --- start and stop -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        front_end = build_front_end(self.cfg)  # loads the wake models (ConfigError if unknown)
+        await self._open_devices_until_ready()
+        assert self.playback is not None
+        self.daemon = Daemon(
+            self.cfg,
+            open_session=lambda cfg: session_opener(cfg, self.key),
+            speaker=self.playback,
+            front_end=front_end,
+            on_state=self._state_changed,
+            on_speaker_error=self._speaker_failed,
+        )
+        if self.cfg.control.persist_mute and self._mute_file_says_muted():
+            self.daemon.set_muted(True)
+        control = ControlServer(self.cfg.control.socket, self._control)
+        try:
+            await control.start()
+        except TalkboxError as error:
+            log.error("%s; talkbox ctl will not work", error)
+            control = None  # type: ignore[assignment]
+        tasks = [
+            asyncio.create_task(self._capture_loop(), name="capture"),
+            asyncio.create_task(self._speaker_supervisor(), name="speaker"),
+            asyncio.create_task(self._watchdog_loop(), name="watchdog"),
+        ]
+        self.notifier.ready()
+        self._state_changed(State.IDLE, "ready")
+        log.info("talkbox ready: %s", self._describe_service())
+        await self.stopping.wait()
+
+        log.info("stopping")
+        self.notifier.stopping()
+        await self.daemon.shutdown()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if control is not None:
+            await control.close()
+        self._close_devices()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.hook.aclose(), 2.0)
+        return 0
+
+    def _describe_service(self) -> str:
+        if self.cfg.realtime.provider == "echo" or self.key is None:
+            return "echo provider (each turn is played back; no service is used)"
+        return endpoint_for(self.cfg.realtime, self.key).description
+
+    # --- audio devices ------------------------------------------------------------------------
+
+    async def _open_devices_until_ready(self) -> None:
+        """READY=1 only once both devices are open: wait (with backoff) until they are."""
+        while True:
+            try:
+                self._open_playback()
+                self._open_capture()
+                self.device_backoff.success()
+                return
+            except AudioDeviceError as error:
+                self._close_devices()
+                await self._wait_before_device_retry(error)
+
+    def _open_capture(self) -> None:
+        frames = self.cfg.audio.input_rate * CAPTURE_PERIOD_MS // 1000
+        capture = Capture(
+            self.cfg.audio.input_device,
+            self.cfg.audio.input_rate,
+            frames,
+            asyncio.get_running_loop(),
+        )
+        capture.start()
+        self.capture = capture
+
+    def _open_playback(self) -> None:
+        playback = Playback(
+            self.cfg.audio.output_device,
+            self.cfg.audio.output_rate,
+            REPLY_RATE,
+            on_drained=self._on_drained,
+        )
+        playback.start()
+        self.playback = playback
+
+    def _close_devices(self) -> None:
+        if self.capture is not None:
+            self.capture.stop()
+            self.capture = None
+        if self.playback is not None:
+            self.playback.close()
+            self.playback = None
+
+    async def _wait_before_device_retry(self, error: AudioDeviceError) -> None:
+        delay = self.device_backoff.failure(error, time.monotonic()) or DEVICE_RETRY_MAX_SECONDS
+        log.error("%s; trying again in %.0f s", error, delay)
+        self.notifier.status(f"waiting for the audio device: {error}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), delay)
+        if self.stopping.is_set():
+            raise asyncio.CancelledError
+
+    async def _capture_loop(self) -> None:
+        assert self.daemon is not None
+        while True:
+            try:
+                if self.capture is None:
+                    self._open_capture()
+                    self.device_backoff.success()
+                    log.info("microphone %r is back", self.cfg.audio.input_device)
+                    self._report_state()
+                assert self.capture is not None
+                chunk = await self.capture.read()
+            except AudioDeviceError as error:
+                # The watchdog is withheld meanwhile: systemd sees a daemon without ears.
+                self.daemon.stop_conversation("microphone failed")
+                if self.capture is not None:
+                    self.capture.stop()
+                    self.capture = None
+                await self._wait_before_device_retry(error)
+                continue
+            self.watchdog_gate.feed_seen(time.monotonic())
+            self.daemon.on_audio(chunk)
+
+    def _speaker_failed(self, error: AudioDeviceError) -> None:
+        if not self._speaker_broken.is_set():
+            log.error("%s", error)
+            self._speaker_broken.set()
+
+    async def _speaker_supervisor(self) -> None:
+        assert self.daemon is not None
+        while True:
+            await self._speaker_broken.wait()
+            self.daemon.stop_conversation("speaker failed")
+            if self.playback is not None:
+                self.playback.close()
+                self.playback = None
+            while self.playback is None:
+                try:
+                    self._open_playback()
+                except AudioDeviceError as error:
+                    await self._wait_before_device_retry(error)
+            self.daemon.speaker = self.playback
+            self._speaker_broken.clear()
+            log.info("speaker %r is back", self.cfg.audio.output_device)
+
+    def _on_drained(self) -> None:
+        if self.daemon is not None:
+            self.daemon.on_playback_drained()
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            if self.watchdog_gate.should_ping(time.monotonic()):
+                self.notifier.watchdog()
+            await asyncio.sleep(interval / 3)
+
+    # --- state, reload, control ---------------------------------------------------------------
+
+    def _state_changed(self, state: State, reason: str) -> None:
+        self._report_state()
+        asyncio.get_running_loop().create_task(self.hook.notify(state.value))
+
+    def _report_state(self) -> None:
+        if self.daemon is None:
+            return
+        text = status_text(
+            self.daemon.machine.state, self.daemon.machine.muted, self.cfg.wake.models
+        )
+        self.notifier.status(text)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; a valid one applies from the next conversation."""
+        self.notifier.reloading()
+        try:
+            cfg, key = load_checked(self.config_path)
+            if self.daemon is not None:
+                build_front_end(cfg)  # a wake model that cannot load must not get in
+        except ConfigError as error:
+            log.error("reload refused, the running configuration stays in force: %s", error)
+        else:
+            self.cfg, self.key = cfg, key
+            self.hook = StateHook(cfg.hooks.on_state, cfg.hooks.timeout_seconds)
+            if self.daemon is not None:
+                self.daemon.reload(cfg)
+            log.info(
+                "configuration %s reloaded; it applies from the next conversation", self.config_path
+            )
+        self.notifier.ready()
+        self._report_state()
+
+    async def _control(self, command: str, args: list[str]) -> dict[str, Any]:
+        daemon = self.daemon
+        assert daemon is not None
+        if command == "status":
+            return {
+                "ok": True,
+                "state": daemon.machine.state.value,
+                "muted": daemon.machine.muted,
+                "uptime_seconds": round(time.monotonic() - daemon.status.started_monotonic),
+                "conversations": daemon.status.conversations,
+                "last_error": daemon.status.last_error or "none",
+            }
+        if command in ("mute", "unmute"):
+            muted = command == "mute"
+            daemon.set_muted(muted)
+            self._remember_mute(muted)
+            self._report_state()
+            return {"ok": True, "muted": muted}
+        if command == "wake":
+            if daemon.machine.muted:
+                return {"ok": False, "error": "talkbox is muted; talkbox ctl unmute first"}
+            daemon.wake("ctl")
+            return {"ok": True, "state": daemon.machine.state.value}
+        if command == "stop":
+            daemon.stop_conversation("talkbox ctl stop")
+            return {"ok": True, "state": daemon.machine.state.value}
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def _mute_path(self) -> Path | None:
+        state_dir = os.environ.get("STATE_DIRECTORY", "")
+        return Path(state_dir.split(":")[0]) / MUTE_FILE if state_dir else None
+
+    def _mute_file_says_muted(self) -> bool:
+        path = self._mute_path()
+        return path is not None and path.exists()
+
+    def _remember_mute(self, muted: bool) -> None:
+        path = self._mute_path()
+        if not self.cfg.control.persist_mute or path is None:
+            return
+        try:
+            if muted:
+                path.touch()
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("cannot remember mute across restarts in %s: %s", path, error)
+
+
+def run_daemon(config_path: Path) -> int:
+    try:
+        cfg, key = load_checked(config_path)
+    except ConfigError as error:
+        print(f"talkbox: {error}", file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(cfg.log.level)
+    try:
+        return asyncio.run(Service(config_path, cfg, key).run())
+    except ConfigError as error:  # e.g. a wake model that does not exist
+        log.error("%s", error)
+        return EX_CONFIG
+    except asyncio.CancelledError:  # stopped while waiting for a device
+        return 0

@@ -1,0 +1,171 @@
+"""Run `talkbox run` as a real process on a sound card made of files, for end-to-end tests.
+
+The microphone is a capture FIFO fed in real time by the test (`FifoFeeder`), the speaker a
+playback FIFO drained in real time (`FifoDrainer`: what it read is what the room heard, and
+when), systemd is a NOTIFY_SOCKET bound here, and the service is the fake Realtime server on
+loopback (or the echo provider). Nothing in the daemon is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from support.alsa import AlsaSandbox, FifoDrainer, FifoFeeder, alsa_sandbox
+
+MIC_RATE = 16000
+CAPTURE_PERIOD_FRAMES = 1280  # the daemon captures 80 ms buffers at 16 kHz
+SPEAKER_RATE = 24000
+TALKBOX = str(Path(sys.executable).with_name("talkbox"))
+
+
+class NotifyListener(threading.Thread):
+    """A stand-in for systemd's notify socket: records every sd_notify message with its time."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="notify-listener", daemon=True)
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._stop_requested = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_requested.is_set():
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append((time.monotonic(), data.decode()))
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return [line for _, text in self.messages for line in text.splitlines()]
+
+    def first_time(self, line: str) -> float | None:
+        with self._lock:
+            for at, text in self.messages:
+                if line in text.splitlines():
+                    return at
+        return None
+
+    def stop(self) -> None:
+        self._stop_requested.set()
+        self.join(timeout=2)
+        self._sock.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class DaemonRun:
+    process: subprocess.Popen[bytes]
+    sandbox: AlsaSandbox
+    notify: NotifyListener
+    drainer: FifoDrainer
+    log_path: Path
+    feeders: list[FifoFeeder] = field(default_factory=list)
+    control_socket: Path = Path()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 10.0, count: int = 1) -> None:
+        wait_until(lambda: self.log().count(text) >= count, timeout, f"log line {text!r}")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        wait_until(lambda: "READY=1" in self.notify.lines(), timeout, "READY=1")
+
+    def say(self, pcm16k: bytes) -> FifoFeeder:
+        """Start feeding the microphone (real time); afterwards it goes on with silence."""
+        if self.feeders:
+            raise RuntimeError("one feeder per run: put the whole script in one recording")
+        feeder = FifoFeeder(
+            self.sandbox.capture_path, pcm16k, rate=MIC_RATE, period_frames=CAPTURE_PERIOD_FRAMES
+        )
+        self.feeders.append(feeder)
+        feeder.start()
+        return feeder
+
+    def heard(self, since: float = 0.0) -> bytes:
+        return self.drainer.data(since)
+
+    def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
+        """SIGTERM; returns (exit code, seconds it took)."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        return code, time.monotonic() - started
+
+
+@contextmanager
+def run_daemon(
+    tmp_path: Path,
+    config_text: str,
+    *,
+    api_key: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    feeder_first: FifoFeeder | None = None,
+) -> Iterator[DaemonRun]:
+    """Start `talkbox run` on a file sound card; stop it (SIGKILL at worst) when done.
+
+    `config_text` may use {control_socket} for a socket path inside tmp_path.
+    """
+    sandbox_cm = alsa_sandbox(tmp_path / "alsa", capture_fifo=True, playback_fifo=True)
+    sandbox = sandbox_cm.__enter__()
+    control_socket = tmp_path / "ctl.sock"
+    config_path = tmp_path / "talkbox.toml"
+    config_path.write_text(config_text.replace("{control_socket}", str(control_socket)))
+    notify = NotifyListener(tmp_path / "notify.sock")
+    notify.start()
+    # The speaker drains at real-time pace; the microphone FIFO is opened read-write here so
+    # the daemon's capture never sees end-of-file before the test starts talking.
+    drainer = FifoDrainer(sandbox.playback_path, rate=SPEAKER_RATE)
+    drainer.start()
+    mic_fd = os.open(sandbox.capture_path, os.O_RDWR)
+    env = {**sandbox.env, "NOTIFY_SOCKET": str(notify.path), **(extra_env or {})}
+    env.pop("TALKBOX_API_KEY", None)
+    if api_key is not None:
+        env["TALKBOX_API_KEY"] = api_key
+    log_path = tmp_path / "talkbox.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [TALKBOX, "run", "--config", str(config_path)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    run = DaemonRun(process, sandbox, notify, drainer, log_path, control_socket=control_socket)
+    try:
+        yield run
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+        for feeder in run.feeders:
+            feeder.stop()
+        os.close(mic_fd)
+        drainer.stop()
+        notify.stop()
+        sandbox_cm.__exit__(None, None, None)
