@@ -17,6 +17,8 @@ from pathlib import Path
 from talkbox.config import RealtimeConfig
 from talkbox.errors import ConfigError
 
+# Where install.sh stores the key (root-only); the unit passes it in as a credential.
+INSTALLED_KEY_FILE = Path("/etc/talkbox/api-key")
 ENV_VAR = "TALKBOX_API_KEY"
 CREDENTIAL_NAME = "api-key"
 # Real keys are well under 1 KiB; a bigger file is the wrong file (and is not read whole).
@@ -66,12 +68,19 @@ class ApiKey:
         raise TypeError("an ApiKey cannot be pickled")
 
 
-def resolve_api_key(cfg: RealtimeConfig, environ: Mapping[str, str]) -> ApiKey | None:
+def resolve_api_key(
+    cfg: RealtimeConfig,
+    environ: Mapping[str, str],
+    *,
+    installed_key_file: Path = INSTALLED_KEY_FILE,
+) -> ApiKey | None:
     """Find the API key for `cfg.provider`; None for "echo", which needs none.
 
     Order: $TALKBOX_API_KEY, then $CREDENTIALS_DIRECTORY/api-key if that file exists, then
-    realtime.api_key_file if set. Raises ConfigError naming every place looked at, or the
-    source that is broken (unreadable, not text, more than the key on one line).
+    realtime.api_key_file if set, then the key file install.sh writes (`installed_key_file`),
+    so that `sudo talkbox ask ...` run by hand finds the key the service uses. Raises
+    ConfigError naming every place looked at, or the source that is broken (unreadable, not
+    text, more than the key on one line).
     """
     if cfg.provider == "echo":
         return None
@@ -107,6 +116,23 @@ def resolve_api_key(cfg: RealtimeConfig, environ: Mapping[str, str]) -> ApiKey |
         source = f"realtime.api_key_file {cfg.api_key_file}"
         return _key_from_text(_read_key_file(Path(cfg.api_key_file), source), source, source)
     looked_at.append("realtime.api_key_file (not set)")
+
+    if installed_key_file.exists():
+        source = f"the installed key file {installed_key_file}"
+        try:
+            text = _read_key_file(installed_key_file, source)
+        except ConfigError:
+            raise ConfigError(
+                [
+                    f"{source} exists but cannot be read by this user; it is root-only on "
+                    "purpose: run this command with sudo"
+                ]
+            ) from None
+        if text.strip():
+            return _key_from_text(text, source, source)
+        looked_at.append(f"{installed_key_file} (empty)")
+    else:
+        looked_at.append(f"{installed_key_file} (no such file)")
 
     raise ConfigError(
         [

@@ -16,8 +16,9 @@ from talkbox.secrets import ApiKey, resolve_api_key
 SENTINEL = "sk-LEAKCHECK-7f3a9c1e5b2d8046aa91c3e7d5f2b8c0"
 SENTINEL_MIDDLE = "LEAKCHECK"
 
-AZURE = RealtimeConfig(provider="azure", endpoint="https://contoso.openai.azure.com",
-                       deployment="gpt-realtime")
+AZURE = RealtimeConfig(
+    provider="azure", endpoint="https://contoso.openai.azure.com", deployment="gpt-realtime"
+)
 OPENAI = RealtimeConfig(provider="openai")
 
 
@@ -28,9 +29,13 @@ def key_file(directory: Path, content: str, name: str = "api-key", mode: int = 0
     return path
 
 
+# No test may see a key installed on the machine running it.
+NOT_INSTALLED = Path("/nonexistent/talkbox/api-key")
+
+
 def error_of(cfg: RealtimeConfig, environ: dict[str, str]) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
-        resolve_api_key(cfg, environ)
+        resolve_api_key(cfg, environ, installed_key_file=NOT_INSTALLED)
     return caught.value
 
 
@@ -46,8 +51,9 @@ def test_the_environment_variable_comes_first(tmp_path: Path) -> None:
     credentials.mkdir()
     key_file(credentials, "from-credential")
     cfg = AZURE.model_copy(update={"api_key_file": str(key_file(tmp_path, "from-file", "k"))})
-    key = resolve_api_key(cfg, {"TALKBOX_API_KEY": " from-env\n",
-                                "CREDENTIALS_DIRECTORY": str(credentials)})
+    key = resolve_api_key(
+        cfg, {"TALKBOX_API_KEY": " from-env\n", "CREDENTIALS_DIRECTORY": str(credentials)}
+    )
     assert key is not None
     assert key.reveal() == "from-env"
     assert key.source == "TALKBOX_API_KEY"
@@ -149,7 +155,11 @@ def test_a_key_file_others_can_read_is_warned_about(
 ) -> None:
     path = key_file(tmp_path, SENTINEL, mode=0o644)
     with caplog.at_level(logging.WARNING, logger="talkbox.secrets"):
-        resolve_api_key(AZURE.model_copy(update={"api_key_file": str(path)}), {})
+        resolve_api_key(
+            AZURE.model_copy(update={"api_key_file": str(path)}),
+            {},
+            installed_key_file=NOT_INSTALLED,
+        )
     assert [r.getMessage() for r in caplog.records] == [
         f"realtime.api_key_file {path} can be read by other users; restrict it with chmod 600"
     ]
@@ -160,7 +170,11 @@ def test_a_private_key_file_is_not_warned_about(
 ) -> None:
     path = key_file(tmp_path, SENTINEL, mode=0o600)
     with caplog.at_level(logging.DEBUG, logger="talkbox.secrets"):
-        resolve_api_key(AZURE.model_copy(update={"api_key_file": str(path)}), {})
+        resolve_api_key(
+            AZURE.model_copy(update={"api_key_file": str(path)}),
+            {},
+            installed_key_file=NOT_INSTALLED,
+        )
     assert caplog.records == []
 
 
@@ -180,7 +194,13 @@ def test_a_short_key_shows_no_characters_at_all() -> None:
 def test_no_formatting_or_logging_shows_the_key(caplog: pytest.LogCaptureFixture) -> None:
     key = ApiKey(SENTINEL, "TALKBOX_API_KEY")
     shown = [
-        str(key), repr(key), f"{key}", f"{key!r}", format(key), repr([key]), repr({"k": key}),
+        str(key),
+        repr(key),
+        f"{key}",
+        f"{key!r}",
+        format(key),
+        repr([key]),
+        repr({"k": key}),
         "%s %r" % (key, key),  # noqa: UP031 -- %-formatting is one of the paths under test
     ]
     logger = logging.getLogger("talkbox.test_secrets")
@@ -211,7 +231,33 @@ def test_a_broken_credential_is_reported_not_passed_over(tmp_path: Path) -> None
     # and neither key may appear in the report.
     key_file(tmp_path, f"{SENTINEL}\n{SENTINEL}")
     path = key_file(tmp_path, SENTINEL, name="other")
-    error = error_of(AZURE.model_copy(update={"api_key_file": str(path)}),
-                     {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    error = error_of(
+        AZURE.model_copy(update={"api_key_file": str(path)}),
+        {"CREDENTIALS_DIRECTORY": str(tmp_path)},
+    )
     assert error.problems[0].startswith("systemd credential api-key has spaces, line breaks")
     assert SENTINEL_MIDDLE not in str(error)
+
+
+# --- the key file install.sh writes ----------------------------------------------------
+
+
+def test_the_installed_key_file_is_the_last_resort(tmp_path: Path) -> None:
+    installed = key_file(tmp_path, "sk-installed-key-0123456789\n")
+    key = resolve_api_key(AZURE, {}, installed_key_file=installed)
+    assert key is not None and key.reveal() == "sk-installed-key-0123456789"
+    assert str(installed) in key.source
+    from_env = resolve_api_key(AZURE, {"TALKBOX_API_KEY": "sk-env"}, installed_key_file=installed)
+    assert from_env is not None and from_env.reveal() == "sk-env"
+
+
+def test_no_key_anywhere_names_the_installed_key_file_too() -> None:
+    error = error_of(AZURE, {})
+    assert str(NOT_INSTALLED) in str(error)
+
+
+def test_an_unreadable_installed_key_file_says_to_use_sudo(tmp_path: Path) -> None:
+    not_a_file = tmp_path / "api-key"
+    not_a_file.mkdir()  # root reads any file, so a directory stands in for "unreadable"
+    with pytest.raises(ConfigError, match="sudo"):
+        resolve_api_key(AZURE, {}, installed_key_file=not_a_file)
