@@ -15,7 +15,7 @@ out-of-order events, is a plain unit test.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from talkbox.core.inputs import (
@@ -25,6 +25,7 @@ from talkbox.core.inputs import (
     CloseConnection,
     ConnectionFailed,
     ConversationEnded,
+    EndOfReply,
     FlushPlayback,
     Input,
     MicSpeechAudio,
@@ -99,9 +100,6 @@ class MachineConfig:
     # wake phrase's own tail, not a command: it is dropped, not sent as a turn.
     min_command_ms: int = 250
     sample_rate: int = 24000
-    # Length of each chime in reply-rate samples: chimes share the speaker with the reply, and
-    # the played-sample count must be mapped back to reply audio exactly.
-    chime_samples: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,7 +178,8 @@ class ConversationMachine:
                 else:
                     self._end(out, error=str(event.error))
         elif isinstance(event, ServerEventReceived):
-            if event.conversation == self.conversation and self.state is not State.IDLE:
+            # Only the session of the current conversation, and only once it is set up.
+            if event.conversation == self.conversation and self.session_ready:
                 self._on_server_event(event, now, out)
         elif isinstance(event, PlaybackDrained):
             self._on_drained(event.played_samples, out)
@@ -313,7 +312,8 @@ class ConversationMachine:
     def _end_turn(self, out: list[Action]) -> None:
         """Local detection: the device decided the user has finished speaking."""
         self._send(CommitAudio(), out)
-        self._send(CreateResponse(), out)
+        if self.active_response_id is None:  # never two responses at once
+            self._send(CreateResponse(), out)
         self._expect_response(out)
 
     def _expect_response(self, out: list[Action]) -> None:
@@ -415,7 +415,9 @@ class ConversationMachine:
             code = event.error_code or "server_error"
             self._end(out, error=f"the service could not answer (response failed: {code})")
             return
-        if not self.playing:
+        if self.playing:
+            out.append(EndOfReply())  # play out what is queued; the speaker reports drained
+        else:
             self._to_listening("answer finished", out)
 
     def _on_server_error(self, event: ServerError, out: list[Action]) -> None:
@@ -528,11 +530,7 @@ class ConversationMachine:
         out.append(Send(self.conversation, event))
 
     def _chime(self, kind: ChimeKind, out: list[Action]) -> None:
-        # A kind configured with 0 samples is switched off ([audio] chimes = false).
-        samples = self.config.chime_samples.get(kind, 0)
-        if samples or kind not in self.config.chime_samples:
-            out.append(PlayChime(kind))
-            self.enqueued_samples += samples
+        out.append(PlayChime(kind))
 
     def _start_timer(self, name: str, seconds: float, out: list[Action]) -> None:
         self._next_token += 1
