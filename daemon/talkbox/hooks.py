@@ -1,0 +1,204 @@
+"""State hooks: run a user's program (e.g. an LED driver) on every conversation state change.
+
+Owns `StateHook`. The program is `argv + [state]`, started directly (never through a shell,
+so no string from anywhere is interpreted), with TALKBOX_STATE=state in its environment,
+stdin from /dev/null and its output captured for the debug log. A hook never blocks or
+breaks the daemon: `notify()` returns at once, one hook process runs at a time, states
+that arrive while it runs are coalesced to the latest, a run past `timeout` seconds is
+killed with its whole process group, and failures are logged (one warning per state
+change), never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_LIMIT = 2048
+# After the hook exits, output still in flight is read for this long at most: a background
+# child that inherited the pipe (an LED blinker left running on purpose) must not stall us.
+_OUTPUT_GRACE_SECONDS = 0.5
+# systemd's per-service variables belong to the daemon: a hook that pinged the watchdog or
+# sent READY=1 would speak for it.
+_PRIVATE_VARIABLES = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+)
+
+
+def hook_environment(base: Mapping[str, str], state: str) -> dict[str, str]:
+    """The environment a hook runs with: the daemon's, minus systemd's, plus TALKBOX_STATE."""
+    environment = {name: value for name, value in base.items() if name not in _PRIVATE_VARIABLES}
+    environment["TALKBOX_STATE"] = state
+    return environment
+
+
+def _shorten(output: bytes, limit: int) -> str:
+    text = output.decode("utf-8", errors="replace").strip()
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class StateHook:
+    """Runs `argv + [state]` for each state change, in order, coalescing what piles up.
+
+    An empty `argv` means no hook: `notify` then does nothing.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        *,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("hook timeout must be positive")
+        self.argv = list(argv)
+        self.timeout = timeout
+        self._output_limit = output_limit
+        self._environ = environ
+        self._pending: str | None = None
+        self._last_requested: str | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def notify(self, state: str) -> None:
+        """Ask for the hook to run with `state`; returns at once.
+
+        A state equal to the last one asked for is not a change and runs nothing. If a hook
+        is still running, `state` replaces any state already waiting behind it.
+        """
+        if not self.argv or self._closed or state == self._last_requested:
+            return
+        self._last_requested = state
+        self._pending = state
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._deliver_pending(), name="state-hook")
+
+    async def aclose(self) -> None:
+        """Deliver what is waiting (each run still bounded by the timeout), then stop.
+
+        If this wait is cancelled, the running hook's process group is killed.
+        """
+        self._closed = True
+        if self._worker is not None:
+            await self._worker
+
+    async def _deliver_pending(self) -> None:
+        try:
+            while self._pending is not None:
+                state, self._pending = self._pending, None
+                try:
+                    await self._run(state)
+                except Exception:
+                    # A bug here must not end hook delivery for the rest of the daemon's life.
+                    _log.exception("state hook for state %s failed", state)
+        finally:
+            self._worker = None
+
+    async def _run(self, state: str) -> None:
+        argv = [*self.argv, state]
+        environment = hook_environment(
+            os.environ if self._environ is None else self._environ, state
+        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=environment,
+                # Its own process group, so a timeout kills whatever the hook started too.
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as error:
+            # ValueError: a NUL byte in an argument.
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            _log.warning(
+                "state hook %s could not be started for state %s: %s",
+                self.argv[0],
+                state,
+                reason,
+                extra={"TALKBOX_STATE": state},
+            )
+            return
+
+        assert process.stdout is not None
+        output_reader = asyncio.create_task(self._read_output(process.stdout))
+        output = b""
+        timed_out = False
+        try:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await process.wait()
+            except TimeoutError:
+                timed_out = True
+                _kill_group(process.pid)
+                await process.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(output_reader), _OUTPUT_GRACE_SECONDS)
+        except asyncio.CancelledError:
+            _kill_group(process.pid)
+            raise
+        finally:
+            output_reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                output = await output_reader
+
+        shown = _shorten(output, self._output_limit)
+        if shown:
+            _log.debug("state hook output for %s: %s", state, shown, extra={"TALKBOX_STATE": state})
+        if timed_out:
+            _log.warning(
+                "state hook %s ran longer than %g s for state %s and was killed",
+                self.argv[0],
+                self.timeout,
+                state,
+                extra={"TALKBOX_STATE": state},
+            )
+        elif process.returncode != 0:
+            returncode = process.returncode if process.returncode is not None else -1
+            how = (
+                f"was killed by signal {-returncode}"
+                if returncode < 0
+                else f"exited with status {returncode}"
+            )
+            _log.warning(
+                "state hook %s %s for state %s%s",
+                self.argv[0],
+                how,
+                state,
+                f": {shown}" if shown else "",
+                extra={"TALKBOX_STATE": state},
+            )
+
+    async def _read_output(self, stream: asyncio.StreamReader) -> bytes:
+        # Keep the first `limit` bytes and keep draining the rest, so a chatty hook never
+        # blocks on a full pipe.
+        kept = bytearray()
+        try:
+            while chunk := await stream.read(65536):
+                room = self._output_limit + 1 - len(kept)
+                if room > 0:
+                    kept += chunk[:room]
+        except asyncio.CancelledError:
+            # Cancelled by _run itself when the grace period is over: what was read so far
+            # is the result.
+            pass
+        return bytes(kept)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
