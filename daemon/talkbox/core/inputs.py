@@ -143,6 +143,11 @@ class FlushPlayback:
 
 
 @dataclass(frozen=True)
+class EndOfReply:
+    """The response is complete: play out what is queued, then report PlaybackDrained."""
+
+
+@dataclass(frozen=True)
 class PlayChime:
     kind: ChimeKind
 
@@ -194,6 +199,7 @@ Action = (
     | Send
     | PlayAudio
     | FlushPlayback
+    | EndOfReply
     | PlayChime
     | StartTimer
     | CancelTimer
