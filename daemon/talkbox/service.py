@@ -281,7 +281,11 @@ class Service:
             log.error("reload refused, the running configuration stays in force: %s", error)
         else:
             self.cfg, self.key = cfg, key
-            self.hook = StateHook(cfg.hooks.on_state, cfg.hooks.timeout_seconds)
+            old_hook, self.hook = (
+                self.hook,
+                StateHook(cfg.hooks.on_state, cfg.hooks.timeout_seconds),
+            )
+            asyncio.get_running_loop().create_task(old_hook.aclose())
             if self.daemon is not None:
                 self.daemon.reload(cfg)
             log.info(
