@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,13 @@ class Service:
         self.device_backoff = Backoff(base=1.0, cap=DEVICE_RETRY_MAX_SECONDS)
         self.watchdog_gate = WatchdogGate(max_silence_seconds=5.0, started_at=time.monotonic())
         self._speaker_broken = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a small job in the background, keeping a reference so it is not collected."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- start and stop -----------------------------------------------------------------------
 
@@ -260,7 +268,7 @@ class Service:
 
     def _state_changed(self, state: State, reason: str) -> None:
         self._report_state()
-        asyncio.get_running_loop().create_task(self.hook.notify(state.value))
+        self._spawn(self.hook.notify(state.value))
 
     def _report_state(self) -> None:
         if self.daemon is None:
@@ -285,7 +293,7 @@ class Service:
                 self.hook,
                 StateHook(cfg.hooks.on_state, cfg.hooks.timeout_seconds),
             )
-            asyncio.get_running_loop().create_task(old_hook.aclose())
+            self._spawn(old_hook.aclose())
             if self.daemon is not None:
                 self.daemon.reload(cfg)
             log.info(
