@@ -16,7 +16,12 @@ from pathlib import Path
 
 from talkbox.config import Config
 from talkbox.core.conversation import HARMLESS_ERROR_CODES
-from talkbox.errors import RealtimeError, ServerErrorEvent, SessionSetupTimeout
+from talkbox.errors import (
+    NON_RETRYABLE_SERVER_CODES,
+    RealtimeError,
+    ServerErrorEvent,
+    SessionSetupTimeout,
+)
 from talkbox.realtime.connection import open_session
 from talkbox.realtime.endpoint import endpoint_for, session_settings_for
 from talkbox.realtime.events import (
@@ -94,10 +99,7 @@ async def _collect(events: AsyncIterator[ServerEvent], answer: Answer) -> None:
         elif isinstance(event, TranscriptDone) and event.response_id == response_id:
             answer.transcript = event.transcript
         elif isinstance(event, ServerError) and event.code not in HARMLESS_ERROR_CODES:
-            raise ServerErrorEvent(
-                event.code,
-                f"the service refused: {event.code or event.error_type}: {event.message}",
-            )
+            raise _answer_error(event)
         elif isinstance(event, ResponseDone) and event.response_id == response_id:
             answer.usage = event.usage
             if event.status != "completed":
@@ -108,6 +110,22 @@ async def _collect(events: AsyncIterator[ServerEvent], answer: Answer) -> None:
             answer.transcript = answer.transcript or "".join(transcript_parts)
             return
     raise RealtimeError("the session ended before the answer was complete")
+
+
+def _answer_error(event: ServerError) -> ServerErrorEvent:
+    """The error event that ended the answer, as one line that also says what to do."""
+    if event.code in NON_RETRYABLE_SERVER_CODES:
+        advice = "retrying will not help: check the [realtime] settings and the API key"
+    else:
+        advice = "this is usually temporary: try again in a moment"
+    # The message is the peer's text: keep it on one line.
+    said = " ".join(event.message.split())
+    return ServerErrorEvent(
+        event.code,
+        f"the service answered with an error instead of a response: "
+        f"{event.code or event.error_type}: {said}; {advice}",
+        event.error_type,
+    )
 
 
 def write_wav(path: Path, pcm: bytes, rate: int = REPLY_RATE) -> None:

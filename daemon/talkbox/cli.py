@@ -185,14 +185,17 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    from talkbox.audio.devices import format_device_table, list_devices
+    from talkbox.audio.devices import format_device_table, list_devices, match_device
     from talkbox.audio.pa import open_pyaudio
 
     cfg = _load(args)
     with open_pyaudio() as pa:
-        print(
-            format_device_table(list_devices(pa), cfg.audio.input_device, cfg.audio.output_device)
-        )
+        devices = list_devices(pa)
+    print(format_device_table(devices, cfg.audio.input_device, cfg.audio.output_device))
+    # The table marks a configured name that selects no device; the exit status and stderr
+    # must say so too, or a script checking the setup would pass a speaker that is not there.
+    match_device(devices, cfg.audio.input_device, "input")
+    match_device(devices, cfg.audio.output_device, "output")
     return 0
 
 

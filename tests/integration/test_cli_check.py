@@ -1,0 +1,236 @@
+"""`talkbox check` as a real process: the settings in force with the key masked, and
+`--connect`, which opens one real session with the fake Realtime service on loopback and
+closes it without asking for (and paying for) a response.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.fake_realtime import (
+    FakeRealtimeServer,
+    RecordedSession,
+    RejectedHandshake,
+    ServerThread,
+)
+
+API_KEY = "sk-SENTINEL-check-3e8b1f0a6c2d9475"
+WRONG_KEY = "sk-SENTINEL-wrong-d41c7a9e0b5f2638"
+CONNECT_TIMEOUT_S = 2
+BOUND_S = 10.0  # generous for a loaded 2-core machine; a run takes well under a second
+ENV_NOT_INHERITED = ("TALKBOX_API_KEY", "CREDENTIALS_DIRECTORY", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+REALTIME_TABLES = {
+    "azure-ga": (
+        'provider = "azure"\nendpoint = "{url}"\ndeployment = "gpt-realtime"\napi_version = ""\n'
+    ),
+    "azure-preview": (
+        'provider = "azure"\nendpoint = "{url}"\ndeployment = "gpt-4o-realtime-preview"\n'
+        'api_version = "2024-10-01-preview"\n'
+    ),
+    "openai": 'provider = "openai"\nendpoint = "{url}/v1"\nmodel = "gpt-realtime"\n',
+}
+# What `connects_to` must say for each (the URL's origin is appended).
+DESCRIPTIONS = {
+    "azure-ga": "Azure OpenAI (GA) deployment gpt-realtime at ",
+    "azure-preview": (
+        "Azure OpenAI (preview 2024-10-01-preview) deployment gpt-4o-realtime-preview at "
+    ),
+    "openai": "OpenAI (GA) model gpt-realtime at ",
+}
+
+
+def write_config(directory: Path, realtime_table: str, extra: str = "") -> Path:
+    config = directory / "talkbox.toml"
+    config.write_text(
+        f"[realtime]\n{realtime_table}connect_timeout_seconds = {CONNECT_TIMEOUT_S}\n"
+        f'voice = "verse"\n{extra}'
+    )
+    return config
+
+
+@dataclass(frozen=True)
+class CliRun:
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def settings(self) -> dict[str, str]:
+        """`name = value` lines of stdout keyed `table.name` (the tables come as `[name]`)."""
+        found: dict[str, str] = {}
+        table = ""
+        for line in self.stdout.splitlines():
+            if line.startswith("[") and line.endswith("]"):
+                table = line[1:-1]
+            elif " = " in line and table:
+                name, _, value = line.partition(" = ")
+                found[f"{table}.{name}"] = value
+        return found
+
+
+def run_talkbox(*args: str, env: dict[str, str]) -> CliRun:
+    started = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-m", "talkbox.cli", *args],
+        env={**{k: v for k, v in os.environ.items() if k not in ENV_NOT_INHERITED}, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=60,
+    )
+    run = CliRun(completed.returncode, completed.stdout, completed.stderr,
+                 time.monotonic() - started)  # fmt: skip
+    assert "Traceback" not in run.stderr
+    for secret in (API_KEY, WRONG_KEY):
+        assert secret not in run.stdout + run.stderr
+    return run
+
+
+@contextmanager
+def serving() -> Iterator[ServerThread]:
+    service = FakeRealtimeServer(api_key=API_KEY).start_in_thread()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@dataclass
+class Recorded:
+    sessions: list[RecordedSession]
+    rejected: list[RejectedHandshake]
+    violations: list[Any]
+
+
+def recorded(service: ServerThread) -> Recorded:
+    server = service.server
+    return service.call(
+        lambda: copy.deepcopy(
+            Recorded(server.sessions, server.rejected_handshakes, server.protocol_violations)
+        )
+    )
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def test_check_prints_the_settings_in_force_with_the_key_masked(tmp_path: Path) -> None:
+    with serving() as service:
+        url_base = service.url_base
+        config = write_config(tmp_path, REALTIME_TABLES["azure-ga"].format(url=url_base))
+        run = run_talkbox("check", "--config", str(config), env={"TALKBOX_API_KEY": API_KEY})
+        seen = recorded(service)
+
+    assert run.exit_code == 0, run.stderr
+    assert run.stdout.splitlines()[0] == f"config {config}: valid"
+    settings = run.settings()
+    # What the file says, and the defaults for what it does not.
+    assert settings["realtime.provider"] == "azure"
+    assert settings["realtime.deployment"] == "gpt-realtime"
+    assert settings["realtime.voice"] == "verse"
+    assert settings["realtime.connect_timeout_seconds"] == "2.0"
+    assert settings["audio.output_rate"] == "24000"
+    assert settings["wake.models"] == '["hey_jarvis"]'
+    # The key: a mask of at most three characters and the length, and where it came from.
+    assert settings["realtime.api_key"] == (
+        f"{API_KEY[:3]}…({len(API_KEY)} chars) (from TALKBOX_API_KEY)"
+    )
+    websocket_origin = url_base.replace("http://", "ws://")
+    assert settings["realtime.connects_to"] == DESCRIPTIONS["azure-ga"] + websocket_origin
+    # Without --connect nothing goes on the network.
+    assert seen.sessions == [] and seen.rejected == []
+
+
+def test_check_masks_a_key_read_from_a_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "api-key"
+    key_file.write_text(API_KEY + "\n")
+    key_file.chmod(0o600)
+    table = REALTIME_TABLES["openai"].format(url="http://127.0.0.1:9")
+    config = write_config(tmp_path, f'{table}api_key_file = "{key_file}"\n')
+
+    run = run_talkbox("check", "--config", str(config), env={})
+
+    assert run.exit_code == 0, run.stderr
+    assert run.settings()["realtime.api_key"] == (
+        f"{API_KEY[:3]}…({len(API_KEY)} chars) (from realtime.api_key_file {key_file})"
+    )
+
+
+def test_check_warns_about_settings_that_have_no_effect(tmp_path: Path) -> None:
+    # GA has no temperature: valid, but worth a word on stderr, and still exit 0.
+    table = REALTIME_TABLES["azure-ga"].format(url="http://127.0.0.1:9")
+    config = write_config(tmp_path, f"{table}temperature = 1.0\n")
+
+    run = run_talkbox("check", "--config", str(config), env={"TALKBOX_API_KEY": API_KEY})
+
+    assert run.exit_code == 0, run.stderr
+    assert "warning: realtime.temperature is ignored" in run.stderr
+
+
+def test_check_of_the_echo_provider_needs_no_key_and_connects_nowhere(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 'provider = "echo"\n')
+
+    run = run_talkbox("check", "--connect", "--config", str(config), env={})
+
+    assert run.exit_code == 0, run.stderr
+    assert run.settings()["realtime.api_key"] == "(none needed)"
+    assert "the echo provider has no service to connect to" in run.stdout
+
+
+# --- --connect ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", REALTIME_TABLES)
+def test_check_connect_opens_one_session_and_closes_it(provider: str, tmp_path: Path) -> None:
+    with serving() as service:
+        url_base = service.url_base
+        config = write_config(tmp_path, REALTIME_TABLES[provider].format(url=url_base))
+        run = run_talkbox(
+            "check", "--connect", "--config", str(config), env={"TALKBOX_API_KEY": API_KEY}
+        )
+        server = service.server
+        service.wait_for(lambda: bool(server.sessions) and server.sessions[0].closed)
+        seen = recorded(service)
+
+    assert run.exit_code == 0, run.stderr
+    assert run.seconds < BOUND_S
+    [session] = seen.sessions
+    websocket_origin = url_base.replace("http://", "ws://")
+    assert run.stdout.splitlines()[-1] == (
+        f"connected: {DESCRIPTIONS[provider]}{websocket_origin}, "
+        f"session {session.session_id} ({session.model})"
+    )
+    assert seen.violations == []
+    assert [e["type"] for e in session.client_events] == ["session.update"]  # no response
+    assert session.close_code == 1000
+
+
+def test_check_connect_with_a_wrong_key_fails_with_the_401(tmp_path: Path) -> None:
+    with serving() as service:
+        config = write_config(tmp_path, REALTIME_TABLES["openai"].format(url=service.url_base))
+        run = run_talkbox(
+            "check", "--connect", "--config", str(config), env={"TALKBOX_API_KEY": WRONG_KEY}
+        )
+        seen = recorded(service)
+
+    assert run.exit_code == 1
+    assert run.seconds < BOUND_S
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("talkbox: ")
+    assert "HTTP 401" in line and "check the key" in line
+    assert [r.status for r in seen.rejected] == [401]
+    assert seen.sessions == []
+    assert "connected:" not in run.stdout
