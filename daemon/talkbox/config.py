@@ -133,7 +133,8 @@ def _require_api_version(value: str) -> str:
     return value
 
 
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (a name or an IP literal) is this machine: plain http/ws is allowed there."""
     if host.lower() == "localhost":
         return True
     try:
@@ -175,7 +176,7 @@ def _require_endpoint_url(value: str) -> str:
             "are separate keys, got {got}",
             {"got": shown},
         )
-    if scheme in ("http", "ws") and not _is_loopback_host(host):
+    if scheme in ("http", "ws") and not is_loopback_host(host):
         raise PydanticCustomError(
             "endpoint",
             "TLS is required: use https:// or wss:// (plain {scheme}:// is only allowed to "

@@ -44,6 +44,7 @@ from websockets.exceptions import (
 from websockets.http11 import USER_AGENT
 
 from talkbox import __version__
+from talkbox.config import is_loopback_host
 from talkbox.errors import (
     ConfigError,
     ConnectFailed,
@@ -54,7 +55,7 @@ from talkbox.errors import (
     SessionExpired,
     SessionSetupTimeout,
 )
-from talkbox.realtime.endpoint import Endpoint, is_loopback_host
+from talkbox.realtime.endpoint import Endpoint
 from talkbox.realtime.events import (
     ClientEvent,
     ServerError,

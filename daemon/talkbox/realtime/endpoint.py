@@ -11,12 +11,12 @@ The API key ends up in `Endpoint.headers` and nowhere else: not in the URL, not 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, urlencode, urlsplit
 
+from talkbox.config import OPENAI_DEFAULT_ENDPOINT, is_loopback_host
 from talkbox.errors import ConfigError
 from talkbox.realtime.events import Dialect, SessionSettings, TurnDetection
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-OPENAI_DEFAULT_BASE: Final = "https://api.openai.com/v1"
 # The default of realtime.temperature (and the service's); only a different value is worth a
 # warning on GA, which has no temperature.
 _DEFAULT_TEMPERATURE: Final = 0.8
@@ -79,7 +78,7 @@ def endpoint_for(cfg: RealtimeConfig, api_key: ApiKey) -> Endpoint:
             description=f"Azure OpenAI (GA) deployment {cfg.deployment} at {_origin(base)}",
         )
     if cfg.provider == "openai":
-        base = _websocket_base(cfg.endpoint or OPENAI_DEFAULT_BASE)
+        base = _websocket_base(cfg.endpoint or OPENAI_DEFAULT_ENDPOINT)
         query = urlencode({"model": cfg.model}, quote_via=quote)
         # No OpenAI-Beta header: that selects the retired beta shape (close 4000).
         return Endpoint(
@@ -134,16 +133,6 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         _log.warning("%s", message)
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether `host` (a name or an IP literal) is this machine: plain ws:// is allowed there."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _websocket_base(endpoint: str) -> str:
