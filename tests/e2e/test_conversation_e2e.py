@@ -3,7 +3,6 @@ drained in real time, the real wake-word model on synthetic speech, and the fake
 
 from __future__ import annotations
 
-import copy
 import re
 import time
 from datetime import datetime
@@ -13,17 +12,13 @@ import pytest
 from e2e.conftest import API_KEY, one_breath, phrase, service_config
 from support.audio_match import locate, resample, voiced_seconds
 from support.daemon import run_daemon
-from support.fake_realtime import RecordedSession, ServerThread
+from support.service import sessions
 from support.speech import concat, silence
 from talkbox.audio.chimes import chime
 
 pytestmark = pytest.mark.slow
 
 SPEAKER_RATE = 24000
-
-
-def sessions(service: ServerThread) -> list[RecordedSession]:
-    return service.call(lambda: copy.deepcopy(service.server.sessions))
 
 
 def log_time(log: str, text: str, occurrence: int = 0) -> float:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from test_frontend import SPEEDS, VOICES, on_chunk_grid, with_room_noise
 
 from support.alsa import alsa_sandbox, write_capture_file
 from support.speech import (
@@ -40,6 +39,7 @@ from support.speech import (
     speak,
     speech_bounds,
 )
+from support.wake_clips import SPEEDS, VOICES, on_chunk_grid, with_room_noise
 from talkbox.app import build_front_end
 from talkbox.audio.capture import Capture
 from talkbox.audio.frontend import WakeDetected, WakeScores

@@ -10,16 +10,10 @@ traceback, within a bound, and never the API key.
 
 from __future__ import annotations
 
-import copy
-import os
 import socket
 import ssl
-import subprocess
-import sys
-import time
 import wave
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +21,10 @@ from typing import Any
 import pytest
 import trustme
 
+from support.cli import CliRun, RunningTalkbox, environment
 from support.event_schema import Dialect, check_client_event
-from support.fake_realtime import (
-    FakeRealtimeServer,
-    InjectedError,
-    RecordedSession,
-    RejectedHandshake,
-    ServerThread,
-)
+from support.fake_realtime import InjectedError, ServerThread
+from support.service import recorded, serving
 from support.speech import speak
 
 API_KEY = "sk-SENTINEL-ask-5b1e0c9d7a3f48e2"
@@ -119,62 +109,21 @@ def write_config(directory: Path, provider: str, url_base: str) -> Path:
 # --- running the command ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CliRun:
-    exit_code: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-
-class RunningTalkbox:
-    """`talkbox ARGS...` started as a process with its own environment and the key in it."""
-
-    def __init__(self, *args: str, api_key: str, extra_env: dict[str, str] | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ENV_NOT_INHERITED}
-        env["TALKBOX_API_KEY"] = api_key
-        env.update(extra_env or {})
-        self.api_key = api_key
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "talkbox.cli", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            encoding="utf-8",
-            errors="replace",
-        )
-
-    def finish(self, timeout: float = 60.0) -> CliRun:
-        try:
-            stdout, stderr = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"talkbox did not end within {timeout:g} s") from None
-        run = CliRun(self.process.returncode, stdout, stderr, time.monotonic() - self.started)
+def start_ask(
+    config: Path, out: Path, *, api_key: str = API_KEY, timeout_s: int = ASK_TIMEOUT_S, **env: str
+) -> RunningTalkbox:
+    return RunningTalkbox(
+        "ask", QUESTION, "--config", str(config), "--out", str(out), "--timeout", str(timeout_s),
+        env=environment(ENV_NOT_INHERITED, {"TALKBOX_API_KEY": api_key, **env}),
         # Whatever happened, neither the key given nor the service's real key is ever shown.
-        for secret in {self.api_key, API_KEY}:
-            assert secret not in run.stdout + run.stderr
-        return run
-
-    def kill(self) -> None:
-        """End the process at once (when the test fails before it would end by itself)."""
-        self.process.kill()
-        self.process.communicate()
-
-
-def run_talkbox(
-    *args: str, api_key: str = API_KEY, extra_env: dict[str, str] | None = None
-) -> CliRun:
-    return RunningTalkbox(*args, api_key=api_key, extra_env=extra_env).finish()
-
-
-def ask(config: Path, out: Path, *, api_key: str = API_KEY, **env: str) -> CliRun:
-    return run_talkbox(
-        "ask", QUESTION, "--config", str(config), "--out", str(out),
-        "--timeout", str(ASK_TIMEOUT_S), api_key=api_key, extra_env=env,
+        secrets={api_key, API_KEY},
     )  # fmt: skip
+
+
+def ask(
+    config: Path, out: Path, *, api_key: str = API_KEY, timeout_s: int = ASK_TIMEOUT_S, **env: str
+) -> CliRun:
+    return start_ask(config, out, api_key=api_key, timeout_s=timeout_s, **env).finish()
 
 
 def assert_clear_failure(run: CliRun, *key_words: str) -> str:
@@ -195,38 +144,12 @@ def assert_clear_failure(run: CliRun, *key_words: str) -> str:
 # --- the service --------------------------------------------------------------------------------
 
 
-@contextmanager
-def serving(**options: Any) -> Iterator[ServerThread]:
-    service = FakeRealtimeServer(api_key=API_KEY, **options).start_in_thread()
-    try:
-        yield service
-    finally:
-        service.stop()
-
-
 def inject(service: ServerThread, **faults: Any) -> None:
     def apply() -> None:
         for name, value in faults.items():
             setattr(service.server.faults, name, value)
 
     service.call(apply)
-
-
-@dataclass
-class Recorded:
-    sessions: list[RecordedSession]
-    rejected: list[RejectedHandshake]
-    violations: list[Any]
-
-
-def recorded(service: ServerThread) -> Recorded:
-    """A copy of what the service recorded, taken on its own loop (a consistent view)."""
-    server = service.server
-    return service.call(
-        lambda: copy.deepcopy(
-            Recorded(server.sessions, server.rejected_handshakes, server.protocol_violations)
-        )
-    )
 
 
 def wait_until_closed(service: ServerThread) -> None:
@@ -255,7 +178,7 @@ def test_ask_saves_exactly_the_audio_the_service_sent(
     provider: str, tmp_path: Path, reply_speech: bytes
 ) -> None:
     expected = PROVIDERS[provider]
-    with serving(reply_pcm=reply_speech, reply_transcript=REPLY_TEXT) as service:
+    with serving(API_KEY, reply_pcm=reply_speech, reply_transcript=REPLY_TEXT) as service:
         out = tmp_path / "answer.wav"
         run = ask(write_config(tmp_path, provider, service.url_base), out)
         wait_until_closed(service)
@@ -311,7 +234,7 @@ def local_ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCa:
 def test_ask_over_tls_with_a_trusted_ca(tmp_path: Path, local_ca: LocalCa) -> None:
     # The process trusts the CA through OpenSSL's SSL_CERT_FILE, which Python's default
     # context (the one talkbox uses, with full verification) reads: no switch in talkbox.
-    with serving(ssl=local_ca.server_context) as service:
+    with serving(API_KEY, ssl=local_ca.server_context) as service:
         assert service.url_base.startswith("https://")
         out = tmp_path / "answer.wav"
         config = write_config(tmp_path, "azure-ga", service.url_base)
@@ -328,7 +251,7 @@ def test_ask_over_tls_with_a_trusted_ca(tmp_path: Path, local_ca: LocalCa) -> No
 def test_ask_over_tls_rejects_a_certificate_from_an_unknown_ca(
     tmp_path: Path, local_ca: LocalCa
 ) -> None:
-    with serving(ssl=local_ca.server_context) as service:
+    with serving(API_KEY, ssl=local_ca.server_context) as service:
         out = tmp_path / "answer.wav"
         run = ask(write_config(tmp_path, "azure-ga", service.url_base), out)
         seen = recorded(service)
@@ -355,7 +278,7 @@ def test_a_refused_connection(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_wrong_key_is_rejected_at_the_handshake(provider: str, tmp_path: Path) -> None:
-    with serving() as service:
+    with serving(API_KEY) as service:
         out = tmp_path / "answer.wav"
         run = ask(write_config(tmp_path, provider, service.url_base), out, api_key=WRONG_KEY)
         seen = recorded(service)
@@ -367,7 +290,7 @@ def test_a_wrong_key_is_rejected_at_the_handshake(provider: str, tmp_path: Path)
 
 
 def test_no_session_created_within_the_connect_timeout(tmp_path: Path) -> None:
-    with serving() as service:
+    with serving(API_KEY) as service:
         inject(service, skip_session_created=True)
         out = tmp_path / "answer.wav"
         run = ask(write_config(tmp_path, "azure-ga", service.url_base), out)
@@ -385,7 +308,7 @@ def test_no_session_created_within_the_connect_timeout(tmp_path: Path) -> None:
 )
 def test_an_error_event_instead_of_the_answer(code: str, advice: str, tmp_path: Path) -> None:
     message = "The server had an error while processing your request."
-    with serving() as service:
+    with serving(API_KEY) as service:
         inject(service, error_instead_of_response=InjectedError(code, message))
         out = tmp_path / "answer.wav"
         run = ask(write_config(tmp_path, "azure-preview", service.url_base), out)
@@ -395,7 +318,7 @@ def test_an_error_event_instead_of_the_answer(code: str, advice: str, tmp_path: 
 
 
 def test_a_drop_without_a_close_frame_mid_answer(tmp_path: Path) -> None:
-    with serving() as service:
+    with serving(API_KEY) as service:
         inject(service, drop_after_audio_deltas=3)
         out = tmp_path / "answer.wav"
         run = ask(write_config(tmp_path, "openai", service.url_base), out)
@@ -409,13 +332,10 @@ def test_a_drop_without_a_close_frame_mid_answer(tmp_path: Path) -> None:
 
 def test_the_session_expires_mid_answer(tmp_path: Path) -> None:
     # A minute-long answer streamed in real time: it is surely still going when it expires.
-    with serving(reply_duration_ms=60_000, pace_factor=1.0) as service:
+    with serving(API_KEY, reply_duration_ms=60_000, pace_factor=1.0) as service:
         out = tmp_path / "answer.wav"
         config = write_config(tmp_path, "azure-ga", service.url_base)
-        running = RunningTalkbox(
-            "ask", QUESTION, "--config", str(config), "--out", str(out),
-            "--timeout", str(ASK_TIMEOUT_S), api_key=API_KEY,
-        )  # fmt: skip
+        running = start_ask(config, out)
         server = service.server
         try:
             service.wait_for(
@@ -433,12 +353,10 @@ def test_the_session_expires_mid_answer(tmp_path: Path) -> None:
 
 
 def test_no_complete_answer_within_the_timeout(tmp_path: Path) -> None:
-    with serving(reply_duration_ms=60_000, pace_factor=1.0) as service:
+    with serving(API_KEY, reply_duration_ms=60_000, pace_factor=1.0) as service:
         out = tmp_path / "answer.wav"
         config = write_config(tmp_path, "azure-ga", service.url_base)
-        run = run_talkbox(
-            "ask", QUESTION, "--config", str(config), "--out", str(out), "--timeout", "1"
-        )
+        run = ask(config, out, timeout_s=1)
 
     assert_clear_failure(run, "no complete answer", "within 1 s", "--timeout")
     assert not out.exists()

@@ -11,19 +11,17 @@ every byte arrives, in order.
 
 from __future__ import annotations
 
-import copy
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from support.alsa import AlsaSandbox, FifoFeeder, alsa_sandbox
-from support.fake_realtime import FakeRealtimeServer, RecordedSession
+from support.cli import CliRun, RunningTalkbox, environment, run_talkbox
+from support.fake_realtime import RecordedSession
+from support.service import serving, sessions
 from support.speech import speak, speech_bounds
 
 API_KEY = "sk-SENTINEL-audio-6c0e2b9f4a1d8357"
@@ -42,36 +40,12 @@ SPEECH_LINE = re.compile(r"^\s*(?P<at>\d+\.\d\d)s  speech (?P<what>started|ended
 REPORT_LINE = re.compile(r"^\s*\d+\.\d\ds  speech\s+\d+%  wake hey_jarvis \d\.\d\d$")
 
 
-@dataclass(frozen=True)
-class CliRun:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-
 def talkbox_env(sandbox: AlsaSandbox, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in sandbox.env.items() if k not in ENV_NOT_INHERITED}
-    return {**env, **extra}
+    return environment(ENV_NOT_INHERITED, extra, base=sandbox.env)
 
 
-def talkbox_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "talkbox.cli", *args]
-
-
-def run_talkbox(*args: str, env: dict[str, str]) -> CliRun:
-    completed = subprocess.run(
-        talkbox_command(*args),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=60,
-    )
-    run = CliRun(completed.returncode, completed.stdout, completed.stderr)
-    assert "Traceback" not in run.stderr
-    assert API_KEY not in run.stdout + run.stderr
-    return run
+def talkbox(*args: str, env: dict[str, str]) -> CliRun:
+    return run_talkbox(*args, env=env, secrets=(API_KEY,))
 
 
 def write_config(
@@ -102,7 +76,7 @@ def device_rows(table: str) -> dict[str, str]:
 def test_devices_lists_the_sound_card_and_marks_the_configured_ones(tmp_path: Path) -> None:
     with alsa_sandbox(tmp_path / "alsa") as sandbox:
         config = write_config(tmp_path, input_device="mic", output_device="speaker")
-        run = run_talkbox("devices", "--config", str(config), env=talkbox_env(sandbox))
+        run = talkbox("devices", "--config", str(config), env=talkbox_env(sandbox))
 
     assert run.exit_code == 0, run.stderr
     assert device_rows(run.stdout) == {"mic": "input", "speaker": "output", "default": ""}
@@ -118,7 +92,7 @@ def test_devices_with_a_configured_device_missing_fails_listing_the_devices(
 ) -> None:
     with alsa_sandbox(tmp_path / "alsa") as sandbox:
         config = write_config(tmp_path, input_device="mic", output_device="USB speaker")
-        run = run_talkbox("devices", "--config", str(config), env=talkbox_env(sandbox))
+        run = talkbox("devices", "--config", str(config), env=talkbox_env(sandbox))
 
     assert run.exit_code == 1
     # The table still shows what there is, and says what is wrong.
@@ -150,29 +124,23 @@ def test_listen_prints_the_wake_word_and_speech_from_the_microphone(tmp_path: Pa
             period_frames=LISTEN_PERIOD_FRAMES,
             speed=FEED_SPEED,
         )
-        process = subprocess.Popen(
-            talkbox_command("listen", "--seconds", str(LISTEN_SECONDS), "--config", str(config)),
+        running = RunningTalkbox(
+            "listen", "--seconds", str(LISTEN_SECONDS), "--config", str(config),
             env=talkbox_env(sandbox, PYTHONUNBUFFERED="1"),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            encoding="utf-8",
-            errors="replace",
-        )
+        )  # fmt: skip
         try:
-            assert process.stdout is not None
-            first_line = process.stdout.readline()
+            assert running.process.stdout is not None
+            first_line = running.process.stdout.readline()
             feeder.start()
-            rest, stderr = process.communicate(timeout=60)
+            run = running.finish()
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+            if running.process.poll() is None:
+                running.kill()
             feeder.stop()
 
-    assert process.returncode == 0, stderr
-    assert "Traceback" not in stderr
+    assert run.exit_code == 0, run.stderr
     assert first_line == f"listening on 'mic' at {MIC_RATE} Hz; Ctrl-C ends\n"
+    rest = run.stdout
     lines = rest.splitlines()
 
     wakes = [m for m in map(WAKE_LINE.match, lines) if m]
@@ -194,9 +162,7 @@ def test_listen_prints_the_wake_word_and_speech_from_the_microphone(tmp_path: Pa
 def test_listen_on_a_missing_microphone_fails_listing_the_devices(tmp_path: Path) -> None:
     with alsa_sandbox(tmp_path / "alsa") as sandbox:
         config = write_config(tmp_path, input_device="ReSpeaker", output_device="speaker")
-        run = run_talkbox(
-            "listen", "--seconds", "1", "--config", str(config), env=talkbox_env(sandbox)
-        )
+        run = talkbox("listen", "--seconds", "1", "--config", str(config), env=talkbox_env(sandbox))
 
     assert run.exit_code == 1
     assert (
@@ -213,17 +179,12 @@ def test_listen_on_a_missing_microphone_fails_listing_the_devices(tmp_path: Path
 @contextmanager
 def service_answering(reply: bytes) -> Iterator[tuple[str, list[RecordedSession]]]:
     """(url_base, the sessions it recorded, filled in once the block ends)."""
-    service = FakeRealtimeServer(
-        api_key=API_KEY, reply_pcm=reply, reply_transcript=REPLY_TEXT
-    ).start_in_thread()
-    sessions: list[RecordedSession] = []
-    try:
-        yield service.url_base, sessions
+    with serving(API_KEY, reply_pcm=reply, reply_transcript=REPLY_TEXT) as service:
+        seen: list[RecordedSession] = []
+        yield service.url_base, seen
         server = service.server
         service.wait_for(lambda: bool(server.sessions) and server.sessions[0].closed)
-        sessions.extend(service.call(lambda: copy.deepcopy(server.sessions)))
-    finally:
-        service.stop()
+        seen.extend(sessions(service))
 
 
 def openai_table(url_base: str) -> str:
@@ -242,7 +203,7 @@ def test_ask_without_out_plays_the_answer_on_the_speaker(tmp_path: Path) -> None
         config = write_config(
             tmp_path, input_device="mic", output_device="speaker", extra=openai_table(url_base)
         )
-        run = run_talkbox(
+        run = talkbox(
             "ask", "capital of France?", "--config", str(config),
             env=talkbox_env(sandbox, TALKBOX_API_KEY=API_KEY),
         )  # fmt: skip
@@ -269,7 +230,7 @@ def test_ask_on_a_missing_speaker_fails_listing_the_devices(tmp_path: Path) -> N
         config = write_config(
             tmp_path, input_device="mic", output_device="HDMI", extra=openai_table(url_base)
         )
-        run = run_talkbox(
+        run = talkbox(
             "ask", "capital of France?", "--config", str(config),
             env=talkbox_env(sandbox, TALKBOX_API_KEY=API_KEY),
         )  # fmt: skip

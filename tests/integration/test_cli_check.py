@@ -5,25 +5,12 @@ closes it without asking for (and paying for) a response.
 
 from __future__ import annotations
 
-import copy
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from support.fake_realtime import (
-    FakeRealtimeServer,
-    RecordedSession,
-    RejectedHandshake,
-    ServerThread,
-)
+from support.cli import CliRun, environment, run_talkbox
+from support.service import recorded, serving
 
 API_KEY = "sk-SENTINEL-check-3e8b1f0a6c2d9475"
 WRONG_KEY = "sk-SENTINEL-wrong-d41c7a9e0b5f2638"
@@ -60,83 +47,36 @@ def write_config(directory: Path, realtime_table: str, extra: str = "") -> Path:
     return config
 
 
-@dataclass(frozen=True)
-class CliRun:
-    exit_code: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-    def settings(self) -> dict[str, str]:
-        """`name = value` lines of stdout keyed `table.name` (the tables come as `[name]`)."""
-        found: dict[str, str] = {}
-        table = ""
-        for line in self.stdout.splitlines():
-            if line.startswith("[") and line.endswith("]"):
-                table = line[1:-1]
-            elif " = " in line and table:
-                name, _, value = line.partition(" = ")
-                found[f"{table}.{name}"] = value
-        return found
+def talkbox(*args: str, env: dict[str, str]) -> CliRun:
+    return run_talkbox(*args, env=environment(ENV_NOT_INHERITED, env), secrets=(API_KEY, WRONG_KEY))
 
 
-def run_talkbox(*args: str, env: dict[str, str]) -> CliRun:
-    started = time.monotonic()
-    completed = subprocess.run(
-        [sys.executable, "-m", "talkbox.cli", *args],
-        env={**{k: v for k, v in os.environ.items() if k not in ENV_NOT_INHERITED}, **env},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=60,
-    )
-    run = CliRun(completed.returncode, completed.stdout, completed.stderr,
-                 time.monotonic() - started)  # fmt: skip
-    assert "Traceback" not in run.stderr
-    for secret in (API_KEY, WRONG_KEY):
-        assert secret not in run.stdout + run.stderr
-    return run
-
-
-@contextmanager
-def serving() -> Iterator[ServerThread]:
-    service = FakeRealtimeServer(api_key=API_KEY).start_in_thread()
-    try:
-        yield service
-    finally:
-        service.stop()
-
-
-@dataclass
-class Recorded:
-    sessions: list[RecordedSession]
-    rejected: list[RejectedHandshake]
-    violations: list[Any]
-
-
-def recorded(service: ServerThread) -> Recorded:
-    server = service.server
-    return service.call(
-        lambda: copy.deepcopy(
-            Recorded(server.sessions, server.rejected_handshakes, server.protocol_violations)
-        )
-    )
+def settings_of(run: CliRun) -> dict[str, str]:
+    """`name = value` lines of stdout keyed `table.name` (the tables come as `[name]`)."""
+    found: dict[str, str] = {}
+    table = ""
+    for line in run.stdout.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            table = line[1:-1]
+        elif " = " in line and table:
+            name, _, value = line.partition(" = ")
+            found[f"{table}.{name}"] = value
+    return found
 
 
 # --- settings -----------------------------------------------------------------------------------
 
 
 def test_check_prints_the_settings_in_force_with_the_key_masked(tmp_path: Path) -> None:
-    with serving() as service:
+    with serving(API_KEY) as service:
         url_base = service.url_base
         config = write_config(tmp_path, REALTIME_TABLES["azure-ga"].format(url=url_base))
-        run = run_talkbox("check", "--config", str(config), env={"TALKBOX_API_KEY": API_KEY})
+        run = talkbox("check", "--config", str(config), env={"TALKBOX_API_KEY": API_KEY})
         seen = recorded(service)
 
     assert run.exit_code == 0, run.stderr
     assert run.stdout.splitlines()[0] == f"config {config}: valid"
-    settings = run.settings()
+    settings = settings_of(run)
     # What the file says, and the defaults for what it does not.
     assert settings["realtime.provider"] == "azure"
     assert settings["realtime.deployment"] == "gpt-realtime"
@@ -161,10 +101,10 @@ def test_check_masks_a_key_read_from_a_file(tmp_path: Path) -> None:
     table = REALTIME_TABLES["openai"].format(url="http://127.0.0.1:9")
     config = write_config(tmp_path, f'{table}api_key_file = "{key_file}"\n')
 
-    run = run_talkbox("check", "--config", str(config), env={})
+    run = talkbox("check", "--config", str(config), env={})
 
     assert run.exit_code == 0, run.stderr
-    assert run.settings()["realtime.api_key"] == (
+    assert settings_of(run)["realtime.api_key"] == (
         f"{API_KEY[:3]}…({len(API_KEY)} chars) (from realtime.api_key_file {key_file})"
     )
 
@@ -174,7 +114,7 @@ def test_check_warns_about_settings_that_have_no_effect(tmp_path: Path) -> None:
     table = REALTIME_TABLES["azure-ga"].format(url="http://127.0.0.1:9")
     config = write_config(tmp_path, f"{table}temperature = 1.0\n")
 
-    run = run_talkbox("check", "--config", str(config), env={"TALKBOX_API_KEY": API_KEY})
+    run = talkbox("check", "--config", str(config), env={"TALKBOX_API_KEY": API_KEY})
 
     assert run.exit_code == 0, run.stderr
     assert "warning: realtime.temperature is ignored" in run.stderr
@@ -183,10 +123,10 @@ def test_check_warns_about_settings_that_have_no_effect(tmp_path: Path) -> None:
 def test_check_of_the_echo_provider_needs_no_key_and_connects_nowhere(tmp_path: Path) -> None:
     config = write_config(tmp_path, 'provider = "echo"\n')
 
-    run = run_talkbox("check", "--connect", "--config", str(config), env={})
+    run = talkbox("check", "--connect", "--config", str(config), env={})
 
     assert run.exit_code == 0, run.stderr
-    assert run.settings()["realtime.api_key"] == "(none needed)"
+    assert settings_of(run)["realtime.api_key"] == "(none needed)"
     assert "the echo provider has no service to connect to" in run.stdout
 
 
@@ -195,10 +135,10 @@ def test_check_of_the_echo_provider_needs_no_key_and_connects_nowhere(tmp_path: 
 
 @pytest.mark.parametrize("provider", REALTIME_TABLES)
 def test_check_connect_opens_one_session_and_closes_it(provider: str, tmp_path: Path) -> None:
-    with serving() as service:
+    with serving(API_KEY) as service:
         url_base = service.url_base
         config = write_config(tmp_path, REALTIME_TABLES[provider].format(url=url_base))
-        run = run_talkbox(
+        run = talkbox(
             "check", "--connect", "--config", str(config), env={"TALKBOX_API_KEY": API_KEY}
         )
         server = service.server
@@ -219,9 +159,9 @@ def test_check_connect_opens_one_session_and_closes_it(provider: str, tmp_path: 
 
 
 def test_check_connect_with_a_wrong_key_fails_with_the_401(tmp_path: Path) -> None:
-    with serving() as service:
+    with serving(API_KEY) as service:
         config = write_config(tmp_path, REALTIME_TABLES["openai"].format(url=service.url_base))
-        run = run_talkbox(
+        run = talkbox(
             "check", "--connect", "--config", str(config), env={"TALKBOX_API_KEY": WRONG_KEY}
         )
         seen = recorded(service)

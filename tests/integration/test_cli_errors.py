@@ -8,14 +8,11 @@ Each file in tests/data/bad_configs/ starts with `# expect: TEXT`: TEXT must app
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from support.cli import CliRun, environment, run_talkbox
 from talkbox.errors import EX_CONFIG
 
 BAD_CONFIGS = sorted((Path(__file__).parent.parent / "data" / "bad_configs").glob("*.toml"))
@@ -27,32 +24,13 @@ ENV_NOT_INHERITED = ("TALKBOX_API_KEY", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET"
 pytestmark = pytest.mark.slow
 
 
-@dataclass(frozen=True)
-class CliRun:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-
-def run_talkbox(*args: str, api_key: str | None = API_KEY) -> CliRun:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_NOT_INHERITED}
-    if api_key is not None:
-        env["TALKBOX_API_KEY"] = api_key
+def talkbox(*args: str, api_key: str | None = API_KEY) -> CliRun:
+    key = {} if api_key is None else {"TALKBOX_API_KEY": api_key}
     # A bad file must be refused before any device or network is touched; the timeout only
     # turns a daemon that wrongly started into a failure instead of a hang.
-    completed = subprocess.run(
-        [sys.executable, "-m", "talkbox.cli", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=60,
+    return run_talkbox(
+        *args, env=environment(ENV_NOT_INHERITED, key), secrets=(API_KEY,), timeout=60
     )
-    run = CliRun(completed.returncode, completed.stdout, completed.stderr)
-    assert "Traceback" not in run.stderr
-    assert API_KEY not in run.stdout + run.stderr
-    return run
 
 
 def expected_text(config: Path) -> str:
@@ -69,7 +47,7 @@ def test_the_bad_configs_are_there() -> None:
 @pytest.mark.parametrize("command", ["check", "run"])
 @pytest.mark.parametrize("config", BAD_CONFIGS, ids=[p.stem for p in BAD_CONFIGS])
 def test_a_bad_config_exits_78_naming_the_key(command: str, config: Path) -> None:
-    run = run_talkbox(command, "--config", str(config))
+    run = talkbox(command, "--config", str(config))
 
     assert run.exit_code == EX_CONFIG, (run.exit_code, run.stderr)
     assert run.stderr.startswith(f"talkbox: invalid configuration in {config}:\n")
@@ -80,7 +58,7 @@ def test_an_api_key_put_in_the_config_is_not_repeated(tmp_path: Path) -> None:
     config = tmp_path / "talkbox.toml"
     config.write_text('[realtime]\nprovider = "openai"\napi_key = "sk-pasted-0f3b9c2e7d1a"\n')
 
-    run = run_talkbox("check", "--config", str(config))
+    run = talkbox("check", "--config", str(config))
 
     assert run.exit_code == EX_CONFIG
     assert "realtime.api_key (line 3)" in run.stderr and "TALKBOX_API_KEY" in run.stderr
@@ -95,7 +73,7 @@ def test_an_api_key_put_in_the_config_is_not_repeated(tmp_path: Path) -> None:
 def test_a_missing_config_file_exits_78_naming_the_path(command: list[str], tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "talkbox.toml"
 
-    run = run_talkbox(*command, "--config", str(missing))
+    run = talkbox(*command, "--config", str(missing))
 
     assert run.exit_code == EX_CONFIG
     assert f"invalid configuration in {missing}" in run.stderr
@@ -106,7 +84,7 @@ def test_ask_with_the_echo_provider_says_it_needs_a_service(tmp_path: Path) -> N
     config = tmp_path / "talkbox.toml"
     config.write_text('[realtime]\nprovider = "echo"\n')
 
-    run = run_talkbox("ask", "what time is it?", "--config", str(config))
+    run = talkbox("ask", "what time is it?", "--config", str(config))
 
     assert run.exit_code == EX_CONFIG
     assert 'realtime.provider = "azure" or "openai"' in run.stderr
@@ -118,7 +96,7 @@ def test_ask_without_any_api_key_says_where_it_looked(tmp_path: Path) -> None:
     config = tmp_path / "talkbox.toml"
     config.write_text('[realtime]\nprovider = "openai"\n')
 
-    run = run_talkbox("ask", "what time is it?", "--config", str(config), api_key=None)
+    run = talkbox("ask", "what time is it?", "--config", str(config), api_key=None)
 
     assert run.exit_code == EX_CONFIG
     assert 'no API key found for provider = "openai"' in run.stderr
@@ -127,7 +105,7 @@ def test_ask_without_any_api_key_says_where_it_looked(tmp_path: Path) -> None:
 
 
 def test_an_unknown_command_is_a_usage_error() -> None:
-    run = run_talkbox("fly")
+    run = talkbox("fly")
 
     assert run.exit_code == 2
     assert "usage: talkbox" in run.stderr and "invalid choice: 'fly'" in run.stderr

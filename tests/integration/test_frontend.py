@@ -7,13 +7,13 @@ import pytest
 from support.speech import (
     Pcm,
     concat,
-    mix,
     ordinary_speech_stretch,
     pink_noise,
     silence,
     speak,
     speech_bounds,
 )
+from support.wake_clips import SPEEDS, VOICES, on_chunk_grid, with_room_noise
 from talkbox.audio.frontend import (
     FrontEnd,
     FrontEndEvent,
@@ -25,18 +25,23 @@ from talkbox.audio.resample import Resampler
 from talkbox.vad import SpeechAudio, SpeechEnded, SpeechGate, SpeechStarted, VoiceActivity
 from talkbox.wake import GatedWakeDetector, WakeWordDetector
 
-VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-x-rp")
-SPEEDS = (140, 160, 180)
 UPLOAD_FRAME_BYTES = 960
 
 
-def make_frontend(input_rate: int, *, models: tuple[str, ...] = ("hey_jarvis",),
-                  monitor: bool = False, refractory_seconds: float = 2.0) -> FrontEnd:
+def make_frontend(
+    input_rate: int,
+    *,
+    models: tuple[str, ...] = ("hey_jarvis",),
+    monitor: bool = False,
+    refractory_seconds: float = 2.0,
+) -> FrontEnd:
     detector = WakeWordDetector(list(models), 0.5, {}, refractory_seconds)
-    gate = SpeechGate(frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300,
-                      max_turn_ms=30000)
-    return FrontEnd(input_rate, VoiceActivity(2), gate, GatedWakeDetector(detector),
-                    monitor=monitor)
+    gate = SpeechGate(
+        frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300, max_turn_ms=30000
+    )
+    return FrontEnd(
+        input_rate, VoiceActivity(2), gate, GatedWakeDetector(detector), monitor=monitor
+    )
 
 
 def feed(frontend: FrontEnd, pcm: Pcm, chunk_bytes: int = 4096) -> list[FrontEndEvent]:
@@ -61,16 +66,6 @@ def turns_of(events: list[FrontEndEvent]) -> list[tuple[bytes, str]]:
     return turns
 
 
-def with_room_noise(pcm: Pcm, rate: int) -> Pcm:
-    return mix(pcm, pink_noise(len(pcm) / rate, rate, volume=0.01))
-
-
-def on_chunk_grid(pcm: Pcm, rate: int) -> Pcm:
-    """`pcm` followed by silence up to a whole number of 80 ms wake-word chunks."""
-    chunk = rate * 80 // 1000
-    return concat(pcm, silence(-len(pcm) % chunk / rate, rate))
-
-
 @pytest.mark.parametrize("input_rate", [16000, 48000])
 def test_every_wake_phrase_fires_once_through_the_front_end(input_rate: int) -> None:
     # Each clip as the wake tests use it (1 s before, 1.5 s after), starting on the 80 ms
@@ -78,8 +73,10 @@ def test_every_wake_phrase_fires_once_through_the_front_end(input_rate: int) -> 
     parts, spans, offset = [], [], 0.0
     for voice in VOICES:
         for speed in SPEEDS:
-            clip = on_chunk_grid(speak("hey jarvis", voice=voice, speed=speed, rate=input_rate,
-                                       pad=(1.0, 1.5)), input_rate)
+            clip = on_chunk_grid(
+                speak("hey jarvis", voice=voice, speed=speed, rate=input_rate, pad=(1.0, 1.5)),
+                input_rate,
+            )
             start, end = speech_bounds(clip, input_rate)
             spans.append((offset + start, offset + end))
             # Some gaps longer than the gated detector's lookback plus hangover.
@@ -115,10 +112,12 @@ def test_a_minute_of_ordinary_speech_at_48k_wakes_nothing_and_uploads_only_speec
 
 
 def test_events_do_not_depend_on_how_capture_is_chunked() -> None:
-    audio = with_room_noise(speak("hey jarvis, turn on the light", rate=48000, pad=(0.5, 0.8)),
-                            48000)
-    by_size = {size: feed(make_frontend(48000, monitor=True), audio, size)
-               for size in (7, 333, 9600)}
+    audio = with_room_noise(
+        speak("hey jarvis, turn on the light", rate=48000, pad=(0.5, 0.8)), 48000
+    )
+    by_size = {
+        size: feed(make_frontend(48000, monitor=True), audio, size) for size in (7, 333, 9600)
+    }
     reference = by_size[9600]
     assert any(isinstance(e, WakeDetected) for e in reference)
     assert by_size[7] == reference
@@ -133,10 +132,10 @@ def test_speak_through_one_turn_holds_the_wake_word_and_the_request() -> None:
     (wake_index,) = [i for i, e in enumerate(events) if isinstance(e, WakeDetected)]
     # (webrtcvad flags the first ~80 ms of a new noise floor, so the stream may open with
     # a short turn of its own; the turn that matters is the one around the wake word.)
-    start_index = max(i for i, e in enumerate(events[:wake_index])
-                      if isinstance(e, SpeechStarted))
-    end_index = next(i for i in range(wake_index, len(events))
-                     if isinstance(events[i], SpeechEnded))
+    start_index = max(i for i, e in enumerate(events[:wake_index]) if isinstance(e, SpeechStarted))
+    end_index = next(
+        i for i in range(wake_index, len(events)) if isinstance(events[i], SpeechEnded)
+    )
     turn = events[start_index : end_index + 1]
     assert not any(isinstance(e, SpeechEnded) for e in turn[:-1])
     assert any(isinstance(e, SpeechAudio) for e in events[wake_index:end_index])  # the request
@@ -167,8 +166,10 @@ def test_wake_can_be_switched_off_and_on() -> None:
 
 def test_monitor_reports_vad_per_frame_and_scores_only_where_inferred() -> None:
     rate = 16000
-    audio = concat(pink_noise(6.0, rate, volume=0.01),
-                   with_room_noise(speak("hey jarvis", rate=rate, pad=(0.0, 1.0)), rate))
+    audio = concat(
+        pink_noise(6.0, rate, volume=0.01),
+        with_room_noise(speak("hey jarvis", rate=rate, pad=(0.0, 1.0)), rate),
+    )
     events = feed(make_frontend(rate, monitor=True), audio)
     vad_frames = [e for e in events if isinstance(e, VadFrame)]
     assert len(vad_frames) == len(audio) // 320
@@ -181,8 +182,9 @@ def test_monitor_reports_vad_per_frame_and_scores_only_where_inferred() -> None:
 
 
 def test_front_end_needs_a_16k_vad_and_matching_frames() -> None:
-    gate = SpeechGate(frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300,
-                      max_turn_ms=30000)
+    gate = SpeechGate(
+        frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300, max_turn_ms=30000
+    )
     with pytest.raises(ValueError, match="16000"):
         FrontEnd(48000, VoiceActivity(2, sample_rate=32000), gate, None)
     with pytest.raises(ValueError, match="frame length"):

@@ -10,13 +10,13 @@ import pytest
 from support.speech import (
     Pcm,
     concat,
-    mix,
     ordinary_speech_stretch,
     pink_noise,
     silence,
     speak,
     speech_bounds,
 )
+from support.wake_clips import SPEEDS, VOICES, with_room_noise
 from talkbox.errors import ConfigError
 from talkbox.vad import VoiceActivity
 from talkbox.wake import (
@@ -29,8 +29,6 @@ from talkbox.wake import (
 )
 
 RATE = 16000
-VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-x-rp")
-SPEEDS = (140, 160, 180)
 SHIPPED_WORDS = {"alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "okay_nabu"}
 
 
@@ -50,8 +48,9 @@ def max_scores(detector: WakeWordDetector, pcm: Pcm) -> dict[str, float]:
     return best
 
 
-def run_gated(gated: GatedWakeDetector, pcm: Pcm,
-              vad: VoiceActivity) -> tuple[list[Detection], dict[float, dict[str, float]]]:
+def run_gated(
+    gated: GatedWakeDetector, pcm: Pcm, vad: VoiceActivity
+) -> tuple[list[Detection], dict[float, dict[str, float]]]:
     """Feed 20 ms frames with real VAD decisions; return detections and every scored chunk."""
     detections: list[Detection] = []
     scored: dict[float, dict[str, float]] = {}
@@ -83,7 +82,7 @@ def wake_phrases_with_pauses() -> Pcm:
     for voice, pause in zip(VOICES, (2.5, 6.0, 3.5, 5.0), strict=True):
         parts += [speak("hey jarvis", voice=voice, pad=(0.0, 0.0)), silence(pause)]
     phrases = concat(*parts)
-    return mix(phrases, pink_noise(len(phrases) / RATE, volume=0.01))
+    return with_room_noise(phrases, RATE)
 
 
 @pytest.fixture(scope="module")
@@ -145,13 +144,17 @@ def test_scores_equal_stock_openwakeword_on_the_same_audio() -> None:
 
     models_dir = available_models()["hey_jarvis"].parent
     stock = openwakeword.Model(
-        wakeword_models=[str(available_models()["hey_jarvis"])], inference_framework="tflite",
+        wakeword_models=[str(available_models()["hey_jarvis"])],
+        inference_framework="tflite",
         melspec_model_path=str(models_dir / "melspectrogram.tflite"),
         embedding_model_path=str(models_dir / "embedding_model.tflite"),
     )
     ours = WakeWordDetector(["hey_jarvis"], 0.5, {}, 2.0)
-    audio = concat(pink_noise(2.5, volume=0.01), speak("hey jarvis, what time is it"),
-                   speak("hey jarvis", voice="en-gb"))
+    audio = concat(
+        pink_noise(2.5, volume=0.01),
+        speak("hey jarvis, what time is it"),
+        speak("hey jarvis", voice="en-gb"),
+    )
     context = ours.context_chunks
     compared = 0
     for index, start in enumerate(range(0, len(audio) - CHUNK_SAMPLES + 1, CHUNK_SAMPLES)):
@@ -203,15 +206,16 @@ def test_per_word_threshold_is_respected() -> None:
     peak = max_scores(WakeWordDetector(["hey_jarvis", "alexa"], 0.5, {}, 2.0), audio)
     assert peak["alexa"] > 0.5 and peak["hey_jarvis"] > 0.5
     # Just above alexa's best score: only alexa is silenced; just below: both fire.
-    strict = WakeWordDetector(["hey_jarvis", "alexa"], 0.5,
-                              {"alexa": min(1.0, peak["alexa"] + 1e-4)}, 2.0)
+    strict = WakeWordDetector(
+        ["hey_jarvis", "alexa"], 0.5, {"alexa": min(1.0, peak["alexa"] + 1e-4)}, 2.0
+    )
     assert [d.model for d in run_always_on(strict, audio)] == ["hey_jarvis"]
-    lenient = WakeWordDetector(["hey_jarvis", "alexa"], 0.5,
-                               {"alexa": peak["alexa"] - 1e-4}, 2.0)
+    lenient = WakeWordDetector(["hey_jarvis", "alexa"], 0.5, {"alexa": peak["alexa"] - 1e-4}, 2.0)
     assert [d.model for d in run_always_on(lenient, audio)] == ["hey_jarvis", "alexa"]
     # And the general threshold applies to words without their own.
-    general = WakeWordDetector(["hey_jarvis", "alexa"], min(1.0, peak["hey_jarvis"] + 1e-4),
-                               {"alexa": 0.5}, 2.0)
+    general = WakeWordDetector(
+        ["hey_jarvis", "alexa"], min(1.0, peak["hey_jarvis"] + 1e-4), {"alexa": 0.5}, 2.0
+    )
     assert [d.model for d in run_always_on(general, audio)] == ["alexa"]
 
 
