@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from support.fake_realtime import FakeRealtimeServer, ServerThread
+from support.fake_realtime import ServerThread
+from support.service import serving
 from support.speech import concat, silence, speak
 
 API_KEY = "e2e-secret-key-0123456789abcdef"
@@ -34,12 +35,8 @@ def reply_speech() -> bytes:
 
 @pytest.fixture
 def fake_service() -> Iterator[ServerThread]:
-    server = FakeRealtimeServer(api_key=API_KEY, deployments={DEPLOYMENT})
-    thread = server.start_in_thread()
-    try:
-        yield thread
-    finally:
-        thread.stop()
+    with serving(API_KEY, deployments={DEPLOYMENT}) as service:
+        yield service
 
 
 def service_config(url_base: str, follow_up: float = 2.0, extra: str = "") -> str:
