@@ -28,6 +28,62 @@ SPEAKER_RATE = 24000
 TALKBOX = str(Path(sys.executable).with_name("talkbox"))
 
 
+class LiveMicrophone(FifoFeeder):
+    """A microphone that hears silence until the test speaks, in real time.
+
+    Unlike a `FifoFeeder` with its one recording, the test decides what comes next while the
+    daemon runs: `speak(pcm)` queues speech behind what is already queued, so a step (a
+    `talkbox ctl` command, a reload) can sit between two utterances without timing games.
+    """
+
+    def __init__(self, fifo: Path, *, rate: int, period_frames: int) -> None:
+        super().__init__(fifo, b"", rate=rate, period_frames=period_frames)
+        self._queued = bytearray()
+        self._queue_lock = threading.Lock()
+        self._all_spoken = threading.Event()
+        self._all_spoken.set()
+
+    def speak(self, pcm16k: bytes) -> None:
+        """Queue `pcm16k` (padded with silence to whole periods) after what is queued."""
+        remainder = len(pcm16k) % self.period_bytes
+        padded = pcm16k + bytes(self.period_bytes - remainder if remainder else 0)
+        with self._queue_lock:
+            self._queued += padded
+            self._all_spoken.clear()
+
+    def wait_spoken(self, timeout: float = 30.0) -> None:
+        """Until the last queued period has been written to the microphone."""
+        if not self._all_spoken.wait(timeout):
+            raise AssertionError(f"the microphone did not finish speaking within {timeout:g} s")
+
+    def _next_period(self) -> bytes:
+        with self._queue_lock:
+            if not self._queued:
+                return bytes(self.period_bytes)
+            chunk = bytes(self._queued[: self.period_bytes])
+            del self._queued[: self.period_bytes]
+            if not self._queued:
+                self._all_spoken.set()
+            return chunk
+
+    def run(self) -> None:
+        # FifoFeeder's pacing, with each period taken from the queue (or silence).
+        next_write = time.monotonic()
+        while not self._stop_requested.is_set():
+            if not self._feeding.is_set():
+                self._feeding.wait(0.05)
+                next_write = time.monotonic()
+                continue
+            delay = next_write - time.monotonic()
+            if delay > 0 and self._stop_requested.wait(delay):
+                return
+            chunk = self._next_period()
+            if not self._write_when_room(chunk):
+                return
+            self.written.append((time.monotonic(), len(chunk)))
+            next_write += self.period_s
+
+
 class NotifyListener(threading.Thread):
     """A stand-in for systemd's notify socket: records every sd_notify message with its time."""
 
@@ -106,6 +162,28 @@ class DaemonRun:
         self.feeders.append(feeder)
         feeder.start()
         return feeder
+
+    def microphone(self) -> LiveMicrophone:
+        """Start a microphone that the test speaks into step by step (silence meanwhile)."""
+        if self.feeders:
+            raise RuntimeError("one feeder per run: use either say() or microphone()")
+        microphone = LiveMicrophone(
+            self.sandbox.capture_path, rate=MIC_RATE, period_frames=CAPTURE_PERIOD_FRAMES
+        )
+        self.feeders.append(microphone)
+        microphone.start()
+        return microphone
+
+    def ctl(self, action: str, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
+        """`talkbox ctl ACTION --socket ...` as a separate process, as a user would run it."""
+        return subprocess.run(
+            [TALKBOX, "ctl", action, "--socket", str(self.control_socket)],
+            env=self.sandbox.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def heard(self, since: float = 0.0) -> bytes:
         return self.drainer.data(since)
