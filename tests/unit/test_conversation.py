@@ -192,12 +192,38 @@ def test_wake_phrase_alone_is_not_sent_as_a_turn() -> None:
     for _ in range(25):  # 500 ms of hangover after "jarvis": shorter than the threshold
         tail += d(MicSpeechAudio(FRAME))
     tail += d(MicSpeechEnded())
-    assert sent(tail) == []
+    events = sent(tail)
+    assert events[:-1] == [AppendAudio(FRAME)] * 25, "streamed at once, without waiting"
+    assert events[-1] == ClearAudio(), "the wake phrase's tail is taken back, not committed"
     assert TIMER_FOLLOW_UP in d.timers
     # The command that follows after a pause is a normal turn.
     turn = d.speak(1000)
     assert len(appended_bytes(turn)) == 1000 * RATE // 1000 * 2
     assert isinstance(sent(turn)[-1], CreateResponse)
+
+
+def test_wake_phrase_alone_said_while_connecting_is_dropped_before_sending() -> None:
+    d = Driver(silence_duration_ms=500, min_command_ms=250)
+    d(MicSpeechStarted(preroll=FRAME))
+    d(WakeWord(recent_audio=ms(300)))
+    for _ in range(25):
+        d(MicSpeechAudio(FRAME))
+    d(MicSpeechEnded())
+    assert sent(d.ready()) == [], "nothing of the wake phrase is sent"
+
+
+def test_with_server_detection_the_wake_segment_is_held_until_it_is_a_command() -> None:
+    d = Driver(detection="server_vad", silence_duration_ms=500, min_command_ms=250)
+    d(MicSpeechStarted(preroll=FRAME))
+    d(WakeWord(recent_audio=ms(300)))
+    d.ready()
+    held: list[Action] = []
+    for _ in range(37):  # 740 ms: still below 500 + 250 ms
+        held += d(MicSpeechAudio(FRAME))
+    assert sent(held) == [], "the service would take the tail alone for a turn"
+    released = d(MicSpeechAudio(FRAME))  # 760 ms: a command
+    assert len(appended_bytes(released)) == len(ms(300)) + 38 * len(FRAME)
+    assert sent(d(MicSpeechAudio(FRAME))) == [AppendAudio(FRAME)], "then streamed"
 
 
 def test_ctl_wake_without_speech_waits_for_the_next_segment() -> None:

@@ -134,8 +134,9 @@ class ConversationMachine:
     def _reset_turn(self) -> None:
         self.turn_open = False  # audio of the current user turn is being taken
         self.turn_samples = 0
-        self.holding_wake_segment = False  # not yet sure the wake segment holds a command
-        self.held_audio: list[bytes] = []
+        # In the segment that holds the wake word, not yet sure it holds a command too.
+        self.in_wake_segment = False
+        self.held_audio: list[bytes] = []  # server detection only: kept until it is sure
         self.wake_segment_samples = 0
         self.speech_ended_at: float | None = None
 
@@ -218,12 +219,12 @@ class ConversationMachine:
         self._reset_turn()
         self._cancel_timer(TIMER_FOLLOW_UP, out)
         if self.in_segment:
-            # The command may follow the wake phrase in one breath: keep what was just said and
-            # the rest of this segment, but only send it once it is long enough to be a command.
+            # The command may follow the wake phrase in one breath: take what was just said
+            # and the rest of this segment. Until the segment is long enough to hold more than
+            # the wake phrase's tail, it may still be taken back (see _on_speech_ended).
             self.turn_open = True
-            self.holding_wake_segment = True
-            if event.recent_audio:
-                self.held_audio.append(event.recent_audio)
+            self.in_wake_segment = True
+            self._take_turn_audio(event.recent_audio, out, counts_as_command=False)
         if self.state is State.LISTENING and not self.turn_open:
             self._start_timer(TIMER_FOLLOW_UP, self.config.follow_up_seconds, out)
 
@@ -250,18 +251,27 @@ class ConversationMachine:
             return
         self._take_turn_audio(pcm, out)
 
-    def _take_turn_audio(self, pcm: bytes, out: list[Action]) -> None:
-        if self.holding_wake_segment:
-            self.held_audio.append(pcm)
-            self.wake_segment_samples += len(pcm) // BYTES_PER_SAMPLE
-            if self.wake_segment_samples >= self._command_threshold_samples():
-                # Long enough to hold more than the wake phrase's tail: it is the command.
-                self.holding_wake_segment = False
-                held, self.held_audio = self.held_audio, []
-                for chunk in held:
-                    self._upload(chunk, out)
+    def _take_turn_audio(
+        self, pcm: bytes, out: list[Action], *, counts_as_command: bool = True
+    ) -> None:
+        if not self.in_wake_segment:
+            self._upload(pcm, out)
             return
-        self._upload(pcm, out)
+        if counts_as_command:
+            self.wake_segment_samples += len(pcm) // BYTES_PER_SAMPLE
+        if self.wake_segment_samples >= self._command_threshold_samples():
+            self.in_wake_segment = False  # more than the wake phrase's tail: a command
+        if not self.server_detects_turns:
+            # Streamed at once: the service does nothing with it before our commit, and a
+            # wake-phrase tail is cleared. Waiting would delay everything by the threshold.
+            self._upload(pcm, out)
+            return
+        # With server detection the service would take the tail alone for a turn: hold it.
+        self.held_audio.append(pcm)
+        if not self.in_wake_segment:
+            held, self.held_audio = self.held_audio, []
+            for chunk in held:
+                self._upload(chunk, out)
 
     def _command_threshold_samples(self) -> int:
         ms = self.config.silence_duration_ms + self.config.min_command_ms
@@ -280,8 +290,11 @@ class ConversationMachine:
         self.in_segment = False
         if not self.turn_open:
             return
-        if self.holding_wake_segment:
-            # Only the wake phrase: nothing to send. Wait for the command.
+        if self.in_wake_segment:
+            # Only the wake phrase: take back what was sent of it and wait for the command.
+            if self.turn_samples and self.session_ready:
+                self._send(ClearAudio(), out)
+            self.pending_upload.clear()
             self._reset_turn()
             if self.state is State.LISTENING:
                 self._start_timer(TIMER_FOLLOW_UP, self.config.follow_up_seconds, out)
