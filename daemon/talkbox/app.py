@@ -434,6 +434,9 @@ class Daemon:
         old = self.cfg
         self.cfg = cfg
         self._open_session = self._make_opener(cfg)
+        # The failures counted so far were with the old settings (a mistyped endpoint, a wrong
+        # key): the first wake after a fix must try at once, not be refused with a chime.
+        self.backoff.success()
         self.chimes = make_chimes(cfg)
         muted = self.machine.muted
         conversation = self.machine.conversation

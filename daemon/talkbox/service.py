@@ -39,6 +39,8 @@ log = logging.getLogger("talkbox")
 
 CAPTURE_PERIOD_MS = 80  # one wake-word chunk per buffer: fewer wake-ups on a Pi
 DEVICE_RETRY_MAX_SECONDS = 30.0
+# How long a reopened microphone must keep delivering audio before it counts as back.
+CAPTURE_PROVEN_SECONDS = 2.0
 MUTE_FILE = "muted"
 
 
@@ -209,13 +211,12 @@ class Service:
 
     async def _capture_loop(self) -> None:
         assert self.daemon is not None
+        reopened_at: float | None = None  # a reopened mic not yet proven to keep working
         while True:
             try:
                 if self.capture is None:
                     self._open_capture()
-                    self.device_backoff.success()
-                    log.info("microphone %r is back", self.cfg.audio.input_device)
-                    self._report_state()
+                    reopened_at = time.monotonic()
                 assert self.capture is not None
                 chunk = await self.capture.read()
             except AudioDeviceError as error:
@@ -226,7 +227,19 @@ class Service:
                     self.capture = None
                 await self._wait_before_device_retry(error)
                 continue
-            self.watchdog_gate.feed_seen(time.monotonic())
+            now = time.monotonic()
+            if reopened_at is not None:
+                if now - reopened_at < CAPTURE_PROVEN_SECONDS:
+                    # A loose plug opens and dies again within a few periods: until the mic
+                    # has kept delivering for a while, it neither resets the backoff nor
+                    # feeds the watchdog, or a flapping mic would look healthy forever.
+                    self.daemon.on_audio(chunk)
+                    continue
+                reopened_at = None
+                self.device_backoff.success()
+                log.info("microphone %r is back", self.cfg.audio.input_device)
+                self._report_state()
+            self.watchdog_gate.feed_seen(now)
             self.daemon.on_audio(chunk)
 
     def _speaker_failed(self, error: AudioDeviceError) -> None:

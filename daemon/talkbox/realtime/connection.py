@@ -81,6 +81,7 @@ _USER_AGENT: Final = f"talkbox/{__version__} {USER_AGENT}"
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001  # the service ends the session at its maximum duration
 CLOSE_BETA_REJECTED: Final = 4000  # OpenAI: beta protocol shape no longer accepted
+CLOSE_MESSAGE_TOO_BIG: Final = 1009  # sent by websockets when a frame exceeds max_size
 
 _MAX_PEER_TEXT_CHARS: Final = 200
 
@@ -242,6 +243,14 @@ class RealtimeSession:
         if self._closing:
             return None  # whatever the peer said last, the session ends because we asked
         received = exc.rcvd
+        if received is None and exc.sent is not None and exc.sent.code == CLOSE_MESSAGE_TOO_BIG:
+            # websockets failed the connection itself: the peer sent more than max_size. This
+            # is no network problem, and saying "dropped" would send the user hunting one.
+            return ConnectionDropped(
+                f"{self.description} sent a message larger than talkbox accepts "
+                f"({MAX_FRAME_BYTES // 2**20} MiB), so talkbox closed the connection; "
+                "check any proxy in between, talkbox will reconnect on the next request"
+            )
         if received is None:
             return ConnectionDropped(
                 f"the connection to {self.description} dropped without a close frame; "
@@ -286,6 +295,11 @@ async def open_session(
         await session._set_up(settings, setup_timeout)
     except asyncio.CancelledError:
         session.abort()  # no awaiting inside a cancelled task
+        raise
+    except SessionSetupTimeout:
+        # The peer stayed silent for the whole set-up time: waiting up to close_timeout more
+        # for it to answer a close would only hold back the error chime.
+        session.abort()
         raise
     except BaseException:
         await session.close()

@@ -1,0 +1,390 @@
+"""The API key never leaves the request header: not in logs, errors, status output or files.
+
+A sentinel key is used everywhere, and every place it could escape to is searched for it in
+the forms a leak would take: the key itself, its first 8 characters (more than the 3 the mask
+shows), and its base64 at each of the three byte alignments (a header or a blob encoded whole).
+
+- In-process: the real `Daemon` with the real session opener and `Playback`, holding a whole
+  conversation and then failing every way the service and the network can fail (401, 404,
+  429, refused, TLS, set-up timeout, drop, error event, expiry), with every logger at DEBUG;
+  and `open_session` raising each of those failures, its exceptions read to the last link of
+  their chains.
+- As processes: `talkbox check` and `talkbox check --connect` (good and wrong key, a refused
+  port), then `talkbox run` at log level debug through a conversation, a 401 and mute with a
+  state directory, read back by `talkbox ctl status`; then every file written under the test's
+  directory (logs, state, sockets' neighbours), the systemd status lines and all output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import logging
+import socket
+import ssl
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytest
+import trustme
+
+from support.alsa import FifoDrainer, alsa_sandbox
+from support.cli import environment, run_talkbox
+from support.daemon import run_daemon, wait_until
+from support.fake_realtime import FakeRealtimeServer, InjectedError
+from support.service import serving
+from talkbox.app import REPLY_RATE, Daemon, build_front_end
+from talkbox.audio.playback import Playback
+from talkbox.config import AudioConfig, Config, ConversationConfig, RealtimeConfig
+from talkbox.core.inputs import MicSpeechAudio, MicSpeechEnded, MicSpeechStarted, State
+from talkbox.errors import RealtimeError
+from talkbox.realtime.connection import open_session
+from talkbox.realtime.endpoint import endpoint_for, session_settings_for
+from talkbox.realtime.events import Dialect
+from talkbox.secrets import ApiKey
+from talkbox.service import session_opener
+
+SENTINEL = "sk-SENTINEL-9f8e7d6c5b4a3210"
+DEPLOYMENT = "gpt-realtime"
+SPEAKER_RATE: Literal[24000] = 24000
+KEY_VARIABLES = ("TALKBOX_API_KEY", "CREDENTIALS_DIRECTORY")
+TURN_PCM = (
+    (np.sin(np.arange(REPLY_RATE * 4 // 10) * 2 * np.pi * 180 / REPLY_RATE) * 8000)
+    .astype("<i2")
+    .tobytes()
+)
+
+
+def leak_forms(secret: str) -> dict[str, bytes]:
+    """Each way the secret could show, by a name that does not repeat it."""
+    raw = secret.encode()
+    forms = {"the key": raw, "its first 8 characters": raw[:8]}
+    for shift in range(3):
+        for name, encode in (
+            ("base64", base64.b64encode),
+            ("url-safe base64", base64.urlsafe_b64encode),
+        ):
+            # The first and last 4 characters depend on neighbouring bytes and padding.
+            encoded = encode(bytes(shift) + raw)[4:-4]
+            forms[f"its {name} at byte offset {shift}"] = encoded
+    return forms
+
+
+FORMS = leak_forms(SENTINEL)
+
+
+def assert_no_leak(data: str | bytes, where: str) -> None:
+    blob = data.encode("utf-8", "replace") if isinstance(data, str) else data
+    for name, form in FORMS.items():
+        # The message names the form, never the secret: repeating it would leak it further.
+        assert form not in blob, f"{name} appeared in {where}"
+
+
+def record_text(record: logging.LogRecord) -> str:
+    """All a log record carries: message, arguments, extras and any traceback."""
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    return formatter.format(record) + "\n" + repr(record.__dict__)
+
+
+def exception_text(error: BaseException) -> str:
+    """Every link of an exception chain, suppressed context included, with its attributes."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        link = pending.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        texts.append("".join(traceback.format_exception_only(link)))
+        texts.append(repr(link) + repr(link.args) + repr(vars(link)))
+        pending += [link.__cause__, link.__context__]
+    return "\n".join(texts)
+
+
+def daemon_config(endpoint: str, deployment: str = DEPLOYMENT) -> Config:
+    cfg = Config(
+        realtime=RealtimeConfig(
+            provider="azure",
+            endpoint=endpoint,
+            deployment=deployment,
+            api_version="",
+            connect_timeout_seconds=1.0,
+        ),
+        audio=AudioConfig(input_device="mic", output_device="speaker", output_rate=SPEAKER_RATE),
+        conversation=ConversationConfig(follow_up_seconds=1.0),
+    )
+    # Below the file's 1 s minimum (model_copy skips validation): quicker conversations.
+    quick = cfg.conversation.model_copy(update={"follow_up_seconds": 0.2})
+    return cfg.model_copy(update={"conversation": quick})
+
+
+def refused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def tls_context() -> Iterator[ssl.SSLContext]:
+    """A server context whose certificate no client trusts (its CA is thrown away)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    yield context
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+@asynccontextmanager
+async def daemon_with_key(tmp_path: Path, cfg: Config) -> AsyncIterator[Daemon]:
+    key = ApiKey(SENTINEL, "test")
+    with alsa_sandbox(tmp_path / "alsa", playback_fifo=True) as sandbox:
+        drainer = FifoDrainer(sandbox.playback_path, rate=SPEAKER_RATE, speed=8.0)
+        drainer.start()
+        holder: list[Daemon] = []
+        playback = Playback(
+            "speaker", SPEAKER_RATE, REPLY_RATE, on_drained=lambda: holder[0].on_playback_drained()
+        )
+        try:
+            playback.start()
+            daemon = Daemon(
+                cfg,
+                open_session=lambda c: session_opener(c, key),
+                speaker=playback,
+                front_end=build_front_end(cfg),
+            )
+            holder.append(daemon)
+            try:
+                yield daemon
+            finally:
+                await daemon.shutdown()
+        finally:
+            playback.close()
+            drainer.stop()
+
+
+async def conversation(daemon: Daemon, cfg: Config, *, speak: bool) -> str:
+    """From a fresh backoff (a reload), wake with `cfg`, maybe speak, until idle; the outcome."""
+    daemon.reload(cfg)  # applies at once while idle, and forgets earlier failures
+    daemon.wake()
+    if speak:
+        await until(lambda: daemon.machine.state is not State.CONNECTING, "set-up to end")
+        if daemon.machine.state is State.LISTENING:
+            daemon.step(MicSpeechStarted(TURN_PCM[:4800]))
+            daemon.step(MicSpeechAudio(TURN_PCM[4800:]))
+            daemon.step(MicSpeechEnded())
+    await until(lambda: daemon.machine.state is State.IDLE, "idle")
+    return daemon.status.last_error
+
+
+async def test_conversations_and_every_failure_log_nothing_of_the_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, tls_context: ssl.SSLContext
+) -> None:
+    caplog.set_level(logging.DEBUG)  # everything, as someone hunting a problem would
+    async with (
+        FakeRealtimeServer(api_key=SENTINEL, deployments={DEPLOYMENT}) as service,
+        FakeRealtimeServer(api_key="sk-a-different-key-00000000000") as other_key_service,
+        FakeRealtimeServer(api_key=SENTINEL, deployments={DEPLOYMENT}, ssl=tls_context) as tls,
+    ):
+        good = daemon_config(service.url_base)
+        async with daemon_with_key(tmp_path, good) as daemon:
+            errors: list[str] = []
+            assert await conversation(daemon, good, speak=True) == ""
+            assert service.sessions[0].responses[0].status == "completed"
+            errors.append(
+                await conversation(daemon, daemon_config(other_key_service.url_base), speak=False)
+            )
+            errors.append(
+                await conversation(daemon, daemon_config(service.url_base, "nope"), speak=False)
+            )
+            service.faults.reject_handshake_status = 429
+            errors.append(await conversation(daemon, good, speak=False))
+            service.faults.reject_handshake_status = None
+            errors.append(
+                await conversation(
+                    daemon, daemon_config(f"http://127.0.0.1:{refused_port()}"), speak=False
+                )
+            )
+            errors.append(await conversation(daemon, daemon_config(tls.url_base), speak=False))
+            service.faults.skip_session_created = True
+            errors.append(await conversation(daemon, good, speak=False))
+            service.faults.skip_session_created = False
+            service.faults.drop_after_audio_deltas = 1
+            errors.append(await conversation(daemon, good, speak=True))
+            service.faults.error_instead_of_response = InjectedError("server_error", "Oops.")
+            errors.append(await conversation(daemon, good, speak=True))
+            daemon.reload(good)
+            daemon.wake()
+            await until(lambda: daemon.machine.state is State.LISTENING, "listening")
+            await service.expire_sessions()
+            await until(lambda: daemon.machine.state is State.IDLE, "idle after expiry")
+
+    assert all(errors), errors
+    assert len(set(errors)) == len(errors), "each failure was a different one"
+    for index, error in enumerate(errors):
+        assert_no_leak(error, f"the status of failure {index}")
+    assert len(caplog.records) > 50
+    for record in caplog.records:
+        assert_no_leak(record_text(record), f"the log record {record.name}:{record.lineno}")
+
+
+@pytest.mark.parametrize(
+    "fault", ["401", "404", "429", "refused", "tls", "no session.created", "wrong dialect"]
+)
+async def test_open_session_failures_carry_nothing_of_the_key(
+    fault: str, tls_context: ssl.SSLContext
+) -> None:
+    async with (
+        FakeRealtimeServer(api_key="sk-a-different-key-00000000000") as other_key_service,
+        FakeRealtimeServer(api_key=SENTINEL, deployments={DEPLOYMENT}) as service,
+        FakeRealtimeServer(api_key=SENTINEL, deployments={DEPLOYMENT}, ssl=tls_context) as tls,
+    ):
+        cfg = daemon_config(service.url_base)
+        if fault == "401":
+            cfg = daemon_config(other_key_service.url_base)
+        elif fault == "404":
+            cfg = daemon_config(service.url_base, "nope")
+        elif fault == "429":
+            service.faults.reject_handshake_status = 429
+        elif fault == "refused":
+            cfg = daemon_config(f"http://127.0.0.1:{refused_port()}")
+        elif fault == "tls":
+            cfg = daemon_config(tls.url_base)
+        elif fault == "no session.created":
+            service.faults.skip_session_created = True
+        endpoint = endpoint_for(cfg.realtime, ApiKey(SENTINEL, "test"))
+        if fault == "wrong dialect":
+            # The preview shape on the GA path: the service refuses the session settings.
+            endpoint = dataclasses.replace(endpoint, dialect=Dialect.PREVIEW)
+        assert_no_leak(repr(endpoint) + endpoint.description + endpoint.url, "the endpoint")
+        with pytest.raises(RealtimeError) as raised:
+            await open_session(
+                endpoint, session_settings_for(cfg), connect_timeout=1.0, setup_timeout=1.0
+            )
+    assert_no_leak(exception_text(raised.value), f"the {fault} exception chain")
+    for rejected in other_key_service.rejected_handshakes + service.rejected_handshakes:
+        assert_no_leak(repr(rejected), "what the fake recorded")
+
+
+def files_under(root: Path) -> Iterator[Path]:
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            yield path
+
+
+def cli_config(tmp_path: Path, endpoint: str, *, extra: str = "") -> Path:
+    path = tmp_path / "talkbox.toml"
+    path.write_text(
+        f"""
+[realtime]
+provider = "azure"
+endpoint = "{endpoint}"
+deployment = "{DEPLOYMENT}"
+api_version = ""
+connect_timeout_seconds = 2.0
+{extra}
+"""
+    )
+    return path
+
+
+def test_talkbox_check_shows_a_mask_never_the_key(tmp_path: Path) -> None:
+    env = environment(KEY_VARIABLES, {"TALKBOX_API_KEY": SENTINEL})
+    outputs: list[str] = []
+    with (
+        serving(SENTINEL, deployments={DEPLOYMENT}) as good,
+        serving("sk-other-000000000000") as bad,
+    ):
+        for endpoint, connect in (
+            (good.url_base, False),
+            (good.url_base, True),
+            (bad.url_base, True),
+            (f"http://127.0.0.1:{refused_port()}", True),
+        ):
+            config = cli_config(tmp_path, endpoint, extra='[log]\nlevel = "debug"')
+            args = ["check", "--config", str(config), *(["--connect"] if connect else [])]
+            run = run_talkbox(*args, env=env, secrets=[SENTINEL])
+            outputs.append(f"exit {run.exit_code}\n{run.stdout}\n{run.stderr}")
+    ok, connected, refused_401, refused_port_ = outputs
+    assert ok.startswith("exit 0") and "sk-…(28 chars)" in ok, ok
+    assert connected.startswith("exit 0") and "connected:" in connected, connected
+    assert refused_401.startswith("exit 1") and "HTTP 401" in refused_401, refused_401
+    assert refused_port_.startswith("exit 1") and "refused" in refused_port_, refused_port_
+    for index, output in enumerate(outputs):
+        assert_no_leak(output, f"the output of talkbox check #{index}")
+    for path in files_under(tmp_path):
+        assert_no_leak(path.read_bytes(), f"the file {path.relative_to(tmp_path)}")
+
+
+@pytest.mark.slow
+@pytest.mark.audio
+def test_a_running_daemon_leaks_the_key_nowhere(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    config = f"""
+[realtime]
+provider = "azure"
+endpoint = "{{endpoint}}"
+deployment = "{DEPLOYMENT}"
+api_version = ""
+connect_timeout_seconds = 2.0
+[audio]
+input_device = "mic"
+output_device = "speaker"
+[conversation]
+follow_up_seconds = 1.0
+[control]
+socket = "{{control_socket}}"
+persist_mute = true
+[log]
+level = "debug"
+transcripts = true
+"""
+    outputs: list[str] = []
+    with serving(SENTINEL, deployments={DEPLOYMENT}) as service:
+        text = config.replace("{endpoint}", service.url_base)
+        env = {"STATE_DIRECTORY": str(state)}
+        with run_daemon(tmp_path / "run", text, api_key=SENTINEL, extra_env=env) as run:
+            run.wait_ready()
+            run.microphone()  # silence, so capture keeps delivering
+            for action in ("wake", "status"):
+                result = run.ctl(action)
+                outputs.append(result.stdout + result.stderr)
+            run.wait_for_log("state idle (no follow-up)", timeout=15)
+            service.call(lambda: setattr(service.server.faults, "reject_handshake_status", 401))
+            outputs.append(run.ctl("wake").stdout)
+            run.wait_for_log("HTTP 401", timeout=15)
+            for action in ("mute", "status", "unmute", "mute"):
+                result = run.ctl(action)
+                assert result.returncode == 0, result.stderr
+                outputs.append(result.stdout + result.stderr)
+            wait_until(lambda: (state / "muted").exists(), 5, "the mute to be remembered")
+            code, _ = run.terminate()
+            log = run.log()
+            notify_lines = run.notify.lines()
+
+    assert code == 0, log
+    assert "realtime session" in log and "HTTP 401" in log
+    status = outputs[-3]
+    assert "last_error:" in status and "HTTP 401" in status, status
+    assert_no_leak(log, "the daemon's log")
+    assert_no_leak("\n".join(notify_lines), "what systemd was told")
+    for index, output in enumerate(outputs):
+        assert_no_leak(output, f"the output of talkbox ctl #{index}")
+    written = list(files_under(tmp_path))
+    assert state / "muted" in written
+    for path in written:
+        assert_no_leak(path.read_bytes(), f"the file {path.relative_to(tmp_path)}")
