@@ -221,10 +221,12 @@ class Daemon:
         if self.machine.state is State.IDLE:
             wait = self.backoff.remaining(self._clock())
             if wait > 0:
+                failures = self.backoff.consecutive_failures
                 log.warning(
-                    "not connecting for another %.0f s after %d failed attempts: %s",
+                    "not connecting for another %.0f s after %d failed attempt%s: %s",
                     wait,
-                    self.backoff.consecutive_failures,
+                    failures,
+                    "" if failures == 1 else "s",
                     self.status.last_error,
                 )
                 self._play_chime("error")

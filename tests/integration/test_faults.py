@@ -327,7 +327,7 @@ async def assert_rewakes_are_refused(rig: Rig, caplog: pytest.LogCaptureFixture)
         await rig.until_error_chimes(chimes + 1)
         [line] = problems(caplog)
         assert "not connecting for another" in line.getMessage()
-        assert "after 1 failed attempts" in line.getMessage(), (n, line.getMessage())
+        assert "after 1 failed attempt:" in line.getMessage(), (n, line.getMessage())
     assert len(rig.attempts) == attempts, "a wake during backoff must not connect"
 
 

@@ -528,7 +528,8 @@ class ConversationMachine:
             self._cancel_timer(name, out)
         out.append(CloseConnection(self.conversation))
         self._chime("error" if error else "done", out)
-        self._set_state(State.IDLE, error or reason, out)
+        # The error itself is logged once, from ConversationEnded; the state line stays short.
+        self._set_state(State.IDLE, "conversation failed" if error else reason, out)
         out.append(ConversationEnded(self.conversation, error=error))
         self._reset_conversation()
 
