@@ -55,6 +55,7 @@ from talkbox.errors import (
     AudioDeviceError,
     ConnectionDropped,
     RealtimeError,
+    ServerErrorEvent,
 )
 from talkbox.realtime.events import ClientEvent, ServerEvent
 from talkbox.vad import SpeechAudio as GateSpeechAudio
@@ -351,7 +352,12 @@ class Daemon:
         self.status.conversations += 1
         if ended.error:
             self.status.last_error = ended.error
-            failure = self._last_failure or ConnectionDropped(ended.error)
+            failure = self._last_failure or (
+                # An error event: its code says whether trying again can help.
+                ServerErrorEvent(ended.error_code, ended.error)
+                if ended.error_code
+                else ConnectionDropped(ended.error)
+            )
             delay = self.backoff.failure(failure, self._clock())
             log.error(
                 "conversation failed: %s%s",

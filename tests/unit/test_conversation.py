@@ -538,7 +538,8 @@ def test_other_server_errors_end_the_conversation_with_the_error_chime() -> None
     d.start_listening()
     actions = d.server(ServerError("server_error", "The server had an error"))
     assert PlayChime("error") in actions
-    assert "server_error" in of(ConversationEnded, actions)[0].error
+    [ended] = of(ConversationEnded, actions)
+    assert "server_error" in ended.error and ended.error_code == "server_error"
     assert d.m.state is State.IDLE
 
 

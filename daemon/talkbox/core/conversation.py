@@ -440,7 +440,11 @@ class ConversationMachine:
         if event.code == "session_expired":
             self._end(out, reason="the service's session time limit was reached")
             return
-        self._end(out, error=f"service error {event.code or event.error_type}: {event.message}")
+        self._end(
+            out,
+            error=f"service error {event.code or event.error_type}: {event.message}",
+            error_code=event.code,
+        )
 
     # --- speaker ------------------------------------------------------------------------------
 
@@ -520,7 +524,13 @@ class ConversationMachine:
             self._start_timer(TIMER_FOLLOW_UP, self.config.follow_up_seconds, out)
 
     def _end(
-        self, out: list[Action], *, reason: str = "", error: str = "", interrupt: bool = False
+        self,
+        out: list[Action],
+        *,
+        reason: str = "",
+        error: str = "",
+        error_code: str = "",
+        interrupt: bool = False,
     ) -> None:
         if error or interrupt:
             out.append(FlushPlayback())
@@ -530,7 +540,7 @@ class ConversationMachine:
         self._chime("error" if error else "done", out)
         # The error itself is logged once, from ConversationEnded; the state line stays short.
         self._set_state(State.IDLE, "conversation failed" if error else reason, out)
-        out.append(ConversationEnded(self.conversation, error=error))
+        out.append(ConversationEnded(self.conversation, error=error, error_code=error_code))
         self._reset_conversation()
 
     # --- helpers ------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ class Transcript:
 class ConversationEnded:
     conversation: int
     error: str = ""  # "" when it ended well
-    hint: str = ""
+    error_code: str = ""  # the service's error code, when an error event ended it
 
 
 @dataclass(frozen=True)
