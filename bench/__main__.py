@@ -1,0 +1,229 @@
+"""`python -m bench [--quick]`: every benchmark, one table, bench/results.json.
+
+Runs, in order: the front end's idle CPU (`bench.frontend_cpu`, in a subprocess; it also
+refreshes bench/results/frontend_cpu.json), openWakeWord's resident memory on its own, the
+speaker harness calibration, a profile of the daemon's receive path, daemon start-ups, the
+wake / answer / barge-in cycles and the three-turn conversation (`bench.daemon_bench`).
+Progress goes to stderr, the table to stdout.
+What each figure means and how it is measured: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support imports)
+from bench.daemon_bench import (
+    LatencySamples,
+    StartupSamples,
+    log,
+    measure_conversation,
+    measure_cycles,
+    measure_startups,
+)
+from bench.memory import openwakeword_alone_rss_mb
+from bench.receive_path import profile_receive_path
+from bench.report import Figure, repeated, results_document, single, table
+from bench.speaker_calibration import calibrate_speaker
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+RESULTS = REPOSITORY / "bench" / "results.json"
+FRONTEND_CPU_RESULTS = REPOSITORY / "bench" / "results" / "frontend_cpu.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many times each measurement is repeated."""
+
+    cpu_repetitions: int
+    openwakeword_processes: int
+    speaker_calibrations: int
+    receive_path_deltas: int
+    startups: int
+    cycle_runs: int
+    cycles_per_run: int
+
+
+FULL = Plan(cpu_repetitions=5, openwakeword_processes=3, speaker_calibrations=24,
+            receive_path_deltas=200, startups=3, cycle_runs=6, cycles_per_run=3)
+QUICK = Plan(cpu_repetitions=2, openwakeword_processes=1, speaker_calibrations=10,
+             receive_path_deltas=50, startups=1, cycle_runs=2, cycles_per_run=2)
+
+
+def frontend_cpu(repetitions: int) -> dict[str, Any]:
+    """Run bench.frontend_cpu as it is run on its own, and read the JSON it wrote."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.frontend_cpu", "--repetitions", str(repetitions)],
+        cwd=REPOSITORY, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.frontend_cpu failed:\n{done.stdout}\n{done.stderr}")
+    result: dict[str, Any] = json.loads(FRONTEND_CPU_RESULTS.read_text())
+    return result
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    for key in ("model name", "Model", "Hardware"):
+        for line in lines:
+            if line.split(":")[0].strip() == key:
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _memory_total_mb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _git_revision() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=REPOSITORY, capture_output=True, text=True, check=False)
+    return done.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def machine() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for package in ("talkbox", "openwakeword", "tflite-runtime", "numpy", "soxr", "pyaudio",
+                    "webrtcvad-wheels", "websockets"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"platform": platform.platform(), "machine": platform.machine(),
+            "cpu": _cpu_model(), "cpus": os.cpu_count(), "memory_mb": _memory_total_mb(),
+            "python": platform.python_version(), "revision": _git_revision(),
+            "packages": versions}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions (about 3 minutes instead of about 10)")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    began = time.monotonic()
+
+    log(f"front end idle CPU ({plan.cpu_repetitions} repetitions)")
+    cpu = frontend_cpu(plan.cpu_repetitions)
+    log("openWakeWord alone: resident memory")
+    openwakeword_rss = openwakeword_alone_rss_mb(plan.openwakeword_processes)
+    log("speaker harness calibration")
+    speaker = calibrate_speaker(plan.speaker_calibrations)
+    pipeline_ms = statistics.median(speaker.handover_to_drain_ms)
+    playback_alone_ms = statistics.median(speaker.write_to_drain_ms)
+    log(f"  callback -> drainer {pipeline_ms:.1f} ms median "
+        f"({min(speaker.handover_to_drain_ms):.1f}..{max(speaker.handover_to_drain_ms):.1f}); "
+        f"Playback.write -> drainer {playback_alone_ms:.1f} ms median "
+        f"({min(speaker.write_to_drain_ms):.0f}..{max(speaker.write_to_drain_ms):.0f})")
+    log("daemon receive path (decode, state machine, Playback.write)")
+    receive_ms = {rate: profile_receive_path(plan.receive_path_deltas, rate)
+                  for rate in (24000, 48000)}
+    startups, latencies = StartupSamples(), LatencySamples()
+    log(f"daemon start-ups ({plan.startups})")
+    measure_startups(plan.startups, startups)
+    log("daemon latencies")
+    measure_cycles(plan.cycle_runs, plan.cycles_per_run, latencies, startups)
+    upload = measure_conversation(latencies, startups)
+    # Sent -> handed to PortAudio: the drainer's time minus the harness's own delay after the
+    # callback (calibrated, tight). Against Playback alone through the same harness: what the
+    # daemon adds on top of the harness's wait for PortAudio's next (bursty) callback.
+    first_sound_ms = [ms - pipeline_ms for ms in latencies.first_sound_at_drainer_ms]
+    beyond_playback_alone_ms = [ms - playback_alone_ms
+                                for ms in latencies.first_sound_at_drainer_ms]
+    receive_24k = statistics.median(receive_ms[24000])
+
+    figures: list[Figure] = [
+        single("idle_cpu_quiet_ratio", cpu["idle_cpu_quiet_ratio"], "ratio",
+               "front end / always-on openWakeWord, quiet room", cpu["repetitions"]),
+        single("idle_cpu_speech_ratio", cpu["idle_cpu_speech_ratio"], "ratio",
+               "same, on continuous speech without the wake word", cpu["repetitions"]),
+        repeated("rss_mb", startups.rss_mb, "MiB", "talkbox run, idle after start"),
+        repeated("rss_mb_openwakeword_alone", openwakeword_rss, "MiB",
+                 "python + openwakeword + hey_jarvis, idle"),
+        repeated("ready_seconds", startups.ready_seconds, "s", "spawn -> READY=1"),
+        repeated("wake_latency_ms", latencies.wake_latency_ms, "ms",
+                 "end of 'hey jarvis' -> wake log line"),
+        repeated("first_audio_ms", latencies.first_audio_ms, "ms",
+                 "wake -> first append at the server"),
+        repeated("commit_latency_ms", latencies.commit_latency_ms, "ms",
+                 "end of speech -> commit, minus 500 ms"),
+        repeated("first_sound_ms", first_sound_ms, "ms",
+                 f"delta sent -> handed to PortAudio (drainer - {pipeline_ms:.0f} ms); "
+                 f"daemon adds {statistics.median(beyond_playback_alone_ms):+.0f} ms to "
+                 "Playback alone"),
+        repeated("barge_in_ms", latencies.barge_in_ms, "ms",
+                 "barge-in wake log line -> speaker silent (drainer)"),
+        single("upload_ratio", upload.upload_ratio, "ratio",
+               f"{upload.uploaded_seconds:.1f} s uploaded / {upload.session_seconds:.1f} s open"),
+        single("speech_lost_ms", upload.speech_lost_ms, "ms",
+               "voiced speech of the script missing upstream", len(upload.phrases)),
+    ]
+    elapsed = time.monotonic() - began
+    raw: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "plan": asdict(plan),
+        "duration_seconds": round(elapsed, 1),
+        "samples": {
+            "rss_mb": startups.rss_mb,
+            "rss_mb_openwakeword_alone": openwakeword_rss,
+            "ready_seconds": startups.ready_seconds,
+            "daemon_idle_cpu_percent": startups.idle_cpu_percent,
+            **{name: values for name, values in asdict(latencies).items()
+               if isinstance(values, list)},
+            "first_sound_ms": first_sound_ms,
+            "first_sound_beyond_playback_alone_ms": beyond_playback_alone_ms,
+        },
+        "protocol_violations": latencies.protocol_violations,
+        "speaker_harness": {
+            "handover_to_drain_ms": speaker.handover_to_drain_ms,
+            "write_to_handover_ms": speaker.write_to_handover_ms,
+            "subtracted_from_first_sound_ms": pipeline_ms,
+            "playback_alone_write_to_drain_median_ms": playback_alone_ms,
+            "portaudio_output_latency_ms": speaker.reported_output_latency_ms,
+        },
+        "receive_path_ms": {f"output_rate_{rate}": values for rate, values in receive_ms.items()},
+        "receive_path_median_ms_at_24000": receive_24k,
+        "upload": {
+            "uploaded_seconds": upload.uploaded_seconds,
+            "session_seconds": upload.session_seconds,
+            "wake_to_last_answer_seconds": upload.wake_to_last_answer_seconds,
+            "ratio_until_last_answer": upload.uploaded_seconds
+            / upload.wake_to_last_answer_seconds,
+            "phrases": upload.phrases,
+        },
+        "frontend_cpu": {key: cpu[key] for key in (
+            "idle_cpu_quiet_ratio_vs_our_always_on", "idle_cpu_speech_ratio_vs_our_always_on",
+            "repetitions", "scenarios")},
+    }
+    print(table(figures))
+    print(f"({raw['mode']} run, {elapsed:.0f} s; details and raw samples in "
+          f"{RESULTS.relative_to(REPOSITORY)})")
+    RESULTS.write_text(json.dumps(results_document(figures, machine(), raw), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
