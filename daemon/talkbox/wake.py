@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
+import types
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -122,6 +125,37 @@ def _as_chunk(chunk: Int16Array | bytes) -> Int16Array:
     return samples
 
 
+# openwakeword/__init__.py imports its verifier-training module (scikit-learn, SciPy) and its
+# Silero VAD (onnxruntime). talkbox uses neither, and importing them costs about 100 MB of
+# resident memory and half a second of start-up on every device. openwakeword 0.6.0 (pinned)
+# touches them only through these two names, so stand-ins that refuse to run take their place.
+_UNUSED_OPENWAKEWORD_PARTS = {
+    "openwakeword.custom_verifier_model": "train_custom_verifier",
+    "openwakeword.vad": "VAD",
+}
+
+
+def _import_openwakeword() -> Any:
+    """Import openwakeword without the parts talkbox never uses (deferred: the CLI often
+    needs no wake word at all)."""
+    if "openwakeword" not in sys.modules:
+        for module_name, attribute in _UNUSED_OPENWAKEWORD_PARTS.items():
+            if module_name not in sys.modules:
+                stand_in = types.ModuleType(module_name)
+                setattr(stand_in, attribute, _not_used_by_talkbox(f"{module_name}.{attribute}"))
+                sys.modules[module_name] = stand_in
+    import openwakeword
+
+    return openwakeword
+
+
+def _not_used_by_talkbox(name: str) -> Callable[..., NoReturn]:
+    def refuse(*args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError(f"{name} is not loaded by talkbox (it saves memory on the device)")
+
+    return refuse
+
+
 class WakeWordDetector:
     """openWakeWord (tflite) over 80 ms chunks, with per-word thresholds and a refractory period.
 
@@ -163,7 +197,7 @@ class WakeWordDetector:
         if problems:
             raise ConfigError(problems)
 
-        import openwakeword  # deferred: loading tflite costs time the CLI often doesn't need
+        openwakeword = _import_openwakeword()
 
         melspec_path, embedding_path = _feature_model_paths()
         self._model: Any = openwakeword.Model(
@@ -176,8 +210,9 @@ class WakeWordDetector:
         # on every chunk, though it reads only the chunk and the 3 hops before it. Keeping
         # just those saves about a third of its CPU and changes no score (tested).
         features = self._model.preprocessor
-        features.raw_data_buffer = deque(features.raw_data_buffer,
-                                         maxlen=CHUNK_SAMPLES + _MEL_CONTEXT_SAMPLES)
+        features.raw_data_buffer = deque(
+            features.raw_data_buffer, maxlen=CHUNK_SAMPLES + _MEL_CONTEXT_SAMPLES
+        )
         self.model_names = names
         self.default_threshold = threshold
         self.thresholds = thresholds
