@@ -130,7 +130,8 @@ def build_front_end(cfg: Config) -> FrontEnd:
     gate = SpeechGate(
         frame_ms=FRAME_MS,
         start_frames=3,
-        silence_ms=cfg.turn.silence_duration_ms,
+        # The VAD itself lags the end of a voice; the gate waits only for the rest.
+        silence_ms=max(3 * FRAME_MS, cfg.turn.silence_duration_ms - vad.hangover_ms),
         prefix_padding_ms=cfg.turn.prefix_padding_ms,
         max_turn_ms=int(cfg.turn.max_turn_seconds * 1000),
     )
