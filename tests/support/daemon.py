@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.alsa import AlsaSandbox, FifoDrainer, FifoFeeder, alsa_sandbox
+from talkbox.service import CAPTURE_PERIOD_MS
 
 MIC_RATE = 16000
-CAPTURE_PERIOD_FRAMES = 1280  # the daemon captures 80 ms buffers at 16 kHz
+# Fed one capture buffer at a time, as a sound card delivers them.
+CAPTURE_PERIOD_FRAMES = MIC_RATE * CAPTURE_PERIOD_MS // 1000
 SPEAKER_RATE = 24000
 TALKBOX = str(Path(sys.executable).with_name("talkbox"))
 
