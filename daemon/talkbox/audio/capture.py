@@ -22,7 +22,12 @@ from typing import Any
 import pyaudio
 
 from talkbox.audio.devices import find_device
-from talkbox.audio.pa import ThrottledWarning, create_pyaudio, describe_os_error, device_error
+from talkbox.audio.pa import (
+    ThrottledWarning,
+    create_pyaudio,
+    device_error,
+    release,
+)
 from talkbox.errors import AudioDeviceError
 
 log = logging.getLogger(__name__)
@@ -175,14 +180,7 @@ class Capture:
         # close() aborts the stream and joins PortAudio's thread (cancelling a blocked read).
         stream, self._stream = self._stream, None
         pa, self._pa = self._pa, None
-        try:
-            if stream is not None:
-                stream.close()
-        except OSError as exc:  # a vanished device may fail to close; it is released anyway
-            log.warning("closing input device %r: %s", self.device, describe_os_error(exc))
-        finally:
-            if pa is not None:
-                pa.terminate()
+        release(stream, pa, f"input device {self.device!r}")
 
     async def __aenter__(self) -> Capture:
         self.start()

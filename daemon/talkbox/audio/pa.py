@@ -158,3 +158,18 @@ class ThrottledWarning:
         )
         self._last_logged = now
         self._suppressed = 0
+
+
+def release(stream: Any, pa: Any, what: str) -> None:
+    """Close `stream` (if any) and terminate `pa` (if any); `what` names the device in logs.
+
+    A vanished device may fail to close; it is released anyway.
+    """
+    try:
+        if stream is not None:
+            stream.close()
+    except OSError as exc:
+        log.warning("closing %s: %s", what, describe_os_error(exc))
+    finally:
+        if pa is not None:
+            pa.terminate()

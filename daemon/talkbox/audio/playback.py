@@ -37,7 +37,12 @@ from typing import Any, NamedTuple
 import pyaudio
 
 from talkbox.audio.devices import find_device
-from talkbox.audio.pa import ThrottledWarning, create_pyaudio, describe_os_error, device_error
+from talkbox.audio.pa import (
+    ThrottledWarning,
+    create_pyaudio,
+    device_error,
+    release,
+)
 from talkbox.audio.resample import Resampler
 from talkbox.errors import AudioDeviceError
 
@@ -153,14 +158,7 @@ class Playback:
     def _release(self) -> None:
         stream, self._stream = self._stream, None
         pa, self._pa = self._pa, None
-        try:
-            if stream is not None:
-                stream.close()
-        except OSError as exc:  # a vanished device may fail to close; it is released anyway
-            log.warning("closing output device %r: %s", self.device, describe_os_error(exc))
-        finally:
-            if pa is not None:
-                pa.terminate()
+        release(stream, pa, f"output device {self.device!r}")
 
     async def __aenter__(self) -> Playback:
         self.start()
