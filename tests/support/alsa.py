@@ -170,11 +170,10 @@ class FifoFeeder(threading.Thread):
         self._stop_requested = threading.Event()
         self._feeding = threading.Event()
         self._feeding.set()
+        self._offset = 0
         self._fd = os.open(fifo, os.O_RDWR)
 
     def run(self) -> None:
-        silent_period = bytes(self.period_bytes)
-        offset = 0
         next_write = time.monotonic()
         while not self._stop_requested.is_set():
             if not self._feeding.is_set():
@@ -184,14 +183,19 @@ class FifoFeeder(threading.Thread):
             delay = next_write - time.monotonic()
             if delay > 0 and self._stop_requested.wait(delay):
                 return
-            chunk = self.pcm[offset:offset + self.period_bytes] or silent_period
+            chunk = self._next_period()
             if not self._write_when_room(chunk):
                 return
             self.written.append((time.monotonic(), len(chunk)))
-            offset += len(chunk)
-            if offset >= len(self.pcm):
-                self.pcm_done.set()
             next_write += self.period_s
+
+    def _next_period(self) -> bytes:
+        """The next period to write: the recording's, then silence. Subclasses may differ."""
+        chunk = self.pcm[self._offset : self._offset + self.period_bytes]
+        self._offset += len(chunk)
+        if self._offset >= len(self.pcm):
+            self.pcm_done.set()
+        return chunk or bytes(self.period_bytes)
 
     def _write_when_room(self, chunk: bytes) -> bool:
         # Waits in short slices so stop() is honoured even when nobody reads the FIFO.

@@ -68,23 +68,6 @@ class LiveMicrophone(FifoFeeder):
                 self._all_spoken.set()
             return chunk
 
-    def run(self) -> None:
-        # FifoFeeder's pacing, with each period taken from the queue (or silence).
-        next_write = time.monotonic()
-        while not self._stop_requested.is_set():
-            if not self._feeding.is_set():
-                self._feeding.wait(0.05)
-                next_write = time.monotonic()
-                continue
-            delay = next_write - time.monotonic()
-            if delay > 0 and self._stop_requested.wait(delay):
-                return
-            chunk = self._next_period()
-            if not self._write_when_room(chunk):
-                return
-            self.written.append((time.monotonic(), len(chunk)))
-            next_write += self.period_s
-
 
 class NotifyListener(threading.Thread):
     """A stand-in for systemd's notify socket: records every sd_notify message with its time."""
