@@ -106,10 +106,11 @@ class _Connection:
 
 @dataclass
 class Status:
+    """What `talkbox ctl status` reports besides the machine's own state."""
+
     started_monotonic: float = field(default_factory=time.monotonic)
     conversations: int = 0
     last_error: str = ""
-    state: str = State.IDLE.value
 
 
 def machine_config(cfg: Config) -> MachineConfig:
@@ -306,7 +307,6 @@ class Daemon:
             handle.cancel()
 
     def _state_changed(self, state: State, reason: str) -> None:
-        self.status.state = state.value
         log.info(
             "state %s (%s)",
             state.value,
