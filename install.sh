@@ -27,6 +27,8 @@ readonly STATE_DIR=/var/lib/talkbox
 readonly RUN_DIR=/run/talkbox
 readonly UNIT_NAME=talkbox.service
 readonly UNIT_DEST=/etc/systemd/system/$UNIT_NAME
+# `talkbox check`, `talkbox ask`, `talkbox ctl` for the owner at a shell, without the venv path.
+readonly COMMAND_LINK=/usr/local/bin/talkbox
 # A system service must not depend on an interpreter under someone's home directory (the
 # unit's ProtectHome=yes hides /home and /root), so the venv uses Debian's python3.
 readonly SYSTEM_PYTHON=/usr/bin/python3
@@ -272,6 +274,20 @@ install_api_key() {
     fi
 }
 
+install_command_link() {
+    step "Command $COMMAND_LINK"
+    if [[ -L $COMMAND_LINK && $(readlink -- "$COMMAND_LINK") == "$VENV/bin/talkbox" ]]; then
+        unchanged "$COMMAND_LINK points to $VENV/bin/talkbox"
+        return
+    fi
+    if [[ -e $COMMAND_LINK || -L $COMMAND_LINK ]]; then
+        note "$COMMAND_LINK exists and is not ours; left alone (use $VENV/bin/talkbox)"
+        return
+    fi
+    ln -s "$VENV/bin/talkbox" "$COMMAND_LINK"
+    did "linked $COMMAND_LINK -> $VENV/bin/talkbox"
+}
+
 install_unit() {
     step "systemd unit $UNIT_DEST"
     if [[ -f $UNIT_DEST ]] && cmp -s "$CHECKOUT/systemd/$UNIT_NAME" "$UNIT_DEST"; then
@@ -326,10 +342,11 @@ Next steps
     2. Store the key, readable by root only:
          sudo ./install.sh --api-key-file /path/to/key-file
        (or: sudo install -m600 /dev/stdin $KEY_FILE, paste, Enter, Ctrl-D)
-    3. Check and apply:
-         sudo -u $APP_USER $VENV/bin/talkbox check --config $CONFIG
+    3. Check (as root: the key file is root-only), try one question, then apply:
+         sudo talkbox check --connect --config $CONFIG
+         sudo talkbox ask "what is the capital of France?" --config $CONFIG --out /tmp/answer.wav
          sudo systemctl restart talkbox
-  Logs: journalctl -u talkbox -f      Control: $VENV/bin/talkbox ctl status
+  Logs: journalctl -u talkbox -f      Control: sudo talkbox ctl status
 EOF
 }
 
@@ -347,6 +364,7 @@ system_install() {
     install_venv
     install_config
     install_api_key "$key_source"
+    install_command_link
     local unit_changed=0
     install_unit && unit_changed=1
     start_service "$unit_changed" "$changes"
@@ -386,6 +404,9 @@ uninstall() {
         systemctl reset-failed "$UNIT_NAME" 2>/dev/null || true
     fi
     step "Files"
+    if [[ -L $COMMAND_LINK && $(readlink -- "$COMMAND_LINK") == "$VENV/bin/talkbox" ]]; then
+        remove_path "$COMMAND_LINK"
+    fi
     remove_path "$PREFIX"
     remove_path "$STATE_DIR"
     remove_path "$RUN_DIR"

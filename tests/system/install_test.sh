@@ -120,6 +120,10 @@ check "talkbox is a system user" test "$(id -u talkbox)" -lt 1000
 check "/var/lib/talkbox is talkbox:talkbox 750" test "$(owner_mode /var/lib/talkbox)" = "talkbox:talkbox 750"
 check "/opt/talkbox/venv/bin/talkbox exists" test -x /opt/talkbox/venv/bin/talkbox
 check "talkbox --help runs" quietly /opt/talkbox/venv/bin/talkbox --help
+check "talkbox is on PATH as /usr/local/bin/talkbox" \
+    test "$(readlink /usr/local/bin/talkbox)" = /opt/talkbox/venv/bin/talkbox
+check "root can check the installed config by the short name" \
+    quietly /usr/local/bin/talkbox check --config /etc/talkbox/config.toml
 check "the user talkbox can read and validate the installed config" \
     quietly runuser -u talkbox -- /opt/talkbox/venv/bin/talkbox check --config /etc/talkbox/config.toml
 check "the package imports from the venv (not an editable checkout)" \
@@ -184,6 +188,7 @@ echo "== uninstall"
 run_install "--uninstall exits 0" "$SCRATCH/7.log" --uninstall
 check "unit removed" test ! -e "$UNIT"
 check "/opt/talkbox removed" test ! -e /opt/talkbox
+check "/usr/local/bin/talkbox removed" test ! -e /usr/local/bin/talkbox -a ! -L /usr/local/bin/talkbox
 check "/var/lib/talkbox removed" test ! -e /var/lib/talkbox
 check "/run/talkbox removed" test ! -e /run/talkbox
 check "user talkbox removed" bash -c '! getent passwd talkbox'
@@ -199,6 +204,6 @@ echo "== purge"
 run_install "--purge exits 0" "$SCRATCH/8.log" --purge
 check "/etc/talkbox removed" test ! -e /etc/talkbox
 check "nothing left in /opt, /etc, /var/lib, /run or the unit path" \
-    test -z "$(ls -d /opt/talkbox /etc/talkbox /var/lib/talkbox /run/talkbox "$UNIT" 2>/dev/null)"
+    test -z "$(ls -d /opt/talkbox /etc/talkbox /var/lib/talkbox /run/talkbox "$UNIT" /usr/local/bin/talkbox 2>/dev/null)"
 
 finish
