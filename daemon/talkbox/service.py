@@ -125,12 +125,7 @@ class Service:
         )
         if self.cfg.control.persist_mute and self._mute_file_says_muted():
             self.daemon.set_muted(True)
-        control = ControlServer(self.cfg.control.socket, self._control)
-        try:
-            await control.start()
-        except TalkboxError as error:
-            log.error("%s; talkbox ctl will not work", error)
-            control = None  # type: ignore[assignment]
+        control = await self._start_control_socket()
         tasks = [
             asyncio.create_task(self._capture_loop(), name="capture"),
             asyncio.create_task(self._speaker_supervisor(), name="speaker"),
@@ -153,6 +148,15 @@ class Service:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.hook.aclose(), 2.0)
         return 0
+
+    async def _start_control_socket(self) -> ControlServer | None:
+        control = ControlServer(self.cfg.control.socket, self._control)
+        try:
+            await control.start()
+        except TalkboxError as error:
+            log.error("%s; talkbox ctl will not work", error)
+            return None
+        return control
 
     def _describe_service(self) -> str:
         if self.cfg.realtime.provider == "echo" or self.key is None:
