@@ -46,15 +46,13 @@ from support.alsa import (
 )
 from support.daemon import NotifyListener
 from support.fake_realtime import FakeRealtimeServer, InjectedError
+from support.inprocess import DEPLOYMENT, quick_daemon_config, until
 from talkbox.app import REPLY_RATE, Daemon, Session, SessionOpener, build_front_end
 from talkbox.audio.chimes import chime
 from talkbox.audio.frontend import FrontEnd
 from talkbox.audio.playback import Playback
 from talkbox.config import (
-    AudioConfig,
     Config,
-    ConversationConfig,
-    RealtimeConfig,
     parse_config,
 )
 from talkbox.core.inputs import MicSpeechAudio, MicSpeechEnded, MicSpeechStarted, State
@@ -66,7 +64,6 @@ from talkbox.service import CAPTURE_PROVEN_SECONDS, Service, session_opener
 pytestmark = pytest.mark.audio
 
 API_KEY = "sk-fault-injection-key-0123456789"
-DEPLOYMENT = "gpt-realtime"
 SPEAKER_RATE: Literal[24000] = 24000
 DRAIN_SPEED = 8.0  # the speaker's FIFO is drained this many times faster than real time
 CONNECT_TIMEOUT_S = 1.0  # the config's minimum: bounds TCP+TLS+upgrade, and then set-up
@@ -87,37 +84,11 @@ PREROLL_BYTES = REPLY_RATE * 3 // 10 * 2
 WAIT_S = 10.0  # how long any single expected thing may take before the test gives up
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-def daemon_config(endpoint: str, *, deployment: str = DEPLOYMENT) -> Config:
-    cfg = Config(
-        realtime=RealtimeConfig(
-            provider="azure",
-            endpoint=endpoint,
-            deployment=deployment,
-            api_version="",
-            connect_timeout_seconds=CONNECT_TIMEOUT_S,
-        ),
-        audio=AudioConfig(input_device="mic", output_device="speaker", output_rate=SPEAKER_RATE),
-        conversation=ConversationConfig(follow_up_seconds=1.0),
-    )
-    # Below the file's 1 s minimum, so the follow-up silence passes quickly; nothing else
-    # changes (model_copy skips validation, which is the point).
-    quick = cfg.conversation.model_copy(update={"follow_up_seconds": 0.2})
-    return cfg.model_copy(update={"conversation": quick})
-
-
 @pytest.fixture(scope="module")
 def front_end() -> FrontEnd:
     """The real front end with the real wake model; it is never fed audio here, so one serves
     every test (loading the model takes about a second)."""
-    return build_front_end(daemon_config("http://127.0.0.1:9"))
+    return build_front_end(quick_daemon_config("http://127.0.0.1:9"))
 
 
 @dataclass
@@ -468,7 +439,7 @@ async def test_refused_connection(
     front: SlowFront,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cfg = daemon_config(f"http://127.0.0.1:{front.port}")  # nothing listens there yet
+    cfg = quick_daemon_config(f"http://127.0.0.1:{front.port}")  # nothing listens there yet
     async with running_daemon(tmp_path, cfg, front_end) as rig:
         await assert_fails_once(
             rig,
@@ -491,7 +462,7 @@ async def test_dns_failure_then_the_endpoint_is_corrected(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # .invalid never resolves (RFC 6761); https, because plain http is only for loopback.
-    cfg = daemon_config("https://talkbox-fault.invalid")
+    cfg = quick_daemon_config("https://talkbox-fault.invalid")
     async with running_daemon(tmp_path, cfg, front_end) as rig:
         await assert_fails_once(
             rig,
@@ -502,7 +473,7 @@ async def test_dns_failure_then_the_endpoint_is_corrected(
         )
         await assert_rewakes_are_refused(rig, caplog)
         # The user fixes the endpoint and reloads: the next wake tries at once, backoff or not.
-        rig.daemon.reload(daemon_config(server.url_base))
+        rig.daemon.reload(quick_daemon_config(server.url_base))
         assert rig.daemon.backoff.remaining(time.monotonic()) == 0.0
         await converse(rig, server)
         assert len(rig.attempts) == 2
@@ -520,7 +491,7 @@ async def test_tls_certificate_that_cannot_be_verified(
     async with FakeRealtimeServer(
         api_key=API_KEY, deployments={DEPLOYMENT}, ssl=server_context
     ) as tls_server:
-        cfg = daemon_config(tls_server.url_base)  # https://127.0.0.1:PORT
+        cfg = quick_daemon_config(tls_server.url_base)  # https://127.0.0.1:PORT
         async with running_daemon(tmp_path, cfg, front_end) as rig:
             await assert_fails_once(
                 rig,
@@ -546,7 +517,7 @@ async def test_http_401_wrong_key_is_not_retried_until_the_key_is_fixed(
     server: FakeRealtimeServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cfg = daemon_config(server.url_base)
+    cfg = quick_daemon_config(server.url_base)
     async with running_daemon(tmp_path, cfg, front_end, key="sk-a-wrong-key-0000000000") as rig:
         await assert_fails_once(
             rig,
@@ -572,7 +543,7 @@ async def test_http_404_wrong_deployment(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server.deployments = {"someone-elses-deployment"}
-    async with running_daemon(tmp_path, daemon_config(server.url_base), front_end) as rig:
+    async with running_daemon(tmp_path, quick_daemon_config(server.url_base), front_end) as rig:
         await assert_fails_once(
             rig,
             caplog,
@@ -593,7 +564,7 @@ async def test_http_429_at_the_handshake(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server.faults.reject_handshake_status = 429
-    async with running_daemon(tmp_path, daemon_config(server.url_base), front_end) as rig:
+    async with running_daemon(tmp_path, quick_daemon_config(server.url_base), front_end) as rig:
         await assert_fails_once(
             rig,
             caplog,
@@ -615,7 +586,7 @@ async def test_no_session_created_times_out(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server.faults.skip_session_created = True
-    async with running_daemon(tmp_path, daemon_config(server.url_base), front_end) as rig:
+    async with running_daemon(tmp_path, quick_daemon_config(server.url_base), front_end) as rig:
         await assert_fails_once(
             rig,
             caplog,
@@ -650,7 +621,7 @@ async def test_a_service_that_trickles_one_byte_a_second(
 ) -> None:
     await front.listen()
     front.mode = mode
-    cfg = daemon_config(f"http://127.0.0.1:{front.port}")
+    cfg = quick_daemon_config(f"http://127.0.0.1:{front.port}")
     async with running_daemon(tmp_path, cfg, front_end) as rig:
         await assert_fails_once(
             rig,
@@ -681,7 +652,7 @@ async def test_server_error_instead_of_an_answer(
         "server_error",
         "The server had an error while processing your request. Sorry about that!",
     )
-    async with running_daemon(tmp_path, daemon_config(server.url_base), front_end) as rig:
+    async with running_daemon(tmp_path, quick_daemon_config(server.url_base), front_end) as rig:
         await assert_fails_once(
             rig,
             caplog,
@@ -706,7 +677,7 @@ async def test_rate_limit_error_event(
         "Rate limit reached for requests. Please try again later.",
         type="rate_limit_error",
     )
-    async with running_daemon(tmp_path, daemon_config(server.url_base), front_end) as rig:
+    async with running_daemon(tmp_path, quick_daemon_config(server.url_base), front_end) as rig:
         await assert_fails_once(
             rig,
             caplog,
@@ -726,7 +697,7 @@ async def test_connection_dropped_without_a_close_frame_mid_answer(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server.faults.drop_after_audio_deltas = 2
-    async with running_daemon(tmp_path, daemon_config(server.url_base), front_end) as rig:
+    async with running_daemon(tmp_path, quick_daemon_config(server.url_base), front_end) as rig:
         await assert_fails_once(
             rig,
             caplog,
@@ -753,7 +724,7 @@ async def test_a_frame_larger_than_the_client_accepts(
     async def send_oversized() -> None:
         await server.send_raw(oversized)
 
-    async with running_daemon(tmp_path, daemon_config(server.url_base), front_end) as rig:
+    async with running_daemon(tmp_path, quick_daemon_config(server.url_base), front_end) as rig:
         await assert_fails_once(
             rig,
             caplog,
@@ -785,7 +756,7 @@ async def test_session_expired_mid_answer_ends_the_conversation_without_an_error
     async def expire() -> None:
         await server.expire_sessions()
 
-    async with running_daemon(tmp_path, daemon_config(server.url_base), front_end) as rig:
+    async with running_daemon(tmp_path, quick_daemon_config(server.url_base), front_end) as rig:
         caplog.set_level(logging.INFO, logger="talkbox")
         caplog.clear()
         started = await answer_then_fail(rig, expire)
@@ -813,7 +784,7 @@ async def test_a_malformed_frame_is_skipped_and_the_answer_still_plays(
     # The decoder's contract: one frame that is not JSON never ends a conversation. It is
     # counted and logged once, without its payload, and the answer around it plays.
     server.faults.malformed_json_before_response = True
-    async with running_daemon(tmp_path, daemon_config(server.url_base), front_end) as rig:
+    async with running_daemon(tmp_path, quick_daemon_config(server.url_base), front_end) as rig:
         caplog.clear()
         await converse(rig, server)
         [line] = problems(caplog)
@@ -836,7 +807,7 @@ async def test_wakes_for_seconds_against_a_dead_service_make_few_attempts(
 ) -> None:
     # A wake every 0.2 s for 4.5 s against a refused port: backoff (1, 2, 4 s) lets through
     # the first wake, one at 1 s and one at 3 s; every other wake is answered by a chime.
-    cfg = daemon_config(f"http://127.0.0.1:{front.port}")
+    cfg = quick_daemon_config(f"http://127.0.0.1:{front.port}")
     async with running_daemon(tmp_path, cfg, front_end) as rig:
         started = time.monotonic()
         wakes = 0

@@ -17,15 +17,13 @@ shows), and its base64 at each of the three byte alignments (a header or a blob 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import logging
 import socket
 import ssl
-import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
@@ -38,10 +36,11 @@ from support.alsa import FifoDrainer, alsa_sandbox
 from support.cli import environment, run_talkbox
 from support.daemon import run_daemon, wait_until
 from support.fake_realtime import FakeRealtimeServer, InjectedError
+from support.inprocess import DEPLOYMENT, quick_daemon_config, until
 from support.service import serving
 from talkbox.app import REPLY_RATE, Daemon, build_front_end
 from talkbox.audio.playback import Playback
-from talkbox.config import AudioConfig, Config, ConversationConfig, RealtimeConfig
+from talkbox.config import Config
 from talkbox.core.inputs import MicSpeechAudio, MicSpeechEnded, MicSpeechStarted, State
 from talkbox.errors import RealtimeError
 from talkbox.realtime.connection import open_session
@@ -51,7 +50,6 @@ from talkbox.secrets import ApiKey
 from talkbox.service import session_opener
 
 SENTINEL = "sk-SENTINEL-9f8e7d6c5b4a3210"
-DEPLOYMENT = "gpt-realtime"
 SPEAKER_RATE: Literal[24000] = 24000
 KEY_VARIABLES = ("TALKBOX_API_KEY", "CREDENTIALS_DIRECTORY")
 TURN_PCM = (
@@ -108,23 +106,6 @@ def exception_text(error: BaseException) -> str:
     return "\n".join(texts)
 
 
-def daemon_config(endpoint: str, deployment: str = DEPLOYMENT) -> Config:
-    cfg = Config(
-        realtime=RealtimeConfig(
-            provider="azure",
-            endpoint=endpoint,
-            deployment=deployment,
-            api_version="",
-            connect_timeout_seconds=1.0,
-        ),
-        audio=AudioConfig(input_device="mic", output_device="speaker", output_rate=SPEAKER_RATE),
-        conversation=ConversationConfig(follow_up_seconds=1.0),
-    )
-    # Below the file's 1 s minimum (model_copy skips validation): quicker conversations.
-    quick = cfg.conversation.model_copy(update={"follow_up_seconds": 0.2})
-    return cfg.model_copy(update={"conversation": quick})
-
-
 def refused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -138,14 +119,6 @@ def tls_context() -> Iterator[ssl.SSLContext]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
     yield context
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 @asynccontextmanager
@@ -199,26 +172,32 @@ async def test_conversations_and_every_failure_log_nothing_of_the_key(
         FakeRealtimeServer(api_key="sk-a-different-key-00000000000") as other_key_service,
         FakeRealtimeServer(api_key=SENTINEL, deployments={DEPLOYMENT}, ssl=tls_context) as tls,
     ):
-        good = daemon_config(service.url_base)
+        good = quick_daemon_config(service.url_base)
         async with daemon_with_key(tmp_path, good) as daemon:
             errors: list[str] = []
             assert await conversation(daemon, good, speak=True) == ""
             assert service.sessions[0].responses[0].status == "completed"
             errors.append(
-                await conversation(daemon, daemon_config(other_key_service.url_base), speak=False)
+                await conversation(
+                    daemon, quick_daemon_config(other_key_service.url_base), speak=False
+                )
             )
             errors.append(
-                await conversation(daemon, daemon_config(service.url_base, "nope"), speak=False)
+                await conversation(
+                    daemon, quick_daemon_config(service.url_base, deployment="nope"), speak=False
+                )
             )
             service.faults.reject_handshake_status = 429
             errors.append(await conversation(daemon, good, speak=False))
             service.faults.reject_handshake_status = None
             errors.append(
                 await conversation(
-                    daemon, daemon_config(f"http://127.0.0.1:{refused_port()}"), speak=False
+                    daemon, quick_daemon_config(f"http://127.0.0.1:{refused_port()}"), speak=False
                 )
             )
-            errors.append(await conversation(daemon, daemon_config(tls.url_base), speak=False))
+            errors.append(
+                await conversation(daemon, quick_daemon_config(tls.url_base), speak=False)
+            )
             service.faults.skip_session_created = True
             errors.append(await conversation(daemon, good, speak=False))
             service.faults.skip_session_created = False
@@ -252,17 +231,17 @@ async def test_open_session_failures_carry_nothing_of_the_key(
         FakeRealtimeServer(api_key=SENTINEL, deployments={DEPLOYMENT}) as service,
         FakeRealtimeServer(api_key=SENTINEL, deployments={DEPLOYMENT}, ssl=tls_context) as tls,
     ):
-        cfg = daemon_config(service.url_base)
+        cfg = quick_daemon_config(service.url_base)
         if fault == "401":
-            cfg = daemon_config(other_key_service.url_base)
+            cfg = quick_daemon_config(other_key_service.url_base)
         elif fault == "404":
-            cfg = daemon_config(service.url_base, "nope")
+            cfg = quick_daemon_config(service.url_base, deployment="nope")
         elif fault == "429":
             service.faults.reject_handshake_status = 429
         elif fault == "refused":
-            cfg = daemon_config(f"http://127.0.0.1:{refused_port()}")
+            cfg = quick_daemon_config(f"http://127.0.0.1:{refused_port()}")
         elif fault == "tls":
-            cfg = daemon_config(tls.url_base)
+            cfg = quick_daemon_config(tls.url_base)
         elif fault == "no session.created":
             service.faults.skip_session_created = True
         endpoint = endpoint_for(cfg.realtime, ApiKey(SENTINEL, "test"))

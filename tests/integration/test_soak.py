@@ -14,14 +14,12 @@ collection), and open file descriptors, threads and asyncio tasks must be back w
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
 import logging
 import os
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -29,8 +27,9 @@ from typing import Literal
 import numpy as np
 import pytest
 
-from support.alsa import alsa_sandbox
+from support.alsa import FifoDrainer, alsa_sandbox
 from support.fake_realtime import FakeRealtimeServer
+from support.inprocess import until
 from talkbox.app import REPLY_RATE, Daemon, build_front_end
 from talkbox.audio.playback import Playback
 from talkbox.config import AudioConfig, Config, ConversationConfig, RealtimeConfig
@@ -111,47 +110,6 @@ def counted_logs() -> Iterator[CountingHandler]:
         logger.propagate = saved[1]
 
 
-class DiscardingDrain(threading.Thread):
-    """Drains the speaker's FIFO like a DAC at `speed` x real time and keeps nothing but a byte
-    count (the support module's FifoDrainer records every byte, which here would be megabytes
-    of test memory inside the measured resident set)."""
-
-    def __init__(self, fifo: Path, *, rate: int, speed: float, tick_s: float = 0.002) -> None:
-        super().__init__(name="discarding-drain", daemon=True)
-        self.bytes_per_s = rate * speed * 2
-        self.tick_s = tick_s
-        self.drained = 0
-        self._stop_requested = threading.Event()
-        self._fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
-        fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, 4096)
-
-    def run(self) -> None:
-        budget, last = 0.0, time.monotonic()
-        while not self._stop_requested.wait(self.tick_s):
-            now = time.monotonic()
-            budget = min(budget + (now - last) * self.bytes_per_s, 4096.0)
-            last = now
-            try:
-                self.drained += len(os.read(self._fd, int(budget)))
-            except BlockingIOError:
-                continue
-            budget = 0.0
-
-    def stop(self) -> None:
-        self._stop_requested.set()
-        if self.is_alive():
-            self.join(timeout=5)
-        os.close(self._fd)
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = CYCLE_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.001)
-
-
 async def test_hundreds_of_conversations_leave_no_trace(tmp_path: Path) -> None:
     async with FakeRealtimeServer(
         api_key=API_KEY, deployments={DEPLOYMENT}, pace_factor=float("inf"), reply_duration_ms=200
@@ -179,7 +137,14 @@ async def test_hundreds_of_conversations_leave_no_trace(tmp_path: Path) -> None:
             counted_logs() as logs,
             alsa_sandbox(tmp_path / "alsa", playback_fifo=True) as sandbox,
         ):
-            drainer = DiscardingDrain(sandbox.playback_path, rate=SPEAKER_RATE, speed=DRAIN_SPEED)
+            # Keeps no audio: megabytes of it would count in the resident set being measured.
+            drainer = FifoDrainer(
+                sandbox.playback_path,
+                rate=SPEAKER_RATE,
+                speed=DRAIN_SPEED,
+                tick_s=0.002,
+                keep=False,
+            )
             drainer.start()
             daemon_holder: list[Daemon] = []
             playback = Playback(
@@ -201,22 +166,39 @@ async def test_hundreds_of_conversations_leave_no_trace(tmp_path: Path) -> None:
 
                 async def one_conversation() -> None:
                     daemon.wake()
-                    await until(lambda: daemon.machine.state is State.LISTENING, "listening")
+                    await until(
+                        lambda: daemon.machine.state is State.LISTENING,
+                        "listening",
+                        CYCLE_TIMEOUT_S,
+                        poll=0.001,
+                    )
                     daemon.step(MicSpeechStarted(TURN_PCM[:4800]))
                     daemon.step(MicSpeechAudio(TURN_PCM[4800:]))
                     daemon.step(MicSpeechEnded())
-                    await until(lambda: len(transitions) >= len(EXPECTED_CYCLE), "the cycle")
+                    await until(
+                        lambda: len(transitions) >= len(EXPECTED_CYCLE),
+                        "the cycle",
+                        CYCLE_TIMEOUT_S,
+                        poll=0.001,
+                    )
                     assert transitions == EXPECTED_CYCLE, transitions
                     transitions.clear()
                     [session] = server.sessions
-                    await until(lambda: session.closed, "the session to close")
+                    await until(
+                        lambda: session.closed, "the session to close", CYCLE_TIMEOUT_S, poll=0.001
+                    )
                     assert [r.status for r in session.responses] == ["completed"]
                     # The fake keeps everything it saw; only the daemon's memory is measured.
                     server.sessions.clear()
 
                 async def quiet() -> tuple[int, list[str], int, int]:
                     # Let the last done chime play out and closed sockets be reaped.
-                    await until(lambda: not playback.is_playing, "the speaker to go quiet")
+                    await until(
+                        lambda: not playback.is_playing,
+                        "the speaker to go quiet",
+                        CYCLE_TIMEOUT_S,
+                        poll=0.001,
+                    )
                     await asyncio.sleep(0.2)
                     return resident_kb(), open_fds(), thread_count(), len(asyncio.all_tasks())
 
