@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from talkbox.audio.chimes import chime
-from talkbox.audio.frontend import FrontEnd, WakeDetected
+from talkbox.audio.frontend import UPLOAD_LAG_FRAMES, FrontEnd, WakeDetected
 from talkbox.config import Config
 from talkbox.core.conversation import ConversationMachine, MachineConfig
 from talkbox.core.inputs import (
@@ -133,7 +133,8 @@ def build_front_end(cfg: Config) -> FrontEnd:
         start_frames=3,
         # The VAD itself lags the end of a voice; the gate waits only for the rest.
         silence_ms=max(3 * FRAME_MS, cfg.turn.silence_duration_ms - vad.hangover_ms),
-        prefix_padding_ms=cfg.turn.prefix_padding_ms,
+        # The front end pairs decisions with older upload audio: that is pre-roll already.
+        prefix_padding_ms=max(0, cfg.turn.prefix_padding_ms - UPLOAD_LAG_FRAMES * FRAME_MS),
         max_turn_ms=int(cfg.turn.max_turn_seconds * 1000),
     )
     detector = WakeWordDetector(

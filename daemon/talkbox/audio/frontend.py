@@ -3,7 +3,7 @@
 This module owns what happens to captured audio before anything else sees it: resampling
 the native-rate capture to 16 kHz (VAD and wake word) and 24 kHz (upload) with stateful soxr
 streams, slicing both into time-aligned frames, running the VAD on each 16 kHz frame, and
-feeding the decisions to the speech gate (with the 24 kHz frame of the same instant) and to
+feeding the decisions to the speech gate (with the 24 kHz frame of 40 ms earlier) and to
 the gated wake-word detector. It is pure computation with no device I/O: hand it bytes in
 any chunk size (`process`) and it returns events in audio-time order, so tests and the
 benchmark drive it with files and the capture thread drives it with PyAudio buffers.
@@ -20,6 +20,14 @@ from talkbox.wake import SAMPLE_RATE as WAKE_RATE
 from talkbox.wake import GatedWakeDetector
 
 UPLOAD_RATE = 24000  # the Realtime API's pcm16 input rate
+
+# The gate applies each VAD decision to the upload audio of two frames (40 ms) earlier.
+# soxr hands out its 24 kHz output in blocks, up to 37 ms behind the 16 kHz stream (8 kHz
+# input: 59 ms). Pairing same-instant frames made the frame that completes a turn's silence
+# wait for the next capture buffer (+20 ms median commit latency). Shifted, a turn's upload
+# starts and ends 40 ms sooner: inside its pre-roll and its trailing silence, so no speech
+# is lost, and `build_front_end` takes the 40 ms off the pre-roll it asks the gate for.
+UPLOAD_LAG_FRAMES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,7 @@ class FrontEnd:
         self._pending16 = bytearray()
         self._pending24 = bytearray()
         self._odd_byte = b""
+        self._frames_without_upload = UPLOAD_LAG_FRAMES
         self._samples_in = 0
         self._frames_done = 0
         self._wake_enabled = wake is not None
@@ -136,23 +145,33 @@ class FrontEnd:
         self._pending16.clear()
         self._pending24.clear()
         self._odd_byte = b""
+        self._frames_without_upload = UPLOAD_LAG_FRAMES
         return events
 
     def _frames(self) -> list[FrontEndEvent]:
         events: list[FrontEndEvent] = []
         n16, n24 = self._frame16_bytes, self._frame24_bytes
-        # Both streams are delay-compensated by soxr, so frame i of each covers the same
-        # instant; pair them, and the VAD decision of one applies to the other.
-        frames = min(len(self._pending16) // n16, len(self._pending24) // n24)
-        for i in range(frames):
-            frame16 = bytes(self._pending16[i * n16 : (i + 1) * n16])
-            frame24 = bytes(self._pending24[i * n24 : (i + 1) * n24])
-            self._frame(frame16, frame24, events)
-        del self._pending16[: frames * n16]
-        del self._pending24[: frames * n24]
+        at16 = at24 = 0
+        # Lockstep, so the events never depend on how capture was chunked: 16 kHz frame i
+        # (its VAD decision and wake word) goes with 24 kHz frame i - UPLOAD_LAG_FRAMES.
+        while len(self._pending16) - at16 >= n16:
+            frame24: bytes | None = None
+            if self._frames_without_upload == 0:
+                if len(self._pending24) - at24 < n24:
+                    break
+                frame24 = bytes(self._pending24[at24 : at24 + n24])
+                at24 += n24
+            else:
+                self._frames_without_upload -= 1
+            self._frame(bytes(self._pending16[at16 : at16 + n16]), frame24, events)
+            at16 += n16
+        del self._pending16[:at16]
+        del self._pending24[:at24]
         return events
 
-    def _frame(self, frame16: bytes, frame24: bytes, events: list[FrontEndEvent]) -> None:
+    def _frame(
+        self, frame16: bytes, frame24: bytes | None, events: list[FrontEndEvent]
+    ) -> None:
         is_speech = self.vad.is_speech(frame16)
         self.last_is_speech = is_speech
         self._frames_done += 1
@@ -168,4 +187,5 @@ class FrontEnd:
                 events.extend(WakeDetected(d.model, d.score, d.audio_time) for d in detections)
             else:
                 self.wake.skip(len(frame16) // 2)
-        events.extend(self.gate.feed(frame24, is_speech))
+        if frame24 is not None:
+            events.extend(self.gate.feed(frame24, is_speech))
