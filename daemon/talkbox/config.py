@@ -40,6 +40,8 @@ from talkbox.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/talkbox/config.toml")
 OPENAI_DEFAULT_ENDPOINT = "https://api.openai.com/v1"
+# The first dated protocol after 2024-10-01-preview (the December 2024 models).
+FIRST_PREVIEW_SUCCESSOR = "2024-12-17"
 DEFAULT_INSTRUCTIONS = "You are a friendly voice assistant in a living room. Answer briefly."
 # sockaddr_un.sun_path is 108 bytes on Linux, one of them the terminating NUL.
 MAX_UNIX_SOCKET_PATH_BYTES = 107
@@ -277,6 +279,13 @@ class RealtimeConfig(_Section):
         """Azure with a dated `-preview` api_version speaks the preview (beta-shaped) protocol."""
         return self.provider == "azure" and self.api_version.endswith("-preview")
 
+    @property
+    def uses_first_preview_protocol(self) -> bool:
+        """The first preview (2024-10-01-preview): its turn_detection is server VAD with
+        threshold, padding and silence only; create_response, interrupt_response and
+        semantic VAD came with the December 2024 models. (Dated versions sort as strings.)"""
+        return self.uses_preview_protocol and self.api_version < FIRST_PREVIEW_SUCCESSOR
+
     def rule_violations(self) -> list[RuleViolation]:
         if self.provider != "azure":
             return []
@@ -411,6 +420,19 @@ class ControlConfig(_Section):
 class Config(_Section):
     """The whole file. Every table is optional; missing keys take their defaults."""
 
+    def rule_violations(self) -> list[RuleViolation]:
+        if self.turn.detection == "semantic_vad" and self.realtime.uses_first_preview_protocol:
+            return [
+                RuleViolation(
+                    ("turn", "detection"),
+                    f'"semantic_vad" needs a newer protocol than realtime.api_version = '
+                    f'"{self.realtime.api_version}": use "server_vad" or "local", or set '
+                    'api_version = "" (GA)',
+                    see=("realtime", "api_version"),
+                )
+            ]
+        return []
+
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     turn: TurnConfig = Field(default_factory=TurnConfig)
     audio: AudioConfig = Field(default_factory=AudioConfig)
@@ -505,6 +527,18 @@ def config_warnings(cfg: Config) -> list[str]:
         warnings.append('turn.threshold is ignored: it is for detection = "server_vad"')
     if turn.eagerness != TurnConfig().eagerness and turn.detection != "semantic_vad":
         warnings.append('turn.eagerness is ignored: it is for detection = "semantic_vad"')
+    if (
+        turn.detection == "server_vad"
+        and realtime.uses_first_preview_protocol
+        and cfg.conversation.barge_in != "speech"
+    ):
+        warnings.append(
+            f'conversation.barge_in = "{cfg.conversation.barge_in}" cannot stop the service '
+            f'interrupting itself: with turn.detection = "server_vad", api_version '
+            f'"{realtime.api_version}" has no interrupt_response, so any speech it hears (its '
+            'own voice from the speaker too) cuts the answer off; use detection = "local" or '
+            'a newer api_version'
+        )
     return warnings
 
 

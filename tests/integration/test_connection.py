@@ -20,7 +20,7 @@ import trustme
 from websockets.asyncio.server import ServerConnection, serve
 
 from support.fake_realtime import FakeRealtimeServer
-from talkbox.config import RealtimeConfig
+from talkbox.config import RealtimeConfig, parse_config
 from talkbox.errors import (
     ConnectFailed,
     ConnectionDropped,
@@ -31,7 +31,7 @@ from talkbox.errors import (
     SessionSetupTimeout,
 )
 from talkbox.realtime.connection import RealtimeSession, open_session
-from talkbox.realtime.endpoint import Endpoint, endpoint_for
+from talkbox.realtime.endpoint import Endpoint, endpoint_for, session_settings_for
 from talkbox.realtime.events import (
     AppendAudio,
     AudioDelta,
@@ -154,6 +154,34 @@ async def test_session_settings_reach_the_service_in_each_dialect() -> None:
     assert preview["temperature"] == 0.9
     assert preview["turn_detection"] is None
     assert server.protocol_violations == []
+
+
+@pytest.mark.parametrize(
+    ("api_version", "sent_flags"),
+    [
+        ("2024-10-01-preview", set()),
+        ("2025-04-01-preview", {"create_response", "interrupt_response"}),
+    ],
+)
+async def test_server_vad_from_the_config_is_accepted_by_each_preview_version(
+    api_version: str, sent_flags: set[str]
+) -> None:
+    async with FakeRealtimeServer(api_key=API_KEY) as server:
+        cfg = parse_config(
+            f'[realtime]\nprovider = "azure"\nendpoint = "{server.url_base}"\n'
+            f'deployment = "gpt-4o-realtime-preview"\napi_version = "{api_version}"\n'
+            '[turn]\ndetection = "server_vad"\n',
+            "test",
+        )
+        endpoint = endpoint_for(cfg.realtime, ApiKey(API_KEY, "test"))
+        session = await open_session(
+            endpoint, session_settings_for(cfg), connect_timeout=5.0, setup_timeout=5.0
+        )
+        await session.close()
+        update = next(e for e in server.sessions[0].client_events if e["type"] == "session.update")
+    assert server.protocol_violations == []
+    plain = {"type", "threshold", "prefix_padding_ms", "silence_duration_ms"}
+    assert set(update["session"]["turn_detection"]) == plain | sent_flags
 
 
 async def test_a_malformed_frame_mid_stream_is_counted_and_skipped() -> None:

@@ -43,6 +43,8 @@ ENDPOINTS: dict[str, tuple[str, dict[str, str], Dialect]] = {
     "azure_ga": ("/openai/v1/realtime?model={dep}", {"api-key": KEY}, "ga"),
     "azure_preview": (f"/openai/realtime?api-version={PREVIEW_VERSION}&deployment={{dep}}",
                       {"api-key": KEY}, "preview"),
+    "azure_preview_2025": ("/openai/realtime?api-version=2025-04-01-preview&deployment={dep}",
+                           {"api-key": KEY}, "preview"),
     "openai_v1": ("/v1/realtime?model={dep}", {"Authorization": f"Bearer {KEY}"}, "ga"),
     "openai_root": ("/realtime?model={dep}", {"Authorization": f"Bearer {KEY}"}, "ga"),
 }
@@ -293,6 +295,24 @@ async def test_preview_rejects_ga_keys_and_ga_needs_session_type(
         await raw.send({"type": "session.update", "session": {"voice": "alloy"}}, check=False)
         error = (await raw.recv())["error"]
         assert (error["code"], error["param"]) == ("missing_required_parameter", "session.type")
+    assert len(server.protocol_violations) == 2
+
+
+async def test_the_first_preview_has_only_plain_server_vad(server: FakeRealtimeServer) -> None:
+    newer = {"type": "server_vad", "silence_duration_ms": 600, "create_response": True,
+             "interrupt_response": False}
+    async with client(server, "azure_preview") as raw:
+        await raw.send({"type": "session.update", "session": {"turn_detection": newer}})
+        error = (await raw.recv())["error"]
+        assert (error["code"], error["param"]) == ("unknown_parameter",
+                                                   "session.turn_detection.create_response")
+        await raw.send({"type": "session.update",
+                        "session": {"turn_detection": {"type": "semantic_vad"}}})
+        error = (await raw.recv())["error"]
+        assert (error["code"], error["param"]) == ("invalid_value", "session.turn_detection.type")
+    async with client(server, "azure_preview_2025") as raw:
+        updated = await raw.session_update({"turn_detection": newer})
+        assert updated["session"]["turn_detection"]["interrupt_response"] is False
     assert len(server.protocol_violations) == 2
 
 

@@ -317,11 +317,46 @@ def _base64_problems(value: object, param: str, max_bytes: int | None) -> list[P
     return []
 
 
+# The 2024-10-01-preview spec's turn_detection: server VAD with these keys and nothing else;
+# create_response, interrupt_response and semantic_vad arrived with the 2024-12-17 models.
+FIRST_PREVIEW_SUCCESSOR = "2024-12-17"
+_FIRST_PREVIEW_TURN_KEYS = frozenset({"type", "threshold", "prefix_padding_ms",
+                                      "silence_duration_ms"})
+
+
+def _first_preview_problems(event: Mapping[str, Any]) -> list[Problem]:
+    session = event.get("session")
+    if event.get("type") != "session.update" or not isinstance(session, Mapping):
+        return []
+    turn = session.get("turn_detection")
+    if not isinstance(turn, Mapping):
+        return []
+    param = "session.turn_detection"
+    problems = [Problem("unknown_parameter", f"{param}.{key}",
+                        f"Unknown parameter: '{param}.{key}'.")
+                for key in sorted(set(turn) - _FIRST_PREVIEW_TURN_KEYS)]
+    if turn.get("type") not in ("server_vad", None):
+        problems.append(Problem("invalid_value", f"{param}.type",
+                                f"Invalid value: '{turn.get('type')}'. Supported values are: "
+                                "'server_vad'."))
+    return problems
+
+
+def is_first_preview(api_version: str | None) -> bool:
+    """Whether an Azure preview api-version is the first protocol (before 2024-12-17)."""
+    return api_version is not None and api_version < FIRST_PREVIEW_SUCCESSOR
+
+
 # --- public API -------------------------------------------------------------------------------
 
 
-def check_client_event(dialect: Dialect, event: object) -> list[Problem]:
-    """Every problem the real service would reject in this client event (empty when valid)."""
+def check_client_event(dialect: Dialect, event: object, api_version: str | None = None
+                       ) -> list[Problem]:
+    """Every problem the real service would reject in this client event (empty when valid).
+
+    `api_version` (Azure preview only) narrows the preview dialect to what that dated protocol
+    knew: the SDK's beta models are its latest state, which the first preview did not accept.
+    """
     dialect = _check_dialect(dialect)
     if not isinstance(event, Mapping):
         return [Problem("invalid_type", None, "A client event must be a JSON object.")]
@@ -330,6 +365,8 @@ def check_client_event(dialect: Dialect, event: object) -> list[Problem]:
     except ValidationError as error:
         return _schema_problems(event, error)
     problems = _unknown_key_problems(_unknown_keys(model, []))
+    if dialect == "preview" and is_first_preview(api_version):
+        problems += _first_preview_problems(event)
     return problems + _client_value_problems(dialect, event)
 
 

@@ -922,7 +922,7 @@ class _Connection:
         self.record.client_events.append(event)
         self.server.notify()
         event_id = event.get("event_id") if isinstance(event, dict) else None
-        problems = check_client_event(self.dialect, event)
+        problems = check_client_event(self.dialect, event, self.route.api_version)
         if not problems:
             problems = self._unsupported(event)
         if problems:

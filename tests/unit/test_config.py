@@ -583,6 +583,9 @@ def test_effective_settings_is_plain_json_and_rebuilds_the_config() -> None:
         ('[turn]\ndetection = "server_vad"\nthreshold = 0.7\n', []),
         ('[turn]\neagerness = "low"\n', ["turn.eagerness is ignored"]),
         ('[turn]\ndetection = "semantic_vad"\neagerness = "low"\n', []),
+        (AZURE + '[turn]\ndetection = "server_vad"\n', ['conversation.barge_in = "wake" cannot']),
+        (AZURE + '[turn]\ndetection = "server_vad"\n[conversation]\nbarge_in = "speech"\n', []),
+        (AZURE + 'api_version = "2025-04-01-preview"\n[turn]\ndetection = "server_vad"\n', []),
     ],
 )
 def test_settings_without_effect_are_warned_about(snippet: str, expected: list[str]) -> None:

@@ -251,6 +251,34 @@ def test_semantic_vad_eagerness_and_noise_reduction_off() -> None:
     assert settings.turn_detection.interrupt_response is False
 
 
+@pytest.mark.parametrize(
+    ("api_version", "flags"),
+    [
+        ("2024-10-01-preview", (None, None)),
+        ("2025-04-01-preview", (True, False)),
+        ("", (True, False)),
+    ],
+)
+def test_server_vad_flags_only_where_the_protocol_has_them(
+    api_version: str, flags: tuple[bool | None, bool | None]
+) -> None:
+    settings = session_settings_for(
+        config(
+            f"""
+            [realtime]
+            provider = "azure"
+            endpoint = "https://myres.openai.azure.com"
+            deployment = "gpt-4o-realtime-preview"
+            api_version = "{api_version}"
+            [turn]
+            detection = "server_vad"
+            """
+        )
+    )
+    turn = settings.turn_detection
+    assert (turn.create_response, turn.interrupt_response) == flags
+
+
 def test_temperature_goes_only_to_the_preview_protocol() -> None:
     preview = config(
         """

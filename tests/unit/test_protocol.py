@@ -195,6 +195,19 @@ def test_semantic_vad_turn_detection(dialect: Dialect) -> None:
     }
 
 
+def test_flags_set_to_none_are_left_out() -> None:
+    first_preview = TurnDetection(
+        kind="server_vad", silence_duration_ms=700, create_response=None, interrupt_response=None
+    )
+    session = wire(SessionUpdate(SessionSettings(turn_detection=first_preview)), Dialect.PREVIEW)
+    assert session["session"]["turn_detection"] == {
+        "type": "server_vad",
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 700,
+    }
+
+
 @pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.value)
 def test_append_carries_base64_pcm(dialect: Dialect) -> None:
     message = wire(AppendAudio(PCM), dialect)

@@ -99,6 +99,8 @@ def session_settings_for(cfg: Config) -> SessionSettings:
     "speech": a speaker hears itself, so by default only the wake word interrupts.
     """
     realtime, turn = cfg.realtime, cfg.turn
+    # The first preview protocol knows neither flag: leave both out (config warns about it).
+    first_preview = realtime.uses_first_preview_protocol
     temperature: float | None = None
     if realtime.uses_preview_protocol:
         temperature = realtime.temperature
@@ -119,8 +121,8 @@ def session_settings_for(cfg: Config) -> SessionSettings:
             prefix_padding_ms=turn.prefix_padding_ms,
             silence_duration_ms=turn.silence_duration_ms,
             eagerness=turn.eagerness,
-            create_response=True,
-            interrupt_response=cfg.conversation.barge_in == "speech",
+            create_response=None if first_preview else True,
+            interrupt_response=None if first_preview else cfg.conversation.barge_in == "speech",
         ),
     )
 

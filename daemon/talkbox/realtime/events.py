@@ -29,9 +29,10 @@ class TurnDetection:
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
-    create_response: bool = True
+    # None leaves the flag out: the 2024-10-01 preview protocol has neither (and rejects them).
+    create_response: bool | None = True
     # A speaker hears itself: by default only the wake word interrupts, not any sound.
-    interrupt_response: bool = False
+    interrupt_response: bool | None = False
 
 
 @dataclass(frozen=True)

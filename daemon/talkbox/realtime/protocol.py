@@ -131,22 +131,21 @@ def _turn_detection(turn: TurnDetection) -> dict[str, Any] | None:
     if turn.kind == "local":
         return None
     if turn.kind == "server_vad":
-        return {
+        detection: dict[str, Any] = {
             "type": "server_vad",
             "threshold": turn.threshold,
             "prefix_padding_ms": turn.prefix_padding_ms,
             "silence_duration_ms": turn.silence_duration_ms,
-            "create_response": turn.create_response,
-            "interrupt_response": turn.interrupt_response,
         }
-    if turn.kind == "semantic_vad":
-        return {
-            "type": "semantic_vad",
-            "eagerness": turn.eagerness,
-            "create_response": turn.create_response,
-            "interrupt_response": turn.interrupt_response,
-        }
-    assert_never(turn.kind)
+    elif turn.kind == "semantic_vad":
+        detection = {"type": "semantic_vad", "eagerness": turn.eagerness}
+    else:
+        assert_never(turn.kind)
+    for flag in ("create_response", "interrupt_response"):
+        value = getattr(turn, flag)
+        if value is not None:
+            detection[flag] = value
+    return detection
 
 
 def _ga_session(settings: SessionSettings) -> dict[str, Any]:
