@@ -182,7 +182,7 @@ def drive_daemon(url_base: str, script: Pcm, *, follow_up_seconds: float,
                  conversations: int, feed_delay_seconds: float = 0.0) -> DaemonRecord:
     """Start the daemon, feed `script` in real time, wait for `conversations` to end, stop.
 
-    `feed_delay_seconds` after READY=1 the microphone starts: it sets the phase of the 80 ms
+    `feed_delay_seconds` after READY=1 the microphone starts: it sets the phase of the 40 ms
     capture clock against the speaker FIFO's 80 ms bursts for this run.
     """
     with tempfile.TemporaryDirectory(prefix="talkbox-bench-") as tmp:
@@ -228,7 +228,7 @@ class ThinkingReplies:
     """The fake service's reply audio per turn, after a pseudo-random "think time".
 
     The speaker FIFO takes audio in bursts every 80 ms (a one-page pipe), and the daemon's
-    end of turn falls on the 80 ms capture clock, so without this every answer of a run
+    end of turn falls on the 40 ms capture clock, so without this every answer of a run
     would reach the daemon at the same phase of those bursts, and the wait for the next
     burst would be the same arbitrary number each time. A uniform 0..80 ms pause before the
     response (the fake calls `reply_pcm` just before starting it) spreads the phase evenly,
@@ -426,7 +426,7 @@ def cycle_reply(turn: int) -> bytes:
 def measure_cycles(runs: int, cycles: int, latencies: LatencySamples,
                    startups: StartupSamples) -> None:
     """`runs` daemon runs of `cycles` cycles each. Within one run the speaker FIFO's bursts
-    keep one phase against the 80 ms capture clock (both tick every 80 ms), and a barge-in's
+    keep one phase against the 40 ms capture clock (80 ms is a multiple of 40), and a barge-in's
     flush always lands at that phase; each new run draws a new one."""
     builder = cycle_script(cycles)
     phases = random.Random(RUN_SEED)

@@ -137,7 +137,8 @@ class FrontEnd:
     def flush(self) -> list[FrontEndEvent]:
         """End of stream: drain the resamplers and return the last whole frames' events.
 
-        A trailing part-frame is dropped. The front end can go on with a new stream after.
+        A trailing part-frame is dropped, and so is the last UPLOAD_LAG_FRAMES of upload
+        audio (no VAD decision covers it). The front end can go on with a new stream after.
         """
         self._pending16 += self._to_wake_rate.flush()
         self._pending24 += self._to_upload_rate.flush()
