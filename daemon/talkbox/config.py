@@ -639,11 +639,15 @@ def _fields_of(path: KeyPath) -> dict[str, Any] | None:
     return dict(model.model_fields)
 
 
+# Unknown [realtime] keys that look like someone pasting the API key into the file.
+_NAMES_A_SECRET = re.compile(r"(azure[_-]?|openai[_-]?)?(api[_-]?)?(key|secret|token)")
+
+
 def _unknown_key_message(path: KeyPath, value: Any) -> str:
     parent, name = path[:-1], str(path[-1])
     known = sorted(_fields_of(parent) or {})
     what = "unknown table" if not parent and isinstance(value, dict) else "unknown key"
-    if "key" in name.lower() and parent == ("realtime",):
+    if _NAMES_A_SECRET.fullmatch(name.lower()) and parent == ("realtime",):
         return (
             f"{what}; the API key must not be in the config file: use TALKBOX_API_KEY, "
             "the systemd credential api-key, or realtime.api_key_file"

@@ -275,6 +275,18 @@ def test_an_api_key_in_the_file_is_refused_without_repeating_it() -> None:
     assert "NEVER-SHOW" not in problem
 
 
+@pytest.mark.parametrize(
+    ("name", "looks_like_a_secret"),
+    [("key", True), ("apikey", True), ("api-key", True), ("openai_api_key", True),
+     ("token", True), ("no_such_key", False), ("keyboard", False)],
+)
+def test_only_secret_looking_keys_get_the_api_key_advice(
+    name: str, looks_like_a_secret: bool
+) -> None:
+    problem = only_problem(f'[realtime]\n"{name}" = "x"\n')
+    assert ("the API key must not be in the config file" in problem) is looks_like_a_secret
+
+
 def test_a_key_pasted_into_api_key_file_is_not_repeated() -> None:
     problem = only_problem('[realtime]\napi_key_file = "sk-NEVER-SHOW-THIS"\n')
     assert "NEVER-SHOW" not in problem
