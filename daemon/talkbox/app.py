@@ -191,6 +191,7 @@ class Daemon:
         self._recent_audio: deque[bytes] = deque(maxlen=RECENT_AUDIO_MS // FRAME_MS)
         self._last_failure: BaseException | None = None
         self._pending_config: Config | None = None
+        self._pending_front_end: FrontEnd | None = None
         self._update_wake_enabled()
 
     # --- inputs -------------------------------------------------------------------------------
@@ -431,14 +432,17 @@ class Daemon:
 
     # --- reload -------------------------------------------------------------------------------
 
-    def reload(self, cfg: Config) -> None:
-        """Take a new, valid config: it applies from the next conversation."""
+    def reload(self, cfg: Config, front_end: FrontEnd | None = None) -> None:
+        """Take a new, valid config: it applies from the next conversation. `front_end`, if
+        given, was built for `cfg` (off the loop) and replaces the current one if needed."""
         self._pending_config = cfg
+        self._pending_front_end = front_end
         if self.machine.state is State.IDLE:
             self._apply_pending_config()
 
     def _apply_pending_config(self) -> None:
         cfg, self._pending_config = self._pending_config, None
+        front_end, self._pending_front_end = self._pending_front_end, None
         if cfg is None:
             return
         old = self.cfg
@@ -454,7 +458,7 @@ class Daemon:
         self.machine.muted = muted
         self.machine.conversation = conversation
         if (old.wake, old.turn, old.audio.input_rate) != (cfg.wake, cfg.turn, cfg.audio.input_rate):
-            self.front_end = build_front_end(cfg)
+            self.front_end = front_end or build_front_end(cfg)
         if (old.audio.input_device, old.audio.output_device, old.audio.output_rate) != (
             cfg.audio.input_device,
             cfg.audio.output_device,

@@ -98,6 +98,7 @@ class Service:
         self.watchdog_gate = WatchdogGate(max_silence_seconds=5.0, started_at=time.monotonic())
         self._speaker_broken = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a small job in the background, keeping a reference so it is not collected."""
@@ -112,8 +113,11 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        front_end = build_front_end(self.cfg)  # loads the wake models (ConfigError if unknown)
+        built_for = self.cfg
+        front_end = build_front_end(built_for)  # loads the wake models (ConfigError if unknown)
         await self._open_devices_until_ready()
+        if self.cfg is not built_for:  # reloaded while waiting for the devices
+            front_end = build_front_end(self.cfg)
         assert self.playback is not None
         self.daemon = Daemon(
             self.cfg,
@@ -298,28 +302,39 @@ class Service:
         self.notifier.status(text)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; a valid one applies from the next conversation."""
-        self.notifier.reloading()
-        try:
-            cfg, key = load_checked(self.config_path)
-            if self.daemon is not None:
-                build_front_end(cfg)  # a wake model that cannot load must not get in
-        except ConfigError as error:
-            log.error("reload refused, the running configuration stays in force: %s", error)
-        else:
-            self.cfg, self.key = cfg, key
-            old_hook, self.hook = (
-                self.hook,
-                StateHook(cfg.hooks.on_state, cfg.hooks.timeout_seconds),
-            )
-            self._spawn(old_hook.aclose())
-            if self.daemon is not None:
-                self.daemon.reload(cfg)
-            log.info(
-                "configuration %s reloaded; it applies from the next conversation", self.config_path
-            )
-        self.notifier.ready()
-        self._report_state()
+        """SIGHUP: re-read the config in the background (see `reload_config`)."""
+        self._spawn(self.reload_config())
+
+    async def reload_config(self) -> None:
+        """Re-read the config; a valid one applies from the next conversation.
+
+        The wake models load in a worker thread: meanwhile the loop goes on capturing,
+        pinging the watchdog and answering the control socket (a slow load used to stall
+        all of them). Reloads run one at a time, in the order they were asked for.
+        """
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                cfg, key = load_checked(self.config_path)
+                # A wake model that cannot load must not get in.
+                front_end = await asyncio.to_thread(build_front_end, cfg)
+            except ConfigError as error:
+                log.error("reload refused, the running configuration stays in force: %s", error)
+            else:
+                self.cfg, self.key = cfg, key
+                old_hook, self.hook = (
+                    self.hook,
+                    StateHook(cfg.hooks.on_state, cfg.hooks.timeout_seconds),
+                )
+                self._spawn(old_hook.aclose())
+                if self.daemon is not None:
+                    self.daemon.reload(cfg, front_end)
+                log.info(
+                    "configuration %s reloaded; it applies from the next conversation",
+                    self.config_path,
+                )
+            self.notifier.ready()
+            self._report_state()
 
     async def _control(self, command: str, args: list[str]) -> dict[str, Any]:
         daemon = self.daemon

@@ -107,10 +107,6 @@ def log_monotonic(log: str, text: str) -> float:
     return wall - (time.time() - time.monotonic())
 
 
-def ping_times(notify: NotifyListener) -> list[float]:
-    return [at for at, text in list(notify.messages) if "WATCHDOG=1" in text.splitlines()]
-
-
 def statuses(notify: NotifyListener) -> list[str]:
     return [line.removeprefix("STATUS=") for line in notify.lines() if line.startswith("STATUS=")]
 
@@ -137,7 +133,7 @@ def test_systemd_hears_ready_status_watchdog_reload_and_stop(tmp_path: Path) -> 
         )
         time.sleep(1.0)  # a retry or two without the device
         assert "READY=1" not in notify.lines()
-        assert ping_times(notify) == [], "no watchdog pings before start-up is complete"
+        assert notify.ping_times() == [], "no watchdog pings before start-up is complete"
         with run.sandbox.config_path.open("a") as asound:
             asound.write(f"pcm.late_mic {capture_pcm(run.sandbox.capture_path)}\n")
         microphone = run.microphone()
@@ -151,7 +147,7 @@ def test_systemd_hears_ready_status_watchdog_reload_and_stop(tmp_path: Path) -> 
 
         # The watchdog: WATCHDOG_PID is unset (the pid is unknown before the start), which
         # Notifier.watchdog_interval takes as "meant for this process".
-        wait_until(lambda: len(ping_times(notify)) >= 3, 10, "three watchdog pings")
+        wait_until(lambda: len(notify.ping_times()) >= 3, 10, "three watchdog pings")
 
         # A conversation shows in STATUS, and idle comes back after follow_up_seconds.
         before_wake = len(notify.messages)
@@ -166,11 +162,11 @@ def test_systemd_hears_ready_status_watchdog_reload_and_stop(tmp_path: Path) -> 
         paused_at = time.monotonic()
         microphone.pause()
         wait_until(
-            lambda: time.monotonic() - max(ping_times(notify)) >= 3.0,
+            lambda: time.monotonic() - max(notify.ping_times()) >= 3.0,
             15,
             "watchdog pings to stop while the microphone is silent",
         )
-        last_ping = max(ping_times(notify))
+        last_ping = max(notify.ping_times())
         # A short hiccup is tolerated: pings went on for a while after the audio stopped.
         assert last_ping - paused_at >= 1.5, last_ping - paused_at
         assert run.process.poll() is None
@@ -180,7 +176,7 @@ def test_systemd_hears_ready_status_watchdog_reload_and_stop(tmp_path: Path) -> 
         before_resume = len(notify.messages)
         microphone.resume()
         wait_until(
-            lambda: any(at > resumed_at for at in ping_times(notify)),
+            lambda: any(at > resumed_at for at in notify.ping_times()),
             15,
             "watchdog pings after the microphone is back",
         )
@@ -190,7 +186,7 @@ def test_systemd_hears_ready_status_watchdog_reload_and_stop(tmp_path: Path) -> 
         assert "no audio from input device 'late_mic'" in log
         # Running again but not yet hearing (the retry delay) is no reason to ping: the
         # WatchdogGate waits for fresh audio.
-        first_ping_after = min(at for at in ping_times(notify) if at > resumed_at)
+        first_ping_after = min(at for at in notify.ping_times() if at > resumed_at)
         assert first_ping_after >= log_monotonic(log, "microphone 'late_mic' is back") - 0.05
 
         # SIGHUP: RELOADING=1 (stamped with MONOTONIC_USEC), then READY=1 again.

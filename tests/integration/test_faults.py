@@ -27,7 +27,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -832,27 +832,10 @@ async def test_wakes_for_seconds_against_a_dead_service_make_few_attempts(
 # --- the microphone dies mid-run ------------------------------------------------------------------
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifyListener]:
-    listener = NotifyListener(tmp_path / "notify.sock")
-    listener.start()
-    monkeypatch.setenv("NOTIFY_SOCKET", str(listener.path))
-    monkeypatch.setenv("WATCHDOG_USEC", "600000")  # a ping every 0.2 s while deserved
-    monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    try:
-        yield listener
-    finally:
-        listener.stop()
-
-
-def ping_times(notify: NotifyListener) -> list[float]:
-    return [at for at, text in list(notify.messages) if "WATCHDOG=1" in text.splitlines()]
-
-
 @pytest.mark.slow
 async def test_a_capture_device_that_keeps_dying_is_retried_with_backoff_and_recovers(
     tmp_path: Path,
-    notify_socket: NotifyListener,
+    notify_listener: NotifyListener,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="talkbox")
@@ -875,7 +858,7 @@ async def test_a_capture_device_that_keeps_dying_is_retried_with_backoff_and_rec
         service = Service(config_path, parse_config(config_text, str(config_path)), None)
         running = asyncio.create_task(service.run())
         try:
-            await until(lambda: "READY=1" in notify_socket.lines(), "READY=1", timeout=20)
+            await until(lambda: "READY=1" in notify_listener.lines(), "READY=1", timeout=20)
             ready_at = time.monotonic()
             # Failures 1, 2, 3 come after growing delays; the watchdog is withheld once no
             # healthy audio came for the gate's 5 s.
@@ -887,7 +870,7 @@ async def test_a_capture_device_that_keeps_dying_is_retried_with_backoff_and_rec
             )
             withheld_at = time.monotonic()
             await asyncio.sleep(1.0)
-            pings = ping_times(notify_socket)
+            pings = notify_listener.ping_times()
             assert pings and max(pings) < withheld_at, "no WATCHDOG=1 while the mic is failing"
             retries = [
                 float(m.group(1))
@@ -914,10 +897,10 @@ async def test_a_capture_device_that_keeps_dying_is_retried_with_backoff_and_rec
             await until(lambda: "microphone 'usb_mic' is back" in caplog.text, "recovery", 20)
             back = next(r for r in caplog.records if "is back" in r.getMessage())
             await until(
-                lambda: any(at > fixed_at for at in ping_times(notify_socket)),
+                lambda: any(at > fixed_at for at in notify_listener.ping_times()),
                 "watchdog pings again",
             )
-            first_ping = min(at for at in ping_times(notify_socket) if at > fixed_at)
+            first_ping = min(at for at in notify_listener.ping_times() if at > fixed_at)
             # It had to keep delivering for a while before it counted as back and was pinged for.
             assert first_ping >= fixed_at + CAPTURE_PROVEN_SECONDS - 0.1
             assert back.levelno == logging.INFO

@@ -97,6 +97,11 @@ class NotifyListener(threading.Thread):
         with self._lock:
             return [line for _, text in self.messages for line in text.splitlines()]
 
+    def ping_times(self) -> list[float]:
+        """When each WATCHDOG=1 arrived."""
+        with self._lock:
+            return [at for at, text in self.messages if "WATCHDOG=1" in text.splitlines()]
+
     def first_time(self, line: str) -> float | None:
         with self._lock:
             for at, text in self.messages:
