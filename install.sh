@@ -302,6 +302,16 @@ start_service() {
     local unit_changed=$1 changes_before_service=$2
     step "Service"
     if ! systemd_running; then
+        # E.g. a chroot building a Pi's SD card image: enabling only makes symlinks, and
+        # works offline, so the speaker starts when that system first boots.
+        if command -v systemctl >/dev/null; then
+            if systemctl is-enabled --quiet "$UNIT_NAME" 2>/dev/null; then
+                unchanged "$UNIT_NAME is enabled"
+            else
+                systemctl enable --quiet "$UNIT_NAME"
+                did "enabled $UNIT_NAME (starts when this system boots with systemd)"
+            fi
+        fi
         note "systemd is not running on this machine (no /run/systemd/system), so the service"
         note "is installed but not started. To run talkbox in the foreground:"
         note "    $FOREGROUND_COMMAND"
@@ -395,6 +405,10 @@ uninstall() {
     if systemd_running && [[ -f $UNIT_DEST ]]; then
         systemctl disable --now --quiet "$UNIT_NAME" || true
         did "stopped and disabled $UNIT_NAME"
+    elif [[ -f $UNIT_DEST ]] && command -v systemctl >/dev/null; then
+        # Enabled offline (see start_service): remove the boot symlink the same way.
+        systemctl disable --quiet "$UNIT_NAME" 2>/dev/null || true
+        did "disabled $UNIT_NAME (no running service to stop)"
     else
         unchanged "no running service to stop"
     fi

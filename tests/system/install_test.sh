@@ -15,22 +15,10 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 readonly REPO
 readonly KEY="sk-installtest-DO-NOT-PRINT-0123456789abcdef"
 readonly UNIT=/etc/systemd/system/talkbox.service
+readonly BOOT_LINK=/etc/systemd/system/multi-user.target.wants/talkbox.service
 
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); printf 'ok     %s\n' "$1"; }
-fail() { failed=$((failed + 1)); printf 'FAILED %s\n' "$1"; }
-# check NAME COMMAND...: passes when COMMAND succeeds.
-check() {
-    local name=$1
-    shift
-    if "$@"; then pass "$name"; else fail "$name"; fi
-}
-finish() {
-    printf '%s passed, %s failed\n' "$passed" "$failed"
-    ((failed == 0))
-    exit
-}
+# shellcheck source=tests/system/checks.sh
+source "$REPO/tests/system/checks.sh"
 
 # Refuses to run where it could damage something; returns non-zero with the reason.
 preconditions() {
@@ -134,6 +122,8 @@ check "the venv is built on Debian's /usr/bin/python3" \
 check "the user talkbox can import the package" runuser -u talkbox -- /opt/talkbox/venv/bin/python -c 'import talkbox'
 check "source hash recorded" test -s /opt/talkbox/.source-hash
 check "it says systemd is not running" said "$SCRATCH/1.log" "systemd is not running"
+check "the unit is enabled all the same (an SD image built in a chroot starts it at boot)" \
+    test "$(readlink "$BOOT_LINK")" = "$UNIT"
 check "it prints the foreground command" \
     said "$SCRATCH/1.log" "sudo -u talkbox /opt/talkbox/venv/bin/talkbox run --config /etc/talkbox/config.toml"
 check "/run/talkbox made for the control socket" test "$(owner_mode /run/talkbox)" = "talkbox:talkbox 750"
@@ -187,6 +177,7 @@ check "no output ever showed the API key" key_not_in "$SCRATCH"/*.log
 echo "== uninstall"
 run_install "--uninstall exits 0" "$SCRATCH/7.log" --uninstall
 check "unit removed" test ! -e "$UNIT"
+check "its boot symlink removed" test ! -L "$BOOT_LINK"
 check "/opt/talkbox removed" test ! -e /opt/talkbox
 check "/usr/local/bin/talkbox removed" test ! -e /usr/local/bin/talkbox -a ! -L /usr/local/bin/talkbox
 check "/var/lib/talkbox removed" test ! -e /var/lib/talkbox
