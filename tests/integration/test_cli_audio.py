@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support.alsa import AlsaSandbox, FifoFeeder, alsa_sandbox
+from support.alsa import AlsaSandbox, FifoFeeder, alsa_sandbox, narrow
 from support.cli import CliRun, RunningTalkbox, environment, run_talkbox
 from support.fake_realtime import RecordedSession
 from support.service import serving, sessions
@@ -207,7 +207,7 @@ def test_ask_without_out_plays_the_answer_on_the_speaker(tmp_path: Path) -> None
             "ask", "capital of France?", "--config", str(config),
             env=talkbox_env(sandbox, TALKBOX_API_KEY=API_KEY),
         )  # fmt: skip
-    played = sandbox.playback_path.read_bytes()
+    played = narrow(sandbox.playback_path.read_bytes())
 
     assert run.exit_code == 0, run.stderr
     assert f"answer: {REPLY_TEXT}" in run.stdout.splitlines()

@@ -22,7 +22,8 @@ What was found about the file plugin, PortAudio and the process (see also
 - Unpaced, a file is read (and written) as fast as PortAudio asks, ~100k periods/s on one
   core; at its end the last buffer repeats. Pad input with silence and stop by length.
 - A capture FIFO paces capture when each write is one whole period (`FifoFeeder`); a playback
-  FIFO drained at a real-time rate paces playback (`FifoDrainer`).
+  FIFO drained at a real-time rate paces playback (`FifoDrainer`), one period per callback
+  when each period fills the pipe's one page (`playback_pcm()` widens the frames for that).
 - A capture PCM copies what it captured into its `file`; copying into /dev/full makes the
   stream fail a few periods after it starts, as an unplugged USB device does.
 """
@@ -40,7 +41,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 SAMPLE_BYTES = 2  # PCM16 mono
+WIDE_CHANNELS = 2  # what a playback_pcm() device writes: S32_LE stereo...
+WIDE_FRAME_BYTES = 4 * WIDE_CHANNELS  # ...8 bytes for every PCM16 mono sample played
+
+
+def narrow(wide: bytes) -> bytes:
+    """What a `playback_pcm()` device wrote (whole S32_LE stereo frames) -> the PCM16 mono
+    that was played: the left channel, shifted back."""
+    frames = np.frombuffer(wide, dtype="<i4").reshape(-1, WIDE_CHANNELS)
+    return (frames[:, 0] >> 16).astype("<i2").tobytes()
 
 
 def capture_pcm(infile: Path | str) -> str:
@@ -49,8 +61,16 @@ def capture_pcm(infile: Path | str) -> str:
 
 
 def playback_pcm(outfile: Path | str) -> str:
-    """A playback device writing raw PCM16 into `outfile`."""
-    return _file_pcm(infile=None, outfile=outfile)
+    """A playback device writing into `outfile` as a sound card takes audio: one period at a
+    time, every period (read it with `FifoDrainer`, which turns it back into PCM16 mono).
+
+    ALSA's `plug` widens each PCM16 mono frame to S32 stereo (exactly: shifted, duplicated),
+    so a 20 ms period at 24 kHz is 3840 bytes. A FIFO shrunk to one page then holds a single
+    period: PortAudio's callback comes every 20 ms, as on a card. At 2 bytes a frame, four
+    periods fit in the page and the callbacks came in bursts of four every 80 ms.
+    """
+    wide = _file_pcm(infile=None, outfile=outfile)
+    return f"{{ type plug slave {{ pcm {wide} format S32_LE channels {WIDE_CHANNELS} }} }}"
 
 
 def playback_only_pcm(outfile: Path | str) -> str:
@@ -220,10 +240,11 @@ class FifoFeeder(threading.Thread):
 
 
 class FifoDrainer(threading.Thread):
-    """Drain a playback FIFO like a DAC: at `rate` x `speed`, recording what and when.
+    """Drain a `playback_pcm()` FIFO like a DAC: at `rate` x `speed`, recording what and when.
 
     The pipe is shrunk to one page so the writer is held to the drain rate. Time the writer
     does not use is lost (a real DAC does not catch up), so a late writer is not rushed.
+    What was read is kept as the PCM16 mono the player wrote (the left channel, narrowed).
     """
 
     def __init__(
@@ -236,15 +257,16 @@ class FifoDrainer(threading.Thread):
         keep: bool = True,
     ) -> None:
         super().__init__(name="fifo-drainer", daemon=True)
-        self.bytes_per_s = rate * speed * SAMPLE_BYTES
+        self.bytes_per_s = rate * speed * WIDE_FRAME_BYTES
         self.tick_s = tick_s
         # Credit for at most 20 ms: a stalled writer cannot later be drained in a burst.
         self._max_credit = max(0.02, 2 * tick_s) * self.bytes_per_s
         self.records: list[tuple[float, bytes]] = []
-        """(time.monotonic(), bytes) of every read, in order (none when `keep` is False)."""
+        """(time.monotonic(), PCM16 bytes) of every read, in order (none when `keep` is False)."""
         self.keep = keep
         self.drained = 0
-        """Bytes drained so far, kept or not."""
+        """PCM16 bytes drained so far, kept or not."""
+        self._partial_frame = b""
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self._fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
@@ -265,10 +287,17 @@ class FifoDrainer(threading.Thread):
             except BlockingIOError:
                 continue
             budget -= len(data)
-            self.drained += len(data)
+            pcm = self._narrow(data)
+            self.drained += len(pcm)
             if self.keep:  # a soak drains megabytes that must not count as test memory
                 with self._lock:
-                    self.records.append((now, data))
+                    self.records.append((now, pcm))
+
+    def _narrow(self, data: bytes) -> bytes:
+        data = self._partial_frame + data
+        whole = len(data) - len(data) % WIDE_FRAME_BYTES
+        self._partial_frame = data[whole:]
+        return narrow(data[:whole])
 
     def data(self, since: float = 0.0) -> bytes:
         """Everything drained at or after monotonic time `since`, concatenated."""
