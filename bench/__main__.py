@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     upload = measure_conversation(latencies, startups)
     # Sent -> handed to PortAudio: the drainer's time minus the harness's own delay after the
     # callback (calibrated, tight). Against Playback alone through the same harness: what the
-    # daemon adds on top of the harness's wait for PortAudio's next (bursty) callback.
+    # daemon adds on top of the wait for PortAudio's next callback (every 20 ms).
     first_sound_ms = [ms - pipeline_ms for ms in latencies.first_sound_at_drainer_ms]
     beyond_playback_alone_ms = [ms - playback_alone_ms
                                 for ms in latencies.first_sound_at_drainer_ms]

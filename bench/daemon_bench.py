@@ -63,8 +63,8 @@ VOICES: tuple[tuple[str, int], ...] = (
 # "Hey jarvis, <command>" in one breath: the comma's pause.
 WAKE_TO_COMMAND_PAUSE_SECONDS = 0.2
 FIRST_SOUND_NEEDLE_BYTES = 4800  # the first 100 ms of a reply, to find it in the speaker stream
-# The speaker FIFO frees a page (4 writes of 20 ms) at a time: PortAudio calls back in bursts.
-SPEAKER_BURST_SECONDS = 0.08
+# Random phases are drawn over this span: two capture buffers, four speaker periods.
+PHASE_SPREAD_SECONDS = 0.08
 RUN_SEED = 20240501  # the pseudo-random phases and think times: the same for every bench run
 
 
@@ -183,7 +183,7 @@ def drive_daemon(url_base: str, script: Pcm, *, follow_up_seconds: float,
     """Start the daemon, feed `script` in real time, wait for `conversations` to end, stop.
 
     `feed_delay_seconds` after READY=1 the microphone starts: it sets the phase of the 40 ms
-    capture clock against the speaker FIFO's 80 ms bursts for this run.
+    capture clock against the speaker's 20 ms callbacks for this run.
     """
     with tempfile.TemporaryDirectory(prefix="talkbox-bench-") as tmp:
         offset_before = wall_minus_monotonic()
@@ -227,11 +227,11 @@ def drive_daemon(url_base: str, script: Pcm, *, follow_up_seconds: float,
 class ThinkingReplies:
     """The fake service's reply audio per turn, after a pseudo-random "think time".
 
-    The speaker FIFO takes audio in bursts every 80 ms (a one-page pipe), and the daemon's
-    end of turn falls on the 40 ms capture clock, so without this every answer of a run
-    would reach the daemon at the same phase of those bursts, and the wait for the next
-    burst would be the same arbitrary number each time. A uniform 0..80 ms pause before the
-    response (the fake calls `reply_pcm` just before starting it) spreads the phase evenly,
+    PortAudio asks for speaker audio every 20 ms, and the daemon's end of turn falls on the
+    40 ms capture clock, so without this every answer of a run would reach the daemon at the
+    same phase of those callbacks, and the wait for the next one would be the same arbitrary
+    number each time. A uniform 0..80 ms pause before the response (the fake calls
+    `reply_pcm` just before starting it) spreads the phase evenly,
     as a real service's varying response time does. Seeded: the same run every time.
     """
 
@@ -240,7 +240,7 @@ class ThinkingReplies:
         self._random = random.Random(seed)
 
     def __call__(self, turn: int) -> bytes:
-        time.sleep(self._random.uniform(0.0, SPEAKER_BURST_SECONDS))
+        time.sleep(self._random.uniform(0.0, PHASE_SPREAD_SECONDS))
         return self.audio(turn)
 
 
@@ -425,9 +425,9 @@ def cycle_reply(turn: int) -> bytes:
 
 def measure_cycles(runs: int, cycles: int, latencies: LatencySamples,
                    startups: StartupSamples) -> None:
-    """`runs` daemon runs of `cycles` cycles each. Within one run the speaker FIFO's bursts
-    keep one phase against the 40 ms capture clock (80 ms is a multiple of 40), and a barge-in's
-    flush always lands at that phase; each new run draws a new one."""
+    """`runs` daemon runs of `cycles` cycles each. Within one run the speaker's callbacks
+    keep one phase against the 40 ms capture clock (a multiple of their 20 ms), and a
+    barge-in's flush always lands at that phase; each new run draws a new one."""
     builder = cycle_script(cycles)
     phases = random.Random(RUN_SEED)
     for index in range(runs):
@@ -437,7 +437,7 @@ def measure_cycles(runs: int, cycles: int, latencies: LatencySamples,
                 f"{builder.seconds:.0f} s of audio")
             record = drive_daemon(thread.url_base, builder.build(), follow_up_seconds=1.0,
                                   conversations=cycles,
-                                  feed_delay_seconds=phases.uniform(0, SPEAKER_BURST_SECONDS))
+                                  feed_delay_seconds=phases.uniform(0, PHASE_SPREAD_SECONDS))
         finally:
             thread.stop()
         startups.add(record)

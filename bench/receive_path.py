@@ -6,7 +6,7 @@ base64 of a 100 ms delta, as the fake service sends it), `ConversationMachine.st
 conversation that is waiting for the answer), and `Playback.write` on the same kind of file
 sound card the daemon uses. What it cannot include: the socket read (loopback, tens of
 microseconds) and the wait for PortAudio's next callback (at most one period, 20 ms, on a
-sound card; longer and bursty on the FIFO harness, see `speaker_calibration`).
+sound card and on the test speaker alike, see `speaker_calibration`).
 """
 
 from __future__ import annotations

@@ -7,16 +7,15 @@ in real time by the tests' `FifoDrainer`, 24 kHz, 20 ms periods), stamps the mom
 PortAudio callback hands over the first sample of a tone, and finds when the drainer read it.
 
 Two figures come out, each repeated (and their sum, `write_to_drain_ms`):
-- `handover_to_drain_ms`: the harness's own delay after the callback, for audio handed over
-  at the start of a burst (the file plugin keeps one ALSA buffer before it writes, the FIFO
-  holds a page, the drainer ticks every 5 ms). Tight (within a few ms): the daemon benchmark
-  subtracts its median from the drainer's times to get "handed to PortAudio".
-- `write_to_handover_ms`: `Playback.write()` until the callback takes the audio. A pipe of
-  one page frees space only when the whole page has been read, and a page holds four 20 ms
-  writes, so PortAudio calls back in bursts of four every 80 ms instead of once per 20 ms
-  period as on a sound card: audio waits 0..80 ms here (0..20 ms on a card). This is the
-  harness's share of any first-sound time measured through it; comparing the daemon against
-  `write_to_drain_ms` leaves what the daemon adds before `Playback.write()`.
+- `handover_to_drain_ms`: the harness's own delay after the callback (PortAudio's ALSA
+  buffer, the file plugin, the FIFO's one page, the drainer's 5 ms tick). Tight (within a
+  few ms): the daemon benchmark subtracts its median from the drainer's times to get
+  "handed to PortAudio".
+- `write_to_handover_ms`: `Playback.write()` until the callback takes the audio: the wait
+  for the next 20 ms callback, as on a sound card (`playback_pcm()` makes one period fill
+  the FIFO's page; with four periods to a page, the callbacks came in bursts every 80 ms).
+  Comparing the daemon against `write_to_drain_ms` leaves what the daemon adds before
+  `Playback.write()`.
 """
 
 from __future__ import annotations
