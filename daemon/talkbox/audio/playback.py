@@ -14,6 +14,10 @@ clock starts or stops). The cost is one callback per period (50 per second at th
 20 ms), each a lock and a slice; PortAudio waits on the device between them, so there is
 no busy loop.
 
+Starting: a chime plays at once. A reply waits until `prebuffer_ms` (100) of it is queued,
+so network jitter does not break it up, but never longer than `prebuffer_wait_ms` (50) after
+its first audio arrived: a service that sends a small first delta is heard at once anyway.
+
 Counting: `played_samples` is what the callback handed to PortAudio of assistant audio
 since `reset_count()`, in SOURCE-rate samples, so `conversation.item.truncate` can say how
 much of the item the user really heard. Chimes and silence are not counted.
@@ -82,6 +86,7 @@ class Playback:
         period_frames: int | None = None,
         *,
         prebuffer_ms: int = 100,
+        prebuffer_wait_ms: int = 50,
         on_drained: Callable[[], None] | None = None,
     ) -> None:
         self.device = device
@@ -91,6 +96,10 @@ class Playback:
         self.period_frames = period_frames or output_rate // 50
         self.on_drained = on_drained
         self._prebuffer_bytes = round(prebuffer_ms * output_rate / 1000) * SAMPLE_BYTES
+        # The prebuffer absorbs network jitter, but must not hold a small first delta back
+        # until more arrives: after this long, whatever is queued starts playing.
+        self._prebuffer_wait_s = prebuffer_wait_ms / 1000
+        self._prebuffer_timer: asyncio.TimerHandle | None = None
         self._resampler = Resampler(source_rate, output_rate)
         self._silence = memoryview(bytes(self.period_frames * SAMPLE_BYTES))
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,6 +162,7 @@ class Playback:
             return
         self._closed = True
         self._cancel_drain_timer()
+        self._cancel_prebuffer_timer()
         self._release()
 
     def _release(self) -> None:
@@ -204,10 +214,29 @@ class Playback:
             # Reply audio waits for the prebuffer; a chime or an end mark starts everything.
             if segment.kind is not _Kind.SPEECH or self._queued_bytes >= self._prebuffer_bytes:
                 self._playing = True
+            waiting = not self._playing
+        if not waiting:
+            self._cancel_prebuffer_timer()
+        elif self._prebuffer_timer is None and self._loop is not None:
+            self._prebuffer_timer = self._loop.call_later(
+                self._prebuffer_wait_s, self._end_prebuffer_wait
+            )
+
+    def _end_prebuffer_wait(self) -> None:
+        self._prebuffer_timer = None
+        with self._lock:
+            if self._segments:
+                self._playing = True
+
+    def _cancel_prebuffer_timer(self) -> None:
+        if self._prebuffer_timer is not None:
+            self._prebuffer_timer.cancel()
+            self._prebuffer_timer = None
 
     def flush(self) -> None:
         """Drop everything queued; the device goes silent within one period. Returns at once."""
         self._cancel_drain_timer()
+        self._cancel_prebuffer_timer()
         self._resampler.reset()
         with self._lock:
             self._generation += 1
