@@ -68,6 +68,19 @@ class ApiKey:
         raise TypeError("an ApiKey cannot be pickled")
 
 
+def _exists(path: Path, what: str) -> bool:
+    """Whether `path` exists; a place this user may not even look into is a ConfigError."""
+    try:
+        return path.exists()
+    except OSError as error:
+        raise ConfigError(
+            [
+                f"{what} cannot be looked at by this user ({path}: {error.strerror}); run "
+                "this command as the user the service runs as, or with sudo"
+            ]
+        ) from None
+
+
 def resolve_api_key(
     cfg: RealtimeConfig,
     environ: Mapping[str, str],
@@ -99,7 +112,7 @@ def resolve_api_key(
     if credentials_directory:
         credential = Path(credentials_directory) / CREDENTIAL_NAME
         source = f"systemd credential {CREDENTIAL_NAME}"
-        if not credential.exists():
+        if not _exists(credential, f"the {source}"):
             looked_at.append(f"the systemd credential {credential} (no such file)")
         else:
             text = _read_key_file(credential, source)
@@ -117,7 +130,7 @@ def resolve_api_key(
         return _key_from_text(_read_key_file(Path(cfg.api_key_file), source), source, source)
     looked_at.append("realtime.api_key_file (not set)")
 
-    if installed_key_file.exists():
+    if _exists(installed_key_file, f"the installed key file {installed_key_file}"):
         source = f"the installed key file {installed_key_file}"
         try:
             text = _read_key_file(installed_key_file, source)

@@ -261,3 +261,15 @@ def test_an_unreadable_installed_key_file_says_to_use_sudo(tmp_path: Path) -> No
     not_a_file.mkdir()  # root reads any file, so a directory stands in for "unreadable"
     with pytest.raises(ConfigError, match="sudo"):
         resolve_api_key(AZURE, {}, installed_key_file=not_a_file)
+
+
+def test_a_credentials_directory_that_cannot_be_looked_into_is_named_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # Root may look anywhere, so a name too long to look up stands in for "permission
+    # denied" (systemd's credentials directory, seen from another process of the unit).
+    unlookable = tmp_path / ("x" * 300)
+    error = error_of(AZURE, {"CREDENTIALS_DIRECTORY": str(unlookable)})
+    message = str(error)
+    assert "the systemd credential api-key cannot be looked at by this user" in message
+    assert "File name too long" in message
