@@ -70,7 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     check = command("check", "validate the config and print the settings in force")
-    check.add_argument("--connect", action="store_true", help="also open a session and close it")
+    how = check.add_mutually_exclusive_group()
+    how.add_argument("--connect", action="store_true", help="also open a session and close it")
+    how.add_argument(
+        "--quiet",
+        action="store_true",
+        help="only validate the file: print its problems and warnings, nothing else, and "
+        "leave the API key to the daemon (systemd runs this before each reload)",
+    )
     check.set_defaults(handler=_check)
 
     ask = command("ask", "ask one question as text and hear (or save) the spoken answer")
@@ -117,6 +124,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    if args.quiet:
+        _print_warnings(cfg)
+        return 0
     key = _key_for(cfg)
     settings: dict[str, Any] = effective_settings(cfg)
     settings["realtime"]["api_key"] = f"{key} (from {key.source})" if key else "(none needed)"
@@ -129,8 +139,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"[{table}]")
         for name, value in values.items():
             print(f"{name} = {json.dumps(value) if not isinstance(value, str) else value}")
-    for warning in config_warnings(cfg):
-        print(f"warning: {warning}", file=sys.stderr)
+    _print_warnings(cfg)
     if args.connect:
         if key is None:
             print("--connect: the echo provider has no service to connect to; nothing to check")
@@ -138,6 +147,11 @@ def _check(args: argparse.Namespace) -> int:
         description = asyncio.run(_connect_once(cfg, key))
         print(f"connected: {description}")
     return 0
+
+
+def _print_warnings(cfg: Config) -> None:
+    for warning in config_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 async def _connect_once(cfg: Config, key: ApiKey) -> str:

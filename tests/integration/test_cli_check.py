@@ -120,6 +120,21 @@ def test_check_warns_about_settings_that_have_no_effect(tmp_path: Path) -> None:
     assert "warning: realtime.temperature is ignored" in run.stderr
 
 
+def test_check_quiet_prints_only_warnings_and_fails_on_problems(tmp_path: Path) -> None:
+    table = REALTIME_TABLES["azure-ga"].format(url="http://127.0.0.1:9")
+    config = write_config(tmp_path, f"{table}temperature = 1.0\n")
+    env: dict[str, str] = {}  # no key anywhere: looking it up is the daemon's job
+
+    valid = talkbox("check", "--quiet", "--config", str(config), env=env)
+    config.write_text(config.read_text().replace("temperature", "temprature"))
+    broken = talkbox("check", "--quiet", "--config", str(config), env=env)
+
+    assert (valid.exit_code, valid.stdout) == (0, "")
+    assert "warning: realtime.temperature is ignored" in valid.stderr
+    assert broken.exit_code == 78
+    assert "realtime.temprature" in broken.stderr and broken.stdout == ""
+
+
 def test_check_of_the_echo_provider_needs_no_key_and_connects_nowhere(tmp_path: Path) -> None:
     config = write_config(tmp_path, 'provider = "echo"\n')
 

@@ -44,12 +44,13 @@ def one(settings: dict[str, list[str]], key: str) -> str:
 
 @pytest.fixture
 def checkable_unit(tmp_path: Path) -> Path:
-    """The unit with ExecStart pointing at an existing program (verify insists on one)."""
+    """The unit with ExecStart and ExecReload pointing at an existing program (verify insists
+    on one)."""
     fake_talkbox = tmp_path / "venv" / "bin" / "talkbox"
     fake_talkbox.parent.mkdir(parents=True)
     fake_talkbox.symlink_to("/bin/true")
     text = UNIT.read_text()
-    assert text.count("/opt/talkbox/venv/bin/talkbox") == 1
+    assert text.count("/opt/talkbox/venv/bin/talkbox") == 2
     unit = tmp_path / "talkbox.service"
     unit.write_text(text.replace("/opt/talkbox/venv/bin/talkbox", str(fake_talkbox)))
     return unit
@@ -101,7 +102,6 @@ def test_service_settings() -> None:
         "Type": "notify",
         "NotifyAccess": "main",
         "ExecStart": EXEC_START,
-        "ExecReload": "/bin/kill -HUP $MAINPID",
         "WatchdogSec": "30",
         "Restart": "on-failure",
         "RestartSec": "5",
@@ -118,6 +118,11 @@ def test_service_settings() -> None:
         "MemoryDenyWriteExecute": "yes",
     }
     assert {key: one(settings, key) for key in expected} == expected
+    # Check the file (a broken one fails the reload), then tell the daemon.
+    assert settings["ExecReload"] == [
+        "/opt/talkbox/venv/bin/talkbox check --quiet --config /etc/talkbox/config.toml",
+        "/bin/kill -HUP $MAINPID",
+    ]
     assert int(one(settings, "StartLimitBurst")) > 1
     assert int(one(settings, "StartLimitIntervalSec")) > 0
 
