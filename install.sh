@@ -298,20 +298,22 @@ install_unit() {
     did "installed $UNIT_DEST"
 }
 
+enable_unit() {
+    if systemctl is-enabled --quiet "$UNIT_NAME" 2>/dev/null; then
+        unchanged "$UNIT_NAME is enabled"
+    else
+        systemctl enable --quiet "$UNIT_NAME"
+        did "enabled $UNIT_NAME (starts at boot)"
+    fi
+}
+
 start_service() {
     local unit_changed=$1 changes_before_service=$2
     step "Service"
     if ! systemd_running; then
         # E.g. a chroot building a Pi's SD card image: enabling only makes symlinks, and
         # works offline, so the speaker starts when that system first boots.
-        if command -v systemctl >/dev/null; then
-            if systemctl is-enabled --quiet "$UNIT_NAME" 2>/dev/null; then
-                unchanged "$UNIT_NAME is enabled"
-            else
-                systemctl enable --quiet "$UNIT_NAME"
-                did "enabled $UNIT_NAME (starts when this system boots with systemd)"
-            fi
-        fi
+        if command -v systemctl >/dev/null; then enable_unit; fi
         note "systemd is not running on this machine (no /run/systemd/system), so the service"
         note "is installed but not started. To run talkbox in the foreground:"
         note "    $FOREGROUND_COMMAND"
@@ -323,12 +325,7 @@ start_service() {
         systemctl daemon-reload
         did "reloaded systemd"
     fi
-    if systemctl is-enabled --quiet "$UNIT_NAME"; then
-        unchanged "$UNIT_NAME is enabled"
-    else
-        systemctl enable --quiet "$UNIT_NAME"
-        did "enabled $UNIT_NAME (starts at boot)"
-    fi
+    enable_unit
     if ! systemctl is-active --quiet "$UNIT_NAME"; then
         systemctl start "$UNIT_NAME"
         did "started $UNIT_NAME"
