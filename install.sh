@@ -112,11 +112,11 @@ require_python() {
 }
 
 # sha256 of everything pip builds the package from, so the venv is rebuilt exactly when
-# the source changed.
+# the source or the pinned dependencies changed.
 source_hash() {
     (
         cd "$CHECKOUT"
-        local -a roots=(pyproject.toml daemon)
+        local -a roots=(pyproject.toml requirements daemon)
         [[ -f README.md ]] && roots+=(README.md)
         find "${roots[@]}" -type f \
             ! -path '*/__pycache__/*' ! -path '*.egg-info/*' ! -name '*.pyc' |
@@ -128,6 +128,33 @@ source_hash() {
 }
 
 file_hash() { sha256sum <"$1" | cut -d' ' -f1; }
+
+# Installs exactly the pinned dependencies in LOCK, then the package PACKAGE (a directory,
+# or "-e DIR"), into VENV, and removes whatever else an older install left there. --no-deps:
+# the lock already holds every package needed, and leaves out what openwakeword declares but
+# talkbox never runs (see requirements/lock.py). --use-pep517 builds the sdists (PyAudio,
+# systemd-python) as wheels, which pip caches, instead of the deprecated `setup.py install`,
+# with the build tools pinned in requirements/build.txt.
+pip_install_locked() {
+    local venv=$1 lock=$2
+    shift 2
+    local -a pip=(env "PIP_CONSTRAINT=$CHECKOUT/requirements/build.txt" "$venv/bin/python" -m pip
+                  --no-input --disable-pip-version-check)
+    "${pip[@]}" install --quiet --no-deps --use-pep517 -r "$lock"
+    "${pip[@]}" install --quiet --no-deps --use-pep517 "$@"
+    local -a stale
+    mapfile -t stale < <(LC_ALL=C comm -23 \
+        <("${pip[@]}" list --format=freeze --exclude pip --exclude setuptools \
+              --exclude talkbox | canonical_names) \
+        <(grep -v '^#' "$lock" | canonical_names))
+    if ((${#stale[@]} > 0)); then
+        "${pip[@]}" uninstall --quiet --yes "${stale[@]}"
+        note "removed packages no longer needed: ${stale[*]}"
+    fi
+}
+
+# "Foo_Bar.baz==1.0" -> "foo-bar-baz" (PEP 503 names), sorted, for comparing package lists.
+canonical_names() { sed -E 's/[=<>!~;[ ].*//; s/[-_.]+/-/g' | tr '[:upper:]' '[:lower:]' | LC_ALL=C sort -u; }
 
 # Makes a directory with the given owner and mode, or says it already is so.
 ensure_dir() {
@@ -197,7 +224,7 @@ install_venv() {
     [[ -f $CHECKOUT/README.md ]] && cp -a "$CHECKOUT/README.md" "$stage/"
     find "$stage" \( -name '__pycache__' -o -name '*.egg-info' \) -prune -exec rm -rf {} +
     note "installing talkbox and its dependencies (this takes a while on a Pi)"
-    "$VENV/bin/python" -m pip install --quiet --no-input --disable-pip-version-check "$stage"
+    pip_install_locked "$VENV" "$CHECKOUT/requirements/daemon.txt" "$stage"
     rm -rf "$stage"
     trap - EXIT
     printf '%s\n' "$wanted_hash" >"$SOURCE_HASH_FILE"
@@ -478,21 +505,20 @@ dev_setup() {
     step "Python environment $CHECKOUT/.venv"
     require_python python3
     local venv=$CHECKOUT/.venv
-    local wanted_hash
-    wanted_hash=$(file_hash "$CHECKOUT/pyproject.toml")
-    if [[ -f $venv/.pyproject-hash && $(<"$venv/.pyproject-hash") == "$wanted_hash" ]] &&
+    local lock=$CHECKOUT/requirements/dev.txt wanted_hash
+    wanted_hash=$(cat "$CHECKOUT/pyproject.toml" "$CHECKOUT"/requirements/*.txt | sha256sum | cut -d' ' -f1)
+    if [[ -f $venv/.dependencies-hash && $(<"$venv/.dependencies-hash") == "$wanted_hash" ]] &&
         "$venv/bin/python" -c 'import talkbox' 2>/dev/null; then
-        unchanged ".venv is up to date with pyproject.toml (editable install)"
+        unchanged ".venv is up to date with pyproject.toml and requirements/ (editable install)"
         return
     fi
     if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then
         python3 -m venv "$venv"
         did "made .venv ($(python3 --version))"
     fi
-    (cd "$CHECKOUT" && "$venv/bin/python" -m pip install --quiet --no-input \
-        --disable-pip-version-check -e '.[dev]')
-    printf '%s\n' "$wanted_hash" >"$venv/.pyproject-hash"
-    did "installed talkbox (editable) with the dev tools into .venv"
+    pip_install_locked "$venv" "$lock" -e "$CHECKOUT"
+    printf '%s\n' "$wanted_hash" >"$venv/.dependencies-hash"
+    did "installed talkbox (editable) with the pinned dev tools into .venv"
 }
 
 run_checks() {

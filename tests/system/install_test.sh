@@ -52,7 +52,7 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$COPY"
-copied=(install.sh pyproject.toml daemon config systemd)
+copied=(install.sh pyproject.toml requirements daemon config systemd)
 [[ -f $REPO/README.md ]] && copied+=(README.md)
 (cd "$REPO" && tar --exclude='*.egg-info' --exclude=__pycache__ -cf - "${copied[@]}") |
     tar -xf - -C "$COPY"
@@ -121,6 +121,20 @@ check "the venv is built on Debian's /usr/bin/python3" \
     /opt/talkbox/venv/bin/python -c 'import sys; sys.exit(sys.base_prefix != "/usr")'
 check "the user talkbox can import the package" runuser -u talkbox -- /opt/talkbox/venv/bin/python -c 'import talkbox'
 check "source hash recorded" test -s /opt/talkbox/.source-hash
+# The venv holds the pinned packages and nothing else (pip, setuptools and talkbox aside).
+installed_packages() {
+    /opt/talkbox/venv/bin/python -m pip list --format=freeze --exclude pip --exclude setuptools \
+        --exclude talkbox 2>/dev/null | tr '[:upper:]_' '[:lower:]-' | LC_ALL=C sort
+}
+check "the venv holds exactly requirements/daemon.txt" \
+    test "$(installed_packages)" = "$(grep -v '^#' "$COPY/requirements/daemon.txt" | LC_ALL=C sort)"
+check "openwakeword's ONNX runtime, SciPy and scikit-learn are not installed" \
+    test -z "$(ls -d /opt/talkbox/venv/lib/python3.*/site-packages/{onnxruntime,scipy,sklearn} 2>/dev/null)"
+check "the wake model loads and scores in the installed venv, as the user talkbox" \
+    quietly runuser -u talkbox -- /opt/talkbox/venv/bin/python -c \
+    'import numpy; from talkbox.wake import WakeWordDetector as D; d = D(["hey_jarvis"]); d.process(numpy.zeros(1280, numpy.int16)); print(d.last_scores)'
+check "pip printed no deprecation warning (sdists are built as wheels)" \
+    bash -c "! grep -qi deprecat '$SCRATCH/1.log'"
 check "it says systemd is not running" said "$SCRATCH/1.log" "systemd is not running"
 check "the unit is enabled all the same (an SD image built in a chroot starts it at boot)" \
     test "$(readlink "$BOOT_LINK")" = "$UNIT"
@@ -166,7 +180,22 @@ check "next re-run changes nothing" test "$before" = "$(snapshot)"
 echo "== the source changes"
 old_hash=$(</opt/talkbox/.source-hash)
 printf '\n# changed by the install test\n' >>"$COPY/daemon/talkbox/__init__.py"
+# A package an older install needed and the pins no longer list: the update removes it.
+leftover_wheel=$SCRATCH/leftover_from_an_old_install-1-py3-none-any.whl
+/opt/talkbox/venv/bin/python - "$leftover_wheel" <<'PY'
+import sys, zipfile
+info = "leftover_from_an_old_install-1.dist-info"
+with zipfile.ZipFile(sys.argv[1], "w") as wheel:
+    wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: leftover-from-an-old-install\nVersion: 1\n")
+    wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: install_test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    wheel.writestr(f"{info}/RECORD", "")
+PY
+quietly /opt/talkbox/venv/bin/python -m pip install --quiet --no-deps "$leftover_wheel"
 run_install "re-run with new source exits 0" "$SCRATCH/6.log"
+check "a package the pins no longer list is removed" said "$SCRATCH/6.log" \
+    "removed packages no longer needed: leftover-from-an-old-install"
+check "the venv holds exactly requirements/daemon.txt again" \
+    test "$(installed_packages)" = "$(grep -v '^#' "$COPY/requirements/daemon.txt" | LC_ALL=C sort)"
 check "the package is reinstalled" said "$SCRATCH/6.log" "installed talkbox from"
 check "the new source is what is installed" \
     grep -qF "# changed by the install test" /opt/talkbox/venv/lib/python3.*/site-packages/talkbox/__init__.py

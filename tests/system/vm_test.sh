@@ -238,7 +238,7 @@ install_in_tree() {
     local source=$TREE/tmp/talkbox-src
     rm -rf "$source"
     mkdir -p "$source"
-    local -a copied=(install.sh pyproject.toml daemon config systemd)
+    local -a copied=(install.sh pyproject.toml requirements daemon config systemd)
     [[ -f $REPO/README.md ]] && copied+=(README.md)
     (cd "$REPO" && tar --exclude='*.egg-info' --exclude=__pycache__ -cf - "${copied[@]}") |
         tar -xf - -C "$source" || return 1
