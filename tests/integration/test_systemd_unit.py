@@ -149,7 +149,8 @@ def test_sandbox_keeps_alsa_and_the_network_reachable() -> None:
 
 # --- the libraries under the sandbox's rules ------------------------------------------------
 
-# Exercises what the daemon loads: the tflite wake models (XNNPACK delegate), numpy, soxr,
+# Exercises what the daemon loads, the way it loads it: the tflite wake models through
+# talkbox.wake (XNNPACK delegate; openwakeword without its ONNX runtime), numpy, soxr,
 # webrtcvad, PyAudio capture and callback playback over ALSA's file plugin, TLS, the journal.
 AUDIO_STACK_PROBE = r"""
 import ctypes, os, sys
@@ -168,17 +169,12 @@ if sys.argv[1] == "mdwe":
 
 import time
 import numpy as np
-import pyopen_wakeword
-from openwakeword.model import Model
-models = os.path.join(os.path.dirname(pyopen_wakeword.__file__), "models")
-model = Model(wakeword_models=[os.path.join(models, "hey_jarvis.tflite")],
-              inference_framework="tflite",
-              melspec_model_path=os.path.join(models, "melspectrogram.tflite"),
-              embedding_model_path=os.path.join(models, "embedding_model.tflite"))
+from talkbox.wake import WakeWordDetector
+detector = WakeWordDetector(["hey_jarvis"])
 noise = np.random.default_rng(0).normal(0, 300, 1280 * 25).astype(np.int16)
 for start in range(0, len(noise), 1280):
-    scores = model.predict(noise[start:start + 1280])
-assert 0.0 <= scores["hey_jarvis"] < 0.5, scores
+    detector.process(noise[start:start + 1280])
+assert 0.0 <= detector.last_scores["hey_jarvis"] < 0.5, detector.last_scores
 print("wake model ran")
 
 import soxr, webrtcvad
@@ -213,6 +209,7 @@ ssl.create_default_context()
 from systemd import journal, daemon
 journal.send("probe")
 print("tls and journal ran")
+assert not {"onnxruntime", "scipy", "sklearn"} & set(sys.modules), "the daemon never loads these"
 """
 
 PROBE_MARKERS = ["wake model ran", "soxr and webrtcvad ran", "pyaudio ran", "tls and journal ran"]
@@ -228,7 +225,7 @@ def probe_environment(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     )
     probe = tmp_path / "probe.py"
     probe.write_text(AUDIO_STACK_PROBE)
-    # HOME in the scratch dir: onnxruntime, imported by openwakeword, writes a cache there.
+    # HOME in the scratch dir: nothing the daemon loads may write to the owner's home.
     environ = {**os.environ, "ALSA_CONFIG_PATH": str(alsa_conf), "HOME": str(tmp_path)}
     environ.pop("NOTIFY_SOCKET", None)
     return probe, environ
@@ -259,10 +256,9 @@ def syscall_group(name: str) -> frozenset[str]:
     return frozenset(calls)
 
 
-# Seen outside the filter, all harmless as EPERM: OpenBLAS's mbind() (result ignored);
-# libjack's sched_setscheduler() while PortAudio probes for a JACK server the Pi does not
-# run; SQLite's fchown() of onnxruntime's telemetry database, issued only as root.
-KNOWN_REFUSED = frozenset({"mbind", "sched_setscheduler", "fchown"})
+# Seen outside the filter, both harmless as EPERM: OpenBLAS's mbind() (result ignored);
+# libjack's sched_setscheduler() while PortAudio probes for a JACK server the Pi does not run.
+KNOWN_REFUSED = frozenset({"mbind", "sched_setscheduler"})
 
 
 def test_audio_stack_stays_inside_the_system_call_filter(

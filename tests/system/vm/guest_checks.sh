@@ -83,6 +83,12 @@ check "it is held by a process of talkbox.service (sandbox lets /dev/snd through
 echo "capture owner: $(capture_owner); unit processes: $(unit_pids | tr '\n' ' ')"
 check "the daemon runs as the user talkbox" \
     bash -c "[[ \$(ps -o user= -p \$(systemctl show -p MainPID --value $UNIT)) == talkbox ]]"
+# Under the unit's system-call filter: openwakeword's ONNX runtime (which pins threads with
+# sched_setaffinity, a call the filter refuses) is neither installed nor loaded.
+check "the daemon has the wake model's tflite runtime loaded and no ONNX runtime" \
+    bash -c "maps=/proc/\$(systemctl show -p MainPID --value $UNIT)/maps; grep -q tflite_runtime \$maps && ! grep -qi onnxruntime \$maps"
+check "the ONNX runtime is not installed" \
+    bash -c "! ls -d /opt/talkbox/venv/lib/python3*/site-packages/onnxruntime 2>/dev/null"
 
 # --- b. a conversation, started by talkbox ctl wake ---------------------------------------------
 log "b. talkbox ctl"
