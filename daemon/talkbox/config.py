@@ -256,7 +256,7 @@ class RealtimeConfig(_Section):
     endpoint: Annotated[StrictStr, AfterValidator(_require_endpoint_url)] = ""
     deployment: StrictStr = ""
     model: NonEmptyStr = "gpt-realtime"
-    api_version: Annotated[StrictStr, AfterValidator(_require_api_version)] = "2024-10-01-preview"
+    api_version: Annotated[StrictStr, AfterValidator(_require_api_version)] = ""
     voice: NonEmptyStr = "alloy"
     instructions: StrictStr = DEFAULT_INSTRUCTIONS
     temperature: Annotated[float, _between(0.6, 1.2)] = 0.8
@@ -521,6 +521,12 @@ def config_warnings(cfg: Config) -> list[str]:
             warnings.append('realtime.deployment is ignored: it is for provider = "azure"')
         if realtime.api_version != defaults.api_version:
             warnings.append('realtime.api_version is ignored: it is for provider = "azure"')
+    if realtime.provider == "azure" and realtime.uses_preview_protocol:
+        warnings.append(
+            f'realtime.api_version = "{realtime.api_version}" selects the preview protocol, '
+            "which Azure deprecated on 2026-04-30: move the deployment to a GA realtime model "
+            'and set api_version = ""'
+        )
     if realtime.provider == "azure" and realtime.model != defaults.model:
         warnings.append("realtime.model is ignored with Azure: realtime.deployment names the model")
     if turn.threshold != TurnConfig().threshold and turn.detection != "server_vad":

@@ -120,6 +120,35 @@ def test_check_warns_about_settings_that_have_no_effect(tmp_path: Path) -> None:
     assert "warning: realtime.temperature is ignored" in run.stderr
 
 
+SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "config" / "talkbox.toml"
+
+
+def test_an_azure_owner_who_sets_no_api_version_lands_on_ga(tmp_path: Path) -> None:
+    # The shipped file, switched to Azure as its header says, with api_version left as shipped.
+    shipped = SHIPPED_CONFIG.read_text()
+    config = tmp_path / "talkbox.toml"
+    config.write_text(shipped.replace('provider = "echo"', 'provider = "azure"', 1)
+                      .replace('endpoint = ""', 'endpoint = "https://contoso.openai.azure.com"', 1)
+                      .replace('deployment = ""', 'deployment = "gpt-realtime"', 1))
+
+    run = talkbox("check", "--config", str(config), env={"TALKBOX_API_KEY": API_KEY})
+
+    assert run.exit_code == 0, run.stderr
+    assert settings_of(run)["realtime.api_version"] == ""
+    assert run.stderr == ""  # in particular, no warning about a deprecated protocol
+
+
+def test_check_warns_that_the_preview_protocol_is_deprecated(tmp_path: Path) -> None:
+    table = REALTIME_TABLES["azure-preview"].format(url="http://127.0.0.1:9")
+    config = write_config(tmp_path, table)
+
+    run = talkbox("check", "--config", str(config), env={"TALKBOX_API_KEY": API_KEY})
+
+    assert run.exit_code == 0, run.stderr
+    assert ('warning: realtime.api_version = "2024-10-01-preview" selects the preview protocol, '
+            "which Azure deprecated on 2026-04-30") in run.stderr
+
+
 def test_check_quiet_prints_only_warnings_and_fails_on_problems(tmp_path: Path) -> None:
     table = REALTIME_TABLES["azure-ga"].format(url="http://127.0.0.1:9")
     config = write_config(tmp_path, f"{table}temperature = 1.0\n")

@@ -56,7 +56,7 @@ def test_an_empty_file_gives_every_default() -> None:
     cfg = parse_config("", "empty.toml")
     assert cfg == Config()
     assert cfg.realtime.provider == "echo"
-    assert cfg.realtime.api_version == "2024-10-01-preview"
+    assert cfg.realtime.api_version == ""  # GA: the preview protocol is deprecated
     assert cfg.turn.silence_duration_ms == 500
     assert cfg.audio.input_rate == 16000
     assert cfg.audio.output_rate == 24000
@@ -409,10 +409,17 @@ AZURE = '[realtime]\nprovider = "azure"\nendpoint = "https://contoso.openai.azur
         'deployment = "gpt-realtime"\n'
 
 
-def test_a_complete_azure_config_is_accepted() -> None:
+# The first preview protocol, which Azure deprecated: talkbox still speaks it, and warns.
+PREVIEW = AZURE + 'api_version = "2024-10-01-preview"\n'
+DEPRECATED = ('realtime.api_version = "2024-10-01-preview" selects the preview protocol, which '
+              "Azure deprecated")
+
+
+def test_a_complete_azure_config_is_accepted_and_speaks_ga() -> None:
     cfg = parse_config(AZURE, "azure.toml")
     assert cfg.realtime.endpoint == "https://contoso.openai.azure.com"
-    assert cfg.realtime.uses_preview_protocol
+    assert not cfg.realtime.uses_preview_protocol
+    assert parse_config(PREVIEW, "preview.toml").realtime.uses_first_preview_protocol
 
 
 def test_azure_needs_endpoint_and_deployment_pointing_at_the_provider_line() -> None:
@@ -582,22 +589,27 @@ def test_effective_settings_is_plain_json_and_rebuilds_the_config() -> None:
     [
         ('[realtime]\nprovider = "openai"\ntemperature = 1.0\n', ["realtime.temperature is "
                                                                   "ignored"]),
-        (AZURE + "temperature = 1.0\n", []),
-        (AZURE + 'api_version = ""\ntemperature = 1.0\n', ["realtime.temperature is ignored"]),
-        (AZURE + 'noise_reduction = "off"\n', ["realtime.noise_reduction is ignored"]),
-        (AZURE + 'api_version = ""\nnoise_reduction = "off"\n', []),
+        (PREVIEW + "temperature = 1.0\n", [DEPRECATED]),
+        (AZURE + "temperature = 1.0\n", ["realtime.temperature is ignored"]),
+        (PREVIEW + 'noise_reduction = "off"\n', ["realtime.noise_reduction is ignored",
+                                                  DEPRECATED]),
+        (AZURE + 'noise_reduction = "off"\n', []),
         (AZURE + 'model = "gpt-4o-realtime-preview"\n', ["realtime.model is ignored"]),
         ('[realtime]\nprovider = "openai"\ndeployment = "d"\n', ["realtime.deployment is "
                                                                  "ignored"]),
-        ('[realtime]\nprovider = "openai"\napi_version = ""\n', ["realtime.api_version is "
-                                                                 "ignored"]),
+        ('[realtime]\nprovider = "openai"\napi_version = "2025-04-01-preview"\n',
+         ["realtime.api_version is ignored"]),
         ("[turn]\nthreshold = 0.7\n", ["turn.threshold is ignored"]),
         ('[turn]\ndetection = "server_vad"\nthreshold = 0.7\n', []),
         ('[turn]\neagerness = "low"\n', ["turn.eagerness is ignored"]),
         ('[turn]\ndetection = "semantic_vad"\neagerness = "low"\n', []),
-        (AZURE + '[turn]\ndetection = "server_vad"\n', ['conversation.barge_in = "wake" cannot']),
-        (AZURE + '[turn]\ndetection = "server_vad"\n[conversation]\nbarge_in = "speech"\n', []),
-        (AZURE + 'api_version = "2025-04-01-preview"\n[turn]\ndetection = "server_vad"\n', []),
+        (AZURE + '[turn]\ndetection = "server_vad"\n', []),
+        (PREVIEW + '[turn]\ndetection = "server_vad"\n', [DEPRECATED,
+                                                          'conversation.barge_in = "wake" cannot']),
+        (PREVIEW + '[turn]\ndetection = "server_vad"\n[conversation]\nbarge_in = "speech"\n',
+         [DEPRECATED]),
+        (AZURE + 'api_version = "2025-04-01-preview"\n[turn]\ndetection = "server_vad"\n',
+         ['realtime.api_version = "2025-04-01-preview" selects the preview protocol']),
     ],
 )
 def test_settings_without_effect_are_warned_about(snippet: str, expected: list[str]) -> None:
