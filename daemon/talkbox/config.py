@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from talkbox.errors import ConfigError
+from talkbox.safe_text import mask_secret_parts
 
 DEFAULT_CONFIG_PATH = Path("/etc/talkbox/config.toml")
 OPENAI_DEFAULT_ENDPOINT = "https://api.openai.com/v1"
@@ -130,7 +131,8 @@ def _require_api_version(value: str) -> str:
             "api_version",
             'must be "" (GA protocol) or a date like "2025-04-01" or "2024-10-01-preview", '
             "got {got}",
-            {"got": json.dumps(value)},
+            # People paste a whole portal URL here, api-key= and all: never echo the key.
+            {"got": json.dumps(mask_secret_parts(value))},
         )
     return value
 
@@ -149,7 +151,8 @@ def _require_endpoint_url(value: str) -> str:
     """An endpoint must be https/wss; plain http/ws only to this machine (fake servers)."""
     if value == "":
         return value
-    shown = json.dumps(value)
+    # Azure portal URLs carry api-key=...: a value shown back has any key in it masked.
+    shown = json.dumps(mask_secret_parts(value))
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 -- raises ValueError on a malformed port
@@ -604,7 +607,8 @@ def _describe_input(value: Any, echo: bool) -> str:
     if isinstance(value, str):
         if not echo:
             return "got a string"
-        shown = value if len(value) <= 40 else value[:37] + "..."
+        masked = mask_secret_parts(value)
+        shown = masked if len(masked) <= 40 else masked[:37] + "..."
         return f"got the string {json.dumps(shown)}"
     if isinstance(value, list):
         return "got an array"

@@ -185,7 +185,9 @@ def test_check_connect_with_a_wrong_key_fails_with_the_401(tmp_path: Path) -> No
     assert run.seconds < BOUND_S
     [line] = run.stderr.strip().splitlines()
     assert line.startswith("talkbox: ")
-    assert "HTTP 401" in line and "check the key" in line
+    # Where this key came from, not a key file nobody configured.
+    assert "HTTP 401" in line and "check the key from TALKBOX_API_KEY" in line
+    assert "api_key_file" not in line
     assert [r.status for r in seen.rejected] == [401]
     assert seen.sessions == []
     assert "connected:" not in run.stdout

@@ -48,6 +48,7 @@ from talkbox.realtime.events import (
 from talkbox.secrets import ApiKey
 
 API_KEY = "sk-fake-realtime-key-0123456789"
+KEY_SOURCE = "TALKBOX_API_KEY"  # where the daemon found the key, as secrets.py names it
 SETTINGS = SessionSettings(
     voice="echo",
     instructions="Be brief.",
@@ -76,7 +77,7 @@ def endpoint_of(url_base: str, flavour: str, key: str = API_KEY) -> Endpoint:
         )
     else:
         cfg = RealtimeConfig(provider="openai", endpoint=f"{url_base}/v1", model="gpt-realtime")
-    return endpoint_for(cfg, ApiKey(key, "test"))
+    return endpoint_for(cfg, ApiKey(key, KEY_SOURCE))
 
 
 async def connect(
@@ -295,7 +296,9 @@ async def test_wrong_key_is_401_and_not_retryable() -> None:
                 await connect(endpoint)
             assert raised.value.status == 401
             assert not raised.value.retryable
-            assert "realtime.api_key_file" in str(raised.value)
+            # The advice names where this key came from, not a key file it never came from.
+            assert f"check the key from {KEY_SOURCE}" in str(raised.value)
+            assert "api_key_file" not in str(raised.value)
 
 
 async def test_unknown_deployment_is_404_naming_the_setting() -> None:
