@@ -11,16 +11,15 @@ The API key ends up in `Endpoint.headers` and nowhere else: not in the URL, not 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, urlencode, urlsplit
 
-from talkbox.config import OPENAI_DEFAULT_ENDPOINT, is_loopback_host
+from talkbox.config import OPENAI_DEFAULT_ENDPOINT, is_loopback_host, shown_value
 from talkbox.errors import ConfigError
 from talkbox.realtime.events import Dialect, SessionSettings, TurnDetection
-from talkbox.safe_text import MAX_PROSE_CHARS, mask_secret_parts, safe_line
+from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 
 if TYPE_CHECKING:
     from talkbox.config import Config, RealtimeConfig
@@ -155,8 +154,7 @@ def _websocket_base(endpoint: str) -> str:
     parts = urlsplit(endpoint.strip())
     scheme = _WS_SCHEMES.get(parts.scheme.lower())
     host = parts.hostname or ""
-    # Shown with any key pasted into it masked.
-    shown = json.dumps(mask_secret_parts(endpoint))
+    shown = shown_value(endpoint)
     if scheme is None or not host:
         raise ConfigError([f'realtime.endpoint: must be a URL like "https://HOST", got {shown}'])
     if parts.username is not None or parts.password is not None:
