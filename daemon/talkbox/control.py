@@ -61,7 +61,7 @@ def parse_request(line: bytes) -> tuple[str, list[str]]:
         raise ValueError('"args" must be a list of strings')
     unknown = sorted(set(request) - {"command", "args"})
     if unknown:
-        raise ValueError(f"unknown request fields: {', '.join(unknown)}")
+        raise ValueError(f"unknown request fields: {', '.join(map(safe_line, unknown))}")
     return command, args
 
 

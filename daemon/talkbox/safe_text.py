@@ -28,7 +28,8 @@ SHOWN_PREFIX_CHARS: Final = 3
 # A "key" this short is no real key, and masking it everywhere would garble every log line.
 MIN_REMEMBERED_SECRET_CHARS: Final = 8
 
-_remembered_secrets: set[str] = set()
+# Replaced, never changed in place: log lines from other threads read it while a reload adds.
+_remembered_secrets: frozenset[str] = frozenset()
 
 # Shapes of credentials people paste into a config file: OpenAI keys (sk-..., sk-proj-...),
 # Azure keys (32 hex digits, or the newer long alphanumeric ones), bearer tokens (JWT), and
@@ -54,8 +55,9 @@ def mask_secret(value: str) -> str:
 
 def remember_secret(value: str) -> None:
     """From now on, `redact_secrets` masks `value` wherever it appears."""
+    global _remembered_secrets
     if len(value) >= MIN_REMEMBERED_SECRET_CHARS:
-        _remembered_secrets.add(value)
+        _remembered_secrets = _remembered_secrets | {value}
 
 
 def redact_secrets(text: str) -> str:
