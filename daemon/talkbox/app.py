@@ -58,6 +58,7 @@ from talkbox.errors import (
     ServerErrorEvent,
 )
 from talkbox.realtime.events import ClientEvent, ServerEvent
+from talkbox.safe_text import safe_line
 from talkbox.vad import SpeechAudio as GateSpeechAudio
 from talkbox.vad import SpeechEnded, SpeechGate, SpeechStarted, VoiceActivity
 from talkbox.wake import GatedWakeDetector, WakeWordDetector
@@ -425,7 +426,10 @@ class Daemon:
     def _fail(self, conversation: int, error: BaseException) -> None:
         if not isinstance(error, RealtimeError):
             log.debug("unexpected failure in the connection", exc_info=error)
-            error = RealtimeError(f"unexpected failure: {type(error).__name__}: {error}")
+            # A library's text may quote what the peer sent.
+            error = RealtimeError(
+                f"unexpected failure: {type(error).__name__}: {safe_line(str(error))}"
+            )
         if conversation == self.machine.conversation and self.machine.state is not State.IDLE:
             self._last_failure = error
         self.step(ConnectionFailed(conversation, error))

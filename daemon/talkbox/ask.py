@@ -36,6 +36,7 @@ from talkbox.realtime.events import (
     TranscriptDone,
     Usage,
 )
+from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 from talkbox.secrets import ApiKey
 
 REPLY_RATE = 24000
@@ -107,7 +108,10 @@ async def _collect(events: AsyncIterator[ServerEvent], answer: Answer) -> None:
                 raise ServerErrorEvent(
                     event.error_code or event.status, f"the response ended {event.status}: {detail}"
                 )
-            answer.transcript = answer.transcript or "".join(transcript_parts)
+            # Deltas are raw peer text (see protocol.py); cleaned once joined.
+            answer.transcript = answer.transcript or safe_line(
+                "".join(transcript_parts), MAX_PROSE_CHARS
+            )
             return
     raise RealtimeError("the session ended before the answer was complete")
 
@@ -118,12 +122,10 @@ def _answer_error(event: ServerError) -> ServerErrorEvent:
         advice = "retrying will not help: check the [realtime] settings and the API key"
     else:
         advice = "this is usually temporary: try again in a moment"
-    # The message is the peer's text: keep it on one line.
-    said = " ".join(event.message.split())
     return ServerErrorEvent(
         event.code,
         f"the service answered with an error instead of a response: "
-        f"{event.code or event.error_type}: {said}; {advice}",
+        f"{event.code or event.error_type}: {event.message}; {advice}",
         event.error_type,
     )
 

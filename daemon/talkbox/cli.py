@@ -25,6 +25,7 @@ from talkbox.config import (
     load_config,
 )
 from talkbox.errors import EX_CONFIG, ConfigError, TalkboxError
+from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 from talkbox.secrets import ApiKey, resolve_api_key
 
 EXIT_FAILURE = 1
@@ -134,18 +135,20 @@ def _check(args: argparse.Namespace) -> int:
         from talkbox.realtime.endpoint import endpoint_for
 
         settings["realtime"]["connects_to"] = endpoint_for(cfg.realtime, key).description
-    print(f"config {args.config or DEFAULT_CONFIG_PATH}: valid")
+    print(f"config {safe_line(str(args.config or DEFAULT_CONFIG_PATH))}: valid")
     for table, values in settings.items():
         print(f"[{table}]")
         for name, value in values.items():
-            print(f"{name} = {json.dumps(value) if not isinstance(value, str) else value}")
+            # Values are shown, never run: an escape sequence in one must not reach the terminal.
+            shown = value if isinstance(value, str) else json.dumps(value)
+            print(f"{name} = {safe_line(shown, MAX_PROSE_CHARS)}")
     _print_warnings(cfg)
     if args.connect:
         if key is None:
             print("--connect: the echo provider has no service to connect to; nothing to check")
             return 0
         description = asyncio.run(_connect_once(cfg, key))
-        print(f"connected: {description}")
+        print(f"connected: {safe_line(description, MAX_PROSE_CHARS)}")
     return 0
 
 

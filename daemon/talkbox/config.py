@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from talkbox.errors import ConfigError
+from talkbox.safe_text import mask_secret_parts, safe_line
 
 DEFAULT_CONFIG_PATH = Path("/etc/talkbox/config.toml")
 OPENAI_DEFAULT_ENDPOINT = "https://api.openai.com/v1"
@@ -82,6 +83,12 @@ def _between(low: float, high: float) -> AfterValidator:
         return value
 
     return AfterValidator(check)
+
+
+def shown_value(value: str) -> str:
+    """A string value as a message quotes it: in double quotes, escapes visible, any
+    credential-like part masked (people paste whole portal URLs, api-key= and all)."""
+    return safe_line(json.dumps(mask_secret_parts(value), ensure_ascii=False))
 
 
 def _require_non_empty(value: str) -> str:
@@ -130,7 +137,7 @@ def _require_api_version(value: str) -> str:
             "api_version",
             'must be "" (GA protocol) or a date like "2025-04-01" or "2024-10-01-preview", '
             "got {got}",
-            {"got": json.dumps(value)},
+            {"got": shown_value(value)},
         )
     return value
 
@@ -149,7 +156,7 @@ def _require_endpoint_url(value: str) -> str:
     """An endpoint must be https/wss; plain http/ws only to this machine (fake servers)."""
     if value == "":
         return value
-    shown = json.dumps(value)
+    shown = shown_value(value)
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 -- raises ValueError on a malformed port
@@ -610,8 +617,9 @@ def _describe_input(value: Any, echo: bool) -> str:
     if isinstance(value, str):
         if not echo:
             return "got a string"
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"got the string {json.dumps(shown)}"
+        shown = shown_value(value)
+        shown = shown if len(shown) <= 42 else shown[:38] + '..."'
+        return f"got the string {shown}"
     if isinstance(value, list):
         return "got an array"
     if isinstance(value, dict):

@@ -7,8 +7,10 @@ one JSON line `{"command": "...", "args": [...]}` and gets one JSON line back:
 The daemon decides what commands mean: `ControlServer` passes (command, args) to its handler
 and answers whatever the handler returns. The server itself only guards the daemon: a request
 larger than `max_request_bytes` or slower than `read_timeout` is answered with an error and
-dropped, at most `max_clients` are served at once, and a failing handler becomes an error
-reply, never a crash.
+dropped, at most `max_clients` are served at once, a failing handler becomes an error reply,
+never a crash, and no reply is longer than `MAX_REPLY_BYTES`. Each side treats what the other
+sent as outside text: shown only through `safe_text.safe_line`, and a reply line longer than
+the limit is a clear error for `talkbox ctl`, not a broken one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from talkbox.errors import TalkboxError
+from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 
 _log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def parse_request(line: bytes) -> tuple[str, list[str]]:
         raise ValueError('"args" must be a list of strings')
     unknown = sorted(set(request) - {"command", "args"})
     if unknown:
-        raise ValueError(f"unknown request fields: {', '.join(unknown)}")
+        raise ValueError(f"unknown request fields: {', '.join(map(safe_line, unknown))}")
     return command, args
 
 
@@ -213,11 +216,13 @@ class ControlServer:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            _log.exception("control command %r failed", command)
-            return _error_reply(f"{command} failed: {error}")
+            _log.exception("control command %s failed", safe_line(command))
+            return _error_reply(f"{safe_line(command)} failed: {safe_line(str(error))}")
         if not isinstance(result, dict):
-            _log.error("control handler returned %r for %r, not a dict", result, command)
-            return _error_reply(f"{command} failed: the daemon gave no answer")
+            _log.error(
+                "control handler returned %r for %s, not a dict", result, safe_line(command)
+            )
+            return _error_reply(f"{safe_line(command)} failed: the daemon gave no answer")
         return {"ok": True, **result} if "ok" not in result else result
 
     async def _discard_input(self, reader: asyncio.StreamReader) -> None:
@@ -238,6 +243,10 @@ class ControlServer:
         except (TypeError, ValueError):
             _log.error("control reply is not JSON-serialisable: %r", reply)
             data = encode_message(_error_reply("the daemon's answer could not be encoded"))
+        if len(data) > MAX_REPLY_BYTES:
+            # The client could not read it; say so instead of sending a line it must reject.
+            _log.error("control reply of %d bytes is over the limit; not sent", len(data))
+            data = encode_message(_error_reply("the daemon's answer was too long to send"))
         writer.write(data)
         async with asyncio.timeout(self._read_timeout):
             await writer.drain()
@@ -273,7 +282,14 @@ async def send_command(
             reader, writer = await asyncio.open_unix_connection(path, limit=MAX_REPLY_BYTES)
             writer.write(request)
             await writer.drain()
-            line = await reader.readline()
+            line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as error:
+        line = error.partial  # closed without a newline: judge what came
+    except asyncio.LimitOverrunError:
+        raise TalkboxError(
+            f"the reply on {path} is longer than {MAX_REPLY_BYTES} bytes, so it is not "
+            "talkbox's; check that [control] socket names talkbox's socket"
+        ) from None
     except TimeoutError:
         raise TalkboxError(f"talkbox did not answer on {path} within {timeout:g} s") from None
     except (FileNotFoundError, ConnectionRefusedError):
@@ -299,7 +315,18 @@ async def send_command(
         reply = None
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise TalkboxError(f"talkbox sent an invalid reply on {path}")
-    return reply
+    return _safe_reply(reply)
+
+
+def _safe_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """The reply with its text made safe to print: names and text values each one safe line."""
+    safe: dict[str, Any] = {}
+    for name, value in reply.items():
+        if not isinstance(value, bool | int | float) and value is not None:
+            text = value if isinstance(value, str) else json.dumps(value)
+            value = safe_line(text, MAX_PROSE_CHARS)
+        safe[safe_line(name)] = value
+    return safe
 
 
 def send_command_sync(

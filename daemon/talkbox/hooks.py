@@ -18,6 +18,8 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 
+from talkbox.safe_text import safe_line
+
 _log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_LIMIT = 2048
@@ -44,8 +46,8 @@ def hook_environment(base: Mapping[str, str], state: str) -> dict[str, str]:
 
 
 def _shorten(output: bytes, limit: int) -> str:
-    text = output.decode("utf-8", errors="replace").strip()
-    return text if len(text) <= limit else text[:limit] + "…"
+    # The hook's output is not ours: one safe line, like everything else from outside.
+    return safe_line(output.decode("utf-8", errors="replace"), limit)
 
 
 class StateHook:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from talkbox.config import RealtimeConfig
 from talkbox.errors import ConfigError
+from talkbox.safe_text import mask_secret, remember_secret
 
 # Where install.sh stores the key (root-only); the unit passes it in as a credential.
 INSTALLED_KEY_FILE = Path("/etc/talkbox/api-key")
@@ -23,9 +24,6 @@ ENV_VAR = "TALKBOX_API_KEY"
 CREDENTIAL_NAME = "api-key"
 # Real keys are well under 1 KiB; a bigger file is the wrong file (and is not read whole).
 MAX_KEY_FILE_BYTES = 4096
-# Below this length even a 3-character prefix gives away too much of the key.
-MIN_LENGTH_TO_SHOW_PREFIX = 16
-SHOWN_PREFIX_CHARS = 3
 
 _log = logging.getLogger(__name__)
 
@@ -39,13 +37,18 @@ _HOW_TO_PROVIDE = (
 
 
 class ApiKey:
-    """A secret API key. str() and repr() show a mask; `reveal()` gives the value."""
+    """A secret API key. str() and repr() show a mask; `reveal()` gives the value.
+
+    Making one also makes every log line and every text from the service mask this value
+    (`safe_text.remember_secret`): a 401 body or an error message quoting it shows the mask.
+    """
 
     __slots__ = ("_value", "source")
 
     def __init__(self, value: str, source: str) -> None:
         self._value = value
         self.source = source
+        remember_secret(value)
 
     def reveal(self) -> str:
         """The key itself: only for putting it into a request header."""
@@ -53,9 +56,7 @@ class ApiKey:
 
     def masked(self) -> str:
         """Like `sk-…(41 chars)`: at most the first 3 characters, and only of a long key."""
-        length = len(self._value)
-        prefix = self._value[:SHOWN_PREFIX_CHARS] if length >= MIN_LENGTH_TO_SHOW_PREFIX else ""
-        return f"{prefix}…({length} chars)"
+        return mask_secret(self._value)
 
     def __repr__(self) -> str:
         return self.masked()

@@ -32,6 +32,7 @@ from talkbox.hooks import StateHook
 from talkbox.realtime.connection import open_session
 from talkbox.realtime.echo import open_echo_session
 from talkbox.realtime.endpoint import endpoint_for, session_settings_for
+from talkbox.safe_text import safe_line
 from talkbox.secrets import ApiKey, resolve_api_key
 from talkbox.systemd import Notifier, WatchdogGate, setup_logging
 
@@ -362,7 +363,7 @@ class Service:
         if command == "stop":
             daemon.stop_conversation("talkbox ctl stop")
             return {"ok": True, "state": daemon.machine.state.value}
-        return {"ok": False, "error": f"unknown command {command!r}"}
+        return {"ok": False, "error": f"unknown command {safe_line(command)!r}"}
 
     def _mute_path(self) -> Path | None:
         state_dir = os.environ.get("STATE_DIRECTORY", "")

@@ -7,7 +7,8 @@ Owns:
 - `WatchdogGate`: pure decision whether a watchdog ping is deserved — only while the capture
   stream keeps delivering audio, so a stalled microphone makes systemd restart the daemon.
 - `setup_logging`: journald with structured fields when stderr is connected to the journal,
-  readable `key=value` lines on stderr otherwise.
+  readable `key=value` lines on stderr otherwise. Both mask the API key in every line and
+  field (`safe_text.redact_secrets`), whatever put it there.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TextIO
+
+from talkbox.safe_text import redact_secrets
 
 _log = logging.getLogger(__name__)
 
@@ -186,7 +189,10 @@ def _format_value(value: Any) -> str:
 
 
 class PlainFormatter(logging.Formatter):
-    """`2024-05-01 12:00:00.123 INFO talkbox.app: message KEY=value ...` on one line."""
+    """`2024-05-01 12:00:00.123 INFO talkbox.app: message KEY=value ...` on one line.
+
+    The API key is masked in the whole line, traceback included.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created).strftime("%Y-%m-%d %H:%M:%S")
@@ -201,7 +207,7 @@ class PlainFormatter(logging.Formatter):
             line += "\n" + self.formatException(record.exc_info)
         if record.stack_info:
             line += "\n" + self.formatStack(record.stack_info)
-        return line
+        return redact_secrets(line)
 
 
 def journal_fields(record: logging.LogRecord) -> dict[str, str]:
@@ -213,7 +219,7 @@ def journal_fields(record: logging.LogRecord) -> dict[str, str]:
     raises TypeError inside emit(). So only valid, non-reserved names go through, as text.
     """
     return {
-        name: str(value)
+        name: redact_secrets(str(value))
         for name, value in record_extras(record).items()
         if _JOURNAL_FIELD_NAME.fullmatch(name) and name not in _RESERVED_JOURNAL_FIELDS
     }
@@ -226,14 +232,15 @@ def _journal_handler_class() -> type[logging.Handler] | None:
         return None
 
     class JournalFieldsHandler(journal_handler_base):  # type: ignore[misc]  # base is Any
-        """JournalHandler that sends `extra=` fields as journal fields, and nothing else."""
+        """JournalHandler that sends `extra=` fields as journal fields, and nothing else;
+        the API key is masked in the message and in every field."""
 
         def emit(self, record: logging.LogRecord) -> None:
             try:
                 fields = dict(self._extra)
                 fields.update(journal_fields(record))
                 self.send(
-                    self.format(record),
+                    redact_secrets(self.format(record)),
                     PRIORITY=format(self.map_priority(record.levelno)),
                     LOGGER=record.name,
                     THREAD_NAME=str(record.threadName),

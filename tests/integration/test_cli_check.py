@@ -214,7 +214,45 @@ def test_check_connect_with_a_wrong_key_fails_with_the_401(tmp_path: Path) -> No
     assert run.seconds < BOUND_S
     [line] = run.stderr.strip().splitlines()
     assert line.startswith("talkbox: ")
-    assert "HTTP 401" in line and "check the key" in line
+    # Where this key came from, not a key file nobody configured.
+    assert "HTTP 401" in line and "check the key from TALKBOX_API_KEY" in line
+    assert "api_key_file" not in line
     assert [r.status for r in seen.rejected] == [401]
     assert seen.sessions == []
     assert "connected:" not in run.stdout
+
+
+# --- text that is not talkbox's -------------------------------------------------------------------
+
+RAW_CONTROLS = ("\x1b", "\x07", "\r", "\u202e")
+# TOML escapes: the file is plain text, the values hold raw control characters.
+HOSTILE_TOML = r"Be brief.\u001b[2J\u001b]0;pwned\u0007\r\n2099-01-01 ERROR talkbox: FAKE\u202e"
+
+
+def test_check_shows_escape_sequences_from_the_config_and_the_service_as_clean_text(
+    tmp_path: Path,
+) -> None:
+    with serving(API_KEY) as service:
+        # The service's session id is text it chose, printed by --connect.
+        service.call(lambda: setattr(service.server.faults, "session_id", "sess\x1b[2J\nFAKE"))
+        realtime = REALTIME_TABLES["openai"].format(url=service.url_base)
+        config = write_config(
+            tmp_path,
+            realtime + f'instructions = "{HOSTILE_TOML}"\n',
+            extra=f'[hooks]\non_state = ["/usr/bin/led", "{HOSTILE_TOML}"]\n',
+        )
+        run = talkbox(
+            "check", "--connect", "--config", str(config), env={"TALKBOX_API_KEY": API_KEY}
+        )
+
+    assert run.exit_code == 0, run.stderr
+    for char in RAW_CONTROLS:
+        assert char not in run.stdout + run.stderr, repr(char)
+    assert not any(line.startswith("2099-") for line in run.stdout.splitlines())
+    settings = settings_of(run)
+    # Shown, not obeyed: the text is all there, its control characters made harmless.
+    assert settings["realtime.instructions"] == (
+        "Be brief. [2J ]0;pwned 2099-01-01 ERROR talkbox: FAKE"
+    )
+    assert settings["hooks.on_state"].startswith('["/usr/bin/led", "Be brief.\\u001b[2J')
+    assert "session sess [2J FAKE (" in run.stdout

@@ -19,7 +19,7 @@ import pytest
 import trustme
 from websockets.asyncio.server import ServerConnection, serve
 
-from support.fake_realtime import FakeRealtimeServer
+from support.fake_realtime import FakeRealtimeServer, InjectedClose
 from talkbox.config import RealtimeConfig, parse_config
 from talkbox.errors import (
     ConnectFailed,
@@ -43,11 +43,13 @@ from talkbox.realtime.events import (
     ServerError,
     ServerEvent,
     SessionSettings,
+    SessionUpdate,
     TurnDetection,
 )
 from talkbox.secrets import ApiKey
 
 API_KEY = "sk-fake-realtime-key-0123456789"
+KEY_SOURCE = "TALKBOX_API_KEY"  # where the daemon found the key, as secrets.py names it
 SETTINGS = SessionSettings(
     voice="echo",
     instructions="Be brief.",
@@ -76,7 +78,7 @@ def endpoint_of(url_base: str, flavour: str, key: str = API_KEY) -> Endpoint:
         )
     else:
         cfg = RealtimeConfig(provider="openai", endpoint=f"{url_base}/v1", model="gpt-realtime")
-    return endpoint_for(cfg, ApiKey(key, "test"))
+    return endpoint_for(cfg, ApiKey(key, KEY_SOURCE))
 
 
 async def connect(
@@ -295,7 +297,9 @@ async def test_wrong_key_is_401_and_not_retryable() -> None:
                 await connect(endpoint)
             assert raised.value.status == 401
             assert not raised.value.retryable
-            assert "realtime.api_key_file" in str(raised.value)
+            # The advice names where this key came from, not a key file it never came from.
+            assert f"check the key from {KEY_SOURCE}" in str(raised.value)
+            assert "api_key_file" not in str(raised.value)
 
 
 async def test_unknown_deployment_is_404_naming_the_setting() -> None:
@@ -397,6 +401,43 @@ async def test_retired_beta_shape_is_refused_with_a_hint() -> None:
             await connect(beta)
     assert raised.value.code == "beta_api_shape_disabled"
     assert not raised.value.retryable
+
+
+@pytest.mark.parametrize("flavour", ["azure-ga", "openai"])
+async def test_close_4000_on_ga_names_the_refused_request_not_api_version(flavour: str) -> None:
+    async with FakeRealtimeServer(api_key=API_KEY) as server:
+        session = await connect(endpoint_of(server.url_base, flavour))
+        server.faults.close_after_session_updated = InjectedClose(
+            4000, "invalid_request_error.unknown_parameter"
+        )
+        # A second session.update is what makes the service close this time.
+        await session.send(SessionUpdate(SETTINGS))
+        with pytest.raises(ServerErrorEvent) as raised:
+            async for _ in session.events():
+                pass
+        await session.close()
+    message = str(raised.value)
+    assert raised.value.code == "unknown_parameter"
+    assert raised.value.error_type == "invalid_request_error"
+    assert not raised.value.retryable
+    assert "invalid_request_error.unknown_parameter" in message
+    assert "api_version" not in message  # GA already: removing it is no advice at all
+    assert "realtime.deployment (Azure) or realtime.model (OpenAI)" in message
+
+
+async def test_close_4000_on_the_preview_path_advises_the_ga_protocol() -> None:
+    async with FakeRealtimeServer(api_key=API_KEY) as server:
+        session = await connect(endpoint_of(server.url_base, "azure-preview"))
+        server.faults.close_after_session_updated = InjectedClose(
+            4000, "invalid_request_error.beta_api_shape_disabled"
+        )
+        await session.send(SessionUpdate(SETTINGS))
+        with pytest.raises(ServerErrorEvent) as raised:
+            async for _ in session.events():
+                pass
+        await session.close()
+    assert raised.value.code == "beta_api_shape_disabled"
+    assert 'set realtime.api_version = ""' in str(raised.value)
 
 
 # --- the session ending ---------------------------------------------------------------------------

@@ -1,13 +1,16 @@
-"""The control socket over a real unix socket: protocol, permissions, hostile clients."""
+"""The control socket over a real unix socket: protocol, permissions, hostile clients, and a
+hostile peer on the other end of `talkbox ctl`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import json
 import os
 import socket
 import stat
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from talkbox.control import ControlServer, parse_request, send_command, send_command_sync
+from talkbox.control import (
+    MAX_REPLY_BYTES,
+    ControlServer,
+    parse_request,
+    send_command,
+    send_command_sync,
+)
 from talkbox.errors import TalkboxError
 
 
@@ -289,3 +298,83 @@ def test_parse_request() -> None:
     assert parse_request(b'{"command": "mute", "args": ["5m"]}') == ("mute", ["5m"])
     with pytest.raises(ValueError, match="non-empty string"):
         parse_request(b'{"command": ""}')
+
+
+# --- a hostile peer: text from the other end is shown only as clean, bounded lines ---------------
+
+HOSTILE = "idle\x1b[2J\x1b]0;pwned\x07\r\n2099-01-01 00:00:00.000 ERROR talkbox: FAKE\u202e"
+
+
+async def answering(path: str, reply: bytes) -> asyncio.Server:
+    """A unix socket server that answers every connection with `reply`, whatever was asked."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(reply)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_unix_server(answer, path=path)
+
+
+async def talkbox_ctl(path: str) -> tuple[int, str, str]:
+    """`talkbox ctl status --socket PATH` as its own process: (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "talkbox.cli", "ctl", "status", "--socket", path,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+
+
+async def test_talkbox_ctl_reads_a_reply_over_the_limit_as_a_clear_error(
+    socket_dir: Path,
+) -> None:
+    path = str(socket_dir / "huge.sock")
+    line = json.dumps({"ok": True, "last_error": HOSTILE + "x" * 2 * 2**20}).encode() + b"\n"
+    assert len(line) > MAX_REPLY_BYTES
+    server = await answering(path, line)
+    try:
+        code, stdout, stderr = await talkbox_ctl(path)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert code == 1
+    assert stdout == ""
+    [message] = stderr.splitlines()
+    assert f"longer than {MAX_REPLY_BYTES} bytes" in message, message
+    assert "Separator" not in message and "Traceback" not in stderr
+
+
+async def test_talkbox_ctl_prints_a_hostile_reply_as_clean_bounded_lines(
+    socket_dir: Path,
+) -> None:
+    path = str(socket_dir / "hostile.sock")
+    reply = {"ok": True, "state": HOSTILE, f"name{HOSTILE}": ["a\u2028b"], "long": "y" * 100_000}
+    server = await answering(path, json.dumps(reply).encode() + b"\n")
+    try:
+        code, stdout, stderr = await talkbox_ctl(path)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert len(lines) == 3, lines  # one line per field: nothing the peer sent made more
+    for char in ("\x1b", "\x07", "\r", "\u202e", "\u2028"):
+        assert char not in stdout, repr(char)
+    assert not any(line.startswith("2099-") for line in lines)
+    assert lines[0].startswith("state: idle [2J ]0;pwned") and "FAKE" in lines[0]
+    assert max(len(line) for line in lines) < 2100  # bounded, whatever the peer sent
+
+
+async def test_the_daemon_never_sends_a_reply_longer_than_ctl_reads(socket_dir: Path) -> None:
+    async def verbose(command: str, args: list[str]) -> dict[str, Any]:
+        return {"last_error": "z" * 2 * 2**20}
+
+    async with ControlServer(str(socket_dir / "v.sock"), verbose, group=None) as control:
+        reply = await send_command(control.path, "status")
+    assert reply == {"ok": False, "error": "the daemon's answer was too long to send"}

@@ -524,7 +524,7 @@ async def test_http_401_wrong_key_is_not_retried_until_the_key_is_fixed(
             caplog,
             lambda: wake_and_fail(rig),
             idle_within=PROMPT_IDLE_S,
-            log_says=("HTTP 401", "check the key in realtime.api_key_file"),
+            log_says=("HTTP 401", "check the key from test"),
         )
         assert "next attempt" not in problems(caplog)[0].getMessage()
         await assert_each_rewake_tries_once(rig)

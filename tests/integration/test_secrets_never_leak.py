@@ -13,15 +13,25 @@ shows), and its base64 at each of the three byte alignments (a header or a blob 
   port), then `talkbox run` at log level debug through a conversation, a 401 and mute with a
   state directory, read back by `talkbox ctl status`; then every file written under the test's
   directory (logs, state, sockets' neighbours), the systemd status lines and all output.
+- A key pasted into the config (endpoint, api_version): `talkbox check`, `talkbox run` at
+  start-up and a reload name the key and the problem but show the value masked.
+- A hostile service, whose error events, transcripts, session id, close reason and 401 body
+  carry escape sequences, a forged log line, megabytes of text and the key itself: the real
+  `talkbox run` log, what journald would get, `talkbox ctl status`, systemd's status lines and
+  the hook's arguments show it only as clean, bounded lines without the key.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import logging
+import signal
 import socket
 import ssl
+import sys
+import time
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -34,13 +44,13 @@ import trustme
 
 from support.alsa import FifoDrainer, alsa_sandbox
 from support.cli import environment, run_talkbox
-from support.daemon import run_daemon, wait_until
-from support.fake_realtime import FakeRealtimeServer, InjectedError
+from support.daemon import DaemonRun, run_daemon, wait_until
+from support.fake_realtime import FakeRealtimeServer, Faults, InjectedClose, InjectedError
 from support.inprocess import DEPLOYMENT, quick_daemon_config, until
 from support.service import serving
 from talkbox.app import REPLY_RATE, Daemon, build_front_end
 from talkbox.audio.playback import Playback
-from talkbox.config import Config
+from talkbox.config import Config, LogConfig
 from talkbox.core.inputs import MicSpeechAudio, MicSpeechEnded, MicSpeechStarted, State
 from talkbox.errors import RealtimeError
 from talkbox.realtime.connection import open_session
@@ -48,6 +58,7 @@ from talkbox.realtime.endpoint import endpoint_for, session_settings_for
 from talkbox.realtime.events import Dialect
 from talkbox.secrets import ApiKey
 from talkbox.service import session_opener
+from talkbox.systemd import journal_handler
 
 SENTINEL = "sk-SENTINEL-9f8e7d6c5b4a3210"
 SPEAKER_RATE: Literal[24000] = 24000
@@ -77,9 +88,9 @@ def leak_forms(secret: str) -> dict[str, bytes]:
 FORMS = leak_forms(SENTINEL)
 
 
-def assert_no_leak(data: str | bytes, where: str) -> None:
+def assert_no_leak(data: str | bytes, where: str, forms: dict[str, bytes] = FORMS) -> None:
     blob = data.encode("utf-8", "replace") if isinstance(data, str) else data
-    for name, form in FORMS.items():
+    for name, form in forms.items():
         # The message names the form, never the secret: repeating it would leak it further.
         assert form not in blob, f"{name} appeared in {where}"
 
@@ -367,3 +378,252 @@ transcripts = true
     assert state / "muted" in written
     for path in written:
         assert_no_leak(path.read_bytes(), f"the file {path.relative_to(tmp_path)}")
+
+
+# --- a key pasted into the config ------------------------------------------------------------
+
+# An Azure key as the portal shows it (32 hex digits), pasted where it does not belong.
+PASTED_AZURE_KEY = "9f2c4e7a1b3d5f60718293a4b5c6d7e8"
+PASTED_FORMS = leak_forms(PASTED_AZURE_KEY)
+
+
+def pasted_key_configs(endpoint: str) -> dict[str, str]:
+    """Config texts with a key where the Azure portal's URLs carry one, by what went wrong."""
+    portal_url = (
+        f"{endpoint}/openai/realtime?api-version=2024-10-01-preview&deployment={DEPLOYMENT}"
+        f"&api-key={PASTED_AZURE_KEY}"
+    )
+    return {
+        "endpoint": f'provider = "azure"\nendpoint = "{portal_url}"\n'
+        f'deployment = "{DEPLOYMENT}"\napi_version = ""\n',
+        "api_version": f'provider = "azure"\nendpoint = "{endpoint}"\n'
+        f'deployment = "{DEPLOYMENT}"\n'
+        f'api_version = "2024-10-01-preview&api-key={PASTED_AZURE_KEY}"\n',
+        "the daemon's own key in the endpoint": f'provider = "azure"\n'
+        f'endpoint = "{endpoint}/?api-key={SENTINEL}"\ndeployment = "{DEPLOYMENT}"\n',
+    }
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_a_key_pasted_into_the_config_is_named_but_never_echoed(
+    tmp_path: Path, command: str
+) -> None:
+    env = environment(KEY_VARIABLES, {"TALKBOX_API_KEY": SENTINEL})
+    configs = pasted_key_configs("https://res.openai.azure.com")
+    for index, (where, table) in enumerate(configs.items()):
+        config = tmp_path / f"pasted-{index}.toml"
+        config.write_text(f"[realtime]\n{table}")
+        run = run_talkbox(command, "--config", str(config), env=env)
+        output = run.stdout + run.stderr
+        assert run.exit_code == 78, output
+        key = "endpoint" if "endpoint" in where else "api_version"
+        # Which key and what is wrong with it; the value as written, its secret part masked.
+        assert f"realtime.{key} (line" in output, output
+        assert "api-key=" in output and "…(" in output, output
+        assert_no_leak(output, f"{command} with a key in {where}", PASTED_FORMS)
+        assert_no_leak(output, f"{command} with a key in {where}")
+
+
+# --- a hostile service ----------------------------------------------------------------------
+
+FORGED_LINE = "2099-01-01 00:00:00.000 ERROR talkbox: FAKE"
+RAW_CONTROLS = ("\x1b", "\x07", "\r", "\u2028", "\u202e")
+TWO_MEGABYTES = 2 * 2**20
+# Transcripts are kept up to 2000 characters; a log line adds its prefix and fields.
+LONGEST_LINE = 2400
+
+
+def hostile(filler: int = 0) -> str:
+    """What a hostile service says: escape sequences, a forged log line, the key, filler."""
+    return f"ok\x1b[2J\x1b]0;pwned\x07\r\n{FORGED_LINE} {SENTINEL}\u2028\u202e" + "A" * filler
+
+
+def hostile_events() -> list[dict[str, object]]:
+    """Events a hostile service sends unasked: two transcripts and an error."""
+    ids = {"response_id": "resp_hostile", "item_id": "item_hostile", "output_index": 0}
+    return [
+        {
+            "type": "response.output_audio_transcript.done",
+            **ids,
+            "content_index": 0,
+            "transcript": hostile(TWO_MEGABYTES),
+        },
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "item_user",
+            "content_index": 0,
+            "transcript": hostile(10_000),
+        },
+        {
+            "type": "error",
+            "error": {
+                "type": hostile(),
+                "code": hostile(),
+                "message": hostile(TWO_MEGABYTES),
+                "param": None,
+                "event_id": None,
+            },
+        },
+    ]
+
+
+def assert_clean(text: str, where: str) -> None:
+    """No raw control character, no forged line, no endless line, nothing of the key."""
+    for char in RAW_CONTROLS:
+        assert char not in text, f"{char!r} in {where}"
+    lines = text.split("\n")
+    assert not any(line.startswith(FORGED_LINE[:5]) for line in lines), f"a forged line in {where}"
+    longest = max(len(line) for line in lines)
+    assert longest <= LONGEST_LINE, f"a line of {longest} characters in {where}"
+    assert_no_leak(text, where)
+
+
+HOOK_RECORDER = """import sys
+with open({record!r}, "a", encoding="utf-8") as record:
+    record.write(repr(sys.argv[1:]) + "\\n")
+"""
+
+
+def wake_until_logged(run: DaemonRun, text: str, timeout: float = 20.0) -> None:
+    """`talkbox ctl wake` (again while a backoff refuses it) until the log has one more `text`."""
+    seen = run.log().count(text)
+    deadline = time.monotonic() + timeout
+    while run.log().count(text) == seen:
+        assert time.monotonic() < deadline, f"no new {text!r} within {timeout:g} s"
+        run.ctl("wake")
+        end_of_try = time.monotonic() + 2.0
+        while run.log().count(text) == seen and time.monotonic() < end_of_try:
+            time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.audio
+def test_a_hostile_service_reaches_log_status_and_hooks_only_as_clean_lines(
+    tmp_path: Path,
+) -> None:
+    record = tmp_path / "hook-arguments"
+    hook = tmp_path / "hook.py"
+    hook.write_text(HOOK_RECORDER.format(record=str(record)))
+    config = f"""
+[realtime]
+provider = "azure"
+endpoint = "{{endpoint}}"
+deployment = "{DEPLOYMENT}"
+api_version = ""
+connect_timeout_seconds = 5.0
+[audio]
+input_device = "mic"
+output_device = "speaker"
+[conversation]
+follow_up_seconds = 1.0
+[hooks]
+on_state = {json.dumps([sys.executable, str(hook)])}
+[control]
+socket = "{{control_socket}}"
+[log]
+level = "debug"
+transcripts = true
+"""
+    statuses: list[str] = []
+    with serving(SENTINEL, deployments={DEPLOYMENT}) as service:
+        faults: Faults = service.server.faults
+
+        def set_faults(**changes: object) -> None:
+            service.call(lambda: [setattr(faults, name, v) for name, v in changes.items()])
+
+        set_faults(session_id=hostile(100_000), events_after_session_updated=hostile_events())
+        text = config.replace("{endpoint}", service.url_base)
+        with run_daemon(tmp_path / "run", text, api_key=SENTINEL) as run:
+            run.wait_ready()
+            run.microphone()  # silence, so capture keeps delivering
+            wake_until_logged(run, "conversation failed: service error")
+            statuses.append(run.ctl("status").stdout)
+            set_faults(
+                events_after_session_updated=[],
+                reject_handshake_status=401,
+                reject_handshake_message=hostile(100_000),
+            )
+            wake_until_logged(run, "HTTP 401")
+            statuses.append(run.ctl("status").stdout)
+            set_faults(
+                reject_handshake_status=None,
+                close_after_session_updated=InjectedClose(4000, hostile()),
+            )
+            wake_until_logged(run, "close 4000")
+            statuses.append(run.ctl("status").stdout)
+            # A reload that finds a key pasted into the config says so, without the key.
+            config_path = tmp_path / "run" / "talkbox.toml"
+            config_path.write_text(
+                text.replace("{control_socket}", str(run.control_socket)).replace(
+                    'api_version = ""', f'api_version = "2024-10-01&api-key={PASTED_AZURE_KEY}"'
+                )
+            )
+            run.process.send_signal(signal.SIGHUP)
+            run.wait_for_log("reload refused")
+            code, _ = run.terminate()
+            log = run.log()
+            notify_lines = run.notify.lines()
+
+    assert code == 0, log[-3000:]
+    # The hostile text did get in, each time, and came out as one clean line.
+    assert log.count(f"assistant said: ok [2J ]0;pwned {FORGED_LINE} sk-…(28 chars)") == 1
+    assert log.count(f"user said: ok [2J ]0;pwned {FORGED_LINE} sk-…(28 chars)") == 1
+    assert "realtime session ok [2J ]0;pwned" in log
+    assert "api_version (line" in log and "api-key=9f2…(32 chars)" in log
+    assert_clean(log, "the daemon's log")
+    assert_no_leak(log, "the daemon's log", PASTED_FORMS)
+    assert len(log) < 200_000, "megabytes from the service went into the log"
+    for index, status in enumerate(statuses):
+        assert "ERROR talkbox: FAKE sk-…(28 chars)" in status, status
+        assert_clean(status, f"talkbox ctl status #{index}")
+        assert len(status) < 3000
+    assert "HTTP 401" in statuses[1] and "check the key from TALKBOX_API_KEY" in statuses[1]
+    assert "close 4000" in statuses[2] and "api_version" not in statuses[2]
+    assert_clean("\n".join(notify_lines), "what systemd was told")
+    hook_runs = record.read_text().splitlines()
+    assert len(hook_runs) >= 3, hook_runs  # states that come quickly are coalesced
+    assert set(hook_runs) <= {repr([state]) for state in ("idle", "connecting", "listening")}
+
+
+async def test_the_journal_gets_a_hostile_service_only_as_clean_fields(
+    tmp_path: Path,
+) -> None:
+    sent: list[dict[str, object]] = []
+
+    def journal_send(message: str, **fields: object) -> None:
+        sent.append({"MESSAGE": message, **fields})
+
+    handler = journal_handler(journal_send)
+    assert handler is not None, "systemd-python is a dependency of the daemon"
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        async with FakeRealtimeServer(api_key=SENTINEL, deployments={DEPLOYMENT}) as service:
+            quick = quick_daemon_config(service.url_base)
+            cfg = quick.model_copy(update={"log": LogConfig(level="debug", transcripts=True)})
+            async with daemon_with_key(tmp_path, cfg) as daemon:
+                service.faults.session_id = hostile(100_000)
+                service.faults.events_after_session_updated = hostile_events()
+                errors = [await conversation(daemon, cfg, speak=False)]
+                service.faults.events_after_session_updated = []
+                service.faults.reject_handshake_status = 401
+                service.faults.reject_handshake_message = hostile(100_000)
+                errors.append(await conversation(daemon, cfg, speak=False))
+                service.faults.reject_handshake_status = None
+                service.faults.close_after_session_updated = InjectedClose(4000, hostile())
+                errors.append(await conversation(daemon, cfg, speak=False))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+    for index, error in enumerate(errors):
+        assert "FAKE sk-…(28 chars)" in error, error
+        assert_clean(error, f"the status of failure {index}")
+    messages = [str(entry["MESSAGE"]) for entry in sent]
+    assert any("assistant said: ok [2J" in message for message in messages)
+    for entry in sent:
+        for name, value in entry.items():
+            assert_clean(str(value), f"the journal field {name} of {entry['MESSAGE']!r:.80}")

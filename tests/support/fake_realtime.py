@@ -39,7 +39,13 @@ frames: a frame is speech when its RMS level exceeds ``-60 + 50 * threshold`` dB
 
 Fault injection (``server.faults``, a `Faults`; one-shot faults reset themselves when used):
 
-- ``reject_handshake_status`` (+ ``reject_handshake_times``): answer handshakes with that status;
+- ``reject_handshake_status`` (+ ``reject_handshake_times``): answer handshakes with that status,
+  the body's error message being ``reject_handshake_message``;
+- ``session_id``: the id ``session.created`` carries (any text, to be hostile);
+- ``events_after_session_updated``: events (dicts, sent as JSON) that follow every
+  ``session.updated``, unasked, as a hostile service might send them;
+- ``close_after_session_updated`` (one-shot, an `InjectedClose`): right after the next
+  ``session.updated`` (and those events), close the socket with that code and reason;
 - ``skip_session_created``: new connections never receive ``session.created``;
 - ``session_updated_delay_s``: wait this long before each ``session.updated``;
 - ``drop_after_audio_deltas`` (one-shot): during the next response, after N audio deltas, drop
@@ -574,11 +580,23 @@ class InjectedError:
 
 
 @dataclass
+class InjectedClose:
+    """A close frame to send (the reason is at most 123 bytes of UTF-8, as the protocol says)."""
+
+    code: int
+    reason: str
+
+
+@dataclass
 class Faults:
     """Failure modes to inject; see the module docstring."""
 
     reject_handshake_status: int | None = None
     reject_handshake_times: int | None = None  # None: every handshake while the status is set
+    reject_handshake_message: str = "Injected handshake failure."
+    session_id: str | None = None
+    events_after_session_updated: list[dict[str, Any]] = field(default_factory=list)
+    close_after_session_updated: InjectedClose | None = None
     skip_session_created: bool = False
     session_updated_delay_s: float = 0.0
     drop_after_audio_deltas: int | None = None
@@ -746,7 +764,7 @@ class FakeRealtimeServer:
         outcome: Route | HandshakeRejection
         if faults.reject_handshake_status is not None:
             outcome = HandshakeRejection(faults.reject_handshake_status, "injected",
-                                         "Injected handshake failure.")
+                                         faults.reject_handshake_message)
             if faults.reject_handshake_times is not None:
                 faults.reject_handshake_times -= 1
                 if faults.reject_handshake_times <= 0:
@@ -781,7 +799,7 @@ class FakeRealtimeServer:
             index=len(self.sessions), path=redact_path(request.path),
             headers=redact_headers(request.headers), dialect=route.dialect, vendor=route.vendor,
             model=route.model, api_version=route.api_version, auth_method=route.auth_method,
-            session_id=self.next_id("sess"))
+            session_id=self.faults.session_id or self.next_id("sess"))
         record.session = default_session(route.dialect, route.vendor, route.model,
                                          record.session_id, self.expires_at(route.vendor))
         self.sessions.append(record)
@@ -961,6 +979,13 @@ class _Connection:
         if delay > 0:
             await asyncio.sleep(delay)
         await self.send("session.updated", session=self.record.session)
+        faults = self.server.faults
+        for extra in faults.events_after_session_updated:
+            await self.send(str(extra.get("type")), **{k: v for k, v in extra.items()
+                                                       if k != "type"})
+        if faults.close_after_session_updated is not None:
+            close, faults.close_after_session_updated = faults.close_after_session_updated, None
+            await self.websocket.close(close.code, close.reason)
 
     def _view(self) -> SessionView:
         return SessionView.of(self.dialect, self.record.session)

@@ -14,8 +14,10 @@ Calling contract:
 - Exactly one task iterates `session.events()`; any task may `await session.send(...)`.
 - `events()` ends normally only after our own `close()`. Every other end raises:
   `SessionExpired` (close 1001 or error `session_expired`), `ServerErrorEvent` (close 4000: the
-  beta shape was refused), `ConnectionDropped` (no close frame, any other code, or the service
-  closing with 1000 on its own).
+  service found a request invalid, on the preview path the beta shape), `ConnectionDropped` (no
+  close frame, any other code, or the service closing with 1000 on its own).
+- Text the service sends (close reasons, HTTP error bodies, session ids) enters our messages
+  only through `safe_text.safe_line`: one printable line, bounded, the key masked.
 - `await session.close()` is idempotent and returns within `close_timeout` seconds, even when the
   peer never answers the close (OpenAI often just drops TCP).
 """
@@ -58,6 +60,7 @@ from talkbox.errors import (
 from talkbox.realtime.endpoint import Endpoint
 from talkbox.realtime.events import (
     ClientEvent,
+    Dialect,
     ServerError,
     ServerEvent,
     SessionCreated,
@@ -66,6 +69,7 @@ from talkbox.realtime.events import (
     SessionUpdated,
 )
 from talkbox.realtime.protocol import ServerEventDecoder, encode
+from talkbox.safe_text import safe_line
 
 _log = logging.getLogger(__name__)
 
@@ -80,10 +84,10 @@ _USER_AGENT: Final = f"talkbox/{__version__} {USER_AGENT}"
 
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001  # the service ends the session at its maximum duration
-CLOSE_BETA_REJECTED: Final = 4000  # OpenAI: beta protocol shape no longer accepted
+# OpenAI closes with 4000 when it rejects a request as invalid, the reason naming the error as
+# "TYPE.CODE" (e.g. "invalid_request_error.beta_api_shape_disabled": the retired beta shape).
+CLOSE_INVALID_REQUEST: Final = 4000
 CLOSE_MESSAGE_TOO_BIG: Final = 1009  # sent by websockets when a frame exceeds max_size
-
-_MAX_PEER_TEXT_CHARS: Final = 200
 
 _DIALECT_MISMATCH_CODES: Final = frozenset(
     {
@@ -256,20 +260,36 @@ class RealtimeSession:
                 f"the connection to {self.description} dropped without a close frame; "
                 "check the network, talkbox will reconnect on the next request"
             )
-        code, reason = received.code, _peer_text(received.reason)
+        code, reason = received.code, safe_line(received.reason)
         if code == CLOSE_GOING_AWAY:
             return _session_expired(reason)
-        if code == CLOSE_BETA_REJECTED:
-            return ServerErrorEvent(
-                "beta_api_shape_disabled",
-                f"{self.description} refused the beta/preview protocol (close 4000: {reason}); "
-                "use the GA endpoint: remove realtime.api_version (Azure) or use provider "
-                "openai without the beta header",
-            )
+        if code == CLOSE_INVALID_REQUEST:
+            return self._invalid_request_closed(reason)
         said = f" ({reason})" if reason else ""
         return ConnectionDropped(
             f"{self.description} closed the connection with code {code}{said}; "
             "talkbox will reconnect on the next request"
+        )
+
+    def _invalid_request_closed(self, reason: str) -> ServerErrorEvent:
+        error_type, _, code = reason.rpartition(".")
+        said = f"close 4000: {reason}" if reason else "close 4000"
+        if self._endpoint.dialect is Dialect.PREVIEW:
+            return ServerErrorEvent(
+                code or "beta_api_shape_disabled",
+                f"{self.description} refused the preview (beta-shaped) protocol ({said}); "
+                'use the GA protocol: set realtime.api_version = ""',
+                error_type,
+            )
+        # talkbox already speaks GA here, so api_version is not the cause: the request was
+        # refused for what it asked (the reason names the error).
+        return ServerErrorEvent(
+            code or "invalid_request",
+            f"{self.description} ended the session over a request it found invalid ({said}); "
+            "check that realtime.deployment (Azure) or realtime.model (OpenAI) names a GA "
+            "realtime model such as gpt-realtime, and that no proxy in between rewrites "
+            "the request",
+            error_type,
         )
 
 
@@ -341,7 +361,7 @@ async def _connect(
                 **options,
             )
     except InvalidStatus as exc:
-        raise _handshake_rejected(exc.response.status_code, exc.response.body, where) from None
+        raise _handshake_rejected(exc.response.status_code, exc.response.body, endpoint) from None
     except TimeoutError:
         # Before OSError: TimeoutError is one, and "no answer" deserves its own words.
         raise ConnectFailed(
@@ -382,13 +402,16 @@ async def _connect(
         ) from None
 
 
-def _handshake_rejected(status: int, body: bytes | bytearray, where: str) -> HandshakeRejected:
+def _handshake_rejected(
+    status: int, body: bytes | bytearray, endpoint: Endpoint
+) -> HandshakeRejected:
+    where = endpoint.description
     said = _http_error_text(body)
     said = f" ({said})" if said else ""
     if status in (401, 403):
         advice = (
-            "check the key in realtime.api_key_file: it must belong to this resource "
-            "(Azure keys and OpenAI keys are not interchangeable)"
+            f"check the key from {endpoint.key_source or 'the configured source'}: it must "
+            "belong to this resource (Azure keys and OpenAI keys are not interchangeable)"
         )
     elif status == 404:
         advice = (
@@ -408,7 +431,7 @@ def _handshake_rejected(status: int, body: bytes | bytearray, where: str) -> Han
 
 
 def _http_error_text(body: bytes | bytearray) -> str:
-    """The service's own explanation from an error response body, short and printable."""
+    """The service's own explanation from an error response body, as one safe line."""
     if not body:
         return ""
     try:
@@ -423,25 +446,19 @@ def _http_error_text(body: bytes | bytearray) -> str:
             text = error
         else:
             return ""
-    return _peer_text(text)
-
-
-def _peer_text(text: str) -> str:
-    """Text from the peer made safe for one log line: printable, single-line, bounded."""
-    printable = "".join(c if c.isprintable() else " " for c in text)
-    return " ".join(printable.split())[:_MAX_PEER_TEXT_CHARS]
+    return safe_line(text)
 
 
 def _session_info(session: Mapping[str, Any]) -> SessionInfo:
     session_id, model = session.get("id"), session.get("model")
     return SessionInfo(
-        session_id=session_id if isinstance(session_id, str) else "",
-        model=model if isinstance(model, str) else "",
+        session_id=safe_line(session_id) if isinstance(session_id, str) else "",
+        model=safe_line(model) if isinstance(model, str) else "",
     )
 
 
 def _session_expired(detail: str) -> SessionExpired:
-    said = f" ({_peer_text(detail)})" if detail else ""
+    said = f" ({safe_line(detail)})" if detail else ""
     return SessionExpired(
         f"the service ended the session at its maximum duration{said}; "
         "a new session starts on the next request"
@@ -462,6 +479,6 @@ def _setup_error(error: ServerError) -> RealtimeError:
     code = error.code or "no code"
     return ServerErrorEvent(
         error.code,
-        f"the service refused the session settings: {_peer_text(error.message)} ({code}){hint}",
+        f"the service refused the session settings: {error.message} ({code}){hint}",
         error.error_type,
     )

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, urlencode, urlsplit
 
-from talkbox.config import OPENAI_DEFAULT_ENDPOINT, is_loopback_host
+from talkbox.config import OPENAI_DEFAULT_ENDPOINT, is_loopback_host, shown_value
 from talkbox.errors import ConfigError
 from talkbox.realtime.events import Dialect, SessionSettings, TurnDetection
+from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 
 if TYPE_CHECKING:
     from talkbox.config import Config, RealtimeConfig
@@ -38,13 +39,15 @@ class Endpoint:
 
     `headers` holds the API key. It is left out of repr() so that logging or printing an
     Endpoint (or an exception carrying one) cannot leak it; still, never log `headers` itself.
-    `description` is a key-free sentence fragment for logs and error messages.
+    `description` is a key-free sentence fragment for logs and error messages; `key_source`
+    says where the key came from (e.g. "TALKBOX_API_KEY"), for advice when it is refused.
     """
 
     url: str
     headers: dict[str, str] = field(repr=False)
     dialect: Dialect
     description: str
+    key_source: str = ""
 
 
 def endpoint_for(cfg: RealtimeConfig, api_key: ApiKey) -> Endpoint:
@@ -64,10 +67,11 @@ def endpoint_for(cfg: RealtimeConfig, api_key: ApiKey) -> Endpoint:
                 url=f"{base}/openai/realtime?{query}",
                 headers={"api-key": api_key.reveal()},
                 dialect=Dialect.PREVIEW,
-                description=(
+                description=_description(
                     f"Azure OpenAI (preview {cfg.api_version}) deployment {cfg.deployment} "
                     f"at {_origin(base)}"
                 ),
+                key_source=api_key.source,
             )
         # GA: no api-version at all (Azure answers 401 when one is given on /openai/v1).
         query = urlencode({"model": cfg.deployment}, quote_via=quote)
@@ -75,7 +79,10 @@ def endpoint_for(cfg: RealtimeConfig, api_key: ApiKey) -> Endpoint:
             url=f"{base}/openai/v1/realtime?{query}",
             headers={"api-key": api_key.reveal()},
             dialect=Dialect.GA,
-            description=f"Azure OpenAI (GA) deployment {cfg.deployment} at {_origin(base)}",
+            description=_description(
+                f"Azure OpenAI (GA) deployment {cfg.deployment} at {_origin(base)}"
+            ),
+            key_source=api_key.source,
         )
     if cfg.provider == "openai":
         base = _websocket_base(cfg.endpoint or OPENAI_DEFAULT_ENDPOINT)
@@ -85,7 +92,8 @@ def endpoint_for(cfg: RealtimeConfig, api_key: ApiKey) -> Endpoint:
             url=f"{base}/realtime?{query}",
             headers={"Authorization": f"Bearer {api_key.reveal()}"},
             dialect=Dialect.GA,
-            description=f"OpenAI (GA) model {cfg.model} at {_origin(base)}",
+            description=_description(f"OpenAI (GA) model {cfg.model} at {_origin(base)}"),
+            key_source=api_key.source,
         )
     raise ValueError(f"provider {cfg.provider!r} has no Realtime endpoint")
 
@@ -146,10 +154,9 @@ def _websocket_base(endpoint: str) -> str:
     parts = urlsplit(endpoint.strip())
     scheme = _WS_SCHEMES.get(parts.scheme.lower())
     host = parts.hostname or ""
+    shown = shown_value(endpoint)
     if scheme is None or not host:
-        raise ConfigError(
-            [f'realtime.endpoint: must be a URL like "https://HOST", got {endpoint!r}']
-        )
+        raise ConfigError([f'realtime.endpoint: must be a URL like "https://HOST", got {shown}'])
     if parts.username is not None or parts.password is not None:
         # Never echo this one: the credentials are in it.
         raise ConfigError(["realtime.endpoint: must not contain user:password@"])
@@ -157,11 +164,16 @@ def _websocket_base(endpoint: str) -> str:
         raise ConfigError(
             [
                 "realtime.endpoint: TLS is required: use https:// (plain http:// is only "
-                f"allowed to localhost, 127.0.0.0/8 or ::1), got {endpoint!r}"
+                f"allowed to localhost, 127.0.0.0/8 or ::1), got {shown}"
             ]
         )
     path = parts.path.rstrip("/")
     return f"{scheme}://{parts.netloc}{path}"
+
+
+def _description(text: str) -> str:
+    # Names from the config file go into every log line about the service: one safe line.
+    return safe_line(text, MAX_PROSE_CHARS)
 
 
 def _origin(websocket_url: str) -> str:

@@ -13,6 +13,10 @@ Calling contract:
   It NEVER raises on server input, whatever the server sends: the service evolves faster than
   this code, and one odd frame must not end a conversation. Frames it cannot use are counted
   (`unknown_events`, `malformed_events`) and logged without their payload (which may be audio).
+- Text meant to be shown (error codes and messages, finished transcripts, response status
+  details) leaves the decoder through `safe_text.safe_line`: one printable line, bounded, the
+  key masked. Ids stay as sent (they are compared, not shown), and so do transcript deltas,
+  which only make sense joined: whoever joins them cleans the result.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from talkbox.realtime.events import (
     TurnDetection,
     Usage,
 )
+from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 
 _log = logging.getLogger(__name__)
 
@@ -304,11 +309,12 @@ def _session_updated(f: _Fields) -> ServerEvent:
 
 def _error(f: _Fields) -> ServerEvent:
     error = f.obj("error")
+    param = error.nullable_str("param")
     return ServerError(
-        code=error.opt_str("code"),
-        message=error.opt_str("message"),
-        error_type=error.opt_str("type"),
-        param=error.nullable_str("param"),
+        code=safe_line(error.opt_str("code")),
+        message=safe_line(error.opt_str("message")),
+        error_type=safe_line(error.opt_str("type")),
+        param=None if param is None else safe_line(param),
         event_id=error.nullable_str("event_id"),
     )
 
@@ -369,7 +375,7 @@ def _audio_transcript_done(f: _Fields) -> ServerEvent:
     return TranscriptDone(
         response_id=f.req_str("response_id"),
         item_id=f.req_str("item_id"),
-        transcript=f.opt_str("transcript"),
+        transcript=safe_line(f.opt_str("transcript"), MAX_PROSE_CHARS),
     )
 
 
@@ -378,12 +384,15 @@ def _text_done(f: _Fields) -> ServerEvent:
     return TranscriptDone(
         response_id=f.req_str("response_id"),
         item_id=f.req_str("item_id"),
-        transcript=f.opt_str("text"),
+        transcript=safe_line(f.opt_str("text"), MAX_PROSE_CHARS),
     )
 
 
 def _input_transcript(f: _Fields) -> ServerEvent:
-    return InputTranscript(item_id=f.req_str("item_id"), transcript=f.opt_str("transcript"))
+    return InputTranscript(
+        item_id=f.req_str("item_id"),
+        transcript=safe_line(f.opt_str("transcript"), MAX_PROSE_CHARS),
+    )
 
 
 def _usage(usage: _Fields) -> Usage:
@@ -404,14 +413,14 @@ def _response_done(f: _Fields) -> ServerEvent:
     details = response.opt_obj("status_details")
     reason = error_code = ""
     if details is not None:
-        reason = details.opt_str("reason")
+        reason = safe_line(details.opt_str("reason"))
         error = details.opt_obj("error")
         if error is not None:
-            error_code = error.opt_str("code")
+            error_code = safe_line(error.opt_str("code"))
     usage = response.opt_obj("usage")
     return ResponseDone(
         response_id=response.req_str("id"),
-        status=response.req_str("status"),
+        status=safe_line(response.req_str("status")),
         reason=reason,
         error_code=error_code,
         usage=_usage(usage) if usage is not None else None,
@@ -565,7 +574,8 @@ class ServerEventDecoder:
         ):
             self._unknown_types_seen.add(event_type)
             self._log.debug(
-                "ignoring server event of unknown type %r", event_type[:_MAX_TYPE_CHARS_IN_LOG]
+                "ignoring server event of unknown type %r",
+                safe_line(event_type, _MAX_TYPE_CHARS_IN_LOG),
             )
 
     def _malformed(self, event_type: str, reason: str) -> None:
@@ -573,7 +583,7 @@ class ServerEventDecoder:
         count = self.malformed_events
         if count <= _WARN_FIRST or count % _WARN_EVERY == 0:
             what = (
-                f"server event {event_type[:_MAX_TYPE_CHARS_IN_LOG]!r}"
+                f"server event {safe_line(event_type, _MAX_TYPE_CHARS_IN_LOG)!r}"
                 if event_type
                 else "server frame"
             )
