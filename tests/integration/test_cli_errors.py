@@ -15,6 +15,7 @@ import pytest
 
 from support.cli import CliRun, environment, run_talkbox
 from talkbox.errors import EX_CONFIG
+from talkbox.systemd import SYSTEMD_RUNTIME_DIRECTORY
 
 BAD_CONFIGS = sorted((Path(__file__).parent.parent / "data" / "bad_configs").glob("*.toml"))
 API_KEY = "sk-SENTINEL-errors-8d2f6a1c0e9b4735"
@@ -107,6 +108,24 @@ def test_a_config_file_the_user_may_not_read_says_how_to_get_access(
     assert f"or join group {group}, which may read it (`sudo usermod -aG {group} $USER`" in (
         run.stderr
     )
+
+
+def test_ctl_without_a_daemon_says_how_to_start_one_here(tmp_path: Path) -> None:
+    socket = tmp_path / "control.sock"
+
+    run = talkbox("ctl", "status", "--socket", str(socket))
+
+    assert run.exit_code == 1
+    assert run.stderr.startswith(f"talkbox: talkbox is not running (nothing listens on {socket}); ")
+    # systemctl only where systemd runs; elsewhere (a chroot, a container) the foreground.
+    if SYSTEMD_RUNTIME_DIRECTORY.is_dir():
+        assert "`sudo systemctl start talkbox`" in run.stderr
+    else:
+        assert "systemctl" not in run.stderr
+        assert run.stderr.endswith(
+            "so run talkbox in the foreground: "
+            "`sudo -u talkbox talkbox run --config /etc/talkbox/config.toml`\n"
+        )
 
 
 def test_ask_with_the_echo_provider_says_it_needs_a_service(tmp_path: Path) -> None:

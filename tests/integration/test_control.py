@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from talkbox.control import ControlServer, parse_request, send_command, send_command_sync
+from talkbox.control import (
+    ControlServer,
+    how_to_start_talkbox,
+    parse_request,
+    send_command,
+    send_command_sync,
+)
 from talkbox.errors import TalkboxError
 
 
@@ -259,6 +265,13 @@ async def test_close_leaves_a_successors_socket_alone(socket_dir: Path, daemon: 
 async def test_send_command_says_when_talkbox_is_not_running(socket_dir: Path) -> None:
     with pytest.raises(TalkboxError, match="talkbox is not running"):
         await send_command(str(socket_dir / "absent.sock"), "status")
+
+
+def test_the_start_advice_names_systemctl_only_where_systemd_runs() -> None:
+    assert how_to_start_talkbox(True) == "start it with `sudo systemctl start talkbox`"
+    elsewhere = how_to_start_talkbox(False)
+    assert "systemctl" not in elsewhere
+    assert elsewhere.endswith("`sudo -u talkbox talkbox run --config /etc/talkbox/config.toml`")
 
 
 async def test_send_command_times_out_on_a_server_that_never_answers(socket_dir: Path) -> None:
