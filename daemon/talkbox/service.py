@@ -150,7 +150,7 @@ class Service:
     async def _start_up(self) -> bool:
         """Load the wake model, wait for both devices, make the conversation loop; False if
         asked to stop first. A wake model that cannot load is a ConfigError."""
-        self.notifier.status("starting: loading the wake-word model")
+        self._report_state()
         built_for = self.cfg
         # In a worker thread, so the control socket answers meanwhile.
         front_end = await asyncio.to_thread(build_front_end, built_for)
