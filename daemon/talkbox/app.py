@@ -107,9 +107,8 @@ class _Connection:
 
 @dataclass
 class Status:
-    """What `talkbox ctl status` reports besides the machine's own state."""
+    """What `talkbox ctl status` reports of the conversations besides the machine's state."""
 
-    started_monotonic: float = field(default_factory=time.monotonic)
     conversations: int = 0
     last_error: str = ""
 

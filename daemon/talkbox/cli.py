@@ -24,7 +24,7 @@ from talkbox.config import (
     effective_settings,
     load_config,
 )
-from talkbox.errors import EX_CONFIG, ConfigError, TalkboxError
+from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxError
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 from talkbox.secrets import ApiKey, resolve_api_key
 
@@ -57,14 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"talkbox {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, *, needs_config: bool = True) -> argparse.ArgumentParser:
+        """A subcommand; `needs_config=False` makes one that runs where no config exists yet
+        (before install, on a bare machine) and reads a config only when --config names one."""
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument(
             "--config",
             type=Path,
             default=None,
-            help=f"config file (default: {DEFAULT_CONFIG_PATH})",
+            help=f"config file (default: {DEFAULT_CONFIG_PATH})"
+            if needs_config
+            else "a config file to compare with (default: none is read)",
         )
+        sub.set_defaults(needs_config=needs_config)
         return sub
 
     run = command("run", "run the daemon in the foreground (systemd runs this)")
@@ -89,7 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
     ask.set_defaults(handler=_ask)
 
-    devices = command("devices", "list audio devices and mark the configured ones")
+    devices = command(
+        "devices",
+        "list the audio devices; with --config, mark the ones that config selects",
+        needs_config=False,
+    )
     devices.set_defaults(handler=_devices)
 
     listen = command("listen", "print wake-word scores and voice activity live, for tuning a room")
@@ -105,8 +114,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> Config:
+def _config_given(args: argparse.Namespace) -> Config | None:
+    """The command's config: --config, else the default file; None for a command that needs
+    no config and was given none."""
+    if args.config is None and not args.needs_config:
+        return None
     return load_config(args.config)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    """The config of a command that needs one."""
+    cfg = _config_given(args)
+    assert cfg is not None, f"talkbox {args.command} is declared without a config"
+    return cfg
 
 
 def _key_for(cfg: Config) -> ApiKey | None:
@@ -202,13 +222,25 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    from talkbox.audio.devices import format_device_table, list_devices, match_device
+    from talkbox.audio.devices import (
+        CHECK_SOUND_CARD,
+        NO_SOUND_CARD,
+        format_device_table,
+        list_devices,
+        match_device,
+    )
     from talkbox.audio.pa import open_pyaudio
 
-    cfg = _load(args)
+    cfg = _config_given(args)
     with open_pyaudio() as pa:
         devices = list_devices(pa)
-    print(format_device_table(devices, cfg.audio.input_device, cfg.audio.output_device))
+    if not devices:
+        raise AudioDeviceError(f"{NO_SOUND_CARD}\n{CHECK_SOUND_CARD}")
+    if cfg is None:
+        print(format_device_table(devices))
+        return 0
+    configured = (cfg.audio.input_device, cfg.audio.output_device)
+    print(format_device_table(devices, configured))
     # The table marks a configured name that selects no device; the exit status and stderr
     # must say so too, or a script checking the setup would pass a speaker that is not there.
     match_device(devices, cfg.audio.input_device, "input")

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import grp
 import ipaddress
 import json
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -469,10 +471,7 @@ def load_config(path: Path | None = None) -> Config:
         ) from None
     except PermissionError:
         raise ConfigError(
-            [
-                "cannot read the file: permission denied; it must be readable by the user "
-                "talkbox runs as"
-            ],
+            [f"cannot read the file: permission denied; {_how_to_get_read_access(path)}"],
             source=source,
         ) from None
     except OSError as error:
@@ -486,6 +485,26 @@ def load_config(path: Path | None = None) -> Config:
         ) from None
     # Some editors start UTF-8 files with a byte-order mark, which tomllib rejects.
     return parse_config(text.removeprefix("\ufeff"), source)
+
+
+def _how_to_get_read_access(path: Path) -> str:
+    """What an owner can do about a config file they may not read (the installed one is
+    root's, readable by group talkbox): sudo, or joining the group that may read it."""
+    advice = "run the command with sudo"
+    try:
+        info = path.stat()
+    except OSError:
+        info = None
+    if info is not None and info.st_mode & stat.S_IRGRP:
+        try:
+            group = grp.getgrgid(info.st_gid).gr_name
+        except KeyError:
+            group = str(info.st_gid)
+        advice += (
+            f", or join group {group}, which may read it "
+            f"(`sudo usermod -aG {group} $USER`, then log in again)"
+        )
+    return f"{advice}; the daemon needs it readable by the user it runs as"
 
 
 def parse_config(text: str, source: str) -> Config:

@@ -26,8 +26,10 @@ import stat
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from talkbox.config import DEFAULT_CONFIG_PATH
 from talkbox.errors import TalkboxError
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
+from talkbox.systemd import SYSTEMD_RUNTIME_DIRECTORY, systemd_is_running
 
 _log = logging.getLogger(__name__)
 
@@ -267,6 +269,20 @@ async def _someone_listens(path: str) -> bool:
     return True
 
 
+# As install.sh sets it up: the daemon runs as user talkbox with the installed config.
+FOREGROUND_COMMAND = f"sudo -u talkbox talkbox run --config {DEFAULT_CONFIG_PATH}"
+
+
+def how_to_start_talkbox(systemd_running: bool) -> str:
+    """What to tell someone whose daemon is not running: systemctl only where systemd runs."""
+    if systemd_running:
+        return "start it with `sudo systemctl start talkbox`"
+    return (
+        f"systemd is not running on this machine (no {SYSTEMD_RUNTIME_DIRECTORY}), so run talkbox "
+        f"in the foreground: `{FOREGROUND_COMMAND}`"
+    )
+
+
 async def send_command(
     path: str, command: str, args: Sequence[str] = (), timeout: float = 3.0
 ) -> dict[str, Any]:
@@ -295,7 +311,7 @@ async def send_command(
     except (FileNotFoundError, ConnectionRefusedError):
         raise TalkboxError(
             f"talkbox is not running (nothing listens on {path}); "
-            "start it with `sudo systemctl start talkbox`"
+            f"{how_to_start_talkbox(systemd_is_running())}"
         ) from None
     except PermissionError:
         raise TalkboxError(

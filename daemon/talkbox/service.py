@@ -5,6 +5,10 @@ audio devices, sd_notify (READY, STATUS, WATCHDOG only while capture delivers au
 RELOADING, STOPPING), signals (SIGTERM/SIGINT stop, SIGHUP reloads), the control socket,
 state hooks, and persisting mute. Each failure of a device or of the service is logged and
 retried; only a bad configuration at start ends the process (exit 78).
+
+The control socket opens first, before the wake model loads and the devices open: while the
+daemon waits for a microphone or speaker, `talkbox ctl status` says what it waits for, and
+mute (kept until the devices come) and stop work. READY=1 still waits for capture to run.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +76,16 @@ def load_checked(path: Path) -> tuple[Config, ApiKey | None]:
     return cfg, key
 
 
-def status_text(state: State, muted: bool, wake_models: tuple[str, ...]) -> str:
+def status_text(
+    state: State, muted: bool, wake_models: tuple[str, ...], waiting_for: dict[str, str]
+) -> str:
+    """The daemon's state in words, for systemd's STATUS= and `talkbox ctl status`.
+
+    `waiting_for` maps a device ("microphone", "speaker") to why it is not open yet.
+    """
+    if waiting_for:
+        waits = "; ".join(f"waiting for the {device}: {why}" for device, why in waiting_for.items())
+        return f"{waits} (muted)" if muted else waits
     if muted:
         return "muted (talkbox ctl unmute to listen again)"
     if state is State.IDLE:
@@ -96,6 +109,12 @@ class Service:
         self.playback: Playback | None = None
         self.daemon: Daemon | None = None
         self.device_backoff = Backoff(base=1.0, cap=DEVICE_RETRY_MAX_SECONDS)
+        self.started_monotonic = time.monotonic()
+        # Devices not open, and why (shown by STATUS= and `talkbox ctl status`).
+        self.waiting_for: dict[str, str] = {}
+        # Mute before the conversation loop exists (while waiting for the devices): as
+        # remembered from the last run, then as `talkbox ctl mute`/`unmute` asked.
+        self.muted_at_start = cfg.control.persist_mute and self._mute_file_says_muted()
         self.watchdog_gate = WatchdogGate(max_silence_seconds=5.0, started_at=time.monotonic())
         self._speaker_broken = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -114,11 +133,32 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        control = await self._start_control_socket()
+        try:
+            if await self._start_up():
+                await self._serve_until_stopped()
+            else:
+                log.info("stopping before start-up was complete")
+                self.notifier.stopping()
+        finally:
+            if control is not None:
+                await control.close()
+            self._close_devices()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.hook.aclose(), 2.0)
+        return 0
+
+    async def _start_up(self) -> bool:
+        """Load the wake model, wait for both devices, make the conversation loop; False if
+        asked to stop first. A wake model that cannot load is a ConfigError."""
+        self._report_state()
         built_for = self.cfg
-        front_end = build_front_end(built_for)  # loads the wake models (ConfigError if unknown)
-        await self._open_devices_until_ready()
-        if self.cfg is not built_for:  # reloaded while waiting for the devices
-            front_end = build_front_end(self.cfg)
+        # In a worker thread, so the control socket answers meanwhile.
+        front_end = await asyncio.to_thread(build_front_end, built_for)
+        if not await self._open_devices_until_ready():
+            return False
+        if self.cfg is not built_for:  # reloaded while starting
+            front_end = await asyncio.to_thread(build_front_end, self.cfg)
         assert self.playback is not None
         self.daemon = Daemon(
             self.cfg,
@@ -128,9 +168,12 @@ class Service:
             on_state=self._state_changed,
             on_speaker_error=self._speaker_failed,
         )
-        if self.cfg.control.persist_mute and self._mute_file_says_muted():
+        if self.muted_at_start:
             self.daemon.set_muted(True)
-        control = await self._start_control_socket()
+        return True
+
+    async def _serve_until_stopped(self) -> None:
+        assert self.daemon is not None
         tasks = [
             asyncio.create_task(self._capture_loop(), name="capture"),
             asyncio.create_task(self._speaker_supervisor(), name="speaker"),
@@ -147,12 +190,6 @@ class Service:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if control is not None:
-            await control.close()
-        self._close_devices()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.hook.aclose(), 2.0)
-        return 0
 
     async def _start_control_socket(self) -> ControlServer | None:
         control = ControlServer(self.cfg.control.socket, self._control)
@@ -170,17 +207,29 @@ class Service:
 
     # --- audio devices ------------------------------------------------------------------------
 
-    async def _open_devices_until_ready(self) -> None:
-        """READY=1 only once both devices are open: wait (with backoff) until they are."""
-        while True:
+    async def _open_devices_until_ready(self) -> bool:
+        """READY=1 only once both devices are open: wait (with backoff) until they are.
+        False if asked to stop meanwhile."""
+        while not self.stopping.is_set():
             try:
-                self._open_playback()
-                self._open_capture()
-                self.device_backoff.success()
-                return
+                self._open_device("speaker", self._open_playback)
+                self._open_device("microphone", self._open_capture)
             except AudioDeviceError as error:
                 self._close_devices()
                 await self._wait_before_device_retry(error)
+            else:
+                self.device_backoff.success()
+                return True
+        return False
+
+    def _open_device(self, device: str, open_it: Callable[[], None]) -> None:
+        """Open one device at start-up, noting why it is not open if it fails."""
+        try:
+            open_it()
+        except AudioDeviceError as error:
+            self.waiting_for[device] = str(error)
+            raise
+        self.waiting_for.pop(device, None)
 
     def _open_capture(self) -> None:
         frames = self.cfg.audio.input_rate * CAPTURE_PERIOD_MS // 1000
@@ -212,13 +261,12 @@ class Service:
             self.playback = None
 
     async def _wait_before_device_retry(self, error: AudioDeviceError) -> None:
+        """Log the failure, say in STATUS= what is awaited, and wait (less, if stopping)."""
         delay = self.device_backoff.failure(error, time.monotonic()) or DEVICE_RETRY_MAX_SECONDS
         log.error("%s; trying again in %.0f s", error, delay)
-        self.notifier.status(f"waiting for the audio device: {error}")
+        self._report_state()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), delay)
-        if self.stopping.is_set():
-            raise asyncio.CancelledError
 
     async def _capture_loop(self) -> None:
         assert self.daemon is not None
@@ -236,7 +284,10 @@ class Service:
                 if self.capture is not None:
                     self.capture.stop()
                     self.capture = None
+                self.waiting_for["microphone"] = str(error)
                 await self._wait_before_device_retry(error)
+                if self.stopping.is_set():
+                    return
                 continue
             now = time.monotonic()
             if reopened_at is not None:
@@ -248,6 +299,7 @@ class Service:
                     continue
                 reopened_at = None
                 self.device_backoff.success()
+                self.waiting_for.pop("microphone", None)
                 log.info("microphone %r is back", self.cfg.audio.input_device)
                 self._report_state()
             self.watchdog_gate.feed_seen(now)
@@ -270,9 +322,14 @@ class Service:
                 try:
                     self._open_playback()
                 except AudioDeviceError as error:
+                    self.waiting_for["speaker"] = str(error)
                     await self._wait_before_device_retry(error)
+                    if self.stopping.is_set():
+                        return
             self.daemon.speaker = self.playback
             self._speaker_broken.clear()
+            if self.waiting_for.pop("speaker", None) is not None:
+                self._report_state()
             log.info("speaker %r is back", self.cfg.audio.output_device)
 
     def _on_drained(self) -> None:
@@ -294,13 +351,17 @@ class Service:
         self._report_state()
         self._spawn(self.hook.notify(state.value))
 
-    def _report_state(self) -> None:
+    def _status_text(self) -> str:
         if self.daemon is None:
-            return
-        text = status_text(
-            self.daemon.machine.state, self.daemon.machine.muted, self.cfg.wake.models
-        )
-        self.notifier.status(text)
+            state, muted = State.IDLE, self.muted_at_start
+            if not self.waiting_for:
+                return "starting: loading the wake-word model"
+        else:
+            state, muted = self.daemon.machine.state, self.daemon.machine.muted
+        return status_text(state, muted, self.cfg.wake.models, self.waiting_for)
+
+    def _report_state(self) -> None:
+        self.notifier.status(self._status_text())
 
     def reload(self) -> None:
         """SIGHUP: re-read the config in the background (see `reload_config`)."""
@@ -339,28 +400,35 @@ class Service:
 
     async def _control(self, command: str, args: list[str]) -> dict[str, Any]:
         daemon = self.daemon
-        assert daemon is not None
         if command == "status":
             return {
                 "ok": True,
-                "state": daemon.machine.state.value,
-                "muted": daemon.machine.muted,
-                "uptime_seconds": round(time.monotonic() - daemon.status.started_monotonic),
-                "conversations": daemon.status.conversations,
-                "last_error": daemon.status.last_error or "none",
+                "state": "starting" if daemon is None else daemon.machine.state.value,
+                "status": self._status_text(),
+                "muted": self.muted_at_start if daemon is None else daemon.machine.muted,
+                "uptime_seconds": round(time.monotonic() - self.started_monotonic),
+                "conversations": 0 if daemon is None else daemon.status.conversations,
+                "last_error": (daemon.status.last_error if daemon else "") or "none",
             }
         if command in ("mute", "unmute"):
             muted = command == "mute"
-            daemon.set_muted(muted)
+            if daemon is None:
+                self.muted_at_start = muted  # applies once the devices are open
+            else:
+                daemon.set_muted(muted)
             self._remember_mute(muted)
             self._report_state()
             return {"ok": True, "muted": muted}
         if command == "wake":
+            if daemon is None:
+                return {"ok": False, "error": f"talkbox is not ready: {self._status_text()}"}
             if daemon.machine.muted:
                 return {"ok": False, "error": "talkbox is muted; talkbox ctl unmute first"}
             daemon.wake("ctl")
             return {"ok": True, "state": daemon.machine.state.value}
         if command == "stop":
+            if daemon is None:  # no conversation yet: nothing to stop
+                return {"ok": True, "state": "starting"}
             daemon.stop_conversation("talkbox ctl stop")
             return {"ok": True, "state": daemon.machine.state.value}
         return {"ok": False, "error": f"unknown command {safe_line(command)!r}"}
@@ -398,5 +466,3 @@ def run_daemon(config_path: Path) -> int:
     except ConfigError as error:  # e.g. a wake model that does not exist
         log.error("%s", error)
         return EX_CONFIG
-    except asyncio.CancelledError:  # stopped while waiting for a device
-        return 0

@@ -9,6 +9,7 @@ Owns:
 - `setup_logging`: journald with structured fields when stderr is connected to the journal,
   readable `key=value` lines on stderr otherwise. Both mask the API key in every line and
   field (`safe_text.redact_secrets`), whatever put it there.
+- `systemd_is_running`: whether this machine was booted with systemd (so `systemctl` works).
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from talkbox.safe_text import redact_secrets
 
 _log = logging.getLogger(__name__)
+
+# sd_booted(3): this directory exists exactly when systemd is the running init system.
+SYSTEMD_RUNTIME_DIRECTORY = Path("/run/systemd/system")
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 SYSLOG_IDENTIFIER = "talkbox"
@@ -54,6 +59,11 @@ _RESERVED_JOURNAL_FIELDS = frozenset(
         "SYSLOG_IDENTIFIER",
     }
 )
+
+
+def systemd_is_running() -> bool:
+    """Whether systemd runs this machine (not a chroot, a container without it, ...)."""
+    return SYSTEMD_RUNTIME_DIRECTORY.is_dir()
 
 
 def _import_systemd(submodule: str) -> Any:

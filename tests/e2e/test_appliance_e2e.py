@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from e2e.conftest import API_KEY, phrase, service_config
-from support.alsa import capture_pcm
+from support.alsa import capture_pcm, playback_only_pcm
 from support.daemon import DaemonRun, NotifyListener, run_daemon, wait_until
 from support.fake_realtime import RecordedSession, ServerThread
 from support.speech import concat, silence
@@ -127,18 +127,19 @@ def test_systemd_hears_ready_status_watchdog_reload_and_stop(tmp_path: Path) -> 
     with run_daemon(tmp_path, config, extra_env={"WATCHDOG_USEC": str(WATCHDOG_USEC)}) as run:
         notify = run.notify
         wait_until(
-            lambda: any(s.startswith("waiting for the audio device") for s in statuses(notify)),
+            lambda: any(s.startswith("waiting for the microphone") for s in statuses(notify)),
             20,
-            "STATUS waiting for the audio device",
+            "STATUS waiting for the microphone",
         )
         time.sleep(1.0)  # a retry or two without the device
         assert "READY=1" not in notify.lines()
         assert notify.ping_times() == [], "no watchdog pings before start-up is complete"
-        with run.sandbox.config_path.open("a") as asound:
-            asound.write(f"pcm.late_mic {capture_pcm(run.sandbox.capture_path)}\n")
+        run.plug_in("late_mic", capture_pcm(run.sandbox.capture_path))
         microphone = run.microphone()
         run.wait_ready(timeout=20)
-        waiting = message_index(notify, "STATUS=waiting for the audio device")
+        waiting = message_index(
+            notify, "STATUS=waiting for the microphone: audio.input_device = 'late_mic'"
+        )
         ready = message_index(notify, "READY=1")
         idle = wait_for_message(notify, "STATUS=idle, listening for hey jarvis", after=ready)
         assert waiting < ready < idle
@@ -208,6 +209,84 @@ def test_systemd_hears_ready_status_watchdog_reload_and_stop(tmp_path: Path) -> 
     assert "STOPPING=1" in lines
     assert "READY=1" not in lines[lines.index("STOPPING=1") :]
     assert "Traceback" not in log, log
+
+
+# --- 1b. before the devices come ----------------------------------------------------------------
+
+
+def ctl_status_line(run: DaemonRun) -> str:
+    """The `status:` line of `talkbox ctl status` (the daemon's state in words)."""
+    return ctl_ok(run, "status")["status"]
+
+
+def test_ctl_answers_while_the_devices_are_missing_and_mute_holds_once_they_come(
+    tmp_path: Path,
+) -> None:
+    # A machine without a sound card; then a speaker that cannot record; then the microphone.
+    with run_daemon(tmp_path, echo_config(), sound_card=False) as run:
+        run.wait_for_log("no sound card found", timeout=20)
+        status = ctl_ok(run, "status")
+        assert status["state"] == "starting" and status["muted"] == "False", status
+        assert status["status"].startswith(
+            "waiting for the speaker: output device 'speaker': no sound card found: "
+            "PortAudio lists no audio device (audio.output_device); check that `aplay -l`"
+        ), status
+        # No device at all: nothing about the sample rate, which is not the problem.
+        assert "cannot play at" not in run.log() and "Hz" not in status["status"]
+
+        assert ctl_ok(run, "mute")["muted"] == "True"
+        assert ctl_ok(run, "stop")["state"] == "starting"  # no conversation to stop
+        refused = run.ctl("wake")
+        assert refused.returncode == 1, refused
+        assert refused.stderr.startswith("talkbox: talkbox is not ready: waiting for the speaker")
+        assert ctl_ok(run, "status")["muted"] == "True"
+
+        run.plug_in("speaker", playback_only_pcm(run.sandbox.playback_path))
+        wait_until(
+            lambda: ctl_status_line(run).startswith("waiting for the microphone"),
+            40,
+            "the daemon to wait for the microphone",
+        )
+        assert ctl_status_line(run).startswith(
+            "waiting for the microphone: input device 'mic': no input device found: none of "
+            "the 1 audio device PortAudio lists can record (audio.input_device); check that"
+        )
+        assert ctl_status_line(run).endswith(" (muted)")
+        assert "cannot capture at" not in run.log()
+        assert "READY=1" not in run.notify.lines()
+
+        run.plug_in("mic", capture_pcm(run.sandbox.capture_path))
+        microphone = run.microphone()
+        run.wait_ready(timeout=40)
+        ready = message_index(run.notify, "READY=1")
+        wait_for_message(run.notify, "STATUS=muted", after=ready)
+        status = ctl_ok(run, "status")
+        assert (status["state"], status["muted"]) == ("idle", "True"), status
+        # Muted since before the devices came: the wake word starts nothing.
+        microphone.speak(wake_and_command("testing one two three"))
+        microphone.wait_spoken()
+        time.sleep(1.0)  # longer than the wake model takes to decide
+        status = ctl_ok(run, "status")
+        code, _ = run.terminate()
+        log = run.log()
+
+    assert code == 0, log
+    assert "wake word" not in log and status["conversations"] == "0", (status, log)
+    assert "Traceback" not in log, log
+
+
+def test_stopping_while_waiting_for_the_devices_ends_cleanly(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, echo_config(), sound_card=False) as run:
+        run.wait_for_log("no sound card found", timeout=20)
+        assert ctl_status_line(run).startswith("waiting for the speaker")
+        code, took = run.terminate()
+        log = run.log()
+        lines = run.notify.lines()
+
+    assert code == 0 and took < 5.0, (code, took, log)
+    assert "Traceback" not in log, log
+    assert "STOPPING=1" in lines and "READY=1" not in lines, lines
+    assert not run.control_socket.exists()
 
 
 # --- 2. reload --------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_device_table_marks_the_configured_devices(tmp_path: Path) -> None:
     pcms = usb_mics_and_a_kitchen_speaker(tmp_path)
     with alsa_sandbox(tmp_path / "alsa", extra_pcms=pcms), open_pyaudio() as pa:
         devices = list_devices(pa)
-    table = format_device_table(devices, "usb_mic_left", "kitchen")
+    table = format_device_table(devices, ("usb_mic_left", "kitchen"))
     # Rows are "index  in  out  rate  name[   <- marks]", the name from column 25 on.
     rows = {line[25:].split("   <- ")[0]: line for line in table.splitlines()[1:len(devices) + 1]}
     assert set(rows) == {d.name for d in devices}
@@ -198,11 +198,11 @@ def test_device_table_marks_the_configured_devices(tmp_path: Path) -> None:
     assert f"{kitchen.index:>5}    0  128   {kitchen.default_rate}  Kitchen Speaker" in table
     assert "audio.output_device = 'kitchen': [" in table
 
-    unusable = format_device_table(devices, "usb_mic", "default")
+    unusable = format_device_table(devices, ("usb_mic", "default"))
     assert "audio.input_device = 'usb_mic': AMBIGUOUS" in unusable
     assert "audio.output_device = 'default': PortAudio's default device" in unusable
     assert "<-" not in unusable
-    assert "NOT FOUND" in format_device_table(devices, "nothing", "default")
+    assert "NOT FOUND" in format_device_table(devices, ("nothing", "default"))
 
 
 def test_pyaudio_opens_without_jack_or_alsa_noise(tmp_path: Path) -> None:
@@ -355,6 +355,22 @@ async def test_devices_that_cannot_open_are_named_in_the_error(tmp_path: Path) -
         # The speaker exists, but cannot capture: no input device has that name.
         with pytest.raises(AudioDeviceError, match="matches no input device"):
             Capture("Kitchen Speaker", 16000, 320, loop).start()
+
+
+async def test_without_a_sound_card_the_error_says_so_and_not_the_rate(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    with alsa_sandbox(tmp_path / "alsa", sound_card=False):
+        with pytest.raises(AudioDeviceError) as capture_error:
+            Capture("default", 16000, 320, loop).start()
+        with pytest.raises(AudioDeviceError) as playback_error:
+            Playback("default", SPEAKER_RATE).start()
+    for error, kind in ((capture_error, "input"), (playback_error, "output")):
+        message = str(error.value)
+        assert message.startswith(
+            f"{kind} device 'default': no sound card found: PortAudio lists no audio device "
+            f"(audio.{kind}_device); check that `aplay -l`"
+        ), message
+        assert "Hz" not in message and f"audio.{kind}_rate" not in message
 
 
 async def test_an_opening_error_from_portaudio_is_translated(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support.alsa import AlsaSandbox, FifoFeeder, alsa_sandbox, narrow
+from support.alsa import AlsaSandbox, FifoFeeder, alsa_sandbox, narrow, playback_only_pcm
 from support.cli import CliRun, RunningTalkbox, environment, run_talkbox
 from support.fake_realtime import RecordedSession
 from support.service import serving, sessions
@@ -105,6 +105,55 @@ def test_devices_with_a_configured_device_missing_fails_listing_the_devices(
     for name in ("mic", "speaker", "default"):
         assert re.search(rf"^  \[\d+\] {name}$", run.stderr, re.MULTILINE)
     assert 'set audio.output_device to one of these names (or "default")' in run.stderr
+
+
+def test_devices_needs_no_config_and_marks_nothing_without_one(tmp_path: Path) -> None:
+    # No --config: no file is read, not even the default one (a fresh machine has none).
+    with alsa_sandbox(tmp_path / "alsa") as sandbox:
+        run = talkbox("devices", env=talkbox_env(sandbox))
+
+    assert run.exit_code == 0, run.stderr
+    assert device_rows(run.stdout) == {"mic": "", "speaker": "", "default": ""}
+    assert run.stdout.splitlines()[-1] == (
+        "no config read: with --config PATH, the devices that config selects are marked"
+    )
+    assert run.stderr == ""
+
+
+@pytest.mark.parametrize("with_config", [False, True], ids=["no config", "config"])
+def test_devices_without_a_sound_card_says_so_and_what_to_check(
+    tmp_path: Path, with_config: bool
+) -> None:
+    config = write_config(tmp_path, input_device="default", output_device="default")
+    given = ["--config", str(config)] if with_config else []
+    with alsa_sandbox(tmp_path / "alsa", sound_card=False) as sandbox:
+        run = talkbox("devices", *given, env=talkbox_env(sandbox))
+
+    assert run.exit_code == 1
+    assert run.stdout == ""  # no table of nothing, and no "default" that is not there
+    assert run.stderr.startswith(
+        "talkbox: no sound card found: PortAudio lists no audio device\n"
+        "check that `aplay -l` (speakers) and `arecord -l` (microphones) list the card"
+    )
+    assert "in group audio" in run.stderr
+
+
+def test_devices_says_when_no_device_can_record(tmp_path: Path) -> None:
+    pcms = {"Kitchen Speaker": playback_only_pcm(tmp_path / "kitchen.raw")}
+    with alsa_sandbox(tmp_path / "alsa", sound_card=False, extra_pcms=pcms) as sandbox:
+        config = write_config(tmp_path, input_device="default", output_device="kitchen")
+        run = talkbox("devices", "--config", str(config), env=talkbox_env(sandbox))
+
+    assert run.exit_code == 1
+    assert device_rows(run.stdout) == {"Kitchen Speaker": "output"}
+    assert (
+        "input  audio.input_device = 'default': NOTHING TO SELECT, no input device found: "
+        "none of the 1 audio device PortAudio lists can record"
+    ) in run.stdout.splitlines()
+    assert run.stderr.startswith(
+        "talkbox: input device 'default': no input device found: none of the 1 audio device "
+        "PortAudio lists can record (audio.input_device); check that `aplay -l`"
+    )
 
 
 # --- talkbox listen -----------------------------------------------------------------------------

@@ -8,12 +8,14 @@ Each file in tests/data/bad_configs/ starts with `# expect: TEXT`: TEXT must app
 
 from __future__ import annotations
 
+import grp
 from pathlib import Path
 
 import pytest
 
 from support.cli import CliRun, environment, run_talkbox
 from talkbox.errors import EX_CONFIG
+from talkbox.systemd import SYSTEMD_RUNTIME_DIRECTORY
 
 BAD_CONFIGS = sorted((Path(__file__).parent.parent / "data" / "bad_configs").glob("*.toml"))
 API_KEY = "sk-SENTINEL-errors-8d2f6a1c0e9b4735"
@@ -24,12 +26,16 @@ ENV_NOT_INHERITED = ("TALKBOX_API_KEY", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET"
 pytestmark = pytest.mark.slow
 
 
-def talkbox(*args: str, api_key: str | None = API_KEY) -> CliRun:
+def talkbox(*args: str, api_key: str | None = API_KEY, unprivileged: bool = False) -> CliRun:
     key = {} if api_key is None else {"TALKBOX_API_KEY": api_key}
     # A bad file must be refused before any device or network is touched; the timeout only
     # turns a daemon that wrongly started into a failure instead of a hang.
     return run_talkbox(
-        *args, env=environment(ENV_NOT_INHERITED, key), secrets=(API_KEY,), timeout=60
+        *args,
+        env=environment(ENV_NOT_INHERITED, key),
+        secrets=(API_KEY,),
+        timeout=60,
+        unprivileged=unprivileged,
     )
 
 
@@ -78,6 +84,48 @@ def test_a_missing_config_file_exits_78_naming_the_path(command: list[str], tmp_
     assert run.exit_code == EX_CONFIG
     assert f"invalid configuration in {missing}" in run.stderr
     assert "file not found" in run.stderr and "--config" in run.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["check"], ["run"], ["ask", "hello"], ["listen"], ["devices"]],
+    ids=["check", "run", "ask", "listen", "devices"],
+)
+def test_a_config_file_the_user_may_not_read_says_how_to_get_access(
+    command: list[str], tmp_path: Path
+) -> None:
+    # As installed: not the user's, readable by one group only (root:talkbox, mode 0640).
+    config = tmp_path / "talkbox.toml"
+    config.write_text('[realtime]\nprovider = "echo"\n')
+    config.chmod(0o040)
+    group = grp.getgrgid(config.stat().st_gid).gr_name
+
+    run = talkbox(*command, "--config", str(config), unprivileged=True)
+
+    assert run.exit_code == EX_CONFIG, (run.exit_code, run.stderr)
+    assert run.stderr.startswith(f"talkbox: invalid configuration in {config}:\n")
+    assert "cannot read the file: permission denied; run the command with sudo, " in run.stderr
+    assert f"or join group {group}, which may read it (`sudo usermod -aG {group} $USER`" in (
+        run.stderr
+    )
+
+
+def test_ctl_without_a_daemon_says_how_to_start_one_here(tmp_path: Path) -> None:
+    socket = tmp_path / "control.sock"
+
+    run = talkbox("ctl", "status", "--socket", str(socket))
+
+    assert run.exit_code == 1
+    assert run.stderr.startswith(f"talkbox: talkbox is not running (nothing listens on {socket}); ")
+    # systemctl only where systemd runs; elsewhere (a chroot, a container) the foreground.
+    if SYSTEMD_RUNTIME_DIRECTORY.is_dir():
+        assert "`sudo systemctl start talkbox`" in run.stderr
+    else:
+        assert "systemctl" not in run.stderr
+        assert run.stderr.endswith(
+            "so run talkbox in the foreground: "
+            "`sudo -u talkbox talkbox run --config /etc/talkbox/config.toml`\n"
+        )
 
 
 def test_ask_with_the_echo_provider_says_it_needs_a_service(tmp_path: Path) -> None:

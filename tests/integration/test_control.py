@@ -21,6 +21,7 @@ import pytest
 from talkbox.control import (
     MAX_REPLY_BYTES,
     ControlServer,
+    how_to_start_talkbox,
     parse_request,
     send_command,
     send_command_sync,
@@ -268,6 +269,13 @@ async def test_close_leaves_a_successors_socket_alone(socket_dir: Path, daemon: 
 async def test_send_command_says_when_talkbox_is_not_running(socket_dir: Path) -> None:
     with pytest.raises(TalkboxError, match="talkbox is not running"):
         await send_command(str(socket_dir / "absent.sock"), "status")
+
+
+def test_the_start_advice_names_systemctl_only_where_systemd_runs() -> None:
+    assert how_to_start_talkbox(True) == "start it with `sudo systemctl start talkbox`"
+    elsewhere = how_to_start_talkbox(False)
+    assert "systemctl" not in elsewhere
+    assert elsewhere.endswith("`sudo -u talkbox talkbox run --config /etc/talkbox/config.toml`")
 
 
 async def test_send_command_times_out_on_a_server_that_never_answers(socket_dir: Path) -> None:

@@ -7,6 +7,9 @@ replaces the system config, so only these devices exist):
   play into `playback_path`; either path may be a FIFO (`capture_fifo` / `playback_fifo`).
 - `extra_pcms` adds more devices by name; `capture_pcm()`, `playback_pcm()`,
   `playback_only_pcm()`, `failing_capture_pcm()`, `failing_playback_pcm()` make their bodies.
+- `sound_card=False` leaves those three out and makes `default` a card that is not there:
+  PortAudio then lists no device at all, as on a machine without a sound card (devices
+  added to the file later appear, as a card plugged in does).
 
 What was found about the file plugin, PortAudio and the process (see also
 /work/shared/testing-without-hardware.md):
@@ -88,6 +91,15 @@ def failing_playback_pcm() -> str:
     return _file_pcm(infile=None, outfile="/dev/full")
 
 
+def missing_card_pcm() -> str:
+    """A PCM on a sound card the system does not have (PortAudio leaves it out of its list).
+
+    A config without any usable `default` is no stand-in: PortAudio's ALSA device scan
+    aborts the process on it (an assertion), where a machine without a card lists nothing.
+    """
+    return '{ type hw card "talkbox_no_such_card" }'
+
+
 def _file_pcm(infile: Path | str | None, outfile: Path | str) -> str:
     source = f' infile "{infile}"' if infile is not None else ""
     return f'{{ type file slave.pcm {{ type null }} file "{outfile}"{source} format "raw" }}'
@@ -115,6 +127,7 @@ def alsa_sandbox(
     capture_fifo: bool = False,
     playback_fifo: bool = False,
     extra_pcms: Mapping[str, str] | None = None,
+    sound_card: bool = True,
 ) -> Iterator[AlsaSandbox]:
     """Write the config into `directory` and set ALSA_CONFIG_PATH while inside."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -125,10 +138,13 @@ def alsa_sandbox(
             os.mkfifo(path)
         else:
             path.touch()
-    pcms = {
+    standard = {
         "!default": _file_pcm(infile=capture_path, outfile=playback_path),
         "mic": capture_pcm(capture_path),
         "speaker": playback_pcm(playback_path),
+    }
+    pcms = {
+        **(standard if sound_card else {"!default": missing_card_pcm()}),
         **(extra_pcms or {}),
     }
     config_path = directory / "asound.conf"

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 # Long enough for any run on a loaded 2-core machine; it only turns a hang into a failure.
 DEFAULT_TIMEOUT_S = 60.0
+# Root reads any file whatever its mode: as root, a test that wants file permissions to count
+# runs talkbox as root without capabilities (a user's view of files that are not theirs).
+WITHOUT_ROOT_PRIVILEGES = ("setpriv", "--bounding-set=-all", "--inh-caps=-all", "--")
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,21 @@ def environment(
 
 class RunningTalkbox:
     """`talkbox ARGS...` started as a process with exactly `env`; `finish()` waits for it and
-    checks its output, where none of `secrets` may appear."""
+    checks its output, where none of `secrets` may appear. `unprivileged`: file permissions
+    hold for it, as for an ordinary user, even where the tests run as root."""
 
-    def __init__(self, *args: str, env: Mapping[str, str], secrets: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: Mapping[str, str],
+        secrets: Collection[str] = (),
+        unprivileged: bool = False,
+    ) -> None:
         self.secrets = tuple(secrets)
         self.started = time.monotonic()
+        prefix = WITHOUT_ROOT_PRIVILEGES if unprivileged and os.geteuid() == 0 else ()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "talkbox.cli", *args],
+            [*prefix, sys.executable, "-m", "talkbox.cli", *args],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -83,6 +94,9 @@ def run_talkbox(
     env: Mapping[str, str],
     secrets: Collection[str] = (),
     timeout: float = DEFAULT_TIMEOUT_S,
+    unprivileged: bool = False,
 ) -> CliRun:
     """Run `talkbox ARGS...` with exactly `env` to its end, failing after `timeout` s."""
-    return RunningTalkbox(*args, env=env, secrets=secrets).finish(timeout)
+    return RunningTalkbox(*args, env=env, secrets=secrets, unprivileged=unprivileged).finish(
+        timeout
+    )

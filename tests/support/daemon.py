@@ -175,6 +175,12 @@ class DaemonRun:
             timeout=timeout,
         )
 
+    def plug_in(self, name: str, pcm: str) -> None:
+        """Add device `name` (an ALSA PCM body, see support.alsa) to the sound card, as
+        plugging it in would: the daemon sees it the next time it looks for devices."""
+        with self.sandbox.config_path.open("a") as asound:
+            asound.write(f"pcm.{name} {pcm}\n")
+
     def heard(self, since: float = 0.0) -> bytes:
         return self.drainer.data(since)
 
@@ -194,12 +200,16 @@ def run_daemon(
     api_key: str | None = None,
     extra_env: dict[str, str] | None = None,
     feeder_first: FifoFeeder | None = None,
+    sound_card: bool = True,
 ) -> Iterator[DaemonRun]:
     """Start `talkbox run` on a file sound card; stop it (SIGKILL at worst) when done.
 
-    `config_text` may use {control_socket} for a socket path inside tmp_path.
+    `config_text` may use {control_socket} for a socket path inside tmp_path. With
+    `sound_card=False` there is no device at all until the test plugs some in (`plug_in`).
     """
-    sandbox_cm = alsa_sandbox(tmp_path / "alsa", capture_fifo=True, playback_fifo=True)
+    sandbox_cm = alsa_sandbox(
+        tmp_path / "alsa", capture_fifo=True, playback_fifo=True, sound_card=sound_card
+    )
     sandbox = sandbox_cm.__enter__()
     control_socket = tmp_path / "ctl.sock"
     config_path = tmp_path / "talkbox.toml"

@@ -98,9 +98,7 @@ class Capture:
             )
         except OSError as exc:
             self._release()
-            raise device_error(
-                exc, "input", self.device, f"cannot capture at {self.rate} Hz"
-            ) from exc
+            raise device_error(exc, "input", self.device, self.rate) from exc
         except BaseException:
             self._release()
             raise

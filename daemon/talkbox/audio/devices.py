@@ -4,7 +4,9 @@ This module owns how `audio.input_device` / `audio.output_device` resolve to a P
 device index: "default" means PortAudio's default device (index None); otherwise an exact
 name wins, else a unique case-insensitive substring ("usb" finds "USB Audio Device: - (hw:1,0)").
 A missing or ambiguous name is an `AudioDeviceError` that lists the candidates and names the
-config key. The matching itself is pure (`match_device` over `DeviceInfo`s); only
+config key; where no device at all can record (or play), whatever the name, the error says
+so and what to check (`missing_device_problem`), rather than blaming the name or the rate.
+The matching itself is pure (`match_device` over `DeviceInfo`s); only
 `list_devices`/`find_device` talk to PyAudio. It also renders the `talkbox devices` table.
 """
 
@@ -18,6 +20,13 @@ from talkbox.errors import AudioDeviceError
 
 DeviceKind = Literal["input", "output"]
 DEFAULT_DEVICE = "default"
+NO_SOUND_CARD = "no sound card found: PortAudio lists no audio device"
+# What an owner can check when the system shows no sound card (or none that can do a kind).
+CHECK_SOUND_CARD = (
+    "check that `aplay -l` (speakers) and `arecord -l` (microphones) list the card (if not: "
+    "is it plugged in? a HAT's dtoverlay set in /boot/firmware/config.txt?) and that the user "
+    "running talkbox is in group audio (`id` shows its groups)"
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +76,24 @@ def _is_default(name: str) -> bool:
     return name.strip().lower() == DEFAULT_DEVICE
 
 
+def missing_device_problem(devices: Sequence[DeviceInfo], kind: DeviceKind) -> str | None:
+    """Why no device can do `kind` (no sound card at all, or none that can), or None."""
+    if not devices:
+        return NO_SOUND_CARD
+    if any(d.can(kind) for d in devices):
+        return None
+    can = "record" if kind == "input" else "play"
+    count = f"{len(devices)} audio device{'s' if len(devices) > 1 else ''}"
+    return f"no {kind} device found: none of the {count} PortAudio lists can {can}"
+
+
 def match_device(devices: Sequence[DeviceInfo], name: str, kind: DeviceKind) -> int | None:
     """The index `name` selects among `devices` able to do `kind`; None for "default"."""
+    problem = missing_device_problem(devices, kind)
+    if problem is not None:
+        raise AudioDeviceError(
+            f"{kind} device {name!r}: {problem} (audio.{kind}_device); {CHECK_SOUND_CARD}"
+        )
     if _is_default(name):
         return None
     matches = _matching(devices, name, kind)
@@ -97,6 +122,9 @@ def _configured_line(
 ) -> tuple[int | None, str]:
     """The index the configured name selects, and a line saying so (or why it does not)."""
     label = f"{kind:<6} audio.{kind}_device = {configured!r}"
+    problem = missing_device_problem(devices, kind)
+    if problem is not None:
+        return None, f"{label}: NOTHING TO SELECT, {problem}"
     if _is_default(configured):
         return None, f"{label}: PortAudio's default device"
     matches = _matching(devices, configured, kind)
@@ -109,11 +137,19 @@ def _configured_line(
 
 
 def format_device_table(
-    devices: Sequence[DeviceInfo], configured_input: str, configured_output: str
+    devices: Sequence[DeviceInfo], configured: tuple[str, str] | None = None
 ) -> str:
-    """The `talkbox devices` listing: one row per device, the configured ones marked."""
-    input_index, input_line = _configured_line(devices, "input", configured_input)
-    output_index, output_line = _configured_line(devices, "output", configured_output)
+    """The `talkbox devices` listing: one row per device; with `configured` (the input and
+    output device names of a config), the ones they select are marked and explained."""
+    if configured is None:
+        input_index = output_index = None
+        explained = [
+            "no config read: with --config PATH, the devices that config selects are marked"
+        ]
+    else:
+        input_index, input_line = _configured_line(devices, "input", configured[0])
+        output_index, output_line = _configured_line(devices, "output", configured[1])
+        explained = [input_line, output_line]
     rows = [f"{'index':>5}  {'in':>3}  {'out':>3}  {'rate':>6}  name"]
     for d in devices:
         marks = [m for m, i in (("input", input_index), ("output", output_index)) if i == d.index]
@@ -122,6 +158,4 @@ def format_device_table(
             f"{d.index:>5}  {d.max_input_channels:>3}  {d.max_output_channels:>3}  "
             f"{d.default_rate:>6}  {d.name}{suffix}"
         )
-    if not devices:
-        rows.append("  (no audio devices found)")
-    return "\n".join([*rows, "", input_line, output_line])
+    return "\n".join([*rows, "", *explained])

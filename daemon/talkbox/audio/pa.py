@@ -30,6 +30,7 @@ from typing import Any
 
 import pyaudio
 
+from talkbox.audio.devices import CHECK_SOUND_CARD, DeviceKind
 from talkbox.errors import AudioDeviceError
 
 log = logging.getLogger(__name__)
@@ -126,11 +127,28 @@ def describe_os_error(exc: OSError) -> str:
     return str(exc)
 
 
-def device_error(exc: OSError, kind: str, device: str, detail: str) -> AudioDeviceError:
-    """An AudioDeviceError for `kind` ("input"/"output") device `device` failing to `detail`."""
+def device_error(exc: OSError, kind: DeviceKind, device: str, rate: int) -> AudioDeviceError:
+    """An AudioDeviceError for `kind` device `device` failing to open at `rate` Hz.
+
+    The rate is named as the cause only when PortAudio says the rate was refused: with no
+    device to open at all, a rate hint sends the owner looking in the wrong place.
+    """
+    what = f"{kind} device {device!r}"
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if code == pyaudio.paInvalidSampleRate:
+        action = "capture" if kind == "input" else "play"
+        return AudioDeviceError(
+            f"{what}: cannot {action} at {rate} Hz: {describe_os_error(exc)}; "
+            f"check audio.{kind}_device and audio.{kind}_rate (see `talkbox devices`)"
+        )
+    if code == pyaudio.paInvalidDevice:
+        return AudioDeviceError(
+            f"{what}: PortAudio has no such {kind} device: {describe_os_error(exc)}; "
+            f"check audio.{kind}_device (see `talkbox devices`); {CHECK_SOUND_CARD}"
+        )
     return AudioDeviceError(
-        f"{kind} device {device!r}: {detail}: {describe_os_error(exc)}; "
-        f"check audio.{kind}_device and audio.{kind}_rate (see `talkbox devices`)"
+        f"{what}: cannot open it: {describe_os_error(exc)}; "
+        f"check audio.{kind}_device (see `talkbox devices`)"
     )
 
 

@@ -148,9 +148,7 @@ class Playback:
             self._output_latency_s = float(self._stream.get_output_latency())
         except OSError as exc:
             self._release()
-            raise device_error(
-                exc, "output", self.device, f"cannot play at {self.output_rate} Hz"
-            ) from exc
+            raise device_error(exc, "output", self.device, self.output_rate) from exc
         except BaseException:
             self._release()
             raise
