@@ -46,6 +46,7 @@ from bench.timeline import (
 from support.audio_match import locate, resample
 from support.daemon import CAPTURE_PERIOD_FRAMES, MIC_RATE, SPEAKER_RATE, run_daemon
 from support.fake_realtime import ServerThread, synthetic_reply_pcm
+from support.procmem import read_memory
 from support.speech import speak
 
 API_KEY = "bench-key-for-the-loopback-fake-0123456789"
@@ -109,10 +110,7 @@ level = "info"
 
 def read_rss_mb(pid: int) -> float:
     """VmRSS of a live process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    return read_memory(pid).rss_mib
 
 
 def process_cpu_seconds(pid: int) -> float:

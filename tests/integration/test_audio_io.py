@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -419,6 +420,50 @@ async def test_playback_plays_exactly_the_reply_counts_it_and_reports_drained(
     # (1.2 s of audio at 48 kHz in all) was still on its way to the room.
     still_coming = len(expected) - heard_when_drained[0]
     assert still_coming <= PIPE_BYTES + 0.1 * SPEAKER_RATE * 2, still_coming
+
+
+async def test_tiny_deltas_play_exactly_and_queue_little_more_than_their_audio(
+    speaker: tuple[AlsaSandbox, FifoDrainer],
+) -> None:
+    _, drainer = speaker
+    reply = sine_pcm(440.0, REPLY_RATE, 1.0)
+    delta_bytes = 48  # 1 ms: a service flooding the speaker with tiny deltas
+    async with Playback("speaker", SPEAKER_RATE, REPLY_RATE) as playback:
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            for offset in range(0, len(reply), delta_bytes):
+                playback.write(reply[offset:offset + delta_bytes])
+            queued, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        playback.end_of_stream()
+        await asyncio.wait_for(playback.wait_drained(), timeout=5)
+        await asyncio.sleep(0.2)
+    # At 48 kHz the reply is twice its size; an object per delta would cost several times it.
+    audio_at_48k = 2 * len(reply)
+    assert queued - before < 1.25 * audio_at_48k, (queued - before, audio_at_48k)
+    resampler = Resampler(REPLY_RATE, SPEAKER_RATE)
+    expected = resampler.process(reply) + resampler.flush()
+    heard = drainer.data()
+    assert heard.count(expected) == 1
+    start = heard.find(expected)
+    assert not any(heard[:start]) and not any(heard[start + len(expected):])
+
+
+async def test_a_long_reply_written_at_once_plays_exactly(
+    speaker: tuple[AlsaSandbox, FifoDrainer],
+) -> None:
+    _, drainer = speaker
+    reply = sine_pcm(330.0, REPLY_RATE, 2.5)  # resampled in slices, not in one piece
+    async with Playback("speaker", SPEAKER_RATE, REPLY_RATE) as playback:
+        playback.write(reply)
+        playback.end_of_stream()
+        await asyncio.wait_for(playback.wait_drained(), timeout=10)
+        await asyncio.sleep(0.2)
+    resampler = Resampler(REPLY_RATE, SPEAKER_RATE)
+    expected = resampler.process(reply) + resampler.flush()
+    assert drainer.data().count(expected) == 1
 
 
 async def test_reply_resampled_to_48k_and_back_keeps_60_db_snr(

@@ -730,7 +730,10 @@ async def test_a_frame_larger_than_the_client_accepts(
             caplog,
             lambda: answer_then_fail(rig, send_oversized),
             idle_within=PROMPT_IDLE_S,
-            log_says=("sent a message larger than talkbox accepts (16 MiB)", "reconnect"),
+            log_says=(
+                f"sent a message larger than talkbox accepts ({MAX_FRAME_BYTES // 2**20} MiB)",
+                "reconnect",
+            ),
         )
         await until(lambda: server.sessions[0].closed, "the session to be closed")
         assert server.sessions[0].close_code == 1009  # talkbox said why: message too big

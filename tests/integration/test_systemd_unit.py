@@ -116,6 +116,7 @@ def test_service_settings() -> None:
         "DeviceAllow": "char-alsa rw",
         "RestrictRealtime": "yes",
         "MemoryDenyWriteExecute": "yes",
+        "MemoryMax": "384M",
     }
     assert {key: one(settings, key) for key in expected} == expected
     # Check the file (a broken one fails the reload), then tell the daemon.

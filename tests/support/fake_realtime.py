@@ -53,7 +53,13 @@ Fault injection (``server.faults``, a `Faults`; one-shot faults reset themselves
 - ``error_instead_of_response`` (one-shot, an `InjectedError`): answer the next
   ``response.create`` with that error and no response;
 - ``malformed_json_before_response`` (one-shot): send a frame that is not JSON just before the
-  next response's events.
+  next response's events;
+- ``audio_flood`` (one-shot, an `AudioFlood`): the next response's audio is ``count`` deltas of
+  ``delta_bytes`` each (huge ones, or thousands of tiny ones), optionally paced at
+  ``deltas_per_second``; they are counted (``audio_deltas``, ``flood_bytes``), not kept in
+  ``audio``, so a flood of hundreds of MiB costs this process one delta;
+- ``odd_length_deltas`` (one-shot): the next response's first N audio deltas are each followed
+  by a 3-byte delta (not whole PCM16 samples), counted in ``odd_deltas``, not kept in ``audio``.
 
 Methods: ``await server.expire_sessions()`` (error ``session_expired`` then close 1001),
 ``await server.send_raw(text)`` (any text frame to a live connection).
@@ -501,6 +507,8 @@ class ResponseRecord:
     status_reason: str | None = None
     audio: bytearray = field(default_factory=bytearray)  # audio deltas sent, in order
     audio_deltas: int = 0
+    flood_bytes: int = 0  # audio of an injected flood: counted, not kept
+    odd_deltas: int = 0  # injected deltas of an odd length: counted, not kept
     transcript_sent: str = ""
     usage: dict[str, Any] | None = None
 
@@ -588,6 +596,15 @@ class InjectedClose:
 
 
 @dataclass
+class AudioFlood:
+    """Reply audio no real service sends: `count` deltas of `delta_bytes` bytes each."""
+
+    delta_bytes: int
+    count: int
+    deltas_per_second: float | None = None  # None: as fast as the connection takes them
+
+
+@dataclass
 class Faults:
     """Failure modes to inject; see the module docstring."""
 
@@ -602,6 +619,8 @@ class Faults:
     drop_after_audio_deltas: int | None = None
     error_instead_of_response: InjectedError | None = None
     malformed_json_before_response: bool = False
+    audio_flood: AudioFlood | None = None
+    odd_length_deltas: int = 0
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -827,6 +846,8 @@ class _ActiveResponse:
     transcript: str
     text_only: bool
     drop_after_deltas: int | None
+    flood: AudioFlood | None = None
+    odd_deltas_left: int = 0
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: str | None = None
     task: asyncio.Task[None] | None = None
@@ -1213,7 +1234,8 @@ class _Connection:
                 "status": "in_progress", "role": "assistant", "content": []}
         conversation_item = ConversationItem(item_id, "assistant", "message", item)
         active = _ActiveResponse(record, conversation_item, pcm, transcript, text_only,
-                                 drop_after)
+                                 drop_after, faults.audio_flood, faults.odd_length_deltas)
+        faults.audio_flood, faults.odd_length_deltas = None, 0
         self.active = active
         await self.send("response.created", response=self._response_object(active))
         await self.send("rate_limits.updated", rate_limits=[
@@ -1253,6 +1275,9 @@ class _Connection:
     async def _stream_events(self, active: _ActiveResponse) -> None:
         ids = {"response_id": active.record.response_id, "item_id": active.item.item_id,
                "output_index": 0, "content_index": 0}
+        if active.flood is not None and not active.text_only:
+            await self._stream_flood(active, active.flood, ids)
+            return
         chunk_bytes = self.server.chunk_ms * BYTES_PER_MS
         if active.text_only:
             chunks: list[bytes] = []
@@ -1275,6 +1300,11 @@ class _Connection:
                 active.record.transcript_sent += words[step]
             if step < len(chunks):
                 await self._send_audio(active, chunks[step], ids)
+                if active.odd_deltas_left:
+                    active.odd_deltas_left -= 1
+                    await self.send(f"{self._event_name('audio')}.delta", **ids,
+                                    delta=base64.b64encode(b"\x01\x02\x03").decode("ascii"))
+                    active.record.odd_deltas += 1
             await self._pause(active)
         if drop_after is not None and active.cancel_reason is None:
             self._drop(active)  # asked for more deltas than the reply has: drop before .done
@@ -1290,6 +1320,32 @@ class _Connection:
         active.item.audio_ms = len(active.record.audio) // BYTES_PER_MS
         self.record.sent_audio += chunk
         self.audio_produced = True
+
+    async def _stream_flood(self, active: _ActiveResponse, flood: AudioFlood,
+                            ids: dict[str, Any]) -> None:
+        # One delta's text is made once and sent `count` times (each with its own event id),
+        # and none is recorded in server_events: a flood must not cost this process its size.
+        voice = synthetic_reply_pcm(200, active.record.turn)
+        pcm = (voice * (flood.delta_bytes // len(voice) + 1))[:flood.delta_bytes]
+        delta = base64.b64encode(pcm).decode("ascii")
+        head = json.dumps({"type": f"{self._event_name('audio')}.delta", **ids})[:-1]
+        started = time.monotonic()
+        for sent in range(flood.count):
+            if active.cancel_reason is not None:
+                break
+            event_id = self.server.next_id("event")
+            await self.websocket.send(f'{head}, "event_id": "{event_id}", "delta": "{delta}"}}')
+            active.record.audio_deltas += 1
+            active.record.flood_bytes += flood.delta_bytes
+            self.audio_produced = True
+            if flood.deltas_per_second is not None:
+                ahead = (sent + 1) / flood.deltas_per_second - (time.monotonic() - started)
+                if ahead > 0.005:
+                    await asyncio.sleep(ahead)
+            elif sent % 64 == 63:
+                await asyncio.sleep(0)  # let the reader see a cancel or a close
+        self.server.notify()
+        await self._finish(active, ids)
 
     async def _pause(self, active: _ActiveResponse) -> None:
         pause = self.server.chunk_pause_s()

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from talkbox.core.conversation import (
+    MAX_REPLY_PARTS,
     TIMER_FOLLOW_UP,
     TIMER_MAX_CONVERSATION,
     TIMER_RESPONSE,
@@ -351,6 +352,79 @@ def test_failed_response_ends_with_the_error_chime() -> None:
     actions = d.server(ResponseDone("r1", "failed", error_code="server_error"))
     assert PlayChime("error") in actions
     assert "server_error" in of(ConversationEnded, actions)[0].error
+    assert d.m.state is State.IDLE
+
+
+def test_an_odd_length_delta_is_dropped_alone_and_logged_once_per_response(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.server(ResponseCreated("r1"))
+    assert d.server(AudioDelta("r1", "i1", 0, bytes(3))) == []
+    assert d.server(AudioDelta("r1", "i1", 0, bytes(7))) == []
+    play = d.server(AudioDelta("r1", "i1", 0, bytes(960)))
+    assert play == [PlayAudio(bytes(960))], "the deltas after a bad one still play"
+    assert d.m.enqueued_samples == 480
+    assert d.m.state is State.RESPONDING
+    d.server(ResponseDone("r1", "completed"))
+    d(PlaybackDrained(played_samples=d.m.enqueued_samples))
+    d.speak(500)
+    d.server(ResponseCreated("r2"))
+    d.server(AudioDelta("r2", "i2", 0, bytes(5)))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "dropped an audio delta of 3 bytes from the service: not whole 16-bit samples "
+        "(any more in this answer are dropped without a log line)",
+        "dropped an audio delta of 5 bytes from the service: not whole 16-bit samples "
+        "(any more in this answer are dropped without a log line)",
+    ]
+
+
+def test_a_reply_longer_than_the_cap_ends_as_a_failed_response() -> None:
+    d = Driver(max_reply_seconds=2.0)
+    d.start_listening()
+    d.speak(500)
+    d.server(ResponseCreated("r1"))
+    assert d.server(AudioDelta("r1", "i1", 0, ms(1500))) == [PlayAudio(ms(1500))]
+    assert d.server(AudioDelta("r1", "i1", 0, ms(500))) == [PlayAudio(ms(500))], "2 s is fine"
+    actions = d.server(AudioDelta("r1", "i1", 0, ms(20)))
+    assert not of(PlayAudio, actions), "the delta past the cap is never queued"
+    assert FlushPlayback() in actions
+    assert PlayChime("error") in actions
+    [ended] = of(ConversationEnded, actions)
+    assert ended.error == (
+        "the service's answer ran past 2 s of audio, longer than any real answer; "
+        "talkbox stopped it"
+    )
+    assert d.m.state is State.IDLE
+
+
+def test_the_reply_cap_counts_each_response_afresh() -> None:
+    d = Driver(max_reply_seconds=2.0)
+    d.start_listening()
+    for turn in range(3):
+        d.speak(500)
+        d.server(ResponseCreated(f"r{turn}"))
+        assert of(PlayAudio, d.server(AudioDelta(f"r{turn}", f"i{turn}", 0, ms(1500))))
+        d.server(ResponseDone(f"r{turn}", "completed"))
+        d(PlaybackDrained(played_samples=d.m.enqueued_samples))
+        assert d.m.state is State.LISTENING
+
+
+def test_a_reply_in_too_many_audio_parts_ends_as_a_failed_response() -> None:
+    d = Driver()
+    d.start_listening()
+    d.speak(500)
+    d.server(ResponseCreated("r1"))
+    for part in range(MAX_REPLY_PARTS):
+        assert of(PlayAudio, d.server(AudioDelta("r1", f"i{part}", 0, bytes(2))))
+    assert of(PlayAudio, d.server(AudioDelta("r1", f"i{part}", 0, bytes(2)))), "same part"
+    actions = d.server(AudioDelta("r1", "one-too-many", 0, bytes(2)))
+    assert not of(PlayAudio, actions)
+    [ended] = of(ConversationEnded, actions)
+    assert f"more than {MAX_REPLY_PARTS} audio parts" in ended.error
     assert d.m.state is State.IDLE
 
 

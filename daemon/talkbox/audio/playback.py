@@ -22,6 +22,12 @@ Counting: `played_samples` is what the callback handed to PortAudio of assistant
 since `reset_count()`, in SOURCE-rate samples, so `conversation.item.truncate` can say how
 much of the item the user really heard. Chimes and silence are not counted.
 
+Memory: the queue holds reply audio and little else. Small deltas are appended to the last
+queued piece (up to `_COALESCE_MS` of audio), so a service that sends thousands of tiny deltas
+costs about their audio, not an object per delta; a large delta is resampled in slices of
+`_RESAMPLE_SLICE_BYTES`, so the float copies soxr needs never exceed a slice. How much a reply
+may queue in total is the core's decision (core/conversation.py, MAX_REPLY_SECONDS).
+
 Draining: `end_of_stream()` marks the end of a reply; once everything up to the mark has
 been handed over and the queue is empty, `on_drained` is called on the event loop after the
 stream's output latency (the time PortAudio says handed audio takes to reach the DAC).
@@ -55,6 +61,11 @@ log = logging.getLogger(__name__)
 SAMPLE_BYTES = 2
 # How often a waiting wait_drained() looks at the stream's health.
 _HEALTH_POLL_S = 0.2
+# Reply audio shorter than this (at the output rate) is appended to the last queued piece
+# instead of queued on its own: a piece costs ~120 bytes of objects whatever its length.
+_COALESCE_MS = 100
+# Reply audio is resampled at most this much (source-rate bytes, 1 s at 24 kHz) at a time.
+_RESAMPLE_SLICE_BYTES = 48000
 
 
 class _Kind(enum.Enum):
@@ -64,11 +75,13 @@ class _Kind(enum.Enum):
 
 
 class _Segment(NamedTuple):
-    pcm: memoryview
+    # A bytearray only for coalesced reply audio, which may still grow at the tail; it is
+    # read by slicing (a copy) under the lock, never through a view, so it can be resized.
+    pcm: bytes | bytearray
     kind: _Kind
 
 
-_END_MARK = _Segment(memoryview(b""), _Kind.END)
+_END_MARK = _Segment(b"", _Kind.END)
 
 
 class Playback:
@@ -101,7 +114,8 @@ class Playback:
         self._prebuffer_wait_s = prebuffer_wait_ms / 1000
         self._prebuffer_timer: asyncio.TimerHandle | None = None
         self._resampler = Resampler(source_rate, output_rate)
-        self._silence = memoryview(bytes(self.period_frames * SAMPLE_BYTES))
+        self._silence = bytes(self.period_frames * SAMPLE_BYTES)
+        self._coalesce_bytes = output_rate * _COALESCE_MS // 1000 * SAMPLE_BYTES
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pa: Any = None
         self._stream: Any = None
@@ -116,6 +130,7 @@ class Playback:
         # Shared with the callback thread; guarded by _lock.
         self._lock = threading.Lock()
         self._segments: deque[_Segment] = deque()
+        self._head_offset = 0  # bytes of _segments[0] already handed to the device
         self._queued_bytes = 0
         self._playing = False  # False: prebuffering (or idle), the callback plays silence
         self._end_passed = False  # an END mark was handed over since the queue last ran dry
@@ -184,15 +199,22 @@ class Playback:
 
     def write(self, pcm_source_rate: bytes) -> None:
         """Queue reply audio (PCM16 at source_rate); returns at once."""
+        if len(pcm_source_rate) % SAMPLE_BYTES:
+            raise ValueError(f"PCM16 reply audio has an odd length ({len(pcm_source_rate)} bytes)")
         self._raise_if_unhealthy()
-        self._enqueue(_Segment(memoryview(self._resampler.process(pcm_source_rate)), _Kind.SPEECH))
+        if self._resampler.is_identity:
+            self._enqueue(_Segment(pcm_source_rate, _Kind.SPEECH))
+            return
+        for start in range(0, len(pcm_source_rate), _RESAMPLE_SLICE_BYTES):
+            piece = pcm_source_rate[start : start + _RESAMPLE_SLICE_BYTES]
+            self._enqueue(_Segment(self._resampler.process(piece), _Kind.SPEECH))
 
     def end_of_stream(self) -> None:
         """The reply has no more audio: play what is queued now, however little it is."""
         self._raise_if_unhealthy()
         tail = self._resampler.flush()
         if tail:
-            self._enqueue(_Segment(memoryview(tail), _Kind.SPEECH))
+            self._enqueue(_Segment(tail, _Kind.SPEECH))
         self._enqueue(_END_MARK)
 
     def play_chime(self, pcm_output_rate: bytes) -> None:
@@ -200,14 +222,14 @@ class Playback:
         if len(pcm_output_rate) % SAMPLE_BYTES:
             raise ValueError(f"PCM16 chime has an odd length ({len(pcm_output_rate)} bytes)")
         self._raise_if_unhealthy()
-        self._enqueue(_Segment(memoryview(pcm_output_rate), _Kind.CHIME))
+        self._enqueue(_Segment(pcm_output_rate, _Kind.CHIME))
 
     def _enqueue(self, segment: _Segment) -> None:
         self._cancel_drain_timer()
         self._idle.clear()
         with self._lock:
             self._generation += 1
-            self._segments.append(segment)
+            self._append(segment)
             self._queued_bytes += len(segment.pcm)
             # Reply audio waits for the prebuffer; a chime or an end mark starts everything.
             if segment.kind is not _Kind.SPEECH or self._queued_bytes >= self._prebuffer_bytes:
@@ -219,6 +241,23 @@ class Playback:
             self._prebuffer_timer = self._loop.call_later(
                 self._prebuffer_wait_s, self._end_prebuffer_wait
             )
+
+    def _append(self, segment: _Segment) -> None:
+        # Holding the lock. Small reply audio joins the last piece if that is reply audio
+        # still below the coalescing size; otherwise it starts a piece that may grow.
+        segments = self._segments
+        if segment.kind is _Kind.SPEECH and len(segment.pcm) < self._coalesce_bytes:
+            last = segments[-1] if segments else None
+            if (
+                last is not None
+                and isinstance(last.pcm, bytearray)
+                and len(last.pcm) < self._coalesce_bytes
+            ):
+                last.pcm.extend(segment.pcm)
+            else:
+                segments.append(_Segment(bytearray(segment.pcm), _Kind.SPEECH))
+            return
+        segments.append(segment)
 
     def _end_prebuffer_wait(self) -> None:
         self._prebuffer_timer = None
@@ -239,6 +278,7 @@ class Playback:
         with self._lock:
             self._generation += 1
             self._segments.clear()
+            self._head_offset = 0
             self._queued_bytes = 0
             self._playing = False
             self._end_passed = False
@@ -317,7 +357,7 @@ class Playback:
         self, in_data: bytes | None, frame_count: int, time_info: Any, status_flags: int
     ) -> tuple[bytes, int]:
         wanted = frame_count * SAMPLE_BYTES
-        pieces: list[memoryview] = []
+        pieces: list[bytes | bytearray] = []
         got = 0
         ran_dry = reply_ended = underrun = False
         generation = 0
@@ -328,11 +368,13 @@ class Playback:
                 # END marks right after the last byte handed over are passed now, too.
                 while segments and (got < wanted or segments[0].kind is _Kind.END):
                     pcm, kind = segments[0]
-                    take = pcm[: wanted - got]
-                    if len(take) == len(pcm):
+                    start = self._head_offset
+                    take = pcm[start : start + wanted - got]  # a copy of at most one period
+                    if start + len(take) == len(pcm):
                         segments.popleft()
+                        self._head_offset = 0
                     else:
-                        segments[0] = _Segment(pcm[len(take) :], kind)
+                        self._head_offset = start + len(take)
                     pieces.append(take)
                     got += len(take)
                     last_kind = kind
@@ -354,7 +396,7 @@ class Playback:
             pieces.append(
                 self._silence[: wanted - got]
                 if wanted - got <= len(self._silence)
-                else memoryview(bytes(wanted - got))
+                else bytes(wanted - got)
             )
         if ran_dry and self._loop is not None:
             try:

@@ -82,6 +82,13 @@ HARMLESS_ERROR_CODES = frozenset(
     }
 )
 
+# A reply is ended as a failed response when its audio would pass either bound: no real answer
+# comes near them, and everything received is queued for the speaker (the service sends faster
+# than real time), so they bound what a broken or hostile service can make the daemon hold.
+MAX_REPLY_SECONDS = 300.0
+# Audio parts (item, content index) of one response; a real one has one or two.
+MAX_REPLY_PARTS = 64
+
 TIMER_FOLLOW_UP = "follow_up"
 TIMER_MAX_CONVERSATION = "max_conversation"
 TIMER_RESPONSE = "response"
@@ -100,9 +107,10 @@ class MachineConfig:
     # wake phrase's own tail, not a command: it is dropped, not sent as a turn.
     min_command_ms: int = 250
     sample_rate: int = 24000
+    max_reply_seconds: float = MAX_REPLY_SECONDS
 
 
-@dataclass
+@dataclass(slots=True)
 class _ReplyItem:
     item_id: str
     content_index: int
@@ -146,6 +154,13 @@ class ConversationMachine:
         self.response_done = True
         self.silenced_responses: set[str] = set()
         self.first_audio_at: float | None = None
+        self._reset_reply_limits()
+
+    def _reset_reply_limits(self) -> None:
+        # What the active response has sent so far, against MAX_REPLY_*.
+        self.reply_samples = 0
+        self.reply_parts = 0
+        self.dropped_deltas = 0  # deltas that were not whole PCM16 samples
 
     def _reset_playback(self) -> None:
         self.enqueued_samples = (
@@ -365,6 +380,7 @@ class ConversationMachine:
             if self.active_response_id is None:
                 self.active_response_id = event.response_id
                 self.response_done = False
+                self._reset_reply_limits()
                 self.awaiting_response = False
                 if self.state is State.LISTENING:
                     # Server VAD started a response on its own.
@@ -395,15 +411,44 @@ class ConversationMachine:
             or event.response_id != self.active_response_id
         ):
             return  # late audio of an interrupted or unknown response: never play it
+        if len(event.pcm) % BYTES_PER_SAMPLE:
+            # Not PCM16: its samples cannot be told apart. Dropping the whole delta keeps the
+            # ones after it aligned; one bad delta costs that delta, never the conversation.
+            self.dropped_deltas += 1
+            if self.dropped_deltas == 1:
+                log.warning(
+                    "dropped an audio delta of %d bytes from the service: not whole 16-bit "
+                    "samples (any more in this answer are dropped without a log line)",
+                    len(event.pcm),
+                )
+            return
         samples = len(event.pcm) // BYTES_PER_SAMPLE
         if samples == 0:
             return
         item = self.reply_items[-1] if self.reply_items else None
-        if (
-            item is None
-            or item.item_id != event.item_id
-            or item.content_index != event.content_index
+        if item is not None and (item.item_id, item.content_index) != (
+            event.item_id,
+            event.content_index,
         ):
+            item = None  # a new audio part begins
+        if self.reply_samples + samples > self.config.max_reply_seconds * self.config.sample_rate:
+            seconds = self.config.max_reply_seconds
+            self._end(
+                out,
+                error=f"the service's answer ran past {seconds:g} s of audio, longer than any "
+                "real answer; talkbox stopped it",
+            )
+            return
+        if item is None and self.reply_parts >= MAX_REPLY_PARTS:
+            self._end(
+                out,
+                error=f"the service's answer came in more than {MAX_REPLY_PARTS} audio parts, "
+                "more than any real answer; talkbox stopped it",
+            )
+            return
+        self.reply_samples += samples
+        if item is None:
+            self.reply_parts += 1
             item = _ReplyItem(event.item_id, event.content_index, self.enqueued_samples)
             self.reply_items.append(item)
         item.received_samples += samples

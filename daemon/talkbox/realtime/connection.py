@@ -73,9 +73,12 @@ from talkbox.safe_text import safe_line
 
 _log = logging.getLogger(__name__)
 
-# Audio deltas are base64 JSON; websockets' 1 MiB default could reject a long one. 16 MiB still
-# bounds what a broken peer can make us buffer.
-MAX_FRAME_BYTES: Final = 16 * 2**20
+# The largest message talkbox takes. Audio deltas are base64 JSON and the biggest thing the
+# service sends; 4 MiB holds about 65 s of 24 kHz audio in ONE delta, where the service streams
+# a fraction of a second per delta. Each message is held several times over while it is read
+# and decoded (frame, text, JSON, PCM), so this bounds that cost; a larger one fails the
+# conversation cleanly (close 1009).
+MAX_FRAME_BYTES: Final = 4 * 2**20
 # permessage-deflate off: measured on base64 speech frames it saves ~38 % of the upload
 # (64 kB/s → 40 kB/s, negligible for a home uplink) for ~0.3 % of an x86 core, several times
 # that on a Pi, where the wake-word model needs the CPU; it also costs a zlib context per socket.
