@@ -308,14 +308,15 @@ class Service:
     async def reload_config(self) -> None:
         """Re-read the config; a valid one applies from the next conversation.
 
-        The wake models load in a worker thread: meanwhile the loop goes on capturing,
-        pinging the watchdog and answering the control socket (a slow load used to stall
-        all of them). Reloads run one at a time, in the order they were asked for.
+        Reading and checking the file and loading the wake models happen in a worker
+        thread: meanwhile the loop goes on capturing, pinging the watchdog, answering the
+        control socket and signals (a slow load, or a huge or hostile file, used to stall all
+        of them). Reloads run one at a time, in the order they were asked for.
         """
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                cfg, key = load_checked(self.config_path)
+                cfg, key = await asyncio.to_thread(load_checked, self.config_path)
                 # A wake model that cannot load must not get in.
                 front_end = await asyncio.to_thread(build_front_end, cfg)
             except ConfigError as error:
