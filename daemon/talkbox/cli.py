@@ -116,10 +116,15 @@ def _key_for(cfg: Config) -> ApiKey | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from talkbox.startup_signals import StartupSignals
+
+    # Before the slow imports and the config: a SIGHUP must not kill a starting daemon.
+    startup_signals = StartupSignals()
+    startup_signals.install()
     from talkbox.service import run_daemon
 
     config_path = args.config or DEFAULT_CONFIG_PATH
-    return run_daemon(config_path)
+    return run_daemon(config_path, startup_signals)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from talkbox.realtime.connection import open_session
 from talkbox.realtime.echo import open_echo_session
 from talkbox.realtime.endpoint import endpoint_for, session_settings_for
 from talkbox.secrets import ApiKey, resolve_api_key
+from talkbox.startup_signals import StartupSignals
 from talkbox.systemd import Notifier, WatchdogGate, setup_logging
 
 log = logging.getLogger("talkbox")
@@ -84,8 +85,17 @@ def status_text(state: State, muted: bool, wake_models: tuple[str, ...]) -> str:
 class Service:
     """The running daemon: devices, systemd, signals, control socket, hooks."""
 
-    def __init__(self, config_path: Path, cfg: Config, key: ApiKey | None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        cfg: Config,
+        key: ApiKey | None,
+        startup_signals: StartupSignals | None = None,
+    ) -> None:
         self.config_path = config_path
+        self._startup_signals = startup_signals
+        # READY=1 has been sent: from then on a reload announces RELOADING=1 ... READY=1.
+        self.ready = False
         self.cfg = cfg
         self.key = key
         self.notifier = Notifier()
@@ -99,6 +109,9 @@ class Service:
         self._speaker_broken = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
+        # A reload asked for while another waits adds nothing: the waiting one reads the file
+        # as it will then be. So a burst of SIGHUPs costs at most two reloads.
+        self._reload_waiting = False
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a small job in the background, keeping a reference so it is not collected."""
@@ -113,6 +126,9 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self._startup_signals is not None and self._startup_signals.take_reload_request():
+            log.info("SIGHUP arrived during start-up: re-reading the configuration")
+            self.reload()
         built_for = self.cfg
         front_end = build_front_end(built_for)  # loads the wake models (ConfigError if unknown)
         await self._open_devices_until_ready()
@@ -135,6 +151,7 @@ class Service:
             asyncio.create_task(self._speaker_supervisor(), name="speaker"),
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
         ]
+        self.ready = True
         self.notifier.ready()
         self._state_changed(State.IDLE, "ready")
         log.info("talkbox ready: %s", self._describe_service())
@@ -303,6 +320,9 @@ class Service:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config in the background (see `reload_config`)."""
+        if self._reload_waiting:
+            return
+        self._reload_waiting = True
         self._spawn(self.reload_config())
 
     async def reload_config(self) -> None:
@@ -314,7 +334,11 @@ class Service:
         of them). Reloads run one at a time, in the order they were asked for.
         """
         async with self._reload_lock:
-            self.notifier.reloading()
+            self._reload_waiting = False
+            # During start-up there is no READY=1 yet to take back (or to give early).
+            announce = self.ready
+            if announce:
+                self.notifier.reloading()
             try:
                 cfg, key = await asyncio.to_thread(load_checked, self.config_path)
                 # A wake model that cannot load must not get in.
@@ -334,7 +358,8 @@ class Service:
                     "configuration %s reloaded; it applies from the next conversation",
                     self.config_path,
                 )
-            self.notifier.ready()
+            if announce:
+                self.notifier.ready()
             self._report_state()
 
     async def _control(self, command: str, args: list[str]) -> dict[str, Any]:
@@ -386,7 +411,7 @@ class Service:
             log.warning("cannot remember mute across restarts in %s: %s", path, error)
 
 
-def run_daemon(config_path: Path) -> int:
+def run_daemon(config_path: Path, startup_signals: StartupSignals | None = None) -> int:
     try:
         cfg, key = load_checked(config_path)
     except ConfigError as error:
@@ -394,7 +419,7 @@ def run_daemon(config_path: Path) -> int:
         return EX_CONFIG
     setup_logging(cfg.log.level)
     try:
-        return asyncio.run(Service(config_path, cfg, key).run())
+        return asyncio.run(Service(config_path, cfg, key, startup_signals).run())
     except ConfigError as error:  # e.g. a wake model that does not exist
         log.error("%s", error)
         return EX_CONFIG
