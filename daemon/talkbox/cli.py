@@ -155,7 +155,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _print_warnings(cfg: Config) -> None:
-    for warning in config_warnings(cfg):
+    from talkbox.hooks import hook_program_warning
+
+    hook_warning = hook_program_warning(cfg.hooks.on_state)
+    for warning in [*config_warnings(cfg), *([hook_warning] if hook_warning else [])]:
         print(f"warning: {warning}", file=sys.stderr)
 
 

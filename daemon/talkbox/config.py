@@ -208,6 +208,17 @@ def _require_program(argv: tuple[str, ...]) -> tuple[str, ...]:
         raise PydanticCustomError(
             "empty", "the first element (the program to run) must not be empty"
         )
+    if argv and not argv[0].startswith("/"):
+        # The hook runs with a minimal PATH, from whatever directory systemd chose, and never
+        # through a shell: only an absolute path names the same program every time.
+        program = argv[0] if len(argv[0]) <= 60 else argv[0][:57] + "..."
+        raise PydanticCustomError(
+            "not_absolute",
+            "the first element must be the absolute path of the program to run (like "
+            '"/usr/local/bin/led-ring"), got {got}; talkbox runs it directly, not through a '
+            'shell, so give each argument as its own string: ["/path/to/program", "arg"]',
+            {"got": json.dumps(program)},
+        )
     return argv
 
 

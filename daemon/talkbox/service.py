@@ -28,7 +28,7 @@ from talkbox.control import ControlServer
 from talkbox.core.inputs import State
 from talkbox.core.retry import Backoff
 from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxError
-from talkbox.hooks import StateHook
+from talkbox.hooks import StateHook, hook_program_warning
 from talkbox.realtime.connection import open_session
 from talkbox.realtime.echo import open_echo_session
 from talkbox.realtime.endpoint import endpoint_for, session_settings_for
@@ -352,6 +352,7 @@ class Service:
                     StateHook(cfg.hooks.on_state, cfg.hooks.timeout_seconds),
                 )
                 self._spawn(old_hook.aclose())
+                _warn_about_the_hook(cfg)
                 if self.daemon is not None:
                     self.daemon.reload(cfg, front_end)
                 log.info(
@@ -411,6 +412,12 @@ class Service:
             log.warning("cannot remember mute across restarts in %s: %s", path, error)
 
 
+def _warn_about_the_hook(cfg: Config) -> None:
+    warning = hook_program_warning(cfg.hooks.on_state)
+    if warning:
+        log.warning("%s; each state change will log that it failed", warning)
+
+
 def run_daemon(config_path: Path, startup_signals: StartupSignals | None = None) -> int:
     try:
         cfg, key = load_checked(config_path)
@@ -418,6 +425,7 @@ def run_daemon(config_path: Path, startup_signals: StartupSignals | None = None)
         print(f"talkbox: {error}", file=sys.stderr)
         return EX_CONFIG
     setup_logging(cfg.log.level)
+    _warn_about_the_hook(cfg)
     try:
         return asyncio.run(Service(config_path, cfg, key, startup_signals).run())
     except ConfigError as error:  # e.g. a wake model that does not exist
