@@ -3,10 +3,13 @@
 - A state hook (examples/env-hook.sh, which writes down its environment) gets a minimal
   environment: TALKBOX_STATE, PATH, HOME, the locale. Never the API key, the credentials
   directory, or systemd's notify and watchdog variables, whatever the daemon has.
+- Idle connections to the control socket neither lock `talkbox ctl` out nor stay long.
 """
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,8 @@ socket = "{control_socket}"
 # What a hook may see: the contract, and what /bin/sh adds of its own accord.
 HOOK_CONTRACT = {"TALKBOX_STATE", "PATH", "HOME", "LANG", "LANGUAGE", "TZ"}
 ADDED_BY_THE_SHELL = {"PWD", "SHLVL", "OLDPWD", "_"}
+# More idle clients than the socket has places for.
+IDLE_CLIENTS = 20
 
 
 def environments(record: Path) -> dict[str, dict[str, str]]:
@@ -74,3 +79,36 @@ def test_a_hook_gets_a_minimal_environment_without_secrets(tmp_path: Path) -> No
         name for name in seen if not name.startswith("LC_")
     } - HOOK_CONTRACT - ADDED_BY_THE_SHELL
     assert not unexpected, f"the hook got {sorted(unexpected)}"
+
+
+def test_idle_control_connections_time_out_and_lock_nobody_out(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, DAEMON_CONFIG) as daemon:
+        daemon.microphone()
+        daemon.wait_ready()
+        idle = []
+        for _ in range(IDLE_CLIENTS):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.connect(str(daemon.control_socket))
+            idle.append(client)
+        connected_at = time.monotonic()
+
+        status = daemon.ctl("status", timeout=10)
+        assert status.returncode == 0 and "state: idle" in status.stdout, status
+
+        # Each idle client is closed by the daemon (an error line at most, then end of file).
+        for client in idle:
+            client.settimeout(max(0.1, connected_at + 5.0 - time.monotonic()))
+            try:
+                while client.recv(4096):
+                    pass
+            except TimeoutError:
+                raise AssertionError("an idle control client was still open after 5 s") from None
+            except ConnectionResetError:
+                pass
+            finally:
+                client.close()
+        assert time.monotonic() - connected_at < 5.0
+
+        assert daemon.ctl("status", timeout=10).returncode == 0
+        code, _ = daemon.terminate()
+        assert code == 0
