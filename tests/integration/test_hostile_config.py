@@ -1,7 +1,8 @@
 """Config files that are not what a config file should be, against the real processes.
 
-`talkbox check` and `talkbox run` read only a regular file of bounded size, bound how deep
-and how many values it holds and how many problems they print: a FIFO, a symlink to
+`talkbox check` and `talkbox run` read only a regular file of bounded size (the config, and
+the API key file or credential just the same), bound how deep and how many values it holds
+and how many problems they print: a FIFO, a symlink to
 /dev/zero, a directory, deep nesting or a flood of keys is an exit 78 naming the file, at
 once. A reload (SIGHUP) of such a file is read off the event loop and refused: the running
 daemon comes back with READY=1, answers `talkbox ctl`, and still stops on SIGTERM.
@@ -97,6 +98,33 @@ def test_a_hostile_config_file_exits_78_naming_it(kind: str, command: str, tmp_p
     assert run.stderr.startswith(f"talkbox: invalid configuration in {config}:\n"), run.stderr
     assert expected in run.stderr
     assert len(run.stderr) < 1000, "one short message"
+
+
+KEY_FILE_KINDS = ("fifo", "dev_zero_symlink", "directory")
+
+
+@pytest.mark.parametrize("kind", KEY_FILE_KINDS)
+@pytest.mark.parametrize("where", ["api_key_file", "credential"])
+def test_a_hostile_api_key_file_exits_78_naming_it(kind: str, where: str, tmp_path: Path) -> None:
+    key_file = tmp_path / "api-key"
+    expected = HOSTILE[kind](key_file)
+    config = tmp_path / "talkbox.toml"
+    overlay = {}
+    if where == "api_key_file":
+        config.write_text(f'[realtime]\nprovider = "openai"\napi_key_file = "{key_file}"\n')
+        source = f"realtime.api_key_file {key_file}"
+    else:
+        config.write_text('[realtime]\nprovider = "openai"\n')
+        overlay = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+        source = "systemd credential api-key"
+
+    run = run_talkbox(
+        "check", "--config", str(config), env=environment(ENV_NOT_INHERITED, overlay),
+        timeout=QUICK_S,
+    )
+
+    assert run.exit_code == EX_CONFIG, (run.exit_code, run.stderr)
+    assert f"{source}: cannot read it: it is a {expected}" in run.stderr, run.stderr
 
 
 def test_a_flood_of_problems_prints_a_bounded_list(tmp_path: Path) -> None:
