@@ -8,24 +8,22 @@ for a user's mistake, never the API key.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from talkbox import __version__
-from talkbox.config import (
-    DEFAULT_CONFIG_PATH,
-    Config,
-    config_warnings,
-    effective_settings,
-    load_config,
-)
 from talkbox.errors import EX_CONFIG, ConfigError, TalkboxError
-from talkbox.secrets import ApiKey, resolve_api_key
+from talkbox.locations import DEFAULT_CONFIG_PATH
+
+# Everything slow to import (pydantic, asyncio, the audio stack) is imported by the command
+# that needs it: `talkbox run` must reach its signal handlers as early as it can.
+if TYPE_CHECKING:
+    from talkbox.config import Config
+    from talkbox.secrets import ApiKey
 
 EXIT_FAILURE = 1
 
@@ -105,10 +103,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from talkbox.config import load_config
+
     return load_config(args.config)
 
 
 def _key_for(cfg: Config) -> ApiKey | None:
+    from talkbox.secrets import resolve_api_key
+
     return resolve_api_key(cfg.realtime, os.environ)
 
 
@@ -119,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
     from talkbox.startup_signals import StartupSignals
 
     # Before the slow imports and the config: a SIGHUP must not kill a starting daemon.
+    # (This module imports nothing slow, so that is a fraction of a second after exec.)
     startup_signals = StartupSignals()
     startup_signals.install()
     from talkbox.service import run_daemon
@@ -128,6 +131,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from talkbox.config import effective_settings
+
     cfg = _load(args)
     if args.quiet:
         _print_warnings(cfg)
@@ -155,6 +162,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _print_warnings(cfg: Config) -> None:
+    from talkbox.config import config_warnings
     from talkbox.hooks import hook_program_warning
 
     hook_warning = hook_program_warning(cfg.hooks.on_state)
@@ -177,6 +185,8 @@ async def _connect_once(cfg: Config, key: ApiKey) -> str:
 
 
 def _ask(args: argparse.Namespace) -> int:
+    import asyncio
+
     from talkbox.ask import ask, write_wav
 
     cfg = _load(args)

@@ -37,9 +37,9 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from talkbox.errors import ConfigError
+from talkbox.locations import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH  # re-exported
 from talkbox.owner_files import FileRefused, read_regular_file
 
-DEFAULT_CONFIG_PATH = Path("/etc/talkbox/config.toml")
 OPENAI_DEFAULT_ENDPOINT = "https://api.openai.com/v1"
 # The first dated protocol after 2024-10-01-preview (the December 2024 models).
 FIRST_PREVIEW_SUCCESSOR = "2024-12-17"
