@@ -7,6 +7,7 @@ a single byte is read, so a wrong path can neither hang talkbox nor fill its mem
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -41,8 +42,15 @@ def read_regular_file(path: Path, limit: int) -> bytes:
     Raises FileRefused for anything that is not a regular file or is larger than `limit`,
     and OSError (FileNotFoundError, PermissionError, ...) when it cannot be opened.
     """
-    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as error:
+        # A unix socket cannot be opened at all (ENXIO, "No such device or address"):
+        # say what it is instead.
+        if error.errno == errno.ENXIO and stat.S_ISSOCK(os.stat(path).st_mode):
+            raise FileRefused(f"is {_kind_of(stat.S_IFSOCK)}, not a regular file") from None
+        raise
     try:
         # fstat of the opened file, not stat of the path: the path may change in between.
         mode = os.fstat(fd).st_mode
