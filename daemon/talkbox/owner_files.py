@@ -3,6 +3,8 @@
 One bounded reader for all of them: only a regular file is read, and at most `limit` bytes
 of it. A FIFO, a device (a symlink to /dev/zero), a socket or a directory is refused before
 a single byte is read, so a wrong path can neither hang talkbox nor fill its memory.
+`check_regular_file` applies the same rules to a file that a library opens itself (a wake
+word model).
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ def _kind_of(mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "a special file"
+
+
+def check_regular_file(path: Path, limit: int) -> None:
+    """Refuse (FileRefused) what `read_regular_file` would refuse, without reading it.
+
+    For files another library opens by path; OSError when the path cannot be looked at.
+    """
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise FileRefused(f"is {_kind_of(info.st_mode)}, not a regular file")
+    if info.st_size > limit:
+        raise FileRefused(f"is larger than {limit} bytes")
 
 
 def read_regular_file(path: Path, limit: int) -> bytes:

@@ -21,6 +21,7 @@ from support.cli import environment, run_talkbox
 from support.daemon import run_daemon, wait_until
 from talkbox.config import MAX_CONFIG_VALUES, MAX_PROBLEMS_SHOWN
 from talkbox.errors import EX_CONFIG
+from talkbox.wake import MAX_MODEL_BYTES
 
 ENV_NOT_INHERITED = ("TALKBOX_API_KEY", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET")
 # A refusal reads nothing big and parses nothing deep: it takes what starting Python takes.
@@ -125,6 +126,32 @@ def test_a_hostile_api_key_file_exits_78_naming_it(kind: str, where: str, tmp_pa
 
     assert run.exit_code == EX_CONFIG, (run.exit_code, run.stderr)
     assert f"{source}: cannot read it: it is a {expected}" in run.stderr, run.stderr
+
+
+def make_sparse_giant(path: Path) -> str:
+    with path.open("wb") as giant:
+        giant.truncate(MAX_MODEL_BYTES + 1)  # sparse: no disk used
+    return f"is larger than {MAX_MODEL_BYTES} bytes"
+
+
+@pytest.mark.parametrize(
+    "make", [make_fifo, make_dev_zero_link, make_sparse_giant], ids=["fifo", "dev_zero", "giant"]
+)
+def test_a_wake_model_path_that_is_no_model_file_exits_78_naming_it(
+    make: Callable[[Path], str], tmp_path: Path
+) -> None:
+    model = tmp_path / "computer.tflite"
+    expected = make(model)
+    config = tmp_path / "talkbox.toml"
+    config.write_text(f'[wake]\nmodels = ["{model}"]\n')
+
+    run = run_talkbox(
+        "run", "--config", str(config), env=environment(ENV_NOT_INHERITED), timeout=QUICK_S * 2
+    )
+
+    assert run.exit_code == EX_CONFIG, (run.exit_code, run.stderr)
+    assert f"wake.models: model file '{model}' is " in run.stderr, run.stderr
+    assert expected in run.stderr
 
 
 def test_a_flood_of_problems_prints_a_bounded_list(tmp_path: Path) -> None:
