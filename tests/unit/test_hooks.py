@@ -64,7 +64,7 @@ def process_alive(pid: int) -> bool:
     """True for a running process; False when gone or only a zombie waiting to be reaped."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, it was read
         return False
     return fields[0] not in ("Z", "X")
 
