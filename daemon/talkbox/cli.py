@@ -8,25 +8,23 @@ for a user's mistake, never the API key.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from talkbox import __version__
-from talkbox.config import (
-    DEFAULT_CONFIG_PATH,
-    Config,
-    config_warnings,
-    effective_settings,
-    load_config,
-)
 from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxError
+from talkbox.locations import DEFAULT_CONFIG_PATH
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
-from talkbox.secrets import ApiKey, resolve_api_key
+
+# Everything slow to import (pydantic, asyncio, the audio stack) is imported by the command
+# that needs it: `talkbox run` must reach its signal handlers as early as it can.
+if TYPE_CHECKING:
+    from talkbox.config import Config
+    from talkbox.secrets import ApiKey
 
 EXIT_FAILURE = 1
 
@@ -117,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
 def _config_given(args: argparse.Namespace) -> Config | None:
     """The command's config: --config, else the default file; None for a command that needs
     no config and was given none."""
+    from talkbox.config import load_config
+
     if args.config is None and not args.needs_config:
         return None
     return load_config(args.config)
@@ -130,6 +130,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _key_for(cfg: Config) -> ApiKey | None:
+    from talkbox.secrets import resolve_api_key
+
     return resolve_api_key(cfg.realtime, os.environ)
 
 
@@ -137,13 +139,23 @@ def _key_for(cfg: Config) -> ApiKey | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from talkbox.startup_signals import StartupSignals
+
+    # Before the slow imports and the config: a SIGHUP must not kill a starting daemon.
+    # (This module imports nothing slow, so that is a fraction of a second after exec.)
+    startup_signals = StartupSignals()
+    startup_signals.install()
     from talkbox.service import run_daemon
 
     config_path = args.config or DEFAULT_CONFIG_PATH
-    return run_daemon(config_path)
+    return run_daemon(config_path, startup_signals)
 
 
 def _check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from talkbox.config import effective_settings
+
     cfg = _load(args)
     if args.quiet:
         _print_warnings(cfg)
@@ -173,7 +185,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _print_warnings(cfg: Config) -> None:
-    for warning in config_warnings(cfg):
+    from talkbox.config import config_warnings
+    from talkbox.hooks import hook_program_warning
+
+    hook_warning = hook_program_warning(cfg.hooks.on_state)
+    for warning in [*config_warnings(cfg), *([hook_warning] if hook_warning else [])]:
         print(f"warning: {warning}", file=sys.stderr)
 
 
@@ -192,6 +208,8 @@ async def _connect_once(cfg: Config, key: ApiKey) -> str:
 
 
 def _ask(args: argparse.Namespace) -> int:
+    import asyncio
+
     from talkbox.ask import ask, write_wav
 
     cfg = _load(args)

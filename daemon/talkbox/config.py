@@ -39,15 +39,22 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from talkbox.errors import ConfigError
-from talkbox.safe_text import mask_secret_parts, safe_line
+from talkbox.locations import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH  # re-exported
+from talkbox.owner_files import FileRefused, read_regular_file
+from talkbox.safe_text import shown_value
 
-DEFAULT_CONFIG_PATH = Path("/etc/talkbox/config.toml")
 OPENAI_DEFAULT_ENDPOINT = "https://api.openai.com/v1"
 # The first dated protocol after 2024-10-01-preview (the December 2024 models).
 FIRST_PREVIEW_SUCCESSOR = "2024-12-17"
 DEFAULT_INSTRUCTIONS = "You are a friendly voice assistant in a living room. Answer briefly."
 # sockaddr_un.sun_path is 108 bytes on Linux, one of them the terminating NUL.
 MAX_UNIX_SOCKET_PATH_BYTES = 107
+# Limits on what is read and parsed, far above any real config (the documented one is 8 KB
+# with about 50 keys): a wrong or hostile file is refused instead of eating memory and time.
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_NESTING_LEVELS = 10
+MAX_CONFIG_VALUES = 2000
+MAX_PROBLEMS_SHOWN = 20
 
 KeyPath = tuple[str | int, ...]
 _Number = TypeVar("_Number", int, float)
@@ -85,12 +92,6 @@ def _between(low: float, high: float) -> AfterValidator:
         return value
 
     return AfterValidator(check)
-
-
-def shown_value(value: str) -> str:
-    """A string value as a message quotes it: in double quotes, escapes visible, any
-    credential-like part masked (people paste whole portal URLs, api-key= and all)."""
-    return safe_line(json.dumps(mask_secret_parts(value), ensure_ascii=False))
 
 
 def _require_non_empty(value: str) -> str:
@@ -209,6 +210,17 @@ def _require_program(argv: tuple[str, ...]) -> tuple[str, ...]:
     if argv and not argv[0].strip():
         raise PydanticCustomError(
             "empty", "the first element (the program to run) must not be empty"
+        )
+    if argv and not argv[0].startswith("/"):
+        # The hook runs with a minimal PATH, from whatever directory systemd chose, and never
+        # through a shell: only an absolute path names the same program every time.
+        program = argv[0] if len(argv[0]) <= 60 else argv[0][:57] + "..."
+        raise PydanticCustomError(
+            "not_absolute",
+            "the first element must be the absolute path of the program to run (like "
+            '"/usr/local/bin/led-ring"), got {got}; talkbox runs it directly, not through a '
+            'shell, so give each argument as its own string: ["/path/to/program", "arg"]',
+            {"got": json.dumps(program)},
         )
     return argv
 
@@ -456,11 +468,15 @@ class Config(_Section):
 
 
 def load_config(path: Path | None = None) -> Config:
-    """Read and validate the config file (default: DEFAULT_CONFIG_PATH)."""
+    """Read and validate the config file (default: DEFAULT_CONFIG_PATH).
+
+    Only a regular file of at most MAX_CONFIG_BYTES is read (see `read_regular_file`); every
+    failure, whatever the path points at, is a ConfigError naming the file.
+    """
     path = DEFAULT_CONFIG_PATH if path is None else path
     source = str(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(
             [
@@ -472,6 +488,11 @@ def load_config(path: Path | None = None) -> Config:
     except PermissionError:
         raise ConfigError(
             [f"cannot read the file: permission denied; {_how_to_get_read_access(path)}"],
+            source=source,
+        ) from None
+    except FileRefused as refusal:
+        raise ConfigError(
+            [f"cannot read the file: it {refusal}; the config must be a TOML text file"],
             source=source,
         ) from None
     except OSError as error:
@@ -513,10 +534,53 @@ def parse_config(text: str, source: str) -> Config:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([_syntax_problem(error, text)], source=source) from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table.
+        raise ConfigError([_TOO_DEEP], source=source) from None
+    size_problem = _size_problem(document)
+    if size_problem:
+        raise ConfigError([size_problem], source=source)
     try:
         return Config.model_validate(document)
     except ValidationError as error:
-        raise ConfigError(_describe_problems(error, text), source=source) from None
+        raise ConfigError(_bounded(_describe_problems(error, text)), source=source) from None
+
+
+_TOO_DEEP = (
+    f"values are nested more than {MAX_NESTING_LEVELS} levels deep; talkbox's tables go "
+    "3 deep (like wake.thresholds.hey_jarvis)"
+)
+
+
+def _size_problem(document: dict[str, Any]) -> str:
+    """Whether the parsed document is beyond what any talkbox config needs ("" if not).
+
+    Walked without recursion, so no document can exhaust the stack here.
+    """
+    values = 0
+    pending: list[tuple[Any, int]] = [(document, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_NESTING_LEVELS:
+            return _TOO_DEEP
+        if isinstance(value, dict | list):
+            for child in value.values() if isinstance(value, dict) else value:
+                values += 1
+                if values > MAX_CONFIG_VALUES:
+                    return (
+                        f"more than {MAX_CONFIG_VALUES} keys and array elements; talkbox's "
+                        "documented config has about 50"
+                    )
+                pending.append((child, depth + 1))
+    return ""
+
+
+def _bounded(problems: list[str]) -> list[str]:
+    """At most MAX_PROBLEMS_SHOWN problems, and how many more there are."""
+    if len(problems) <= MAX_PROBLEMS_SHOWN:
+        return problems
+    hidden = len(problems) - MAX_PROBLEMS_SHOWN
+    return [*problems[:MAX_PROBLEMS_SHOWN], f"... and {hidden} more problems not shown"]
 
 
 def effective_settings(cfg: Config) -> dict[str, Any]:

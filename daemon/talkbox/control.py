@@ -7,10 +7,13 @@ one JSON line `{"command": "...", "args": [...]}` and gets one JSON line back:
 The daemon decides what commands mean: `ControlServer` passes (command, args) to its handler
 and answers whatever the handler returns. The server itself only guards the daemon: a request
 larger than `max_request_bytes` or slower than `read_timeout` is answered with an error and
-dropped, at most `max_clients` are served at once, a failing handler becomes an error reply,
-never a crash, and no reply is longer than `MAX_REPLY_BYTES`. Each side treats what the other
-sent as outside text: shown only through `safe_text.safe_line`, and a reply line longer than
-the limit is a clear error for `talkbox ctl`, not a broken one.
+dropped, at most `max_clients` connections are open at once, a failing handler becomes an
+error reply, never a crash, and no reply is longer than `MAX_REPLY_BYTES`. Idle connections
+cannot lock others out: when all places are taken, the oldest connection still waiting for its
+request is closed to make room (a real client sends its request as soon as it connects); only
+when every place is running a command is a newcomer told "busy". Each side treats what the
+other sent as outside text: shown only through `safe_text.safe_line`, and a reply line longer
+than the limit is a clear error for `talkbox ctl`, not a broken one.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ ControlHandler = Callable[[str, list[str]], Awaitable[dict[str, Any]]]
 
 SOCKET_MODE = 0o660
 DEFAULT_MAX_REQUEST_BYTES = 4096
-DEFAULT_READ_TIMEOUT = 5.0
-DEFAULT_MAX_CLIENTS = 4
+# `talkbox ctl` writes its request right after connecting; a client silent for a second is
+# not going to send one.
+DEFAULT_READ_TIMEOUT = 1.0
+DEFAULT_MAX_CLIENTS = 8
 # Replies carry status, not bulk data; a larger one means the other end is not talkbox.
 MAX_REPLY_BYTES = 1 << 20
 
@@ -94,10 +99,12 @@ class ControlServer:
         self._group = group
         self._max_request_bytes = max_request_bytes
         self._read_timeout = read_timeout
-        self._slots = asyncio.Semaphore(max_clients)
+        self._max_clients = max_clients
         self._server: asyncio.AbstractServer | None = None
         self._socket_identity: tuple[int, int] | None = None
         self._client_tasks: set[asyncio.Task[None]] = set()
+        # Connections whose request has not arrived yet, oldest first (dicts keep order).
+        self._waiting: dict[asyncio.Task[None], None] = {}
 
     async def __aenter__(self) -> ControlServer:
         await self.start()
@@ -179,23 +186,39 @@ class ControlServer:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
+        has_room = len(self._client_tasks) < self._max_clients or self._drop_oldest_waiting()
         self._client_tasks.add(task)
         try:
-            if self._slots.locked():
+            if not has_room:
                 await self._reply(writer, _error_reply("busy: too many control clients"))
                 return
-            async with self._slots:
-                await self._reply(writer, await self._answer(reader))
+            self._waiting[task] = None
+            await self._reply(writer, await self._answer(reader, task))
         except (ConnectionError, TimeoutError) as error:
             _log.debug("control client went away: %s", error)
         finally:
             self._client_tasks.discard(task)
+            self._waiting.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
                 # Bounded: wait_closed can hang on a peer that stopped reading.
                 await asyncio.wait_for(writer.wait_closed(), self._read_timeout)
 
-    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+    def _drop_oldest_waiting(self) -> bool:
+        """Close the oldest connection still silent, to make room; False if there is none."""
+        if not self._waiting:
+            return False
+        oldest = next(iter(self._waiting))
+        del self._waiting[oldest]
+        _log.debug("control socket full: dropping a client that sent nothing yet")
+        oldest.cancel()
+        # It still counts until its task ends; the newcomer takes its place meanwhile.
+        self._client_tasks.discard(oldest)
+        return True
+
+    async def _answer(
+        self, reader: asyncio.StreamReader, task: asyncio.Task[None]
+    ) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self._read_timeout):
                 line = await reader.readuntil(b"\n")
@@ -209,6 +232,8 @@ class ControlServer:
             line = error.partial
             if not line.strip():
                 return _error_reply("empty request")
+        # The request is in: from here on this connection is busy, not idle.
+        self._waiting.pop(task, None)
         try:
             command, args = parse_request(line)
         except ValueError as error:

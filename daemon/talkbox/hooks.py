@@ -1,12 +1,12 @@
 """State hooks: run a user's program (e.g. an LED driver) on every conversation state change.
 
 Owns `StateHook`. The program is `argv + [state]`, started directly (never through a shell,
-so no string from anywhere is interpreted), with TALKBOX_STATE=state in its environment,
-stdin from /dev/null and its output captured for the debug log. A hook never blocks or
-breaks the daemon: `notify()` returns at once, one hook process runs at a time, states
-that arrive while it runs are coalesced to the latest, a run past `timeout` seconds is
-killed with its whole process group, and failures are logged (one warning per state
-change), never raised.
+so no string from anywhere is interpreted), with a minimal environment (`hook_environment`:
+TALKBOX_STATE=state, PATH, HOME and the locale, never a secret), stdin from /dev/null and
+its output captured for the debug log. A hook never blocks or breaks the daemon: `notify()`
+returns at once, one hook process runs at a time, states that arrive while it runs are
+coalesced to the latest, a run past `timeout` seconds is killed with its whole process
+group, and failures are logged (one warning per state change), never raised.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 
-from talkbox.safe_text import safe_line
+from talkbox.safe_text import safe_line, shown_value
 
 _log = logging.getLogger(__name__)
 
@@ -26,23 +26,50 @@ DEFAULT_OUTPUT_LIMIT = 2048
 # After the hook exits, output still in flight is read for this long at most: a background
 # child that inherited the pipe (an LED blinker left running on purpose) must not stall us.
 _OUTPUT_GRACE_SECONDS = 0.5
-# systemd's per-service variables belong to the daemon: a hook that pinged the watchdog or
-# sent READY=1 would speak for it.
-_PRIVATE_VARIABLES = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-)
+# A hook gets only these of the daemon's variables (and TALKBOX_STATE): never the API key,
+# the credentials directory, or systemd's notify/watchdog/socket variables, with which a
+# hook could speak for the daemon. The daemon's environment is not the hook's business.
+_PASSED_VARIABLES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ"})
+_PASSED_PREFIXES = ("LC_",)
+# Where the daemon has no PATH (an empty environment), the hook still finds the basics.
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def hook_environment(base: Mapping[str, str], state: str) -> dict[str, str]:
-    """The environment a hook runs with: the daemon's, minus systemd's, plus TALKBOX_STATE."""
-    environment = {name: value for name, value in base.items() if name not in _PRIVATE_VARIABLES}
+    """The whole environment of a hook run: PATH, HOME, LANG, LANGUAGE, LC_*, TZ from
+    `base` (the daemon's), and TALKBOX_STATE=state. Nothing else, whatever `base` holds."""
+    environment = {
+        name: value
+        for name, value in base.items()
+        if name in _PASSED_VARIABLES or name.startswith(_PASSED_PREFIXES)
+    }
+    environment.setdefault("PATH", DEFAULT_PATH)
     environment["TALKBOX_STATE"] = state
     return environment
+
+
+def hook_program_warning(argv: Sequence[str]) -> str:
+    """What is wrong with the hook program on this machine now ("" if nothing or no hook).
+
+    Only a warning: the config may be checked before the program is installed, or on
+    another machine, and a hook that cannot start never harms the daemon.
+    """
+    if not argv:
+        return ""
+    program = argv[0]
+    looks_like_a_command_line = " " in program.strip()
+    hint = (
+        "; it looks like a command line: give the program and each argument as separate "
+        'strings, like ["/path/to/program", "arg"]'
+        if looks_like_a_command_line
+        else ""
+    )
+    shown = shown_value(program)
+    if not os.path.exists(program):
+        return f"hooks.on_state: {shown} does not exist (yet){hint}"
+    if os.path.isdir(program) or not os.access(program, os.X_OK):
+        return f"hooks.on_state: {shown} is not an executable file (chmod +x it){hint}"
+    return ""
 
 
 def _shorten(output: bytes, limit: int) -> str:

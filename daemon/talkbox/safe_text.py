@@ -14,6 +14,7 @@ on every line.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Final
 
@@ -96,3 +97,9 @@ def safe_line(text: str, limit: int = MAX_LINE_CHARS) -> str:
     if len(line) > limit or len(head) < len(text):
         line = line[:limit].rstrip() + CUT_MARK
     return line
+
+
+def shown_value(value: str) -> str:
+    """A string value as a message quotes it: in double quotes, escapes visible, any
+    credential-like part masked (people paste whole portal URLs, api-key= and all)."""
+    return safe_line(json.dumps(mask_secret_parts(value), ensure_ascii=False))

@@ -9,13 +9,13 @@ raised or logged here contains the key.
 from __future__ import annotations
 
 import logging
-import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from talkbox.config import RealtimeConfig
 from talkbox.errors import ConfigError
+from talkbox.owner_files import FileRefused, read_regular_file
 from talkbox.safe_text import mask_secret, remember_secret
 
 # Where install.sh stores the key (root-only); the unit passes it in as a credential.
@@ -159,9 +159,9 @@ def resolve_api_key(
 
 def _read_key_file(path: Path, source: str) -> str:
     try:
-        with path.open("rb") as key_file:
-            mode = stat.S_IMODE(os.fstat(key_file.fileno()).st_mode)
-            data = key_file.read(MAX_KEY_FILE_BYTES + 1)
+        data = read_regular_file(path, MAX_KEY_FILE_BYTES)
+        # Only after the reader accepted it: the path may point at a FIFO or a device.
+        mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         raise ConfigError([f"{source}: no such file. To fix: {_HOW_TO_PROVIDE}"]) from None
     except PermissionError:
@@ -172,15 +172,12 @@ def _read_key_file(path: Path, source: str) -> str:
                 "the credential api-key"
             ]
         ) from None
+    except FileRefused as refusal:
+        raise ConfigError(
+            [f"{source}: cannot read it: it {refusal}; the file must hold only the key"]
+        ) from None
     except OSError as error:
         raise ConfigError([f"{source}: cannot read it: {error.strerror}"]) from None
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise ConfigError(
-            [
-                f"{source}: larger than {MAX_KEY_FILE_BYTES} bytes, so not an API key file; "
-                "the file must hold only the key"
-            ]
-        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -32,12 +32,13 @@ from talkbox.control import ControlServer
 from talkbox.core.inputs import State
 from talkbox.core.retry import Backoff
 from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxError
-from talkbox.hooks import StateHook
+from talkbox.hooks import StateHook, hook_program_warning
 from talkbox.realtime.connection import open_session
 from talkbox.realtime.echo import open_echo_session
 from talkbox.realtime.endpoint import endpoint_for, session_settings_for
 from talkbox.safe_text import safe_line
 from talkbox.secrets import ApiKey, resolve_api_key
+from talkbox.startup_signals import StartupSignals
 from talkbox.systemd import Notifier, WatchdogGate, setup_logging
 
 log = logging.getLogger("talkbox")
@@ -98,8 +99,17 @@ def status_text(
 class Service:
     """The running daemon: devices, systemd, signals, control socket, hooks."""
 
-    def __init__(self, config_path: Path, cfg: Config, key: ApiKey | None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        cfg: Config,
+        key: ApiKey | None,
+        startup_signals: StartupSignals | None = None,
+    ) -> None:
         self.config_path = config_path
+        self._startup_signals = startup_signals
+        # READY=1 has been sent: from then on a reload announces RELOADING=1 ... READY=1.
+        self.ready = False
         self.cfg = cfg
         self.key = key
         self.notifier = Notifier()
@@ -119,6 +129,9 @@ class Service:
         self._speaker_broken = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
+        # A reload asked for while another waits adds nothing: the waiting one reads the file
+        # as it will then be. So a burst of SIGHUPs costs at most two reloads.
+        self._reload_waiting = False
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a small job in the background, keeping a reference so it is not collected."""
@@ -133,6 +146,9 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self._startup_signals is not None and self._startup_signals.take_reload_request():
+            log.info("SIGHUP arrived during start-up: re-reading the configuration")
+            self.reload()
         control = await self._start_control_socket()
         try:
             if await self._start_up():
@@ -179,6 +195,7 @@ class Service:
             asyncio.create_task(self._speaker_supervisor(), name="speaker"),
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
         ]
+        self.ready = True
         self.notifier.ready()
         self._state_changed(State.IDLE, "ready")
         log.info("talkbox ready: %s", self._describe_service())
@@ -365,19 +382,27 @@ class Service:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config in the background (see `reload_config`)."""
+        if self._reload_waiting:
+            return
+        self._reload_waiting = True
         self._spawn(self.reload_config())
 
     async def reload_config(self) -> None:
         """Re-read the config; a valid one applies from the next conversation.
 
-        The wake models load in a worker thread: meanwhile the loop goes on capturing,
-        pinging the watchdog and answering the control socket (a slow load used to stall
-        all of them). Reloads run one at a time, in the order they were asked for.
+        Reading and checking the file and loading the wake models happen in a worker
+        thread: meanwhile the loop goes on capturing, pinging the watchdog, answering the
+        control socket and signals (a slow load, or a huge or hostile file, used to stall all
+        of them). Reloads run one at a time, in the order they were asked for.
         """
         async with self._reload_lock:
-            self.notifier.reloading()
+            self._reload_waiting = False
+            # During start-up there is no READY=1 yet to take back (or to give early).
+            announce = self.ready
+            if announce:
+                self.notifier.reloading()
             try:
-                cfg, key = load_checked(self.config_path)
+                cfg, key = await asyncio.to_thread(load_checked, self.config_path)
                 # A wake model that cannot load must not get in.
                 front_end = await asyncio.to_thread(build_front_end, cfg)
             except ConfigError as error:
@@ -389,13 +414,15 @@ class Service:
                     StateHook(cfg.hooks.on_state, cfg.hooks.timeout_seconds),
                 )
                 self._spawn(old_hook.aclose())
+                _warn_about_the_hook(cfg)
                 if self.daemon is not None:
                     self.daemon.reload(cfg, front_end)
                 log.info(
                     "configuration %s reloaded; it applies from the next conversation",
                     self.config_path,
                 )
-            self.notifier.ready()
+            if announce:
+                self.notifier.ready()
             self._report_state()
 
     async def _control(self, command: str, args: list[str]) -> dict[str, Any]:
@@ -454,15 +481,22 @@ class Service:
             log.warning("cannot remember mute across restarts in %s: %s", path, error)
 
 
-def run_daemon(config_path: Path) -> int:
+def _warn_about_the_hook(cfg: Config) -> None:
+    warning = hook_program_warning(cfg.hooks.on_state)
+    if warning:
+        log.warning("%s; each state change will log that it failed", warning)
+
+
+def run_daemon(config_path: Path, startup_signals: StartupSignals | None = None) -> int:
     try:
         cfg, key = load_checked(config_path)
     except ConfigError as error:
         print(f"talkbox: {error}", file=sys.stderr)
         return EX_CONFIG
     setup_logging(cfg.log.level)
+    _warn_about_the_hook(cfg)
     try:
-        return asyncio.run(Service(config_path, cfg, key).run())
+        return asyncio.run(Service(config_path, cfg, key, startup_signals).run())
     except ConfigError as error:  # e.g. a wake model that does not exist
         log.error("%s", error)
         return EX_CONFIG

@@ -34,9 +34,12 @@ import numpy as np
 import numpy.typing as npt
 
 from talkbox.errors import ConfigError, TalkboxError
+from talkbox.owner_files import FileRefused, check_regular_file
 
 SAMPLE_RATE = 16000
 CHUNK_SAMPLES = 1280  # openWakeWord's native step: 80 ms at 16 kHz
+# openWakeWord models are 0.2-2 MB; a file far bigger is not one (and would be loaded whole).
+MAX_MODEL_BYTES = 64 * 1024 * 1024
 CHUNK_SECONDS = CHUNK_SAMPLES / SAMPLE_RATE
 
 # Feature extractors shipped beside the word models; not wake words themselves.
@@ -96,8 +99,18 @@ def resolve_model(name_or_path: str) -> Path:
         path = Path(name_or_path).expanduser()
         if path.suffix != ".tflite":
             raise ConfigError([f"wake.models: {name_or_path!r} is not a .tflite model file"])
-        if not path.is_file():
-            raise ConfigError([f"wake.models: model file {str(path)!r} does not exist"])
+        try:
+            check_regular_file(path, MAX_MODEL_BYTES)
+        except FileNotFoundError:
+            raise ConfigError([f"wake.models: model file {str(path)!r} does not exist"]) from None
+        except FileRefused as refusal:
+            raise ConfigError(
+                [f"wake.models: model file {str(path)!r} {refusal}, so not a wake word model"]
+            ) from None
+        except OSError as error:
+            raise ConfigError(
+                [f"wake.models: cannot look at model file {str(path)!r}: {error.strerror}"]
+            ) from None
         return path
     names = ", ".join(shipped) or "none (is pyopen-wakeword installed?)"
     raise ConfigError(

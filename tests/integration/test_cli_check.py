@@ -164,6 +164,31 @@ def test_check_quiet_prints_only_warnings_and_fails_on_problems(tmp_path: Path) 
     assert "realtime.temprature" in broken.stderr and broken.stdout == ""
 
 
+def test_check_warns_about_a_hook_program_it_cannot_run_here(tmp_path: Path) -> None:
+    # Only a warning: the program may be installed after the config, or on another machine.
+    missing = tmp_path / "led on"
+    not_executable = tmp_path / "led-hook.sh"
+    not_executable.write_text("#!/bin/sh\n")
+    runs = {}
+    for name, program in (("missing", missing), ("not executable", not_executable)):
+        config = write_config(
+            tmp_path, 'provider = "echo"\n', f'[hooks]\non_state = ["{program}", "x"]\n'
+        )
+        for how in ("check", "check --quiet"):
+            runs[name, how] = talkbox(*how.split(), "--config", str(config), env={})
+
+    for run in runs.values():
+        assert run.exit_code == 0, run.stderr
+    for how in ("check", "check --quiet"):
+        assert (
+            f"warning: hooks.on_state: \"{missing}\" does not exist (yet); it looks like a command "
+            "line: give the program and each argument as separate strings"
+        ) in runs["missing", how].stderr
+        assert (
+            f"warning: hooks.on_state: \"{not_executable}\" is not an executable file (chmod +x it)"
+        ) in runs["not executable", how].stderr
+
+
 def test_check_of_the_echo_provider_needs_no_key_and_connects_nowhere(tmp_path: Path) -> None:
     config = write_config(tmp_path, 'provider = "echo"\n')
 

@@ -196,6 +196,28 @@ async def test_slow_clients_do_not_block_others(socket_dir: Path, daemon: FakeDa
             await writer.wait_closed()
 
 
+async def test_a_full_socket_drops_its_oldest_idle_client_for_a_newcomer(
+    socket_dir: Path, daemon: FakeDaemon
+) -> None:
+    path = str(socket_dir / "full.sock")
+    async with ControlServer(path, daemon.handle, group=None, read_timeout=30, max_clients=2):
+        oldest = await asyncio.open_unix_connection(path)
+        await asyncio.sleep(0.05)  # accepted in this order
+        newer = await asyncio.open_unix_connection(path)
+        await asyncio.sleep(0.05)
+
+        # Both places are held by silent clients (with 30 s left to speak): still served.
+        assert (await send_command(path, "status"))["ok"] is True
+
+        # The oldest silent one made room: closed without a word; the newer one still waits.
+        assert await asyncio.wait_for(oldest[0].read(), 5) == b""
+        newer[1].write(b'{"command": "status"}\n')
+        assert decode(await asyncio.wait_for(newer[0].read(), 5))["ok"] is True
+        for _reader, writer in (oldest, newer):
+            writer.close()
+            await writer.wait_closed()
+
+
 async def test_too_many_clients_are_told_busy(socket_dir: Path, daemon: FakeDaemon) -> None:
     path = str(socket_dir / "busy.sock")
     async with ControlServer(path, daemon.handle, group=None, read_timeout=30, max_clients=1):

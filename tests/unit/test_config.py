@@ -220,6 +220,12 @@ def test_a_value_outside_the_choices_lists_them(snippet: str, expected: str) -> 
         ("[wake]\nmodels = []", "wake.models (line 2): must list at least one wake word model"),
         ('[wake]\nmodels = [""]', "wake.models[0] (line 2): must not be empty"),
         ('[hooks]\non_state = ["", "x"]', "hooks.on_state (line 2): the first element"),
+        ('[hooks]\non_state = ["led-hook.sh"]', "hooks.on_state (line 2): the first element "
+                                                "must be the absolute path of the program"),
+        ('[hooks]\non_state = ["echo $TALKBOX_STATE > /tmp/state"]',
+         'hooks.on_state (line 2): the first element must be the absolute path of the program '
+         'to run (like "/usr/local/bin/led-ring"), got "echo $TALKBOX_STATE > /tmp/state"; '
+         "talkbox runs it directly, not through a shell"),
         ('[realtime]\napi_key_file = "keys/api-key"', 'realtime.api_key_file (line 2): must be '
                                                       '"" or an absolute path'),
         ('[control]\nsocket = "control.sock"', "control.socket (line 2): must be an absolute"),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from talkbox.hooks import StateHook, hook_environment
+from talkbox.hooks import DEFAULT_PATH, StateHook, hook_environment
 
 REPO = Path(__file__).resolve().parents[2]
 LED_HOOK = REPO / "examples" / "led-hook.sh"
@@ -28,6 +28,7 @@ record = {
     "WATCHDOG_USEC": os.environ.get("WATCHDOG_USEC"),
     "KEPT": os.environ.get("KEPT"),
     "stdin": sys.stdin.read(),
+    "environ": dict(os.environ),
 }
 with open(sys.argv[1], "a") as out:
     out.write(json.dumps(record) + "\\n")
@@ -63,7 +64,7 @@ def process_alive(pid: int) -> bool:
     """True for a running process; False when gone or only a zombie waiting to be reaped."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, it was read
         return False
     return fields[0] not in ("Z", "X")
 
@@ -103,12 +104,24 @@ async def test_hostile_strings_reach_the_hook_verbatim_and_nothing_is_interprete
     assert not list(tmp_path.glob("pwned*"))
 
 
-async def test_environment_has_the_state_and_not_systemds_private_variables(
+async def test_the_environment_is_minimal_and_holds_no_secret(
     recorder: tuple[list[str], Path]
 ) -> None:
     argv, log = recorder
-    environ = {"PATH": os.environ["PATH"], "KEPT": "yes", "NOTIFY_SOCKET": "/run/notify",
-               "WATCHDOG_USEC": "30000000"}
+    environ = {
+        "PATH": os.environ["PATH"],
+        "HOME": "/var/lib/talkbox",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "KEPT": "no: not part of the hook contract",
+        "TALKBOX_API_KEY": "sk-SENTINEL-hook-5c1e",
+        "CREDENTIALS_DIRECTORY": "/run/credentials/talkbox.service",
+        "NOTIFY_SOCKET": "/run/notify",
+        "WATCHDOG_USEC": "30000000",
+        "WATCHDOG_PID": "1",
+        "LISTEN_FDS": "1",
+        "INVOCATION_ID": "0123",
+    }
     hook = StateHook(argv, timeout=10, environ=environ)
 
     await hook.notify("listening")
@@ -116,16 +129,26 @@ async def test_environment_has_the_state_and_not_systemds_private_variables(
 
     [record] = read_records(log)
     assert record["TALKBOX_STATE"] == "listening"
-    assert record["KEPT"] == "yes"
+    assert record["KEPT"] is None
     assert record["NOTIFY_SOCKET"] is None
     assert record["WATCHDOG_USEC"] is None
+    seen = record["environ"]
+    assert isinstance(seen, dict)
+    # The child's Python may add LC_CTYPE itself (PEP 538); anything else must be ours.
+    assert set(seen) - {"LC_CTYPE"} == {"PATH", "HOME", "LANG", "LC_ALL", "TALKBOX_STATE"}
+    assert "sk-SENTINEL-hook-5c1e" not in json.dumps(seen)
     assert record["stdin"] == ""  # stdin is /dev/null, never the daemon's
 
 
-def test_hook_environment_is_a_copy() -> None:
-    base = {"A": "1", "NOTIFY_SOCKET": "/x"}
-    assert hook_environment(base, "idle") == {"A": "1", "TALKBOX_STATE": "idle"}
-    assert base == {"A": "1", "NOTIFY_SOCKET": "/x"}
+def test_hook_environment_passes_only_the_documented_variables() -> None:
+    base = {"A": "1", "NOTIFY_SOCKET": "/x", "LC_TIME": "de_DE.UTF-8", "TZ": "UTC"}
+    assert hook_environment(base, "idle") == {
+        "LC_TIME": "de_DE.UTF-8",
+        "TZ": "UTC",
+        "PATH": DEFAULT_PATH,
+        "TALKBOX_STATE": "idle",
+    }
+    assert base == {"A": "1", "NOTIFY_SOCKET": "/x", "LC_TIME": "de_DE.UTF-8", "TZ": "UTC"}
 
 
 async def test_states_are_delivered_in_order_and_coalesced_to_the_latest(

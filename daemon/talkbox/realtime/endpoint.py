@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, urlencode, urlsplit
 
-from talkbox.config import OPENAI_DEFAULT_ENDPOINT, is_loopback_host, shown_value
+from talkbox.config import OPENAI_DEFAULT_ENDPOINT, is_loopback_host
 from talkbox.errors import ConfigError
 from talkbox.realtime.events import Dialect, SessionSettings, TurnDetection
-from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
+from talkbox.safe_text import MAX_PROSE_CHARS, safe_line, shown_value
 
 if TYPE_CHECKING:
     from talkbox.config import Config, RealtimeConfig
