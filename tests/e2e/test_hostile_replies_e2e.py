@@ -12,6 +12,8 @@ and drop a bad delta without ending anything. Memory is the daemon's own VmRSS/V
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -58,59 +60,61 @@ def failed_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if "conversation failed: " in line]
 
 
-def test_huge_deltas_end_the_answer_at_the_cap_with_bounded_memory(
-    tmp_path, fake_service: ServerThread
-) -> None:
-    fake_service.server.faults.audio_flood = AudioFlood(LARGEST_DELTA_BYTES, count=40)
-    with run_daemon(tmp_path, service_config(fake_service.url_base), api_key=API_KEY) as run:
-        before = start_measuring(run)
-        ask(run)
-        run.wait_for_log("conversation failed: ", timeout=40)
-        run.wait_for_log("state idle", timeout=5)
-        grew = growth(before, run)
-        time.sleep(1.0)  # the error chime plays out
-        status = run.ctl("status")
-        code, _ = run.terminate()
-        heard = run.heard()
-        log = run.log()
+@dataclass
+class FailedAnswer:
+    """What an answer that had to end as a failed conversation left behind."""
 
-    assert code == 0, log
-    assert status.returncode == 0 and "state: idle" in status.stdout, status
-    [failed] = failed_lines(log)
-    assert f"the service's answer ran past {MAX_REPLY_SECONDS:g} s of audio" in failed, failed
-    assert "Traceback" not in log
-    assert chime("error", SPEAKER_RATE, 0.6) in heard
+    before: Memory
+    grew_mib: float  # resident memory's peak above `before`
+    failed_line: str
+
+    @classmethod
+    def of(cls, tmp_path: Path, fake_service: ServerThread, flood: AudioFlood) -> FailedAnswer:
+        """Ask; the service answers with `flood`. The answer must end as one failed
+        conversation, with the error chime, back to idle, and the daemon still answering."""
+        fake_service.server.faults.audio_flood = flood
+        with run_daemon(tmp_path, service_config(fake_service.url_base), api_key=API_KEY) as run:
+            before = start_measuring(run)
+            ask(run)
+            run.wait_for_log("conversation failed: ", timeout=40)
+            run.wait_for_log("state idle", timeout=5)
+            grew = growth(before, run)
+            time.sleep(1.0)  # the error chime plays out
+            status = run.ctl("status")
+            code, _ = run.terminate()
+            heard = run.heard()
+            log = run.log()
+        assert code == 0, log
+        assert status.returncode == 0 and "state: idle" in status.stdout, status
+        assert "Traceback" not in log
+        assert chime("error", SPEAKER_RATE, 0.6) in heard
+        [failed] = failed_lines(log)
+        return cls(before, grew, failed)
+
+
+def test_huge_deltas_end_the_answer_at_the_cap_with_bounded_memory(
+    tmp_path: Path, fake_service: ServerThread
+) -> None:
+    answer = FailedAnswer.of(tmp_path, fake_service, AudioFlood(LARGEST_DELTA_BYTES, count=40))
+
+    cap = f"the service's answer ran past {MAX_REPLY_SECONDS:g} s of audio"
+    assert cap in answer.failed_line, answer.failed_line
     [session] = sessions(fake_service)
     [response] = session.responses
     assert response.audio_deltas < 40, "talkbox hung up instead of taking the whole flood"
-    assert grew < HUGE_DELTA_GROWTH_LIMIT_MIB, f"{grew:.1f} MiB ({before})"
+    assert answer.grew_mib < HUGE_DELTA_GROWTH_LIMIT_MIB, answer
 
 
 def test_a_delta_larger_than_any_message_talkbox_takes_fails_cleanly(
-    tmp_path, fake_service: ServerThread
+    tmp_path: Path, fake_service: ServerThread
 ) -> None:
     # 9 MiB of audio per delta, as an outside probe sent: 12 MiB of base64 each.
-    fake_service.server.faults.audio_flood = AudioFlood(9 * MIB, count=40)
-    with run_daemon(tmp_path, service_config(fake_service.url_base), api_key=API_KEY) as run:
-        before = start_measuring(run)
-        ask(run)
-        run.wait_for_log("conversation failed: ", timeout=40)
-        run.wait_for_log("state idle", timeout=5)
-        grew = growth(before, run)
-        time.sleep(1.0)
-        status = run.ctl("status")
-        code, _ = run.terminate()
-        heard = run.heard()
-        log = run.log()
+    answer = FailedAnswer.of(tmp_path, fake_service, AudioFlood(9 * MIB, count=40))
 
-    assert code == 0, log
-    assert status.returncode == 0 and "state: idle" in status.stdout, status
-    [failed] = failed_lines(log)
     limit = f"({MAX_FRAME_BYTES // MIB} MiB)"
-    assert f"sent a message larger than talkbox accepts {limit}" in failed, failed
-    assert chime("error", SPEAKER_RATE, 0.6) in heard
+    assert f"sent a message larger than talkbox accepts {limit}" in answer.failed_line, answer
     # Refused by its length before its payload was read: nothing of it was held.
-    assert grew < 32, f"{grew:.1f} MiB ({before})"
+    assert answer.grew_mib < 32, answer
 
 
 def test_a_flood_of_tiny_deltas_costs_little_more_than_its_audio(

@@ -14,20 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from support.daemon import run_daemon, wait_until
+from support.daemon import SOUND_CARD_CONFIG, run_daemon, wait_until
 
 pytestmark = pytest.mark.audio
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_HOOK = REPO / "examples" / "env-hook.sh"
 SENTINEL = "sk-SENTINEL-hookenv-7a3c9e1f5b2d8046"
-DAEMON_CONFIG = """
-[audio]
-input_device = "mic"
-output_device = "speaker"
-[control]
-socket = "{control_socket}"
-"""
 # What a hook may see: the contract, and what /bin/sh adds of its own accord.
 HOOK_CONTRACT = {"TALKBOX_STATE", "PATH", "HOME", "LANG", "LANGUAGE", "TZ"}
 ADDED_BY_THE_SHELL = {"PWD", "SHLVL", "OLDPWD", "_"}
@@ -52,7 +45,7 @@ def test_a_hook_gets_a_minimal_environment_without_secrets(tmp_path: Path) -> No
     record = tmp_path / "hook-env.txt"
     credentials = tmp_path / "credentials"
     credentials.mkdir()
-    config = DAEMON_CONFIG + f'[hooks]\non_state = ["{ENV_HOOK}", "{record}"]\n'
+    config = SOUND_CARD_CONFIG + f'[hooks]\non_state = ["{ENV_HOOK}", "{record}"]\n'
     extra_env = {
         "CREDENTIALS_DIRECTORY": str(credentials),
         "WATCHDOG_USEC": "30000000",
@@ -82,7 +75,7 @@ def test_a_hook_gets_a_minimal_environment_without_secrets(tmp_path: Path) -> No
 
 
 def test_idle_control_connections_time_out_and_lock_nobody_out(tmp_path: Path) -> None:
-    with run_daemon(tmp_path, DAEMON_CONFIG) as daemon:
+    with run_daemon(tmp_path, SOUND_CARD_CONFIG) as daemon:
         daemon.microphone()
         daemon.wait_ready()
         idle = []

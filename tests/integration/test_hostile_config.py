@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import environment, run_talkbox
-from support.daemon import run_daemon, wait_until
+from support.daemon import SOUND_CARD_CONFIG, run_daemon, wait_until
 from talkbox.config import MAX_CONFIG_VALUES, MAX_PROBLEMS_SHOWN
 from talkbox.errors import EX_CONFIG
 from talkbox.wake import MAX_MODEL_BYTES
@@ -27,13 +27,6 @@ ENV_NOT_INHERITED = ("TALKBOX_API_KEY", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET"
 # A refusal reads nothing big and parses nothing deep: it takes what starting Python takes.
 QUICK_S = 15.0
 
-DAEMON_CONFIG = """
-[audio]
-input_device = "mic"
-output_device = "speaker"
-[control]
-socket = "{control_socket}"
-"""
 
 
 def remove(path: Path) -> None:
@@ -172,7 +165,7 @@ def test_a_flood_of_problems_prints_a_bounded_list(tmp_path: Path) -> None:
 def test_a_hostile_file_on_reload_is_refused_and_the_daemon_stays_responsive(
     tmp_path: Path,
 ) -> None:
-    with run_daemon(tmp_path, DAEMON_CONFIG) as daemon:
+    with run_daemon(tmp_path, SOUND_CARD_CONFIG) as daemon:
         daemon.microphone()
         daemon.wait_ready()
         config = tmp_path / "talkbox.toml"

@@ -15,17 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from support.daemon import DaemonRun, run_daemon, wait_until
+from support.daemon import SOUND_CARD_CONFIG, DaemonRun, run_daemon, wait_until
 
 pytestmark = pytest.mark.audio
 
-DAEMON_CONFIG = """
-[audio]
-input_device = "mic"
-output_device = "speaker"
-[control]
-socket = "{control_socket}"
-"""
 START_TIMEOUT_S = 30.0
 # Several signals in a row, as a restless operator or a script in a loop sends them.
 REPEATS = 3
@@ -71,11 +64,11 @@ def signal_before_the_loop(daemon: DaemonRun, signum: int) -> None:
 
 
 def test_sighup_during_start_up_is_applied_as_a_reload_once_running(tmp_path: Path) -> None:
-    with run_daemon(tmp_path, DAEMON_CONFIG) as daemon:
+    with run_daemon(tmp_path, SOUND_CARD_CONFIG) as daemon:
         daemon.microphone()
         config = tmp_path / "talkbox.toml"
         # Changed while starting: the reload must pick this up.
-        config.write_text(DAEMON_CONFIG.replace("{control_socket}", str(daemon.control_socket))
+        config.write_text(SOUND_CARD_CONFIG.replace("{control_socket}", str(daemon.control_socket))
                           + "[turn]\nsilence_duration_ms = 700\n")
 
         signal_before_the_loop(daemon, signal.SIGHUP)
@@ -99,7 +92,7 @@ def test_sighup_during_start_up_is_applied_as_a_reload_once_running(tmp_path: Pa
 
 
 def test_sigterm_during_start_up_is_a_clean_exit(tmp_path: Path) -> None:
-    with run_daemon(tmp_path, DAEMON_CONFIG) as daemon:
+    with run_daemon(tmp_path, SOUND_CARD_CONFIG) as daemon:
         daemon.microphone()
 
         signal_before_the_loop(daemon, signal.SIGTERM)

@@ -28,6 +28,15 @@ MIC_RATE = 16000
 CAPTURE_PERIOD_FRAMES = MIC_RATE * CAPTURE_PERIOD_MS // 1000
 SPEAKER_RATE = 24000
 TALKBOX = str(Path(sys.executable).with_name("talkbox"))
+# The tables of a daemon on the test sound card with its own control socket (run_daemon fills
+# in {control_socket}); the echo provider answers unless a test adds a [realtime] table.
+SOUND_CARD_CONFIG = """
+[audio]
+input_device = "mic"
+output_device = "speaker"
+[control]
+socket = "{control_socket}"
+"""
 
 
 class LiveMicrophone(FifoFeeder):
