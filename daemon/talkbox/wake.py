@@ -33,6 +33,13 @@ from typing import Any, NoReturn
 import numpy as np
 import numpy.typing as npt
 
+from talkbox.config import (
+    WAKE_MODELS_EMPTY,
+    dotted_key,
+    is_wake_model_path,
+    wake_model_name,
+    wake_model_violations,
+)
 from talkbox.errors import ConfigError, TalkboxError
 from talkbox.owner_files import FileRefused, check_regular_file
 
@@ -91,11 +98,7 @@ def _feature_model_paths() -> tuple[Path, Path]:
 def resolve_model(name_or_path: str) -> Path:
     """The .tflite file for a shipped model name ("hey_jarvis", "hey jarvis") or a path."""
     shipped = available_models()
-    normalized = name_or_path.strip().lower().replace(" ", "_").replace("-", "_")
-    if normalized in shipped:
-        return shipped[normalized]
-    looks_like_path = "/" in name_or_path or name_or_path.endswith(".tflite")
-    if looks_like_path:
+    if is_wake_model_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if path.suffix != ".tflite":
             raise ConfigError([f"wake.models: {name_or_path!r} is not a .tflite model file"])
@@ -112,6 +115,9 @@ def resolve_model(name_or_path: str) -> Path:
                 [f"wake.models: cannot look at model file {str(path)!r}: {error.strerror}"]
             ) from None
         return path
+    name = wake_model_name(name_or_path)
+    if name in shipped:
+        return shipped[name]
     names = ", ".join(shipped) or "none (is pyopen-wakeword installed?)"
     raise ConfigError(
         [
@@ -183,32 +189,17 @@ class WakeWordDetector:
         thresholds: dict[str, float] | None = None,
         refractory_seconds: float = 2.0,
     ) -> None:
+        # The [wake] rules are the config's; the values' ranges were checked there too.
         if not models:
-            raise ConfigError(["wake.models: at least one wake word model is needed"])
+            raise ConfigError([f"wake.models: {WAKE_MODELS_EMPTY}"])
+        violations = wake_model_violations(models, thresholds or {})
+        if violations:
+            raise ConfigError([f"{dotted_key(('wake', *v.key))}: {v.message}" for v in violations])
         paths = [resolve_model(m) for m in models]
         names = [p.stem for p in paths]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ConfigError([f"wake.models: model listed twice: {', '.join(duplicates)}"])
         # Thresholds may be keyed by the model as listed (a name or a path) or by its name.
         listed_as = dict(zip(models, names, strict=True))
         thresholds = {listed_as.get(key, key): value for key, value in (thresholds or {}).items()}
-        problems = [
-            f"wake.thresholds: {name!r} is not one of the wake models ({', '.join(names)})"
-            for name in thresholds
-            if name not in names
-        ]
-        problems += [
-            f"wake.thresholds.{name}: must be between 0 and 1, got {value}"
-            for name, value in thresholds.items()
-            if not 0.0 <= value <= 1.0
-        ]
-        if not 0.0 <= threshold <= 1.0:
-            problems.append(f"wake.threshold: must be between 0 and 1, got {threshold}")
-        if refractory_seconds < 0:
-            problems.append("wake.refractory_seconds: must not be negative")
-        if problems:
-            raise ConfigError(problems)
 
         openwakeword = _import_openwakeword()
 

@@ -128,6 +128,19 @@ def test_threshold_for_a_model_not_listed_is_a_config_error() -> None:
         WakeWordDetector(["hey_jarvis"], 0.5, {"alexa": 0.7}, 2.0)
 
 
+def test_the_detector_keeps_the_configs_model_rules() -> None:
+    # Built in code, the detector refuses what the config file would refuse, in its words.
+    with pytest.raises(ConfigError) as caught:
+        WakeWordDetector(["hey_jarvis", "Hey Jarvis"], 0.5, {"alexa": 0.7}, 2.0)
+    assert caught.value.problems == [
+        'wake.models[1]: "Hey Jarvis" is listed twice (as "hey_jarvis" before)',
+        'wake.thresholds.alexa: "alexa" is not in wake.models; thresholds can only override '
+        "models listed there",
+    ]
+    with pytest.raises(ConfigError, match=r"wake\.models: must list at least one"):
+        WakeWordDetector([], 0.5, {}, 2.0)
+
+
 def test_custom_model_path_is_named_after_its_file(tmp_path: Path) -> None:
     custom = tmp_path / "computer.tflite"
     shutil.copy(available_models()["hey_jarvis"], custom)

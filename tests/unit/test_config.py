@@ -535,6 +535,21 @@ def test_wake_models_must_be_unique_pointing_at_the_duplicate() -> None:
     assert problem == 'wake.models[2] (line 5): "alexa" is listed twice'
 
 
+def test_two_spellings_of_one_wake_model_are_a_duplicate() -> None:
+    # The wake module would load the same model twice; the config says so before it starts.
+    problem = only_problem('[wake]\nmodels = ["hey_jarvis", "Hey Jarvis"]\n')
+    assert problem == (
+        'wake.models[1] (line 2): "Hey Jarvis" is listed twice (as "hey_jarvis" before)'
+    )
+    problem = only_problem('[wake]\nmodels = ["/a/computer.tflite", "/b/computer.tflite"]\n')
+    assert problem.startswith('wake.models[1] (line 2): "/b/computer.tflite" is listed twice')
+
+
+def test_a_threshold_may_name_a_model_file_by_its_name() -> None:
+    text = '[wake]\nmodels = ["/opt/computer.tflite"]\nthresholds = { computer = 0.6 }\n'
+    assert parse_config(text, "x").wake.thresholds == {"computer": 0.6}
+
+
 def test_thresholds_may_only_name_listed_models() -> None:
     text = '[wake]\nmodels = ["hey_jarvis"]\nthresholds = { hey_jarvis = 0.6, alexa = 0.7 }\n'
     assert only_problem(text) == (

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, urlencode, urlsplit
 
-from talkbox.config import OPENAI_DEFAULT_ENDPOINT, is_loopback_host
+from talkbox.config import OPENAI_DEFAULT_ENDPOINT, TEMPERATURE_IGNORED, is_loopback_host
 from talkbox.errors import ConfigError
 from talkbox.realtime.events import Dialect, SessionSettings, TurnDetection
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line, shown_value
@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-# The default of realtime.temperature (and the service's); only a different value is worth a
-# warning on GA, which has no temperature.
-_DEFAULT_TEMPERATURE: Final = 0.8
 _WS_SCHEMES: Final = {"https": "wss", "wss": "wss", "http": "ws", "ws": "ws"}
 
 
@@ -112,11 +109,9 @@ def session_settings_for(cfg: Config) -> SessionSettings:
     temperature: float | None = None
     if realtime.uses_preview_protocol:
         temperature = realtime.temperature
-    elif realtime.provider != "echo" and realtime.temperature != _DEFAULT_TEMPERATURE:
-        _warn_once(
-            f"realtime.temperature = {realtime.temperature:g} is ignored: the GA protocol has "
-            "no temperature (only Azure with an api_version ending in -preview takes one)"
-        )
+    elif realtime.ignores_temperature:
+        # The log has no file beside it: say the value too.
+        _warn_once(f"{TEMPERATURE_IGNORED} (got {realtime.temperature:g})")
     return SessionSettings(
         voice=realtime.voice,
         instructions=realtime.instructions,
