@@ -1,8 +1,9 @@
 """The API key: where it is looked for, and a holder that never shows it.
 
-This module owns the lookup order (TALKBOX_API_KEY, then the systemd credential `api-key`,
-then `realtime.api_key_file`) and `ApiKey`, whose str/repr are a mask. The only way to get
-the value is `ApiKey.reveal()`, called where the key goes into a request header. No message
+This module follows the lookup order that `talkbox.config.API_KEY_PLACES` states
+(TALKBOX_API_KEY, the systemd credential `api-key`, `realtime.api_key_file`, the key file
+install.sh writes) and owns `ApiKey`, whose str/repr are a mask. The only way to get the
+value is `ApiKey.reveal()`, called where the key goes into a request header. No message
 raised or logged here contains the key.
 """
 
@@ -13,15 +14,18 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from talkbox.config import RealtimeConfig
+from talkbox.config import (
+    API_KEY_CREDENTIAL,
+    API_KEY_ENV_VAR,
+    INSTALLED_KEY_FILE,
+    RealtimeConfig,
+)
 from talkbox.errors import ConfigError
 from talkbox.owner_files import FileRefused, read_regular_file
 from talkbox.safe_text import mask_secret, remember_secret
 
-# Where install.sh stores the key (root-only); the unit passes it in as a credential.
-INSTALLED_KEY_FILE = Path("/etc/talkbox/api-key")
-ENV_VAR = "TALKBOX_API_KEY"
-CREDENTIAL_NAME = "api-key"
+ENV_VAR = API_KEY_ENV_VAR
+CREDENTIAL_NAME = API_KEY_CREDENTIAL
 # Real keys are well under 1 KiB; a bigger file is the wrong file (and is not read whole).
 MAX_KEY_FILE_BYTES = 4096
 
@@ -29,8 +33,9 @@ _log = logging.getLogger(__name__)
 
 _HOW_TO_PROVIDE = (
     "store the key readable by root only with `sudo install -m600 /dev/stdin "
-    "/etc/talkbox/api-key` (paste the key, Enter, Ctrl-D), which the talkbox systemd unit "
-    "passes in as the credential api-key (LoadCredential=api-key:/etc/talkbox/api-key); "
+    f"{INSTALLED_KEY_FILE}` (paste the key, Enter, Ctrl-D), which the talkbox systemd unit "
+    f"passes in as the credential {CREDENTIAL_NAME} "
+    f"(LoadCredential={CREDENTIAL_NAME}:{INSTALLED_KEY_FILE}); "
     "when running by hand, set realtime.api_key_file to a key file you can read, "
     f"or export {ENV_VAR}"
 )
@@ -90,9 +95,10 @@ def resolve_api_key(
 ) -> ApiKey | None:
     """Find the API key for `cfg.provider`; None for "echo", which needs none.
 
-    Order: $TALKBOX_API_KEY, then $CREDENTIALS_DIRECTORY/api-key if that file exists, then
-    realtime.api_key_file if set, then the key file install.sh writes (`installed_key_file`),
-    so that `sudo talkbox ask ...` run by hand finds the key the service uses. Raises
+    Order (the one API_KEY_PLACES states): $TALKBOX_API_KEY, then
+    $CREDENTIALS_DIRECTORY/api-key if that file exists, then realtime.api_key_file if set,
+    then the key file install.sh writes (`installed_key_file`), so that
+    `sudo talkbox ask ...` run by hand finds the key the service uses. Raises
     ConfigError naming every place looked at, or the source that is broken (unreadable, not
     text, more than the key on one line).
     """
@@ -168,8 +174,8 @@ def _read_key_file(path: Path, source: str) -> str:
         raise ConfigError(
             [
                 f"{source}: permission denied; make it readable by the user talkbox runs as, or "
-                "keep it root-only at /etc/talkbox/api-key, which the systemd unit passes in as "
-                "the credential api-key"
+                f"keep it root-only at {INSTALLED_KEY_FILE}, which the systemd unit passes in as "
+                f"the credential {CREDENTIAL_NAME}"
             ]
         ) from None
     except FileRefused as refusal:

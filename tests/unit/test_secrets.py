@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from talkbox.config import RealtimeConfig
+from talkbox.config import API_KEY_PLACES, INSTALLED_KEY_FILE, RealtimeConfig
 from talkbox.errors import ConfigError
 from talkbox.secrets import ApiKey, resolve_api_key
+
+REPO = Path(__file__).resolve().parents[2]
 
 # A sentinel: if any part of its middle shows up in output, the key leaked.
 SENTINEL = "sk-LEAKCHECK-7f3a9c1e5b2d8046aa91c3e7d5f2b8c0"
@@ -86,6 +88,41 @@ def test_no_key_anywhere_names_every_place_looked_and_what_to_do(tmp_path: Path)
     assert f"the systemd credential {tmp_path}/api-key (no such file)" in problem
     assert "realtime.api_key_file (not set)" in problem
     assert "sudo install -m600 /dev/stdin /etc/talkbox/api-key" in problem
+
+
+def places_in_order(text: str, places: list[str]) -> list[str]:
+    """`places` in the order of their first mention in `text` (each must be mentioned)."""
+    for place in places:
+        assert place in text, (place, text)
+    return sorted(places, key=text.index)
+
+
+# The four places as each text names them, in the order resolve_api_key looks.
+PLACE_NAMES = ["TALKBOX_API_KEY", "api-key", "api_key_file", "/etc/talkbox/api-key"]
+
+
+def test_the_lookup_order_said_to_owners_is_the_order_looked_in(tmp_path: Path) -> None:
+    problem = error_of(OPENAI, {"CREDENTIALS_DIRECTORY": str(tmp_path)}).problems[0]
+    looked_at = problem.split(". To fix:")[0]
+    looked_order = places_in_order(
+        looked_at, ["TALKBOX_API_KEY", f"{tmp_path}/api-key", "api_key_file", str(NOT_INSTALLED)]
+    )
+    assert looked_order == [
+        "TALKBOX_API_KEY", f"{tmp_path}/api-key", "api_key_file", str(NOT_INSTALLED)
+    ]
+    assert places_in_order(API_KEY_PLACES, PLACE_NAMES) == PLACE_NAMES
+    assert str(INSTALLED_KEY_FILE) == "/etc/talkbox/api-key"
+
+
+def test_readme_and_the_shipped_config_state_the_lookup_order() -> None:
+    for document, marker in [
+        (REPO / "README.md", "Order of lookup:"),
+        (REPO / "config" / "talkbox.toml", "The key is looked up in this order:"),
+    ]:
+        text = document.read_text()
+        assert marker in text, document
+        sentence = text[text.index(marker) :].split(".\n")[0].split(". ")[0]
+        assert places_in_order(sentence, PLACE_NAMES) == PLACE_NAMES, (document, sentence)
 
 
 def test_no_credentials_directory_is_said_so() -> None:
