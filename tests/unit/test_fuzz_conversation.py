@@ -29,7 +29,10 @@ from talkbox.core.conversation import (
     ConversationMachine,
     MachineConfig,
 )
+from talkbox.core.events import AppendAudio, AudioDelta, CreateResponse, TruncateItem
+from talkbox.core.failures import Failure
 from talkbox.core.inputs import (
+    ConfigChanged,
     ConnectionFailed,
     Input,
     MicSpeechAudio,
@@ -46,9 +49,7 @@ from talkbox.core.inputs import (
     TimerFired,
     WakeWord,
 )
-from talkbox.errors import ConnectionDropped, SessionExpired
-from talkbox.realtime.events import AppendAudio, AudioDelta, CreateResponse, Dialect, TruncateItem
-from talkbox.realtime.protocol import ServerEventDecoder
+from talkbox.realtime.protocol import Dialect, ServerEventDecoder
 
 RESPONSE_IDS = ["resp_a", "resp_b", "resp_c"]
 ITEM_IDS = ["item_a", "item_b", "item_c"]
@@ -158,7 +159,22 @@ def inputs(draw: st.DrawFn, machine: ConversationMachine, dialect: Dialect) -> I
         StopRequested(),
         MuteChanged(draw(st.booleans())),
         ConnectionFailed(
-            conversation, draw(st.sampled_from([ConnectionDropped("x"), SessionExpired("y")]))
+            conversation,
+            draw(
+                st.sampled_from(
+                    [
+                        Failure("dropped", "x"),
+                        Failure("session_expired", "y"),
+                        Failure("rejected", "z", retryable=False),
+                    ]
+                )
+            ),
+        ),
+        ConfigChanged(
+            MachineConfig(
+                detection=draw(st.sampled_from(["local", "server_vad", "semantic_vad"])),
+                barge_in=draw(st.sampled_from(["wake", "speech", "off"])),
+            )
         ),
     ]
     return draw(st.sampled_from(options))
