@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, assert_never
 
 from talkbox.audio.chimes import chime
-from talkbox.audio.frontend import UPLOAD_LAG_FRAMES, FrontEnd, WakeDetected
+from talkbox.audio.frontend import UPLOAD_LAG_FRAMES, FrontEnd, VadFrame, WakeDetected, WakeScores
 from talkbox.config import Config
 from talkbox.core.conversation import ConversationMachine, MachineConfig
 from talkbox.core.events import ClientEvent, ServerEvent
@@ -197,18 +197,23 @@ class Daemon:
     def on_audio(self, captured: bytes) -> None:
         """A captured chunk: run the front end and feed what it found to the machine."""
         for event in self.front_end.process(captured):
-            if isinstance(event, WakeDetected):
-                self._on_wake(event)
-            elif isinstance(event, SpeechStarted):
-                self._recent_audio.clear()
-                self._recent_audio.append(event.preroll)
-                self.step(MicSpeechStarted(event.preroll, self.speaker.played_samples))
-            elif isinstance(event, GateSpeechAudio):
-                self._recent_audio.append(event.pcm)
-                self.step(MicSpeechAudio(event.pcm))
-            elif isinstance(event, SpeechEnded):
-                self._recent_audio.clear()
-                self.step(MicSpeechEnded(event.reason))
+            match event:
+                case WakeDetected():
+                    self._on_wake(event)
+                case SpeechStarted():
+                    self._recent_audio.clear()
+                    self._recent_audio.append(event.preroll)
+                    self.step(MicSpeechStarted(event.preroll, self.speaker.played_samples))
+                case GateSpeechAudio():
+                    self._recent_audio.append(event.pcm)
+                    self.step(MicSpeechAudio(event.pcm))
+                case SpeechEnded():
+                    self._recent_audio.clear()
+                    self.step(MicSpeechEnded(event.reason))
+                case VadFrame() | WakeScores():
+                    pass  # monitoring only (`talkbox listen`); the daemon runs without it
+                case _:
+                    assert_never(event)
 
     def _on_wake(self, event: WakeDetected) -> None:
         log.info("wake word %s (score %.2f)", event.model, event.score)

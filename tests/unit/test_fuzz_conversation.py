@@ -39,6 +39,7 @@ from talkbox.core.inputs import (
     MicSpeechEnded,
     MicSpeechStarted,
     MuteChanged,
+    OpenConnection,
     PlayAudio,
     PlaybackDrained,
     Send,
@@ -215,7 +216,10 @@ def test_no_input_sequence_breaks_the_machine(
         muted_before = machine.muted
         active_before = machine.active_response_id
         awaiting_before = machine.awaiting_response
+        backoff_before = machine.backoff.remaining(now)
         actions = machine.step(drawn, now)
+        if any(isinstance(action, OpenConnection) for action in actions):
+            assert backoff_before == 0.0, "a wake word connected during the backoff"
 
         if isinstance(drawn, SessionReady) and machine.session_ready:
             session_ready.add(machine.conversation)

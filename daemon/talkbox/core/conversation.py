@@ -8,8 +8,10 @@
 `ConversationMachine.step(input, now)` takes one input (see `inputs.py`) and the current
 monotonic time and returns the actions to carry out, in order. It owns every piece of
 conversation state: what is buffered, what was sent, which response is active, how much reply
-audio the speaker was given. Adapters hold none of it, so every transition, including stale and
-out-of-order events, is a plain unit test.
+audio the speaker was given. It also makes the decisions around conversations: whether a wake
+word may connect after failures (the backoff), when a reloaded configuration takes over, when
+the wake-word detector runs, and what status readers see (`snapshot`). Adapters hold none of
+it, so every transition, including stale and out-of-order events, is a plain unit test.
 """
 
 from __future__ import annotations

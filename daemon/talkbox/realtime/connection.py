@@ -4,7 +4,8 @@ This module owns the socket and nothing else: connecting (TLS always verified), 
 handshake (`session.created` → `session.update` → `session.updated`), sending client events,
 yielding decoded server events, and a close that never hangs. Every failure of the layers below
 (OSError, ssl, websockets) is translated here, once, into `talkbox.errors` with a sentence that
-says what to do. There is no conversation logic here; the core decides what to send and when.
+says what to do, and `failure_of` turns those into the plain `Failure` values the core is told.
+There is no conversation logic here; the core decides what to send and when.
 
 Calling contract:
 
