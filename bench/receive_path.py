@@ -24,6 +24,7 @@ from support.alsa import FifoDrainer, alsa_sandbox
 from support.fake_realtime import synthetic_reply_pcm
 from talkbox.audio.playback import Playback
 from talkbox.core.conversation import ConversationMachine, MachineConfig
+from talkbox.core.events import ResponseCreated
 from talkbox.core.inputs import (
     MicSpeechAudio,
     MicSpeechEnded,
@@ -34,7 +35,6 @@ from talkbox.core.inputs import (
     State,
     WakeWord,
 )
-from talkbox.realtime.events import ResponseCreated
 from talkbox.realtime.protocol import ServerEventDecoder
 
 REPLY_RATE = 24000

@@ -3,7 +3,7 @@
 One asyncio loop owns everything. Adapters turn what happens (a captured chunk, a server
 event, the speaker running dry, a timer) into inputs for `ConversationMachine.step`, which
 runs synchronously; the app then carries out the actions it returns. No conversation state
-lives here: only handles on I/O (the open session, timers, devices) and counters for status.
+lives here, nor any decision: only handles on I/O (the open session, timers, devices).
 """
 
 from __future__ import annotations
@@ -15,16 +15,19 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 from talkbox.audio.chimes import chime
-from talkbox.audio.frontend import UPLOAD_LAG_FRAMES, FrontEnd, WakeDetected
+from talkbox.audio.frontend import UPLOAD_LAG_FRAMES, FrontEnd, VadFrame, WakeDetected, WakeScores
 from talkbox.config import Config
 from talkbox.core.conversation import ConversationMachine, MachineConfig
+from talkbox.core.events import ClientEvent, ServerEvent
 from talkbox.core.inputs import (
     Action,
     CancelTimer,
     CloseConnection,
+    ConfigApplied,
+    ConfigChanged,
     ConnectionFailed,
     ConversationEnded,
     EndOfReply,
@@ -41,6 +44,8 @@ from talkbox.core.inputs import (
     Send,
     ServerEventReceived,
     SessionReady,
+    SetWakeEnabled,
+    Snapshot,
     StartTimer,
     State,
     StateChanged,
@@ -48,17 +53,11 @@ from talkbox.core.inputs import (
     TimerFired,
     Transcript,
     TurnFinished,
+    WakeRefused,
     WakeWord,
 )
-from talkbox.core.retry import Backoff
-from talkbox.errors import (
-    AudioDeviceError,
-    ConnectionDropped,
-    RealtimeError,
-    ServerErrorEvent,
-)
-from talkbox.realtime.events import ClientEvent, ServerEvent
-from talkbox.safe_text import safe_line
+from talkbox.errors import AudioDeviceError, ConnectionDropped, RealtimeError
+from talkbox.realtime.connection import failure_of
 from talkbox.vad import SpeechAudio as GateSpeechAudio
 from talkbox.vad import SpeechEnded, SpeechGate, SpeechStarted, VoiceActivity
 from talkbox.wake import GatedWakeDetector, WakeWordDetector
@@ -103,14 +102,6 @@ class _Connection:
     conversation: int
     task: asyncio.Task[None] | None = None
     outgoing: asyncio.Queue[ClientEvent] = field(default_factory=asyncio.Queue)
-
-
-@dataclass
-class Status:
-    """What `talkbox ctl status` reports of the conversations besides the machine's state."""
-
-    conversations: int = 0
-    last_error: str = ""
 
 
 def machine_config(cfg: Config) -> MachineConfig:
@@ -183,16 +174,18 @@ class Daemon:
         self._clock = clock
         self.chimes = make_chimes(cfg)
         self.machine = ConversationMachine(machine_config(cfg))
-        self.status = Status()
-        self.backoff = Backoff()
         self._connection: _Connection | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._recent_audio: deque[bytes] = deque(maxlen=RECENT_AUDIO_MS // FRAME_MS)
-        self._last_failure: BaseException | None = None
+        # A reload's settings, kept here until the machine says it takes them (ConfigApplied).
         self._pending_config: Config | None = None
         self._pending_front_end: FrontEnd | None = None
-        self._update_wake_enabled()
+        self.front_end.wake_enabled = self.machine.wake_enabled
+
+    def snapshot(self) -> Snapshot:
+        """The conversation's state for status readers (control socket, systemd status)."""
+        return self.machine.snapshot()
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -204,18 +197,23 @@ class Daemon:
     def on_audio(self, captured: bytes) -> None:
         """A captured chunk: run the front end and feed what it found to the machine."""
         for event in self.front_end.process(captured):
-            if isinstance(event, WakeDetected):
-                self._on_wake(event)
-            elif isinstance(event, SpeechStarted):
-                self._recent_audio.clear()
-                self._recent_audio.append(event.preroll)
-                self.step(MicSpeechStarted(event.preroll, self.speaker.played_samples))
-            elif isinstance(event, GateSpeechAudio):
-                self._recent_audio.append(event.pcm)
-                self.step(MicSpeechAudio(event.pcm))
-            elif isinstance(event, SpeechEnded):
-                self._recent_audio.clear()
-                self.step(MicSpeechEnded(event.reason))
+            match event:
+                case WakeDetected():
+                    self._on_wake(event)
+                case SpeechStarted():
+                    self._recent_audio.clear()
+                    self._recent_audio.append(event.preroll)
+                    self.step(MicSpeechStarted(event.preroll, self.speaker.played_samples))
+                case GateSpeechAudio():
+                    self._recent_audio.append(event.pcm)
+                    self.step(MicSpeechAudio(event.pcm))
+                case SpeechEnded():
+                    self._recent_audio.clear()
+                    self.step(MicSpeechEnded(event.reason))
+                case VadFrame() | WakeScores():
+                    pass  # monitoring only (`talkbox listen`); the daemon runs without it
+                case _:
+                    assert_never(event)
 
     def _on_wake(self, event: WakeDetected) -> None:
         log.info("wake word %s (score %.2f)", event.model, event.score)
@@ -223,19 +221,6 @@ class Daemon:
 
     def wake(self, model: str = "", recent_audio: bytes = b"") -> None:
         """The wake word was heard, or `talkbox ctl wake` asked for a conversation."""
-        if self.machine.state is State.IDLE:
-            wait = self.backoff.remaining(self._clock())
-            if wait > 0:
-                failures = self.backoff.consecutive_failures
-                log.warning(
-                    "not connecting for another %.0f s after %d failed attempt%s: %s",
-                    wait,
-                    failures,
-                    "" if failures == 1 else "s",
-                    self.status.last_error,
-                )
-                self._play_chime("error")
-                return
         self.step(WakeWord(model, recent_audio, self.speaker.played_samples))
 
     def on_playback_drained(self) -> None:
@@ -246,7 +231,6 @@ class Daemon:
 
     def set_muted(self, muted: bool) -> None:
         self.step(MuteChanged(muted))
-        self._update_wake_enabled()
 
     # --- actions ------------------------------------------------------------------------------
 
@@ -262,41 +246,56 @@ class Daemon:
                 log.error("%s", error)
 
     def _carry_out(self, action: Action) -> None:
-        if isinstance(action, Send):
-            if (
-                self._connection is not None
-                and self._connection.conversation == action.conversation
-            ):
-                self._connection.outgoing.put_nowait(action.event)
-        elif isinstance(action, PlayAudio):
-            self.speaker.write(action.pcm)
-        elif isinstance(action, FlushPlayback):
-            self.speaker.flush()
-            self.speaker.reset_count()
-        elif isinstance(action, EndOfReply):
-            self.speaker.end_of_stream()
-        elif isinstance(action, PlayChime):
-            self._play_chime(action.kind)
-        elif isinstance(action, StartTimer):
-            self._cancel_timer(action.name)
-            loop = asyncio.get_running_loop()
-            fired = TimerFired(action.name, action.token)
-            self._timers[action.name] = loop.call_later(action.seconds, self.step, fired)
-        elif isinstance(action, CancelTimer):
-            self._cancel_timer(action.name)
-        elif isinstance(action, OpenConnection):
-            self._open(action.conversation)
-        elif isinstance(action, CloseConnection):
-            self._close(action.conversation)
-        elif isinstance(action, StateChanged):
-            self._state_changed(action.state, action.reason)
-        elif isinstance(action, Transcript):
-            if self.cfg.log.transcripts:
-                log.info("%s said: %s", action.role, action.text)
-        elif isinstance(action, TurnFinished):
-            self._log_turn(action)
-        elif isinstance(action, ConversationEnded):
-            self._conversation_ended(action)
+        match action:
+            case Send():
+                if (
+                    self._connection is not None
+                    and self._connection.conversation == action.conversation
+                ):
+                    self._connection.outgoing.put_nowait(action.event)
+            case PlayAudio():
+                self.speaker.write(action.pcm)
+            case FlushPlayback():
+                self.speaker.flush()
+                self.speaker.reset_count()
+            case EndOfReply():
+                self.speaker.end_of_stream()
+            case PlayChime():
+                self._play_chime(action.kind)
+            case StartTimer():
+                self._cancel_timer(action.name)
+                loop = asyncio.get_running_loop()
+                fired = TimerFired(action.name, action.token)
+                self._timers[action.name] = loop.call_later(action.seconds, self.step, fired)
+            case CancelTimer():
+                self._cancel_timer(action.name)
+            case OpenConnection():
+                self._open(action.conversation)
+            case CloseConnection():
+                self._close(action.conversation)
+            case StateChanged():
+                self._state_changed(action.state, action.reason)
+            case Transcript():
+                if self.cfg.log.transcripts:
+                    log.info("%s said: %s", action.role, action.text)
+            case TurnFinished():
+                self._log_turn(action)
+            case ConversationEnded():
+                self._conversation_ended(action)
+            case WakeRefused():
+                log.warning(
+                    "not connecting for another %.0f s after %d failed attempt%s: %s",
+                    action.wait_seconds,
+                    action.failures,
+                    "" if action.failures == 1 else "s",
+                    action.last_error,
+                )
+            case SetWakeEnabled():
+                self.front_end.wake_enabled = action.enabled
+            case ConfigApplied():
+                self._apply_pending_config()
+            case _:
+                assert_never(action)
 
     def _play_chime(self, kind: str) -> None:
         pcm = self.chimes.get(kind)
@@ -315,18 +314,8 @@ class Daemon:
             reason,
             extra={"TALKBOX_STATE": state.value, "CONVERSATION_ID": str(self.machine.conversation)},
         )
-        self._update_wake_enabled()
-        if state is State.IDLE:
-            self._apply_pending_config()
         if self._on_state is not None:
             self._on_state(state, reason)
-
-    def _update_wake_enabled(self) -> None:
-        state = self.machine.state
-        barge_in_by_wake = self.cfg.conversation.barge_in == "wake" and state is State.RESPONDING
-        self.front_end.wake_enabled = not self.machine.muted and (
-            state is State.IDLE or barge_in_by_wake
-        )
 
     def _log_turn(self, turn: TurnFinished) -> None:
         usage = turn.usage
@@ -352,24 +341,13 @@ class Daemon:
         )
 
     def _conversation_ended(self, ended: ConversationEnded) -> None:
-        self.status.conversations += 1
-        if ended.error:
-            self.status.last_error = ended.error
-            failure = self._last_failure or (
-                # An error event: its code says whether trying again can help.
-                ServerErrorEvent(ended.error_code, ended.error)
-                if ended.error_code
-                else ConnectionDropped(ended.error)
-            )
-            delay = self.backoff.failure(failure, self._clock())
+        if ended.failure is not None:
+            delay = ended.retry_in
             log.error(
                 "conversation failed: %s%s",
-                ended.error,
+                ended.failure.message,
                 "" if delay is None else f" (next attempt allowed in {delay:.1f} s)",
             )
-        else:
-            self.backoff.success()
-        self._last_failure = None
 
     # --- the connection -----------------------------------------------------------------------
 
@@ -425,13 +403,7 @@ class Daemon:
     def _fail(self, conversation: int, error: BaseException) -> None:
         if not isinstance(error, RealtimeError):
             log.debug("unexpected failure in the connection", exc_info=error)
-            # A library's text may quote what the peer sent.
-            error = RealtimeError(
-                f"unexpected failure: {type(error).__name__}: {safe_line(str(error))}"
-            )
-        if conversation == self.machine.conversation and self.machine.state is not State.IDLE:
-            self._last_failure = error
-        self.step(ConnectionFailed(conversation, error))
+        self.step(ConnectionFailed(conversation, failure_of(error)))
 
     # --- reload -------------------------------------------------------------------------------
 
@@ -440,8 +412,7 @@ class Daemon:
         given, was built for `cfg` (off the loop) and replaces the current one if needed."""
         self._pending_config = cfg
         self._pending_front_end = front_end
-        if self.machine.state is State.IDLE:
-            self._apply_pending_config()
+        self.step(ConfigChanged(machine_config(cfg)))
 
     def _apply_pending_config(self) -> None:
         cfg, self._pending_config = self._pending_config, None
@@ -451,15 +422,7 @@ class Daemon:
         old = self.cfg
         self.cfg = cfg
         self._open_session = self._make_opener(cfg)
-        # The failures counted so far were with the old settings (a mistyped endpoint, a wrong
-        # key): the first wake after a fix must try at once, not be refused with a chime.
-        self.backoff.success()
         self.chimes = make_chimes(cfg)
-        muted = self.machine.muted
-        conversation = self.machine.conversation
-        self.machine = ConversationMachine(machine_config(cfg))
-        self.machine.muted = muted
-        self.machine.conversation = conversation
         if (old.wake, old.turn, old.audio.input_rate) != (cfg.wake, cfg.turn, cfg.audio.input_rate):
             self.front_end = front_end or build_front_end(cfg)
         if (old.audio.input_device, old.audio.output_device, old.audio.output_rate) != (
@@ -468,7 +431,6 @@ class Daemon:
             cfg.audio.output_rate,
         ):
             log.warning("audio device and rate changes take effect after a restart")
-        self._update_wake_enabled()
         log.info("new configuration in force")
 
     # --- shutdown -----------------------------------------------------------------------------

@@ -15,16 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from talkbox.config import Config
-from talkbox.core.conversation import HARMLESS_ERROR_CODES
-from talkbox.errors import (
-    NON_RETRYABLE_SERVER_CODES,
-    RealtimeError,
-    ServerErrorEvent,
-    SessionSetupTimeout,
-)
-from talkbox.realtime.connection import open_session
-from talkbox.realtime.endpoint import endpoint_for, session_settings_for
-from talkbox.realtime.events import (
+from talkbox.core.events import (
     AudioDelta,
     CreateResponse,
     CreateUserText,
@@ -36,6 +27,11 @@ from talkbox.realtime.events import (
     TranscriptDone,
     Usage,
 )
+from talkbox.core.failures import HARMLESS_SERVER_CODES, server_code_retryable
+from talkbox.core.response import FollowedResponse
+from talkbox.errors import RealtimeError, ServerErrorEvent, SessionSetupTimeout
+from talkbox.realtime.connection import open_session
+from talkbox.realtime.endpoint import endpoint_for, session_settings_for
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 from talkbox.secrets import ApiKey
 
@@ -88,45 +84,55 @@ async def ask(
 
 
 async def _collect(events: AsyncIterator[ServerEvent], answer: Answer) -> None:
-    response_id: str | None = None
+    response = FollowedResponse()  # which response is the answer, as the machine decides it
     transcript_parts: list[str] = []
     async for event in events:
-        if isinstance(event, ResponseCreated) and response_id is None:
-            response_id = event.response_id
-        elif isinstance(event, AudioDelta) and event.response_id == response_id:
-            answer.pcm += event.pcm
-        elif isinstance(event, TranscriptDelta) and event.response_id == response_id:
-            transcript_parts.append(event.delta)
-        elif isinstance(event, TranscriptDone) and event.response_id == response_id:
-            answer.transcript = event.transcript
-        elif isinstance(event, ServerError) and event.code not in HARMLESS_ERROR_CODES:
-            raise _answer_error(event)
-        elif isinstance(event, ResponseDone) and event.response_id == response_id:
-            answer.usage = event.usage
-            if event.status != "completed":
-                detail = event.error_code or event.reason or event.status
-                raise ServerErrorEvent(
-                    event.error_code or event.status, f"the response ended {event.status}: {detail}"
-                )
-            # Deltas are raw peer text (see protocol.py); cleaned once joined.
-            answer.transcript = answer.transcript or safe_line(
-                "".join(transcript_parts), MAX_PROSE_CHARS
-            )
-            return
+        match event:
+            case ResponseCreated():
+                response.created(event)
+            case AudioDelta() if response.is_followed(event.response_id):
+                answer.pcm += event.pcm
+            case TranscriptDelta() if response.is_followed(event.response_id):
+                transcript_parts.append(event.delta)
+            case TranscriptDone() if response.is_followed(event.response_id):
+                answer.transcript = event.transcript
+            case ServerError() if event.code not in HARMLESS_SERVER_CODES:
+                raise _answer_error(event)
+            case ResponseDone() if response.done(event):
+                _finish(event, transcript_parts, answer)
+                return
+            case _:
+                pass  # another response's events, or nothing an answer is made of
     raise RealtimeError("the session ended before the answer was complete")
+
+
+def _finish(done: ResponseDone, transcript_parts: list[str], answer: Answer) -> None:
+    answer.usage = done.usage
+    if done.status != "completed":
+        code = done.error_code or done.status
+        detail = done.error_code or done.reason or done.status
+        raise ServerErrorEvent(
+            code,
+            f"the response ended {done.status}: {detail}",
+            retryable=server_code_retryable(code),
+        )
+    # Deltas are raw peer text (see protocol.py); cleaned once joined.
+    answer.transcript = answer.transcript or safe_line("".join(transcript_parts), MAX_PROSE_CHARS)
 
 
 def _answer_error(event: ServerError) -> ServerErrorEvent:
     """The error event that ended the answer, as one line that also says what to do."""
-    if event.code in NON_RETRYABLE_SERVER_CODES:
-        advice = "retrying will not help: check the [realtime] settings and the API key"
-    else:
+    retryable = server_code_retryable(event.code)
+    if retryable:
         advice = "this is usually temporary: try again in a moment"
+    else:
+        advice = "retrying will not help: check the [realtime] settings and the API key"
     return ServerErrorEvent(
         event.code,
         f"the service answered with an error instead of a response: "
         f"{event.code or event.error_type}: {event.message}; {advice}",
         event.error_type,
+        retryable=retryable,
     )
 
 

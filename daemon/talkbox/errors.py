@@ -54,27 +54,17 @@ class SessionSetupTimeout(RealtimeError):
     """session.created or session.updated did not arrive in time."""
 
 
-# Server error codes that mean our request or setup is wrong: the same attempt fails again.
-NON_RETRYABLE_SERVER_CODES = frozenset(
-    {
-        "invalid_api_key",
-        "unknown_parameter",
-        "invalid_value",
-        "invalid_type",
-        "missing_required_parameter",
-        "beta_api_shape_disabled",
-        "model_not_found",
-    }
-)
-
-
 class ServerErrorEvent(RealtimeError):
-    """The service sent an `error` event that ends what we were doing."""
+    """The service sent an `error` event that ends what we were doing.
 
-    def __init__(self, code: str, message: str, error_type: str = "") -> None:
+    Whether its code is worth retrying is the core's table (`core.failures`): whoever builds
+    one says so.
+    """
+
+    def __init__(self, code: str, message: str, error_type: str = "", *, retryable: bool) -> None:
         self.code = code
         self.error_type = error_type
-        self.retryable = code not in NON_RETRYABLE_SERVER_CODES
+        self.retryable = retryable
         super().__init__(message)
 
 

@@ -30,7 +30,7 @@ from talkbox.audio.playback import Playback
 from talkbox.config import Config, load_config
 from talkbox.control import ControlServer
 from talkbox.core.inputs import State
-from talkbox.core.retry import Backoff
+from talkbox.core.retry import Backoff, is_retryable
 from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxError
 from talkbox.hooks import StateHook, hook_program_warning
 from talkbox.realtime.connection import open_session
@@ -279,7 +279,10 @@ class Service:
 
     async def _wait_before_device_retry(self, error: AudioDeviceError) -> None:
         """Log the failure, say in STATUS= what is awaited, and wait (less, if stopping)."""
-        delay = self.device_backoff.failure(error, time.monotonic()) or DEVICE_RETRY_MAX_SECONDS
+        delay = (
+            self.device_backoff.failure(is_retryable(error), time.monotonic())
+            or DEVICE_RETRY_MAX_SECONDS
+        )
         log.error("%s; trying again in %.0f s", error, delay)
         self._report_state()
         with contextlib.suppress(TimeoutError):
@@ -374,7 +377,8 @@ class Service:
             if not self.waiting_for:
                 return "starting: loading the wake-word model"
         else:
-            state, muted = self.daemon.machine.state, self.daemon.machine.muted
+            snapshot = self.daemon.snapshot()
+            state, muted = snapshot.state, snapshot.muted
         return status_text(state, muted, self.cfg.wake.models, self.waiting_for)
 
     def _report_state(self) -> None:
@@ -428,14 +432,15 @@ class Service:
     async def _control(self, command: str, args: list[str]) -> dict[str, Any]:
         daemon = self.daemon
         if command == "status":
+            snapshot = None if daemon is None else daemon.snapshot()
             return {
                 "ok": True,
-                "state": "starting" if daemon is None else daemon.machine.state.value,
+                "state": "starting" if snapshot is None else snapshot.state.value,
                 "status": self._status_text(),
-                "muted": self.muted_at_start if daemon is None else daemon.machine.muted,
+                "muted": self.muted_at_start if snapshot is None else snapshot.muted,
                 "uptime_seconds": round(time.monotonic() - self.started_monotonic),
-                "conversations": 0 if daemon is None else daemon.status.conversations,
-                "last_error": (daemon.status.last_error if daemon else "") or "none",
+                "conversations": 0 if snapshot is None else snapshot.conversations,
+                "last_error": (snapshot.last_error if snapshot else "") or "none",
             }
         if command in ("mute", "unmute"):
             muted = command == "mute"
@@ -449,15 +454,15 @@ class Service:
         if command == "wake":
             if daemon is None:
                 return {"ok": False, "error": f"talkbox is not ready: {self._status_text()}"}
-            if daemon.machine.muted:
+            if daemon.snapshot().muted:
                 return {"ok": False, "error": "talkbox is muted; talkbox ctl unmute first"}
             daemon.wake("ctl")
-            return {"ok": True, "state": daemon.machine.state.value}
+            return {"ok": True, "state": daemon.snapshot().state.value}
         if command == "stop":
             if daemon is None:  # no conversation yet: nothing to stop
                 return {"ok": True, "state": "starting"}
             daemon.stop_conversation("talkbox ctl stop")
-            return {"ok": True, "state": daemon.machine.state.value}
+            return {"ok": True, "state": daemon.snapshot().state.value}
         return {"ok": False, "error": f"unknown command {safe_line(command)!r}"}
 
     def _mute_path(self) -> Path | None:

@@ -21,6 +21,19 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from support.fake_realtime import FakeRealtimeServer, InjectedClose
 from talkbox.config import RealtimeConfig, parse_config
+from talkbox.core.events import (
+    AppendAudio,
+    AudioDelta,
+    CommitAudio,
+    CreateResponse,
+    CreateUserText,
+    ResponseDone,
+    ServerError,
+    ServerEvent,
+    SessionSettings,
+    SessionUpdate,
+    TurnDetection,
+)
 from talkbox.errors import (
     ConnectFailed,
     ConnectionDropped,
@@ -32,20 +45,7 @@ from talkbox.errors import (
 )
 from talkbox.realtime.connection import RealtimeSession, open_session
 from talkbox.realtime.endpoint import Endpoint, endpoint_for, session_settings_for
-from talkbox.realtime.events import (
-    AppendAudio,
-    AudioDelta,
-    CommitAudio,
-    CreateResponse,
-    CreateUserText,
-    Dialect,
-    ResponseDone,
-    ServerError,
-    ServerEvent,
-    SessionSettings,
-    SessionUpdate,
-    TurnDetection,
-)
+from talkbox.realtime.protocol import Dialect
 from talkbox.secrets import ApiKey
 
 API_KEY = "sk-fake-realtime-key-0123456789"

@@ -167,7 +167,7 @@ async def running_daemon(
                 on_state=rig.on_state,
             )
             # Maximum jitter: retry delays are exactly 1, 2, 4 ... s, so timings are known.
-            daemon.backoff = Backoff(rand=lambda: 1.0)
+            daemon.machine.backoff = Backoff(rand=lambda: 1.0)
             rig._daemon = daemon
             try:
                 yield rig
@@ -225,7 +225,7 @@ async def converse(rig: Rig, server: FakeRealtimeServer) -> None:
     chunk = server.chunk_ms * REPLY_RATE // 1000 * 2
     pieces = [bytes(response.audio[i : i + chunk]) for i in range(0, len(response.audio), chunk)]
     await until(lambda: heard_in_order(pieces, rig.drainer.data()), "the answer to be heard")
-    assert rig.daemon.backoff.consecutive_failures == 0
+    assert rig.daemon.machine.backoff.consecutive_failures == 0
     assert server.protocol_violations == []
 
 
@@ -290,7 +290,7 @@ async def assert_rewakes_are_refused(rig: Rig, caplog: pytest.LogCaptureFixture)
     """Within the backoff, wakes are answered by the error chime and no connection attempt."""
     attempts = len(rig.attempts)
     for n in range(3):
-        assert rig.daemon.backoff.remaining(time.monotonic()) > 0.1
+        assert rig.daemon.machine.backoff.remaining(time.monotonic()) > 0.1
         chimes = rig.error_chimes_heard()
         caplog.clear()
         rig.daemon.wake()
@@ -304,7 +304,7 @@ async def assert_rewakes_are_refused(rig: Rig, caplog: pytest.LogCaptureFixture)
 
 async def assert_each_rewake_tries_once(rig: Rig) -> None:
     """A failure that cannot fix itself: no automatic retry, one attempt per wake, each chimed."""
-    assert rig.daemon.backoff.remaining(time.monotonic()) == 0.0
+    assert rig.daemon.machine.backoff.remaining(time.monotonic()) == 0.0
     for _ in range(3):
         attempts, first = len(rig.attempts), len(rig.transitions)
         chimes = rig.error_chimes_heard()
@@ -317,7 +317,7 @@ async def assert_each_rewake_tries_once(rig: Rig) -> None:
 
 
 async def wait_out_backoff(rig: Rig) -> None:
-    await asyncio.sleep(rig.daemon.backoff.remaining(time.monotonic()) + 0.05)
+    await asyncio.sleep(rig.daemon.machine.backoff.remaining(time.monotonic()) + 0.05)
 
 
 # --- a front for the fake service that refuses, relays or trickles ------------------------------
@@ -474,7 +474,7 @@ async def test_dns_failure_then_the_endpoint_is_corrected(
         await assert_rewakes_are_refused(rig, caplog)
         # The user fixes the endpoint and reloads: the next wake tries at once, backoff or not.
         rig.daemon.reload(quick_daemon_config(server.url_base))
-        assert rig.daemon.backoff.remaining(time.monotonic()) == 0.0
+        assert rig.daemon.machine.backoff.remaining(time.monotonic()) == 0.0
         await converse(rig, server)
         assert len(rig.attempts) == 2
 
@@ -773,7 +773,7 @@ async def test_session_expired_mid_answer_ends_the_conversation_without_an_error
         done_chime = chime("done", SPEAKER_RATE, 0.6)
         await until(lambda: done_chime in rig.drainer.data(), "the done chime")
         assert rig.error_chimes_heard() == 0
-        assert rig.daemon.backoff.remaining(time.monotonic()) == 0.0
+        assert rig.daemon.machine.backoff.remaining(time.monotonic()) == 0.0
         server.pace_factor = 10.0
         await converse(rig, server)
 
@@ -826,7 +826,7 @@ async def test_wakes_for_seconds_against_a_dead_service_make_few_attempts(
         assert rig.error_chimes_heard() == wakes >= 20
         refused = [r for r in problems(caplog) if "not connecting for another" in r.getMessage()]
         assert len(refused) == wakes - 3
-        assert rig.daemon.backoff.consecutive_failures == 3
+        assert rig.daemon.machine.backoff.consecutive_failures == 3
         await front.listen()
         await wait_out_backoff(rig)
         await converse(rig, server)

@@ -55,7 +55,7 @@ from talkbox.core.inputs import MicSpeechAudio, MicSpeechEnded, MicSpeechStarted
 from talkbox.errors import RealtimeError
 from talkbox.realtime.connection import open_session
 from talkbox.realtime.endpoint import endpoint_for, session_settings_for
-from talkbox.realtime.events import Dialect
+from talkbox.realtime.protocol import Dialect
 from talkbox.secrets import ApiKey
 from talkbox.service import session_opener
 from talkbox.systemd import journal_handler
@@ -171,7 +171,7 @@ async def conversation(daemon: Daemon, cfg: Config, *, speak: bool) -> str:
             daemon.step(MicSpeechAudio(TURN_PCM[4800:]))
             daemon.step(MicSpeechEnded())
     await until(lambda: daemon.machine.state is State.IDLE, "idle")
-    return daemon.status.last_error
+    return daemon.snapshot().last_error
 
 
 async def test_conversations_and_every_failure_log_nothing_of_the_key(

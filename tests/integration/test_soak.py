@@ -223,8 +223,8 @@ async def test_hundreds_of_conversations_leave_no_trace(tmp_path: Path) -> None:
         f"({rss_after - rss_before:+d} kB); fds {len(fds_before)} -> {len(fds_after)}; "
         f"threads {threads_before} -> {threads_after}; tasks {tasks_before} -> {tasks_after}"
     )
-    assert daemon.status.conversations == cycles
-    assert daemon.status.last_error == ""
+    assert daemon.snapshot().conversations == cycles
+    assert daemon.snapshot().last_error == ""
     assert server.protocol_violations == []
     assert logs.problems == [], logs.problems
     assert logs.levels["INFO"] >= cycles * len(EXPECTED_CYCLE)

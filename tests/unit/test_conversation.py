@@ -14,37 +14,7 @@ from talkbox.core.conversation import (
     ConversationMachine,
     MachineConfig,
 )
-from talkbox.core.inputs import (
-    Action,
-    CancelTimer,
-    CloseConnection,
-    ConnectionFailed,
-    ConversationEnded,
-    EndOfReply,
-    FlushPlayback,
-    Input,
-    MicSpeechAudio,
-    MicSpeechEnded,
-    MicSpeechStarted,
-    MuteChanged,
-    OpenConnection,
-    PlayAudio,
-    PlaybackDrained,
-    PlayChime,
-    Send,
-    ServerEventReceived,
-    SessionReady,
-    StartTimer,
-    State,
-    StateChanged,
-    StopRequested,
-    TimerFired,
-    Transcript,
-    TurnFinished,
-    WakeWord,
-)
-from talkbox.errors import ConnectionDropped, SessionExpired
-from talkbox.realtime.events import (
+from talkbox.core.events import (
     AppendAudio,
     AudioCommitted,
     AudioDelta,
@@ -61,6 +31,42 @@ from talkbox.realtime.events import (
     TranscriptDone,
     TruncateItem,
 )
+from talkbox.core.failures import Failure
+from talkbox.core.inputs import (
+    Action,
+    CancelTimer,
+    CloseConnection,
+    ConfigApplied,
+    ConfigChanged,
+    ConnectionFailed,
+    ConversationEnded,
+    EndOfReply,
+    FlushPlayback,
+    Input,
+    MicSpeechAudio,
+    MicSpeechEnded,
+    MicSpeechStarted,
+    MuteChanged,
+    OpenConnection,
+    PlayAudio,
+    PlaybackDrained,
+    PlayChime,
+    Send,
+    ServerEventReceived,
+    SessionReady,
+    SetWakeEnabled,
+    Snapshot,
+    StartTimer,
+    State,
+    StateChanged,
+    StopRequested,
+    TimerFired,
+    Transcript,
+    TurnFinished,
+    WakeRefused,
+    WakeWord,
+)
+from talkbox.core.retry import MAX_DELAY_SECONDS, Backoff
 
 RATE = 24000
 FRAME = bytes(960)  # 20 ms at 24 kHz
@@ -115,6 +121,16 @@ class Driver:
     ) -> None:
         self.server(ResponseCreated(response_id))
         self.server(AudioDelta(response_id, item_id, 0, bytes(samples * 2)))
+
+
+def message_of(ended: ConversationEnded) -> str:
+    return "" if ended.failure is None else ended.failure.message
+
+
+def ended_with(actions: list[Action]) -> str:
+    """The failure message the conversation ended with in these actions ("" when it ended well)."""
+    [ended] = of(ConversationEnded, actions)
+    return message_of(ended)
 
 
 def sent(actions: list[Action]) -> list[Any]:
@@ -244,20 +260,20 @@ def test_audio_is_never_uploaded_while_idle() -> None:
 def test_connection_failure_while_connecting_chimes_error_and_returns_to_idle() -> None:
     d = Driver()
     d(WakeWord())
-    actions = d(ConnectionFailed(1, ConnectionDropped("dropped")))
+    actions = d(ConnectionFailed(1, Failure("dropped", "dropped")))
     assert PlayChime("error") in actions
     assert CloseConnection(1) in actions
     assert d.m.state is State.IDLE
-    assert of(ConversationEnded, actions)[0].error == "dropped"
+    assert of(ConversationEnded, actions)[0].failure == Failure("dropped", "dropped")
     assert d.timers == {}
 
 
 def test_stale_events_from_an_old_conversation_are_ignored() -> None:
     d = Driver()
     d(WakeWord())
-    d(ConnectionFailed(1, ConnectionDropped("x")))
-    d(WakeWord())  # conversation 2
-    assert d(ConnectionFailed(1, ConnectionDropped("late"))) == []
+    d(ConnectionFailed(1, Failure("dropped", "x")))
+    d(WakeWord(), advance=MAX_DELAY_SECONDS)  # conversation 2, once the backoff has passed
+    assert d(ConnectionFailed(1, Failure("dropped", "late"))) == []
     assert d(ServerEventReceived(1, ResponseCreated("r"))) == []
     assert d.m.state is State.CONNECTING
 
@@ -351,7 +367,7 @@ def test_failed_response_ends_with_the_error_chime() -> None:
     d.server(ResponseCreated("r1"))
     actions = d.server(ResponseDone("r1", "failed", error_code="server_error"))
     assert PlayChime("error") in actions
-    assert "server_error" in of(ConversationEnded, actions)[0].error
+    assert "server_error" in ended_with(actions)
     assert d.m.state is State.IDLE
 
 
@@ -394,7 +410,8 @@ def test_a_reply_longer_than_the_cap_ends_as_a_failed_response() -> None:
     assert FlushPlayback() in actions
     assert PlayChime("error") in actions
     [ended] = of(ConversationEnded, actions)
-    assert ended.error == (
+    assert ended.failure is not None
+    assert ended.failure.message == (
         "the service's answer ran past 2 s of audio, longer than any real answer; "
         "talkbox stopped it"
     )
@@ -424,7 +441,7 @@ def test_a_reply_in_too_many_audio_parts_ends_as_a_failed_response() -> None:
     actions = d.server(AudioDelta("r1", "one-too-many", 0, bytes(2)))
     assert not of(PlayAudio, actions)
     [ended] = of(ConversationEnded, actions)
-    assert f"more than {MAX_REPLY_PARTS} audio parts" in ended.error
+    assert f"more than {MAX_REPLY_PARTS} audio parts" in message_of(ended)
     assert d.m.state is State.IDLE
 
 
@@ -433,7 +450,7 @@ def test_response_timeout_ends_with_an_error() -> None:
     d.start_listening()
     d.speak(500)
     actions = d.fire(TIMER_RESPONSE)
-    assert "did not answer within 12 s" in of(ConversationEnded, actions)[0].error
+    assert "did not answer within 12 s" in ended_with(actions)
     assert d.m.state is State.IDLE
 
 
@@ -613,16 +630,17 @@ def test_other_server_errors_end_the_conversation_with_the_error_chime() -> None
     actions = d.server(ServerError("server_error", "The server had an error"))
     assert PlayChime("error") in actions
     [ended] = of(ConversationEnded, actions)
-    assert "server_error" in ended.error and ended.error_code == "server_error"
+    assert ended.failure is not None
+    assert "server_error" in ended.failure.message and ended.failure.server_code == "server_error"
     assert d.m.state is State.IDLE
 
 
 def test_session_expiry_ends_cleanly() -> None:
     d = Driver()
     d.start_listening()
-    actions = d(ConnectionFailed(1, SessionExpired("60 minutes")))
+    actions = d(ConnectionFailed(1, Failure("session_expired", "60 minutes")))
     assert PlayChime("done") in actions
-    assert of(ConversationEnded, actions)[0].error == ""
+    assert of(ConversationEnded, actions)[0].failure is None
     d2 = Driver()
     d2.start_listening()
     actions = d2.server(ServerError("session_expired", "maximum duration"))
@@ -696,3 +714,116 @@ def test_too_short_a_turn_is_cleared_not_committed() -> None:
     actions = d(MicSpeechEnded())
     assert sent(actions) == [ClearAudio()]
     assert d.m.state is State.LISTENING
+
+
+# --- decisions that used to live in the daemon: backoff, reload, wake on/off, status ---------
+
+
+def fail_connecting(d: Driver, failure: Failure | None = None) -> ConversationEnded:
+    d(WakeWord())
+    actions = d(ConnectionFailed(d.m.conversation, failure or Failure("connect", "refused")))
+    [ended] = of(ConversationEnded, actions)
+    return ended
+
+
+def test_a_wake_word_during_the_backoff_after_a_failure_is_refused_with_the_error_chime() -> None:
+    d = Driver()
+    d.m.backoff = Backoff(rand=lambda: 1.0)  # delays of exactly 1, 2, 4 ... s
+    ended = fail_connecting(d)
+    assert ended.retry_in == 1.0
+    actions = d(WakeWord(), advance=0.4)
+    assert actions == [WakeRefused(pytest.approx(0.6), 1, "refused"), PlayChime("error")]
+    assert d.m.state is State.IDLE
+    assert OpenConnection(2) in d(WakeWord(), advance=0.6)  # the backoff has passed
+
+
+def test_backoff_grows_with_each_failure_in_a_row_and_a_good_end_resets_it() -> None:
+    d = Driver()
+    d.m.backoff = Backoff(rand=lambda: 1.0)
+    assert fail_connecting(d).retry_in == 1.0
+    d.now += 1.0
+    assert fail_connecting(d).retry_in == 2.0
+    d.now += 2.0
+    d.start_listening()
+    assert ended_with(d(StopRequested("talkbox ctl stop"))) == ""
+    assert d.m.backoff.consecutive_failures == 0
+    assert of(OpenConnection, d(WakeWord())) == [OpenConnection(4)]
+
+
+def test_a_failure_that_cannot_fix_itself_schedules_no_retry_and_refuses_no_wake() -> None:
+    d = Driver()
+    ended = fail_connecting(d, Failure("rejected", "HTTP 401", retryable=False))
+    assert ended.retry_in is None
+    assert of(OpenConnection, d(WakeWord())) == [OpenConnection(2)]
+
+
+def test_the_server_code_decides_whether_an_error_event_is_retried() -> None:
+    d = Driver()
+    d.start_listening()
+    [ended] = of(ConversationEnded, d.server(ServerError("invalid_api_key", "bad key")))
+    assert ended.failure == Failure(
+        "server_error", "service error invalid_api_key: bad key", "invalid_api_key", False
+    )
+    assert ended.retry_in is None
+    d2 = Driver()
+    d2.start_listening()
+    [ended] = of(ConversationEnded, d2.server(ServerError("server_error", "oops")))
+    assert ended.failure is not None and ended.failure.retryable
+    assert ended.retry_in is not None
+
+
+def test_a_reload_while_idle_applies_at_once_and_forgives_earlier_failures() -> None:
+    d = Driver()
+    fail_connecting(d)
+    actions = d(ConfigChanged(MachineConfig(follow_up_seconds=3.0)))
+    assert actions == [ConfigApplied(), SetWakeEnabled(True)]
+    assert d.m.config.follow_up_seconds == 3.0
+    assert of(OpenConnection, d(WakeWord())) == [OpenConnection(2)], "the fix is tried at once"
+
+
+def test_a_reload_during_a_conversation_waits_for_its_end_and_keeps_mute_and_count() -> None:
+    d = Driver()
+    d.start_listening()
+    assert of(ConfigApplied, d(ConfigChanged(MachineConfig(barge_in="off")))) == []
+    assert d.m.config.barge_in == "wake"
+    actions = d(ConnectionFailed(1, Failure("dropped", "gone")))
+    # The failure is counted against the old settings first, then the new ones forgive it.
+    ended = of(ConversationEnded, actions)[0]
+    assert actions.index(ended) < actions.index(ConfigApplied())
+    assert d.m.config.barge_in == "off"
+    assert d.m.backoff.consecutive_failures == 0
+    d(MuteChanged(True))
+    d(ConfigChanged(MachineConfig()))
+    assert d.m.muted and d.m.conversation == 1
+    assert d.m.snapshot() == Snapshot(State.IDLE, True, 1, "gone")
+
+
+def test_the_wake_word_detector_runs_only_when_a_wake_word_can_do_something() -> None:
+    d = Driver()  # barge_in = "wake"
+    assert d.m.wake_enabled
+    assert SetWakeEnabled(False) in d(WakeWord())  # connecting
+    assert of(SetWakeEnabled, d.ready()) == []  # listening: still off
+    # Responding: a wake word may interrupt the answer.
+    assert SetWakeEnabled(True) in d.speak(600)
+    assert d.m.state is State.RESPONDING
+    assert SetWakeEnabled(False) in d(MuteChanged(True))
+    assert of(SetWakeEnabled, d(MuteChanged(False))) == [SetWakeEnabled(True)]
+
+
+def test_without_barge_in_by_wake_word_the_detector_rests_while_responding() -> None:
+    d = Driver(barge_in="off")
+    d.start_listening()
+    actions = d.speak(600)
+    assert d.m.state is State.RESPONDING
+    assert of(SetWakeEnabled, actions) == []
+    assert not d.m.wake_enabled
+
+
+def test_the_snapshot_counts_conversations_and_keeps_the_last_error() -> None:
+    d = Driver()
+    assert d.m.snapshot() == Snapshot(State.IDLE, False, 0, "")
+    fail_connecting(d, Failure("rejected", "HTTP 404", retryable=False))
+    d.start_listening()
+    assert d.m.snapshot() == Snapshot(State.LISTENING, False, 1, "HTTP 404")
+    d(StopRequested())
+    assert d.m.snapshot() == Snapshot(State.IDLE, False, 2, "HTTP 404")

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from talkbox.config import Config, RealtimeConfig, parse_config
+from talkbox.core.events import SessionSettings, TurnDetection
 from talkbox.errors import ConfigError
 from talkbox.realtime.endpoint import Endpoint, endpoint_for, session_settings_for
-from talkbox.realtime.events import Dialect, SessionSettings, TurnDetection
+from talkbox.realtime.protocol import Dialect
 from talkbox.secrets import ApiKey
 
 KEY_VALUE = "sk-test-0123456789abcdefSECRET"

@@ -29,13 +29,17 @@ from talkbox.core.conversation import (
     ConversationMachine,
     MachineConfig,
 )
+from talkbox.core.events import AppendAudio, AudioDelta, CreateResponse, TruncateItem
+from talkbox.core.failures import Failure
 from talkbox.core.inputs import (
+    ConfigChanged,
     ConnectionFailed,
     Input,
     MicSpeechAudio,
     MicSpeechEnded,
     MicSpeechStarted,
     MuteChanged,
+    OpenConnection,
     PlayAudio,
     PlaybackDrained,
     Send,
@@ -46,9 +50,7 @@ from talkbox.core.inputs import (
     TimerFired,
     WakeWord,
 )
-from talkbox.errors import ConnectionDropped, SessionExpired
-from talkbox.realtime.events import AppendAudio, AudioDelta, CreateResponse, Dialect, TruncateItem
-from talkbox.realtime.protocol import ServerEventDecoder
+from talkbox.realtime.protocol import Dialect, ServerEventDecoder
 
 RESPONSE_IDS = ["resp_a", "resp_b", "resp_c"]
 ITEM_IDS = ["item_a", "item_b", "item_c"]
@@ -158,7 +160,22 @@ def inputs(draw: st.DrawFn, machine: ConversationMachine, dialect: Dialect) -> I
         StopRequested(),
         MuteChanged(draw(st.booleans())),
         ConnectionFailed(
-            conversation, draw(st.sampled_from([ConnectionDropped("x"), SessionExpired("y")]))
+            conversation,
+            draw(
+                st.sampled_from(
+                    [
+                        Failure("dropped", "x"),
+                        Failure("session_expired", "y"),
+                        Failure("rejected", "z", retryable=False),
+                    ]
+                )
+            ),
+        ),
+        ConfigChanged(
+            MachineConfig(
+                detection=draw(st.sampled_from(["local", "server_vad", "semantic_vad"])),
+                barge_in=draw(st.sampled_from(["wake", "speech", "off"])),
+            )
         ),
     ]
     return draw(st.sampled_from(options))
@@ -199,7 +216,10 @@ def test_no_input_sequence_breaks_the_machine(
         muted_before = machine.muted
         active_before = machine.active_response_id
         awaiting_before = machine.awaiting_response
+        backoff_before = machine.backoff.remaining(now)
         actions = machine.step(drawn, now)
+        if any(isinstance(action, OpenConnection) for action in actions):
+            assert backoff_before == 0.0, "a wake word connected during the backoff"
 
         if isinstance(drawn, SessionReady) and machine.session_ready:
             session_ready.add(machine.conversation)

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support.event_schema import validate_client_event, validate_server_event
-from talkbox.realtime.events import (
+from talkbox.core.events import (
     AppendAudio,
     AudioCleared,
     AudioCommitted,
@@ -31,7 +31,6 @@ from talkbox.realtime.events import (
     CommitAudio,
     CreateResponse,
     CreateUserText,
-    Dialect,
     Ignored,
     InputTranscript,
     ItemTruncated,
@@ -53,7 +52,7 @@ from talkbox.realtime.events import (
     TurnDetection,
     Usage,
 )
-from talkbox.realtime.protocol import ServerEventDecoder, client_event_message, encode
+from talkbox.realtime.protocol import Dialect, ServerEventDecoder, client_event_message, encode
 
 DIALECTS = [Dialect.GA, Dialect.PREVIEW]
 PCM = struct.pack("<6h", 0, 1000, -1000, 32767, -32768, 5)  # a few int16 samples

@@ -8,21 +8,61 @@
 `ConversationMachine.step(input, now)` takes one input (see `inputs.py`) and the current
 monotonic time and returns the actions to carry out, in order. It owns every piece of
 conversation state: what is buffered, what was sent, which response is active, how much reply
-audio the speaker was given. Adapters hold none of it, so every transition, including stale and
-out-of-order events, is a plain unit test.
+audio the speaker was given. It also makes the decisions around conversations: whether a wake
+word may connect after failures (the backoff), when a reloaded configuration takes over, when
+the wake-word detector runs, and what status readers see (`snapshot`). Adapters hold none of
+it, so every transition, including stale and out-of-order events, is a plain unit test.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, assert_never
 
+from talkbox.core.events import (
+    AppendAudio,
+    AudioCleared,
+    AudioCommitted,
+    AudioDelta,
+    AudioDone,
+    CancelResponse,
+    ClearAudio,
+    ClientEvent,
+    CommitAudio,
+    CreateResponse,
+    Ignored,
+    InputTranscript,
+    ItemTruncated,
+    OutputItemAdded,
+    RateLimits,
+    ResponseCreated,
+    ResponseDone,
+    ServerError,
+    SessionCreated,
+    SessionUpdated,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptDelta,
+    TranscriptDone,
+    TruncateItem,
+)
+from talkbox.core.failures import (
+    SESSION_EXPIRED_CODE,
+    Failure,
+    FailureKind,
+    is_harmless,
+    server_code_retryable,
+)
 from talkbox.core.inputs import (
     Action,
     CancelTimer,
     ChimeKind,
     CloseConnection,
+    ConfigApplied,
+    ConfigChanged,
     ConnectionFailed,
     ConversationEnded,
     EndOfReply,
@@ -39,6 +79,8 @@ from talkbox.core.inputs import (
     Send,
     ServerEventReceived,
     SessionReady,
+    SetWakeEnabled,
+    Snapshot,
     StartTimer,
     State,
     StateChanged,
@@ -46,41 +88,17 @@ from talkbox.core.inputs import (
     TimerFired,
     Transcript,
     TurnFinished,
+    WakeRefused,
     WakeWord,
 )
-from talkbox.errors import SessionExpired
-from talkbox.realtime.events import (
-    AppendAudio,
-    AudioCommitted,
-    AudioDelta,
-    CancelResponse,
-    ClearAudio,
-    ClientEvent,
-    CommitAudio,
-    CreateResponse,
-    InputTranscript,
-    ResponseCreated,
-    ResponseDone,
-    ServerError,
-    SpeechStarted,
-    SpeechStopped,
-    TranscriptDone,
-    TruncateItem,
-)
+from talkbox.core.response import FollowedResponse
+from talkbox.core.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 BYTES_PER_SAMPLE = 2
 # The service refuses commits of less than 100 ms of audio.
 MIN_COMMIT_MS = 100
-# Error codes that only mean "we raced the server"; the conversation goes on (protocol notes §8).
-HARMLESS_ERROR_CODES = frozenset(
-    {
-        "response_cancel_not_active",
-        "conversation_already_has_active_response",
-        "input_audio_buffer_commit_empty",
-    }
-)
 
 # A reply is ended as a failed response when its audio would pass either bound: no real answer
 # comes near them, and everything received is queued for the speaker (the service sends faster
@@ -119,15 +137,22 @@ class _ReplyItem:
 
 
 class ConversationMachine:
-    def __init__(self, config: MachineConfig) -> None:
+    def __init__(self, config: MachineConfig, *, rand: Callable[[], float] = random.random) -> None:
         self.config = config
         self.state = State.IDLE
         self.muted = False
         self.conversation = 0
+        # Failed attempts in a row: a wake word during their backoff does not connect.
+        self.backoff = Backoff(rand)
+        self.conversations_ended = 0
+        self.last_error = ""
+        self._pending_config: MachineConfig | None = None
+        self._now = 0.0  # the time of the input being handled
         self._timer_tokens: dict[str, int] = {}
         self._next_token = 0
         self._reset_conversation()
         self.in_segment = False  # the mic gate is inside a speech segment
+        self._wake_enabled_said = self.wake_enabled
 
     # --- conversation-scoped state ------------------------------------------------------------
 
@@ -150,7 +175,7 @@ class ConversationMachine:
 
     def _reset_response(self) -> None:
         self.awaiting_response = False  # a turn was ended; a response is expected
-        self.active_response_id: str | None = None
+        self.response = FollowedResponse()
         self.response_done = True
         self.silenced_responses: set[str] = set()
         self.first_audio_at: float | None = None
@@ -173,46 +198,93 @@ class ConversationMachine:
     def server_detects_turns(self) -> bool:
         return self.config.detection != "local"
 
+    @property
+    def active_response_id(self) -> str | None:
+        return self.response.response_id
+
+    @property
+    def wake_enabled(self) -> bool:
+        """Whether the wake-word detector should run: idle, or able to barge in by wake word."""
+        barge_in_by_wake = self.config.barge_in == "wake" and self.state is State.RESPONDING
+        return not self.muted and (self.state is State.IDLE or barge_in_by_wake)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.state, self.muted, self.conversations_ended, self.last_error)
+
     # --- entry point --------------------------------------------------------------------------
 
     def step(self, event: Input, now: float) -> list[Action]:
+        self._now = now
         out: list[Action] = []
-        if isinstance(event, WakeWord):
-            self._on_wake(event, now, out)
-        elif isinstance(event, MicSpeechStarted):
-            self._on_speech_started(event, out)
-        elif isinstance(event, MicSpeechAudio):
-            self._on_speech_audio(event.pcm, out)
-        elif isinstance(event, MicSpeechEnded):
-            self._on_speech_ended(now, out)
-        elif isinstance(event, SessionReady):
-            self._on_session_ready(event, out)
-        elif isinstance(event, ConnectionFailed):
-            if event.conversation == self.conversation and self.state is not State.IDLE:
-                if isinstance(event.error, SessionExpired):
-                    self._end(out, reason="the service's session time limit was reached")
-                else:
-                    self._end(out, error=str(event.error))
-        elif isinstance(event, ServerEventReceived):
-            # Only the session of the current conversation, and only once it is set up.
-            if event.conversation == self.conversation and self.session_ready:
-                self._on_server_event(event, now, out)
-        elif isinstance(event, PlaybackDrained):
-            self._on_drained(event.played_samples, out)
-        elif isinstance(event, TimerFired):
-            self._on_timer(event, out)
-        elif isinstance(event, StopRequested):
-            if self.state is not State.IDLE:
-                self._end(out, reason=event.reason, interrupt=True)
-        elif isinstance(event, MuteChanged):
-            self.muted = event.muted
-            if event.muted and self.state is not State.IDLE:
-                self._end(out, reason="muted", interrupt=True)
+        match event:
+            case WakeWord():
+                self._on_wake(event, now, out)
+            case MicSpeechStarted():
+                self._on_speech_started(event, out)
+            case MicSpeechAudio():
+                self._on_speech_audio(event.pcm, out)
+            case MicSpeechEnded():
+                self._on_speech_ended(now, out)
+            case SessionReady():
+                self._on_session_ready(event, out)
+            case ConnectionFailed():
+                if event.conversation == self.conversation and self.state is not State.IDLE:
+                    if event.failure.kind == "session_expired":
+                        self._end(out, reason="the service's session time limit was reached")
+                    else:
+                        self._end(out, failure=event.failure)
+            case ServerEventReceived():
+                # Only the session of the current conversation, and only once it is set up.
+                if event.conversation == self.conversation and self.session_ready:
+                    self._on_server_event(event, now, out)
+            case PlaybackDrained():
+                self._on_drained(event.played_samples, out)
+            case TimerFired():
+                self._on_timer(event, out)
+            case StopRequested():
+                if self.state is not State.IDLE:
+                    self._end(out, reason=event.reason, interrupt=True)
+            case MuteChanged():
+                self.muted = event.muted
+                if event.muted and self.state is not State.IDLE:
+                    self._end(out, reason="muted", interrupt=True)
+            case ConfigChanged():
+                self._pending_config = event.config
+                if self.state is State.IDLE:
+                    self._apply_pending_config(out)
+            case _:
+                assert_never(event)
+        self._say_wake_enabled(out)
         return out
+
+    def _say_wake_enabled(self, out: list[Action], *, again: bool = False) -> None:
+        enabled = self.wake_enabled
+        if again or enabled != self._wake_enabled_said:
+            self._wake_enabled_said = enabled
+            out.append(SetWakeEnabled(enabled))
+
+    def _apply_pending_config(self, out: list[Action]) -> None:
+        config, self._pending_config = self._pending_config, None
+        if config is None:
+            return
+        self.config = config
+        # The failures counted so far were with the old settings (a mistyped endpoint, a wrong
+        # key): the first wake after a fix must try at once, not be refused with a chime.
+        self.backoff.success()
+        out.append(ConfigApplied())
+        # The shell may have a new front end for the new settings: tell it whether to listen.
+        self._say_wake_enabled(out, again=True)
 
     # --- microphone ---------------------------------------------------------------------------
 
     def _on_wake(self, event: WakeWord, now: float, out: list[Action]) -> None:
+        if self.state is State.IDLE:
+            wait = self.backoff.remaining(now)
+            if wait > 0:
+                failures = self.backoff.consecutive_failures
+                out.append(WakeRefused(wait, failures, self.last_error))
+                self._chime("error", out)
+                return
         if self.muted:
             return
         if self.state is State.IDLE:
@@ -340,7 +412,7 @@ class ConversationMachine:
     def _end_turn(self, out: list[Action]) -> None:
         """Local detection: the device decided the user has finished speaking."""
         self._send(CommitAudio(), out)
-        if self.active_response_id is None:  # never two responses at once
+        if self.response.response_id is None:  # never two responses at once
             self._send(CreateResponse(), out)
         self._expect_response(out)
 
@@ -374,41 +446,54 @@ class ConversationMachine:
         self, received: ServerEventReceived, now: float, out: list[Action]
     ) -> None:
         event = received.event
-        if isinstance(event, AudioDelta):
-            self._on_audio_delta(event, now, out)
-        elif isinstance(event, ResponseCreated):
-            if self.active_response_id is None:
-                self.active_response_id = event.response_id
-                self.response_done = False
-                self._reset_reply_limits()
-                self.awaiting_response = False
-                if self.state is State.LISTENING:
-                    # Server VAD started a response on its own.
+        match event:
+            case AudioDelta():
+                self._on_audio_delta(event, now, out)
+            case ResponseCreated():
+                if self.response.created(event):
+                    self.response_done = False
+                    self._reset_reply_limits()
+                    self.awaiting_response = False
+                    if self.state is State.LISTENING:
+                        # Server VAD started a response on its own.
+                        self._cancel_timer(TIMER_FOLLOW_UP, out)
+                        self._start_timer(TIMER_RESPONSE, self.config.response_timeout_seconds, out)
+                        self._set_state(State.RESPONDING, "server started a response", out)
+            case ResponseDone():
+                self._on_response_done(event, now, out)
+            case SpeechStarted():
+                if self.server_detects_turns:
                     self._cancel_timer(TIMER_FOLLOW_UP, out)
-                    self._start_timer(TIMER_RESPONSE, self.config.response_timeout_seconds, out)
-                    self._set_state(State.RESPONDING, "server started a response", out)
-        elif isinstance(event, ResponseDone):
-            self._on_response_done(event, now, out)
-        elif isinstance(event, SpeechStarted):
-            if self.server_detects_turns:
-                self._cancel_timer(TIMER_FOLLOW_UP, out)
-                if self.config.barge_in == "speech" and self._assistant_is_talking():
-                    self._barge_in(received.played_samples, out, server_cancels=True)
-        elif isinstance(event, (SpeechStopped, AudioCommitted)):
-            if self.server_detects_turns and self.state is State.LISTENING:
-                self._expect_response(out)
-        elif isinstance(event, TranscriptDone):
-            if event.response_id not in self.silenced_responses:
-                out.append(Transcript("assistant", event.transcript))
-        elif isinstance(event, InputTranscript):
-            out.append(Transcript("user", event.transcript))
-        elif isinstance(event, ServerError):
-            self._on_server_error(event, out)
+                    if self.config.barge_in == "speech" and self._assistant_is_talking():
+                        self._barge_in(received.played_samples, out, server_cancels=True)
+            case SpeechStopped() | AudioCommitted():
+                if self.server_detects_turns and self.state is State.LISTENING:
+                    self._expect_response(out)
+            case TranscriptDone():
+                if event.response_id not in self.silenced_responses:
+                    out.append(Transcript("assistant", event.transcript))
+            case InputTranscript():
+                out.append(Transcript("user", event.transcript))
+            case ServerError():
+                self._on_server_error(event, out)
+            case (
+                SessionCreated()
+                | SessionUpdated()
+                | AudioCleared()
+                | OutputItemAdded()
+                | AudioDone()
+                | TranscriptDelta()
+                | ItemTruncated()
+                | RateLimits()
+                | Ignored()
+            ):
+                pass  # nothing a conversation acts on
+            case _:
+                assert_never(event)
 
     def _on_audio_delta(self, event: AudioDelta, now: float, out: list[Action]) -> None:
-        if (
-            event.response_id in self.silenced_responses
-            or event.response_id != self.active_response_id
+        if event.response_id in self.silenced_responses or not self.response.is_followed(
+            event.response_id
         ):
             return  # late audio of an interrupted or unknown response: never play it
         if len(event.pcm) % BYTES_PER_SAMPLE:
@@ -433,17 +518,19 @@ class ConversationMachine:
             item = None  # a new audio part begins
         if self.reply_samples + samples > self.config.max_reply_seconds * self.config.sample_rate:
             seconds = self.config.max_reply_seconds
-            self._end(
-                out,
-                error=f"the service's answer ran past {seconds:g} s of audio, longer than any "
+            self._fail(
+                "answer_refused",
+                f"the service's answer ran past {seconds:g} s of audio, longer than any "
                 "real answer; talkbox stopped it",
+                out,
             )
             return
         if item is None and self.reply_parts >= MAX_REPLY_PARTS:
-            self._end(
-                out,
-                error=f"the service's answer came in more than {MAX_REPLY_PARTS} audio parts, "
+            self._fail(
+                "answer_refused",
+                f"the service's answer came in more than {MAX_REPLY_PARTS} audio parts, "
                 "more than any real answer; talkbox stopped it",
+                out,
             )
             return
         self.reply_samples += samples
@@ -459,9 +546,8 @@ class ConversationMachine:
         out.append(PlayAudio(event.pcm))
 
     def _on_response_done(self, event: ResponseDone, now: float, out: list[Action]) -> None:
-        if event.response_id != self.active_response_id:
+        if not self.response.done(event):
             return  # a response we already stopped caring about (barge-in) or never saw
-        self.active_response_id = None
         self.response_done = True
         self._cancel_timer(TIMER_RESPONSE, out)
         latency = None
@@ -471,7 +557,9 @@ class ConversationMachine:
         self.first_audio_at = None
         if event.status == "failed":
             code = event.error_code or "server_error"
-            self._end(out, error=f"the service could not answer (response failed: {code})")
+            self._fail(
+                "answer_failed", f"the service could not answer (response failed: {code})", out
+            )
             return
         if self.playing:
             out.append(EndOfReply())  # play out what is queued; the speaker reports drained
@@ -479,17 +567,19 @@ class ConversationMachine:
             self._to_listening("answer finished", out)
 
     def _on_server_error(self, event: ServerError, out: list[Action]) -> None:
-        if event.code in HARMLESS_ERROR_CODES or _is_truncate_complaint(event):
+        if is_harmless(event):
             log.info("service: %s (%s), carrying on", event.code or event.error_type, event.message)
             return
-        if event.code == "session_expired":
+        if event.code == SESSION_EXPIRED_CODE:
             self._end(out, reason="the service's session time limit was reached")
             return
-        self._end(
-            out,
-            error=f"service error {event.code or event.error_type}: {event.message}",
-            error_code=event.code,
+        failure = Failure(
+            "server_error",
+            f"service error {event.code or event.error_type}: {event.message}",
+            server_code=event.code,
+            retryable=server_code_retryable(event.code),
         )
+        self._end(out, failure=failure)
 
     # --- speaker ------------------------------------------------------------------------------
 
@@ -508,7 +598,7 @@ class ConversationMachine:
     ) -> None:
         """The user interrupts: silence the speaker, stop the response, forget unheard words."""
         out.append(FlushPlayback())
-        response_id = self.active_response_id
+        response_id = self.response.drop()
         if response_id is not None:
             self.silenced_responses.add(response_id)
             if not server_cancels:
@@ -516,7 +606,6 @@ class ConversationMachine:
         truncate = self._truncation(played_samples)
         if truncate is not None:
             self._send(truncate, out)
-        self.active_response_id = None
         self.response_done = True
         self.awaiting_response = False
         self._cancel_timer(TIMER_RESPONSE, out)
@@ -558,7 +647,7 @@ class ConversationMachine:
                 self._end(out, reason="maximum conversation length reached")
         elif event.name == TIMER_RESPONSE:
             seconds = self.config.response_timeout_seconds
-            self._end(out, error=f"the service did not answer within {seconds:g} s")
+            self._fail("no_answer", f"the service did not answer within {seconds:g} s", out)
 
     def _to_listening(self, reason: str, out: list[Action]) -> None:
         if self.ending:
@@ -568,25 +657,36 @@ class ConversationMachine:
         if not self.turn_open:
             self._start_timer(TIMER_FOLLOW_UP, self.config.follow_up_seconds, out)
 
+    def _fail(self, kind: FailureKind, message: str, out: list[Action]) -> None:
+        self._end(out, failure=Failure(kind, message))
+
     def _end(
         self,
         out: list[Action],
         *,
         reason: str = "",
-        error: str = "",
-        error_code: str = "",
+        failure: Failure | None = None,
         interrupt: bool = False,
     ) -> None:
-        if error or interrupt:
+        if failure is not None or interrupt:
             out.append(FlushPlayback())
         for name in list(self._timer_tokens):
             self._cancel_timer(name, out)
         out.append(CloseConnection(self.conversation))
-        self._chime("error" if error else "done", out)
+        self._chime("error" if failure is not None else "done", out)
         # The error itself is logged once, from ConversationEnded; the state line stays short.
-        self._set_state(State.IDLE, "conversation failed" if error else reason, out)
-        out.append(ConversationEnded(self.conversation, error=error, error_code=error_code))
+        self._set_state(State.IDLE, "conversation failed" if failure is not None else reason, out)
+        self.conversations_ended += 1
+        retry_in = None
+        if failure is not None:
+            self.last_error = failure.message
+            retry_in = self.backoff.failure(failure.retryable, self._now)
+        else:
+            self.backoff.success()
+        out.append(ConversationEnded(self.conversation, failure, retry_in))
         self._reset_conversation()
+        # A reload waited for this conversation to end; its outcome above was of the old settings.
+        self._apply_pending_config(out)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -609,10 +709,3 @@ class ConversationMachine:
     def _cancel_timer(self, name: str, out: list[Action]) -> None:
         if self._timer_tokens.pop(name, None) is not None:
             out.append(CancelTimer(name))
-
-
-def _is_truncate_complaint(event: ServerError) -> bool:
-    # "Audio content of X ms is already shorter than Y ms": the server clamps and carries on.
-    return (event.param or "").endswith("audio_end_ms") or event.message.startswith(
-        "Audio content of"
-    )

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from talkbox.errors import RealtimeError
-from talkbox.realtime.events import ClientEvent, ServerEvent, Usage
+from talkbox.core.events import ClientEvent, ServerEvent, Usage
+from talkbox.core.failures import Failure
+
+if TYPE_CHECKING:
+    from talkbox.core.conversation import MachineConfig
 
 ChimeKind = Literal["wake", "done", "error"]
 
@@ -65,7 +68,7 @@ class SessionReady:
 @dataclass(frozen=True)
 class ConnectionFailed:
     conversation: int
-    error: RealtimeError
+    failure: Failure
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,13 @@ class MuteChanged:
     muted: bool
 
 
+@dataclass(frozen=True)
+class ConfigChanged:
+    """A new, valid configuration: it applies now when idle, else once the conversation ends."""
+
+    config: MachineConfig
+
+
 Input = (
     WakeWord
     | MicSpeechStarted
@@ -110,6 +120,7 @@ Input = (
     | TimerFired
     | StopRequested
     | MuteChanged
+    | ConfigChanged
 )
 
 
@@ -179,8 +190,30 @@ class Transcript:
 @dataclass(frozen=True)
 class ConversationEnded:
     conversation: int
-    error: str = ""  # "" when it ended well
-    error_code: str = ""  # the service's error code, when an error event ended it
+    failure: Failure | None = None  # None when it ended well
+    # After a failure: seconds before a wake word may connect again; None: not automatically.
+    retry_in: float | None = None
+
+
+@dataclass(frozen=True)
+class WakeRefused:
+    """A wake word came while connecting again would come too early after failures."""
+
+    wait_seconds: float
+    failures: int
+    last_error: str
+
+
+@dataclass(frozen=True)
+class SetWakeEnabled:
+    """Run the wake-word detector, or rest it (muted, or no barge-in by wake word now)."""
+
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class ConfigApplied:
+    """The machine took the configuration of the last `ConfigChanged`: the shell follows."""
 
 
 @dataclass(frozen=True)
@@ -207,4 +240,17 @@ Action = (
     | Transcript
     | ConversationEnded
     | TurnFinished
+    | WakeRefused
+    | SetWakeEnabled
+    | ConfigApplied
 )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What status readers (control socket, systemd status) see of the conversation."""
+
+    state: State
+    muted: bool
+    conversations: int  # ended since start
+    last_error: str  # "" when none yet

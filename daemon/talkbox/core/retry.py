@@ -1,9 +1,10 @@
 """Retry policy for opening Realtime sessions: which failures to retry, and after how long.
 
 Pure logic: time (`now`) and randomness (`rand`) are inputs, so the policy is unit-tested
-without clocks. The daemon consults it between wake attempts, so a broken network or an
-overloaded service gets exponentially spaced attempts instead of a hot loop, and a failure that
-cannot fix itself (wrong key, wrong deployment, rejected session shape) is not retried at all.
+without clocks. The conversation machine consults it between wake attempts, so a broken
+network or an overloaded service gets exponentially spaced attempts instead of a hot loop, and
+a failure that cannot fix itself (wrong key, wrong deployment, rejected session shape) is not
+retried at all.
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ def is_retryable(error: BaseException) -> bool:
 
 def next_delay(
     attempt: int,
-    error: BaseException,
+    retryable: bool,
     rand: Callable[[], float],
     *,
     base: float = BASE_DELAY_SECONDS,
     cap: float = MAX_DELAY_SECONDS,
 ) -> float | None:
     """Seconds to wait before retry number `attempt`, or None: do not retry automatically.
+
+    `retryable` says whether the failure can go away by itself (see `is_retryable`, and
+    `Failure.retryable` for failures inside the core).
 
     `attempt` counts consecutive failures, starting at 1. `rand()` returns a float in [0, 1)
     (e.g. `random.random`); values outside are clamped. Equal jitter: the delay lies in
@@ -51,7 +55,7 @@ def next_delay(
     """
     if attempt < 1:
         raise ValueError(f"attempt counts from 1, got {attempt}")
-    if not is_retryable(error):
+    if not retryable:
         return None
     ceiling = min(cap, base * 2.0 ** min(attempt - 1, _MAX_EXPONENT))
     jitter = min(max(rand(), 0.0), 1.0)
@@ -61,7 +65,7 @@ def next_delay(
 class Backoff:
     """Consecutive-failure tracker for one retried operation (opening a session).
 
-    `failure(error, now)` records a failure at time `now` (any monotonic clock, in seconds) and
+    `failure(retryable, now)` records a failure at time `now` (any monotonic clock, in seconds) and
     returns the delay before the next automatic attempt, or None when the error is not worth
     retrying automatically (the daemon then waits for the user, e.g. the next wake word).
     `success()` resets the count. `remaining(now)` tells a caller whether an attempt made now
@@ -84,10 +88,10 @@ class Backoff:
         self.consecutive_failures = 0
         self.retry_at: float | None = None
 
-    def failure(self, error: BaseException, now: float) -> float | None:
+    def failure(self, retryable: bool, now: float) -> float | None:
         self.consecutive_failures += 1
         delay = next_delay(
-            self.consecutive_failures, error, self._rand, base=self._base, cap=self._cap
+            self.consecutive_failures, retryable, self._rand, base=self._base, cap=self._cap
         )
         self.retry_at = None if delay is None else now + delay
         return delay

@@ -4,7 +4,8 @@ This module owns the socket and nothing else: connecting (TLS always verified), 
 handshake (`session.created` → `session.update` → `session.updated`), sending client events,
 yielding decoded server events, and a close that never hangs. Every failure of the layers below
 (OSError, ssl, websockets) is translated here, once, into `talkbox.errors` with a sentence that
-says what to do. There is no conversation logic here; the core decides what to send and when.
+says what to do, and `failure_of` turns those into the plain `Failure` values the core is told.
+There is no conversation logic here; the core decides what to send and when.
 
 Calling contract:
 
@@ -47,6 +48,22 @@ from websockets.http11 import USER_AGENT
 
 from talkbox import __version__
 from talkbox.config import is_loopback_host
+from talkbox.core.events import (
+    ClientEvent,
+    ServerError,
+    ServerEvent,
+    SessionCreated,
+    SessionSettings,
+    SessionUpdate,
+    SessionUpdated,
+)
+from talkbox.core.failures import (
+    DIALECT_MISMATCH_CODES,
+    SESSION_EXPIRED_CODE,
+    Failure,
+    FailureKind,
+    server_code_retryable,
+)
 from talkbox.errors import (
     ConfigError,
     ConnectFailed,
@@ -58,17 +75,7 @@ from talkbox.errors import (
     SessionSetupTimeout,
 )
 from talkbox.realtime.endpoint import Endpoint
-from talkbox.realtime.events import (
-    ClientEvent,
-    Dialect,
-    ServerError,
-    ServerEvent,
-    SessionCreated,
-    SessionSettings,
-    SessionUpdate,
-    SessionUpdated,
-)
-from talkbox.realtime.protocol import ServerEventDecoder, encode
+from talkbox.realtime.protocol import Dialect, ServerEventDecoder, encode
 from talkbox.safe_text import safe_line
 
 _log = logging.getLogger(__name__)
@@ -91,16 +98,6 @@ CLOSE_GOING_AWAY: Final = 1001  # the service ends the session at its maximum du
 # "TYPE.CODE" (e.g. "invalid_request_error.beta_api_shape_disabled": the retired beta shape).
 CLOSE_INVALID_REQUEST: Final = 4000
 CLOSE_MESSAGE_TOO_BIG: Final = 1009  # sent by websockets when a frame exceeds max_size
-
-_DIALECT_MISMATCH_CODES: Final = frozenset(
-    {
-        "unknown_parameter",
-        "invalid_value",
-        "invalid_type",
-        "missing_required_parameter",
-        "beta_api_shape_disabled",
-    }
-)
 
 _SetupEvent = TypeVar("_SetupEvent", SessionCreated, SessionUpdated)
 
@@ -174,7 +171,7 @@ class RealtimeSession:
             event = self.decoder.decode(frame)
             if event is None:
                 continue
-            if isinstance(event, ServerError) and event.code == "session_expired":
+            if isinstance(event, ServerError) and event.code == SESSION_EXPIRED_CODE:
                 raise _session_expired(event.message)
             yield event
 
@@ -278,21 +275,25 @@ class RealtimeSession:
         error_type, _, code = reason.rpartition(".")
         said = f"close 4000: {reason}" if reason else "close 4000"
         if self._endpoint.dialect is Dialect.PREVIEW:
+            code = code or "beta_api_shape_disabled"
             return ServerErrorEvent(
-                code or "beta_api_shape_disabled",
+                code,
                 f"{self.description} refused the preview (beta-shaped) protocol ({said}); "
                 'use the GA protocol: set realtime.api_version = ""',
                 error_type,
+                retryable=server_code_retryable(code),
             )
         # talkbox already speaks GA here, so api_version is not the cause: the request was
         # refused for what it asked (the reason names the error).
+        code = code or "invalid_request"
         return ServerErrorEvent(
-            code or "invalid_request",
+            code,
             f"{self.description} ended the session over a request it found invalid ({said}); "
             "check that realtime.deployment (Azure) or realtime.model (OpenAI) names a GA "
             "realtime model such as gpt-realtime, and that no proxy in between rewrites "
             "the request",
             error_type,
+            retryable=server_code_retryable(code),
         )
 
 
@@ -469,12 +470,12 @@ def _session_expired(detail: str) -> SessionExpired:
 
 
 def _setup_error(error: ServerError) -> RealtimeError:
-    if error.code == "session_expired":
+    if error.code == SESSION_EXPIRED_CODE:
         return _session_expired(error.message)
     hint = ""
     # Set-up sends nothing but session.update, so a parameter error there is almost always a
     # dialect mix-up (GA fields to a dated api-version, or the other way round).
-    if error.code in _DIALECT_MISMATCH_CODES:
+    if error.code in DIALECT_MISMATCH_CODES:
         hint = (
             "; the endpoint may speak the other protocol dialect: check realtime.api_version "
             "(set = Azure preview, unset = GA)"
@@ -484,4 +485,34 @@ def _setup_error(error: ServerError) -> RealtimeError:
         error.code,
         f"the service refused the session settings: {error.message} ({code}){hint}",
         error.error_type,
+        retryable=server_code_retryable(error.code),
     )
+
+
+def failure_of(error: BaseException) -> Failure:
+    """What the core is told of a failure of a session: a plain value, never the exception.
+
+    An exception no layer below named (a bug's, an unexpected library's) still ends only its
+    conversation, told as "unexpected"; a library's text may quote the peer, so it is cleaned.
+    """
+    if not isinstance(error, RealtimeError):
+        message = f"unexpected failure: {type(error).__name__}: {safe_line(str(error))}"
+        return Failure("unexpected", message)
+    code = ""
+    kind: FailureKind
+    match error:
+        case ConnectFailed():
+            kind = "connect"
+        case HandshakeRejected():
+            kind = "rejected"
+        case SessionSetupTimeout():
+            kind = "setup_timeout"
+        case ServerErrorEvent():
+            kind, code = "server_error", error.code
+        case SessionExpired():
+            kind = "session_expired"
+        case ConnectionDropped():
+            kind = "dropped"
+        case _:
+            kind = "unexpected"
+    return Failure(kind, str(error), server_code=code, retryable=error.retryable)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from itertools import count
+from typing import assert_never
 
-from talkbox.realtime.events import (
+from talkbox.core.events import (
     AppendAudio,
     AudioCleared,
     AudioCommitted,
@@ -55,32 +56,35 @@ class EchoSession:
     async def send(self, event: ClientEvent) -> None:
         if self._closed:
             return
-        if isinstance(event, AppendAudio):
-            self._buffer += event.pcm
-        elif isinstance(event, CommitAudio):
-            if len(self._buffer) < SAMPLE_RATE // 10 * 2:
-                self._post(ServerError("input_audio_buffer_commit_empty", "less than 100 ms"))
-                return
-            self._committed = bytes(self._buffer)
-            self._buffer.clear()
-            self._post(AudioCommitted(f"echo_user_{next(self._ids)}"))
-        elif isinstance(event, ClearAudio):
-            self._buffer.clear()
-            self._post(AudioCleared())
-        elif isinstance(event, CreateResponse):
-            if self._responding is not None and not self._responding.done():
-                self._post(ServerError("conversation_already_has_active_response", "busy"))
-                return
-            self._responding = asyncio.create_task(self._respond(self._committed))
-        elif isinstance(event, CancelResponse):
-            if self._responding is not None and not self._responding.done():
-                self._responding.cancel()
-            else:
-                self._post(ServerError("response_cancel_not_active", "no active response"))
-        elif isinstance(event, TruncateItem):
-            self._post(ItemTruncated(event.item_id, event.audio_end_ms))
-        elif isinstance(event, (SessionUpdate, CreateUserText)):
-            pass  # nothing to configure; text has no voice to echo
+        match event:
+            case AppendAudio():
+                self._buffer += event.pcm
+            case CommitAudio():
+                if len(self._buffer) < SAMPLE_RATE // 10 * 2:
+                    self._post(ServerError("input_audio_buffer_commit_empty", "less than 100 ms"))
+                    return
+                self._committed = bytes(self._buffer)
+                self._buffer.clear()
+                self._post(AudioCommitted(f"echo_user_{next(self._ids)}"))
+            case ClearAudio():
+                self._buffer.clear()
+                self._post(AudioCleared())
+            case CreateResponse():
+                if self._responding is not None and not self._responding.done():
+                    self._post(ServerError("conversation_already_has_active_response", "busy"))
+                    return
+                self._responding = asyncio.create_task(self._respond(self._committed))
+            case CancelResponse():
+                if self._responding is not None and not self._responding.done():
+                    self._responding.cancel()
+                else:
+                    self._post(ServerError("response_cancel_not_active", "no active response"))
+            case TruncateItem():
+                self._post(ItemTruncated(event.item_id, event.audio_end_ms))
+            case SessionUpdate() | CreateUserText():
+                pass  # nothing to configure; text has no voice to echo
+            case _:
+                assert_never(event)
 
     async def _respond(self, pcm: bytes) -> None:
         response_id = f"echo_resp_{next(self._ids)}"

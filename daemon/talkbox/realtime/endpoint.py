@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, urlencode, urlsplit
 
 from talkbox.config import OPENAI_DEFAULT_ENDPOINT, TEMPERATURE_IGNORED, is_loopback_host
+from talkbox.core.events import SessionSettings, TurnDetection
 from talkbox.errors import ConfigError
-from talkbox.realtime.events import Dialect, SessionSettings, TurnDetection
+from talkbox.realtime.protocol import Dialect
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line, shown_value
 
 if TYPE_CHECKING:

@@ -26,9 +26,10 @@ import binascii
 import json
 import logging
 from collections.abc import Callable, Mapping
+from enum import Enum
 from typing import Any, Final, assert_never
 
-from talkbox.realtime.events import (
+from talkbox.core.events import (
     AppendAudio,
     AudioCleared,
     AudioCommitted,
@@ -40,7 +41,6 @@ from talkbox.realtime.events import (
     CommitAudio,
     CreateResponse,
     CreateUserText,
-    Dialect,
     Ignored,
     InputTranscript,
     ItemTruncated,
@@ -65,6 +65,14 @@ from talkbox.realtime.events import (
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 
 _log = logging.getLogger(__name__)
+
+
+class Dialect(Enum):
+    """The two wire shapes of the Realtime API; only this layer and the endpoint know them."""
+
+    GA = "ga"  # OpenAI GA, Azure /openai/v1/realtime
+    PREVIEW = "preview"  # Azure /openai/realtime?api-version=...-preview (OpenAI beta shape)
+
 
 # The only audio format talkbox speaks: 24 kHz mono PCM16 little-endian, both directions.
 PCM_RATE: Final = 24000

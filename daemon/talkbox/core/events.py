@@ -1,21 +1,14 @@
-"""Dialect-neutral Realtime API events: what talkbox sends and what it understands.
+"""Dialect-neutral Realtime events: what talkbox sends and what it understands.
 
-`protocol.py` turns `ClientEvent`s into JSON in the selected dialect (GA or Azure preview) and
-decodes JSON of either dialect into `ServerEvent`s. The conversation core speaks only these
-types, so it never sees a dialect, a base64 string or a dict.
+This vocabulary belongs to the core. The protocol layer (`realtime/protocol.py`) turns
+`ClientEvent`s into JSON in the selected dialect (GA or Azure preview) and decodes JSON of
+either dialect into `ServerEvent`s, so the core never sees a dialect, a base64 string or a dict.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Literal
-
-
-class Dialect(Enum):
-    GA = "ga"  # OpenAI GA, Azure /openai/v1/realtime
-    PREVIEW = "preview"  # Azure /openai/realtime?api-version=...-preview (OpenAI beta shape)
-
 
 # --- session settings -------------------------------------------------------------------------
 
