@@ -34,7 +34,6 @@ readonly VM_DIR=$REPO/tests/system/vm
 readonly PYTHON=$REPO/.venv/bin/python
 readonly CACHE=${TALKBOX_VM_CACHE:-/var/cache/talkbox-vm-test}
 readonly VM_TIMEOUT=${TALKBOX_VM_TIMEOUT:-360}
-readonly SUITE=bookworm
 readonly SERVICE_IP=10.0.2.100
 readonly SERVICE_PORT=8080
 # An obviously fake key, new for each run: it must reach the fake service, and nowhere else.
@@ -48,24 +47,12 @@ readonly GUEST_PACKAGES=(systemd systemd-sysv udev dbus kmod procps ca-certifica
                          linux-image-amd64 initramfs-tools alsa-utils
                          python3 python3-venv python3-dev gcc libc6-dev pkg-config
                          portaudio19-dev libsystemd-dev)
-# Bump when the way the cached tree is built changes, so old caches are rebuilt.
+# Bump when finish_guest_tree changes, so old caches are rebuilt.
 readonly TREE_RECIPE=1
 readonly TREE=$CACHE/rootfs
 
 # shellcheck source=tests/system/checks.sh
 source "$REPO/tests/system/checks.sh"
-STARTED=$SECONDS
-phase() { printf '== %s (at %d s)\n' "$*" $((SECONDS - STARTED)); }
-# quietly LOG COMMAND...: runs it with its output in LOG, shown only when it fails.
-quietly() {
-    local log=$1
-    shift
-    local status=0
-    "$@" >"$log" 2>&1 || status=$?
-    ((status == 0)) || tail -n 40 "$log"
-    return "$status"
-}
-
 preconditions() {
     if [[ $EUID -ne 0 ]]; then
         echo "vm_test.sh must run as root (debootstrap, chroot, mkfs)" >&2
@@ -111,129 +98,32 @@ trap 'exit 130' INT TERM
 # --- the host's tools --------------------------------------------------------------------------
 
 phase "host packages"
-missing_packages() {
-    local package
-    for package in "$@"; do
-        [[ $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null) == "install ok installed" ]] ||
-            printf '%s\n' "$package"
-    done
-}
-mapfile -t missing < <(missing_packages "${HOST_PACKAGES[@]}")
-if ((${#missing[@]} > 0)); then
-    echo "installing ${missing[*]}"
-    apt-get update -qq >/dev/null 2>&1
-    check "installed the host packages ${missing[*]}" quietly "$SCRATCH/apt.log" \
-        env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}"
-fi
+install_host_packages "$SCRATCH/apt.log" "${HOST_PACKAGES[@]}"
 for tool in qemu-system-x86_64 debootstrap mkfs.ext4 socat; do
     command -v "$tool" >/dev/null || { fail "host tool $tool is there"; finish; }
 done
 
-# The Debian mirror this host's apt uses, for debootstrap: the first "deb" source of $SUITE
-# in /etc/apt/sources.list or /etc/apt/sources.list.d (one-line or deb822 format).
-debian_mirror() {
-    local file
-    for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [[ -f $file ]] || continue
-        awk -v suite="$SUITE" '
-            $1 == "deb" {
-                i = 2
-                if ($i ~ /^\[/) { while (i < NF && $i !~ /\]$/) i++; i++ }
-                if ($(i + 1) == suite) { print $i; exit }
-            }' "$file"
-    done
-    for file in /etc/apt/sources.list.d/*.sources; do
-        [[ -f $file ]] || continue
-        awk -v suite="$SUITE" '
-            BEGIN { RS = ""; FS = "\n" }
-            {
-                types = ""; uris = ""; suites = ""; enabled = "yes"
-                for (i = 1; i <= NF; i++) {
-                    line = $i
-                    if (line ~ /^[ \t]*#/) continue
-                    value = substr(line, index(line, ":") + 1)
-                    if (line ~ /^Types:/) types = " " value " "
-                    else if (line ~ /^URIs:/) uris = value
-                    else if (line ~ /^Suites:/) suites = " " value " "
-                    else if (line ~ /^Enabled:/) enabled = value
-                }
-                gsub(/[ \t]+/, " ", types); gsub(/[ \t]+/, " ", suites); gsub(/[ \t]/, "", enabled)
-                if (enabled != "no" && types ~ / deb / && index(suites, " " suite " ")) {
-                    n = split(uris, list, /[ \t]+/)
-                    for (j = 1; j <= n; j++) if (list[j] != "") { print list[j]; exit }
-                }
-            }' "$file"
-    done
-}
-
 # --- 1. the guest's root filesystem (cached) ------------------------------------------------
 
-mkdir -p "$CACHE"
-exec 9>"$CACHE/.lock"
-if ! flock -w 1800 9; then
+if ! lock_cache "$CACHE"; then
     fail "no other vm_test.sh holds $CACHE"
     finish
 fi
-
-# Never delete through a mount: a tree left with /proc mounted by a killed run is unmounted
-# first, and rm stays on the tree's own file system.
-remove_tree() {
+# A small initramfs: only what finds the root disk (virtio) and mounts it (ext4).
+finish_guest_tree() {
     local tree=$1
-    [[ -d $tree ]] || return 0
-    findmnt -rn -o TARGET | grep -F "$tree/" | sort -r | while IFS= read -r target; do
-        umount -l "$target"
-    done
-    rm -rf --one-file-system "$tree"
+    printf 'MODULES=list\n' >"$tree/etc/initramfs-tools/conf.d/talkbox-vmtest.conf"
+    printf '%s\n' virtio_pci virtio_blk ext4 >>"$tree/etc/initramfs-tools/modules"
+    run_logged "$SCRATCH/initramfs.log" chroot "$tree" update-initramfs -u -k all || return 1
+    echo talkbox-vm >"$tree/etc/hostname"
+    printf '127.0.0.1 localhost\n127.0.1.1 talkbox-vm\n' >"$tree/etc/hosts"
 }
-
-tree_key=$(printf '%s\n' "$TREE_RECIPE" "$SUITE" "${GUEST_PACKAGES[@]}" | sha256sum | cut -c1-16)
-if [[ -d $TREE && -f $CACHE/rootfs.key && $(<"$CACHE/rootfs.key") == "$tree_key" ]]; then
-    phase "guest tree: cached in $CACHE"
-else
-    phase "guest tree: debootstrap (not cached yet)"
-    rm -f "$CACHE/rootfs.key"
-    remove_tree "$TREE"
-    remove_tree "$TREE.new"
-    mirror=${TALKBOX_VM_MIRROR:-$(debian_mirror | head -n 1)}
-    if [[ -z $mirror ]]; then
-        fail "found a Debian mirror for $SUITE in /etc/apt/sources.list{,.d}"
-        finish
-    fi
-    echo "mirror: $mirror"
-    packages=$(IFS=,; echo "${GUEST_PACKAGES[*]}")
-    if ! quietly "$SCRATCH/debootstrap.log" debootstrap --variant=minbase \
-        --include="$packages" "$SUITE" "$TREE.new" "$mirror"; then
-        fail "debootstrap of the guest tree"
-        finish
-    fi
-    # A small initramfs: only what finds the root disk (virtio) and mounts it (ext4).
-    printf 'MODULES=list\n' >"$TREE.new/etc/initramfs-tools/conf.d/talkbox-vmtest.conf"
-    printf '%s\n' virtio_pci virtio_blk ext4 >>"$TREE.new/etc/initramfs-tools/modules"
-    if ! quietly "$SCRATCH/initramfs.log" chroot "$TREE.new" update-initramfs -u -k all; then
-        fail "update-initramfs in the guest tree"
-        finish
-    fi
-    echo talkbox-vm >"$TREE.new/etc/hostname"
-    printf '127.0.0.1 localhost\n127.0.1.1 talkbox-vm\n' >"$TREE.new/etc/hosts"
-    mv "$TREE.new" "$TREE"
-    printf '%s\n' "$tree_key" >"$CACHE/rootfs.key"
-fi
+cached_debian_tree "$CACHE" "$TREE_RECIPE" "${TALKBOX_VM_MIRROR:-}" finish_guest_tree \
+    "${GUEST_PACKAGES[@]}" || finish
 
 # --- install talkbox into the tree, as its owner would: ./install.sh (every run) -------------
 
 phase "install.sh in the guest tree (chroot)"
-# pip inside the chroot must trust what this host trusts (a proxy's CA, say): hand it the
-# host's bundle for the length of the install.
-host_ca_bundle() {
-    local file
-    for file in "${PIP_CERT:-}" "${SSL_CERT_FILE:-}" /etc/ssl/certs/ca-certificates.crt; do
-        if [[ -n $file && -r $file ]]; then
-            printf '%s\n' "$file"
-            return
-        fi
-    done
-}
 install_in_tree() {
     local source=$TREE/tmp/talkbox-src
     rm -rf "$source"
@@ -245,16 +135,15 @@ install_in_tree() {
     (umask 077 && printf '%s\n' "$SENTINEL" >"$TREE/tmp/api-key")
     local -a environment=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
                           HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive)
-    local bundle name
+    local bundle
+    # pip inside the chroot must trust what this host trusts: the host's bundle, for the
+    # length of the install.
     bundle=$(host_ca_bundle)
     if [[ -n $bundle ]]; then
         cp "$bundle" "$TREE/tmp/host-ca.pem"
         environment+=(PIP_CERT=/tmp/host-ca.pem)
     fi
-    for name in PIP_INDEX_URL PIP_DEFAULT_TIMEOUT http_proxy https_proxy no_proxy \
-        HTTP_PROXY HTTPS_PROXY NO_PROXY; do
-        [[ -n ${!name:-} ]] && environment+=("$name=${!name}")
-    done
+    mapfile -t -O "${#environment[@]}" environment < <(registry_environment)
     PROC_MOUNT=$TREE/proc
     mountpoint -q "$PROC_MOUNT" || mount -t proc proc "$PROC_MOUNT" || return 1
     local status=0
@@ -265,7 +154,7 @@ install_in_tree() {
     return "$status"
 }
 check "./install.sh --api-key-file runs in the guest tree (chroot, no systemd)" \
-    quietly "$SCRATCH/install.log" install_in_tree
+    run_logged "$SCRATCH/install.log" install_in_tree
 key_kept_out_of_install_log() {
     ! grep -qF "$SENTINEL" "$SCRATCH/install.log" &&
         grep -qF "/etc/talkbox/api-key" "$SCRATCH/install.log"
@@ -285,7 +174,7 @@ phase "guest settings, CA, image"
 }
 install -D -m 644 "$SCRATCH/tls/ca.pem" "$TREE/usr/local/share/ca-certificates/talkbox-vmtest.crt"
 check "the throwaway CA is in the guest's system trust store (update-ca-certificates)" \
-    quietly "$SCRATCH/ca.log" chroot "$TREE" update-ca-certificates --fresh
+    run_logged "$SCRATCH/ca.log" chroot "$TREE" update-ca-certificates --fresh
 cat >"$TREE/tmp/talkbox-vmtest.toml" <<EOF
 # Written by tests/system/vm_test.sh: the fake Realtime service on the host, reached through
 # qemu's forward of $SERVICE_IP:$SERVICE_PORT. The key comes from /etc/talkbox/api-key through
@@ -311,7 +200,7 @@ rm -f "$TREE/tmp/talkbox-vmtest.toml"
 install -m 644 "$VM_DIR/talkbox-vmtest.target" "$VM_DIR/talkbox-vmtest.service" \
     "$TREE/etc/systemd/system/"
 install -D -m 644 "$VM_DIR/10-vmtest.network" "$TREE/etc/systemd/network/10-vmtest.network"
-quietly "$SCRATCH/enable.log" chroot "$TREE" systemctl enable systemd-networkd.service
+run_logged "$SCRATCH/enable.log" chroot "$TREE" systemctl enable systemd-networkd.service
 # An SD card image built in a chroot must start the speaker at its first boot.
 check "install.sh enabled talkbox.service in the chroot (it starts at boot)" \
     test "$(chroot "$TREE" systemctl is-enabled talkbox.service 2>/dev/null)" = enabled
@@ -331,7 +220,7 @@ if ! cp "$kernel" "$SCRATCH/vmlinuz" || ! cp "$initrd" "$SCRATCH/initrd.img"; th
     finish
 fi
 check "made the guest's ext4 image from the tree (mkfs.ext4 -d)" \
-    quietly "$SCRATCH/mkfs.log" mkfs.ext4 -q -F -L talkbox-vm -d "$TREE" "$SCRATCH/rootfs.ext4" 4G
+    run_logged "$SCRATCH/mkfs.log" mkfs.ext4 -q -F -L talkbox-vm -d "$TREE" "$SCRATCH/rootfs.ext4" 4G
 flock -u 9  # the cached tree is no longer read; another run may use it
 
 # --- 3. the fake Realtime service on the host --------------------------------------------------
