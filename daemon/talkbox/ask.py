@@ -22,8 +22,6 @@ from talkbox.errors import (
     ServerErrorEvent,
     SessionSetupTimeout,
 )
-from talkbox.realtime.connection import open_session
-from talkbox.realtime.endpoint import endpoint_for, session_settings_for
 from talkbox.realtime.events import (
     AudioDelta,
     CreateResponse,
@@ -36,6 +34,7 @@ from talkbox.realtime.events import (
     TranscriptDone,
     Usage,
 )
+from talkbox.realtime.sessions import service_sessions
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 from talkbox.secrets import ApiKey
 
@@ -62,15 +61,8 @@ async def ask(
 
     Raises a `RealtimeError` that says what failed and what to do.
     """
-    endpoint = endpoint_for(cfg.realtime, api_key)
-    timeout_s = cfg.realtime.connect_timeout_seconds
-    session = await open_session(
-        endpoint,
-        session_settings_for(cfg),
-        ssl_context=ssl_context,
-        connect_timeout=timeout_s,
-        setup_timeout=timeout_s,
-    )
+    sessions = service_sessions(cfg, api_key, ssl_context=ssl_context)
+    session = await sessions.open()
     answer = Answer(session_id=session.session_info.session_id)
     try:
         async with asyncio.timeout(timeout):
@@ -79,7 +71,7 @@ async def ask(
             await _collect(session.events(), answer)
     except TimeoutError:
         raise SessionSetupTimeout(
-            f"no complete answer from {endpoint.description} within {timeout:g} s; "
+            f"no complete answer from {sessions.description} within {timeout:g} s; "
             "try again, or raise --timeout"
         ) from None
     finally:
