@@ -1,8 +1,8 @@
 """`talkbox ask`: one question as text, one spoken answer back. The first check a new owner runs.
 
-It goes through exactly what the daemon uses (endpoint, session.update, the protocol layer,
-the connection adapter), so a working `ask` means the account, key, deployment and dialect are
-right before any microphone is involved.
+It opens its session with the daemon's own opener (realtime/sessions.py: endpoint,
+session.update, the protocol layer, the connection adapter), so a working `ask` means the
+account, key, deployment and dialect are right before any microphone is involved.
 """
 
 from __future__ import annotations
