@@ -1,8 +1,8 @@
 """`talkbox ask`: one question as text, one spoken answer back. The first check a new owner runs.
 
-It goes through exactly what the daemon uses (endpoint, session.update, the protocol layer,
-the connection adapter), so a working `ask` means the account, key, deployment and dialect are
-right before any microphone is involved.
+It opens its session with the daemon's own opener (realtime/sessions.py: endpoint,
+session.update, the protocol layer, the connection adapter), so a working `ask` means the
+account, key, deployment and dialect are right before any microphone is involved.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from talkbox.core.events import (
 from talkbox.core.failures import HARMLESS_SERVER_CODES, server_code_retryable
 from talkbox.core.response import FollowedResponse
 from talkbox.errors import RealtimeError, ServerErrorEvent, SessionSetupTimeout
-from talkbox.realtime.connection import open_session
-from talkbox.realtime.endpoint import endpoint_for, session_settings_for
+from talkbox.realtime.sessions import service_sessions
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 from talkbox.secrets import ApiKey
 
@@ -58,15 +57,8 @@ async def ask(
 
     Raises a `RealtimeError` that says what failed and what to do.
     """
-    endpoint = endpoint_for(cfg.realtime, api_key)
-    timeout_s = cfg.realtime.connect_timeout_seconds
-    session = await open_session(
-        endpoint,
-        session_settings_for(cfg),
-        ssl_context=ssl_context,
-        connect_timeout=timeout_s,
-        setup_timeout=timeout_s,
-    )
+    sessions = service_sessions(cfg, api_key, ssl_context=ssl_context)
+    session = await sessions.open()
     answer = Answer(session_id=session.session_info.session_id)
     try:
         async with asyncio.timeout(timeout):
@@ -75,7 +67,7 @@ async def ask(
             await _collect(session.events(), answer)
     except TimeoutError:
         raise SessionSetupTimeout(
-            f"no complete answer from {endpoint.description} within {timeout:g} s; "
+            f"no complete answer from {sessions.description} within {timeout:g} s; "
             "try again, or raise --timeout"
         ) from None
     finally:

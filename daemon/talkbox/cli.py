@@ -194,17 +194,13 @@ def _print_warnings(cfg: Config) -> None:
 
 
 async def _connect_once(cfg: Config, key: ApiKey) -> str:
-    from talkbox.realtime.connection import open_session
-    from talkbox.realtime.endpoint import endpoint_for, session_settings_for
+    from talkbox.realtime.sessions import service_sessions
 
-    endpoint = endpoint_for(cfg.realtime, key)
-    timeout = cfg.realtime.connect_timeout_seconds
-    session = await open_session(
-        endpoint, session_settings_for(cfg), connect_timeout=timeout, setup_timeout=timeout
-    )
+    sessions = service_sessions(cfg, key)
+    session = await sessions.open()
     await session.close()
     info = session.session_info
-    return f"{endpoint.description}, session {info.session_id or '?'} ({info.model or 'model ?'})"
+    return f"{sessions.description}, session {info.session_id or '?'} ({info.model or 'model ?'})"
 
 
 def _ask(args: argparse.Namespace) -> int:

@@ -1,10 +1,10 @@
 """`talkbox listen`: live wake-word scores and voice activity, for tuning a real room.
 
-It runs the daemon's own front end on the configured microphone, with wake-word inference
-on every chunk, and prints one line per second (the loudest score per wake word and how
-much of that second the VAD called speech) plus a line for each detection and each speech
-segment. Read it while talking from where people will stand, then set [wake] threshold and
-[turn] vad_aggressiveness.
+It runs the daemon's own front end on the configured microphone, with the wake word always
+enabled (scored, as in the daemon, wherever the VAD hears voice), and prints one line per
+second (the loudest score per wake word and how much of that second the VAD called speech)
+plus a line for each detection and each speech segment. Read it while talking from where
+people will stand, then set [wake] threshold and [turn] vad_aggressiveness.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ retried; only a bad configuration at start ends the process (exit 78).
 The control socket opens first, before the wake model loads and the devices open: while the
 daemon waits for a microphone or speaker, `talkbox ctl status` says what it waits for, and
 mute (kept until the devices come) and stop work. READY=1 still waits for capture to run.
+
+`Service` decides when to open, reopen, announce and reload; the things it does that with (the
+sound card, systemd's notify socket, the control socket, the session opener, the wake-model
+loader) are handed to it as `ServiceParts`. `real_parts()` builds the real ones, in this one
+place; tests hand in fakes.
 """
 
 from __future__ import annotations
@@ -21,21 +26,22 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from talkbox.app import REPLY_RATE, Daemon, SessionOpener, build_front_end
+from talkbox.app import REPLY_RATE, Daemon, SessionOpener, Speaker, build_front_end
 from talkbox.audio.capture import Capture
+from talkbox.audio.frontend import FrontEnd
 from talkbox.audio.playback import Playback
 from talkbox.config import Config, load_config
-from talkbox.control import ControlServer
+from talkbox.control import ControlHandler, ControlServer
 from talkbox.core.inputs import State
 from talkbox.core.retry import Backoff, is_retryable
 from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxError
 from talkbox.hooks import StateHook, hook_program_warning
-from talkbox.realtime.connection import open_session
-from talkbox.realtime.echo import open_echo_session
-from talkbox.realtime.endpoint import endpoint_for, session_settings_for
+from talkbox.realtime.endpoint import endpoint_for
+from talkbox.realtime.sessions import configured_sessions
 from talkbox.safe_text import safe_line
 from talkbox.secrets import ApiKey, resolve_api_key
 from talkbox.startup_signals import StartupSignals
@@ -52,20 +58,87 @@ CAPTURE_PROVEN_SECONDS = 2.0
 MUTE_FILE = "muted"
 
 
-def session_opener(cfg: Config, key: ApiKey | None) -> SessionOpener:
-    """How this config opens a session: the echo stand-in, or the configured service."""
-    if cfg.realtime.provider == "echo" or key is None:
-        return open_echo_session
-    endpoint = endpoint_for(cfg.realtime, key)
-    settings = session_settings_for(cfg)
-    timeout = cfg.realtime.connect_timeout_seconds
+class Microphone(Protocol):
+    """What the service needs of the capture device (see audio/capture.Capture)."""
 
-    async def open_service_session() -> Any:
-        return await open_session(
-            endpoint, settings, connect_timeout=timeout, setup_timeout=timeout
+    async def read(self) -> bytes: ...
+    def stop(self) -> None: ...
+
+
+class Loudspeaker(Speaker, Protocol):
+    """The playback device: what the conversation loop plays through, and closing it."""
+
+    def close(self) -> None: ...
+
+
+class AudioDevices(Protocol):
+    """Opens the devices a config names, started; AudioDeviceError if one cannot be opened."""
+
+    def open_microphone(self, cfg: Config) -> Microphone: ...
+    def open_speaker(self, cfg: Config, on_drained: Callable[[], None]) -> Loudspeaker: ...
+
+
+class SystemdNotifier(Protocol):
+    """What the service tells systemd (see systemd.Notifier)."""
+
+    def ready(self) -> bool: ...
+    def status(self, text: str) -> bool: ...
+    def watchdog(self) -> bool: ...
+    def reloading(self) -> bool: ...
+    def stopping(self) -> bool: ...
+    def watchdog_interval(self) -> float | None: ...
+
+
+class ControlSocket(Protocol):
+    """The socket `talkbox ctl` talks to (see control.ControlServer)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceParts:
+    """What the service works through, passed in: the real ones from `real_parts()`."""
+
+    devices: AudioDevices
+    notifier: SystemdNotifier
+    # The control socket at a path, answering with a handler.
+    control_socket: Callable[[str, ControlHandler], ControlSocket]
+    # How a config (and its key) opens sessions.
+    session_opener: Callable[[Config, ApiKey | None], SessionOpener]
+    # Loads the wake models: slow, so the service runs it in a worker thread.
+    build_front_end: Callable[[Config], FrontEnd]
+
+
+class SoundCard:
+    """The real audio devices, through PortAudio."""
+
+    def open_microphone(self, cfg: Config) -> Capture:
+        frames = cfg.audio.input_rate * CAPTURE_PERIOD_MS // 1000
+        capture = Capture(
+            cfg.audio.input_device, cfg.audio.input_rate, frames, asyncio.get_running_loop()
         )
+        capture.start()
+        return capture
 
-    return open_service_session
+    def open_speaker(self, cfg: Config, on_drained: Callable[[], None]) -> Playback:
+        playback = Playback(
+            cfg.audio.output_device, cfg.audio.output_rate, REPLY_RATE, on_drained=on_drained
+        )
+        playback.start()
+        return playback
+
+
+def real_parts() -> ServiceParts:
+    """The parts `talkbox run` works through: the sound card, systemd, the control socket, the
+    configured service (or the echo provider) and the wake models on disk."""
+    return ServiceParts(
+        devices=SoundCard(),
+        notifier=Notifier(),
+        control_socket=ControlServer,
+        session_opener=lambda cfg, key: configured_sessions(cfg, key).open,
+        build_front_end=build_front_end,
+    )
 
 
 def load_checked(path: Path) -> tuple[Config, ApiKey | None]:
@@ -104,19 +177,23 @@ class Service:
         config_path: Path,
         cfg: Config,
         key: ApiKey | None,
+        parts: ServiceParts,
         startup_signals: StartupSignals | None = None,
     ) -> None:
         self.config_path = config_path
+        self._parts = parts
         self._startup_signals = startup_signals
         # READY=1 has been sent: from then on a reload announces RELOADING=1 ... READY=1.
         self.ready = False
         self.cfg = cfg
         self.key = key
-        self.notifier = Notifier()
+        self.notifier = parts.notifier
         self.stopping = asyncio.Event()
+        # Done once `stopping` is set: what a pause waits on besides its timeout.
+        self._stop_requested: asyncio.Task[Any] | None = None
         self.hook = StateHook(cfg.hooks.on_state, cfg.hooks.timeout_seconds)
-        self.capture: Capture | None = None
-        self.playback: Playback | None = None
+        self.capture: Microphone | None = None
+        self.playback: Loudspeaker | None = None
         self.daemon: Daemon | None = None
         self.device_backoff = Backoff(base=1.0, cap=DEVICE_RETRY_MAX_SECONDS)
         self.started_monotonic = time.monotonic()
@@ -143,6 +220,7 @@ class Service:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        self._stop_requested = loop.create_task(self.stopping.wait(), name="stop-requested")
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -162,6 +240,7 @@ class Service:
             self._close_devices()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.hook.aclose(), 2.0)
+            self._stop_requested.cancel()  # still waiting only if run() ended by an exception
         return 0
 
     async def _start_up(self) -> bool:
@@ -170,15 +249,15 @@ class Service:
         self._report_state()
         built_for = self.cfg
         # In a worker thread, so the control socket answers meanwhile.
-        front_end = await asyncio.to_thread(build_front_end, built_for)
+        front_end = await asyncio.to_thread(self._parts.build_front_end, built_for)
         if not await self._open_devices_until_ready():
             return False
         if self.cfg is not built_for:  # reloaded while starting
-            front_end = await asyncio.to_thread(build_front_end, self.cfg)
+            front_end = await asyncio.to_thread(self._parts.build_front_end, self.cfg)
         assert self.playback is not None
         self.daemon = Daemon(
             self.cfg,
-            open_session=lambda cfg: session_opener(cfg, self.key),
+            open_session=lambda cfg: self._parts.session_opener(cfg, self.key),
             speaker=self.playback,
             front_end=front_end,
             on_state=self._state_changed,
@@ -208,8 +287,8 @@ class Service:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _start_control_socket(self) -> ControlServer | None:
-        control = ControlServer(self.cfg.control.socket, self._control)
+    async def _start_control_socket(self) -> ControlSocket | None:
+        control = self._parts.control_socket(self.cfg.control.socket, self._control)
         try:
             await control.start()
         except TalkboxError as error:
@@ -218,9 +297,7 @@ class Service:
         return control
 
     def _describe_service(self) -> str:
-        if self.cfg.realtime.provider == "echo" or self.key is None:
-            return "echo provider (each turn is played back; no service is used)"
-        return endpoint_for(self.cfg.realtime, self.key).description
+        return configured_sessions(self.cfg, self.key).description
 
     # --- audio devices ------------------------------------------------------------------------
 
@@ -249,25 +326,10 @@ class Service:
         self.waiting_for.pop(device, None)
 
     def _open_capture(self) -> None:
-        frames = self.cfg.audio.input_rate * CAPTURE_PERIOD_MS // 1000
-        capture = Capture(
-            self.cfg.audio.input_device,
-            self.cfg.audio.input_rate,
-            frames,
-            asyncio.get_running_loop(),
-        )
-        capture.start()
-        self.capture = capture
+        self.capture = self._parts.devices.open_microphone(self.cfg)
 
     def _open_playback(self) -> None:
-        playback = Playback(
-            self.cfg.audio.output_device,
-            self.cfg.audio.output_rate,
-            REPLY_RATE,
-            on_drained=self._on_drained,
-        )
-        playback.start()
-        self.playback = playback
+        self.playback = self._parts.devices.open_speaker(self.cfg, self._on_drained)
 
     def _close_devices(self) -> None:
         if self.capture is not None:
@@ -285,8 +347,9 @@ class Service:
         )
         log.error("%s; trying again in %.0f s", error, delay)
         self._report_state()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), delay)
+        # Nothing is cancelled here: the pause simply ends at the delay or at the stop.
+        assert self._stop_requested is not None, "only run() waits for devices"
+        await asyncio.wait([self._stop_requested], timeout=delay)
 
     async def _capture_loop(self) -> None:
         assert self.daemon is not None
@@ -408,7 +471,7 @@ class Service:
             try:
                 cfg, key = await asyncio.to_thread(load_checked, self.config_path)
                 # A wake model that cannot load must not get in.
-                front_end = await asyncio.to_thread(build_front_end, cfg)
+                front_end = await asyncio.to_thread(self._parts.build_front_end, cfg)
             except ConfigError as error:
                 log.error("reload refused, the running configuration stays in force: %s", error)
             else:
@@ -501,7 +564,7 @@ def run_daemon(config_path: Path, startup_signals: StartupSignals | None = None)
     setup_logging(cfg.log.level)
     _warn_about_the_hook(cfg)
     try:
-        return asyncio.run(Service(config_path, cfg, key, startup_signals).run())
+        return asyncio.run(Service(config_path, cfg, key, real_parts(), startup_signals).run())
     except ConfigError as error:  # e.g. a wake model that does not exist
         log.error("%s", error)
         return EX_CONFIG

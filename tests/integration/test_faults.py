@@ -1,8 +1,9 @@
 """Fault injection: the daemon against a failing service, and a microphone that dies mid-run.
 
 Network faults run the real `Daemon` on this test's event loop with the real session opener
-(`service.session_opener`: endpoint rules, `open_session`, real websockets) against the fake
-service on loopback, and a real `Playback` over ALSA's file plugin whose FIFO is drained at
+(`realtime.sessions.configured_sessions`: endpoint rules, `open_session`, real websockets)
+against the fake service on loopback, and a real `Playback` over ALSA's file plugin whose FIFO
+is drained at
 `DRAIN_SPEED` times real time, so the chimes are really played and heard byte for byte. The
 turn is driven through `Daemon.wake()` and the front end's events (`Daemon.step(MicSpeech...)`).
 
@@ -58,8 +59,9 @@ from talkbox.config import (
 from talkbox.core.inputs import MicSpeechAudio, MicSpeechEnded, MicSpeechStarted, State
 from talkbox.core.retry import Backoff
 from talkbox.realtime.connection import MAX_FRAME_BYTES
+from talkbox.realtime.sessions import configured_sessions
 from talkbox.secrets import ApiKey
-from talkbox.service import CAPTURE_PROVEN_SECONDS, Service, session_opener
+from talkbox.service import CAPTURE_PROVEN_SECONDS, Service, real_parts
 
 pytestmark = pytest.mark.audio
 
@@ -120,7 +122,7 @@ class Rig:
         self.daemon.on_playback_drained()
 
     def make_opener(self, cfg: Config) -> SessionOpener:
-        real = session_opener(cfg, self.key[0])
+        real = configured_sessions(cfg, self.key[0]).open
 
         async def open_counted() -> Session:
             self.attempts.append(time.monotonic())
@@ -858,7 +860,8 @@ async def test_a_capture_device_that_keeps_dying_is_retried_with_backoff_and_rec
         )
         config_path = tmp_path / "talkbox.toml"
         config_path.write_text(config_text)
-        service = Service(config_path, parse_config(config_text, str(config_path)), None)
+        cfg = parse_config(config_text, str(config_path))
+        service = Service(config_path, cfg, None, real_parts())
         running = asyncio.create_task(service.run())
         try:
             await until(lambda: "READY=1" in notify_listener.lines(), "READY=1", timeout=20)

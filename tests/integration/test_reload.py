@@ -2,13 +2,15 @@
 
 The real `Service` runs in-process on the ALSA file plugin (a microphone fed with silence in
 real time, a drained speaker) with a notify socket. Loading the models is made slow on
-purpose (as on a Pi Zero, or under emulation, where it took 16 s): while it loads, the loop
-must go on capturing, pinging the watchdog and answering the control socket.
+purpose (as on a Pi Zero, or under emulation, where it took 16 s), by the model loader handed
+to the service: while it loads, the loop must go on capturing, pinging the watchdog and
+answering the control socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -17,11 +19,12 @@ import pytest
 from support.alsa import FifoDrainer, FifoFeeder, alsa_sandbox
 from support.daemon import NotifyListener
 from support.inprocess import SPEAKER_RATE, until
-from talkbox import service as service_module
+from talkbox.app import build_front_end
+from talkbox.audio.capture import Capture
 from talkbox.audio.frontend import FrontEnd
 from talkbox.config import Config, parse_config
 from talkbox.control import send_command
-from talkbox.service import Service
+from talkbox.service import Service, real_parts
 
 pytestmark = pytest.mark.audio
 
@@ -49,18 +52,28 @@ async def loop_stalls_while(done: asyncio.Event) -> float:
     return worst
 
 
-async def test_a_slow_model_load_on_reload_stalls_nothing(
-    tmp_path: Path, notify_listener: NotifyListener, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_build = service_module.build_front_end
-    loads: list[tuple[float, float]] = []
+class ModelLoader:
+    """The real wake-model loader, made slow (as on a slow machine) once `slow` is set."""
 
-    def slow_build(cfg: Config) -> FrontEnd:
+    def __init__(self) -> None:
+        self.slow = False
+        self.slow_loads: list[tuple[float, float]] = []  # (started, finished)
+
+    def __call__(self, cfg: Config) -> FrontEnd:
+        if not self.slow:
+            return build_front_end(cfg)
         started = time.monotonic()
         time.sleep(SLOW_LOAD_S)  # blocks whichever thread runs it, as a real load does
-        front_end = real_build(cfg)
-        loads.append((started, time.monotonic()))
+        front_end = build_front_end(cfg)
+        self.slow_loads.append((started, time.monotonic()))
         return front_end
+
+
+async def test_a_slow_model_load_on_reload_stalls_nothing(
+    tmp_path: Path, notify_listener: NotifyListener
+) -> None:
+    loader = ModelLoader()
+    loads = loader.slow_loads
 
     socket_path = tmp_path / "ctl.sock"
     config_path = tmp_path / "talkbox.toml"
@@ -70,12 +83,13 @@ async def test_a_slow_model_load_on_reload_stalls_nothing(
         speaker.start()
         microphone = FifoFeeder(sandbox.capture_path, b"", rate=16000, period_frames=640)
         microphone.start()
-        service = Service(config_path, parse_config(config_path.read_text(), "test"), None)
+        parts = dataclasses.replace(real_parts(), build_front_end=loader)
+        service = Service(config_path, parse_config(config_path.read_text(), "test"), None, parts)
         running = asyncio.create_task(service.run())
         try:
             await until(lambda: "READY=1" in notify_listener.lines(), "READY=1", timeout=20)
             await until(lambda: len(notify_listener.ping_times()) >= 2, "watchdog pings")
-            monkeypatch.setattr(service_module, "build_front_end", slow_build)
+            loader.slow = True
             config_path.write_text(CONFIG.format(silence=700, socket=socket_path))
 
             reloaded = asyncio.Event()
@@ -95,7 +109,7 @@ async def test_a_slow_model_load_on_reload_stalls_nothing(
             assert finished - started >= SLOW_LOAD_S
             pings_meanwhile = [t for t in notify_listener.ping_times() if started < t < finished]
             assert len(pings_meanwhile) >= 3, "the watchdog was pinged during the load"
-            assert service.capture is not None and service.capture.overflows == 0
+            assert isinstance(service.capture, Capture) and service.capture.overflows == 0
             lines = notify_listener.lines()
             assert "RELOADING=1" in lines and lines.count("READY=1") == 2
             assert service.daemon is not None

@@ -56,8 +56,8 @@ from talkbox.errors import RealtimeError
 from talkbox.realtime.connection import open_session
 from talkbox.realtime.endpoint import endpoint_for, session_settings_for
 from talkbox.realtime.protocol import Dialect
+from talkbox.realtime.sessions import configured_sessions
 from talkbox.secrets import ApiKey
-from talkbox.service import session_opener
 from talkbox.systemd import journal_handler
 
 SENTINEL = "sk-SENTINEL-9f8e7d6c5b4a3210"
@@ -146,7 +146,7 @@ async def daemon_with_key(tmp_path: Path, cfg: Config) -> AsyncIterator[Daemon]:
             playback.start()
             daemon = Daemon(
                 cfg,
-                open_session=lambda c: session_opener(c, key),
+                open_session=lambda c: configured_sessions(c, key).open,
                 speaker=playback,
                 front_end=build_front_end(cfg),
             )

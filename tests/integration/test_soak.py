@@ -34,8 +34,8 @@ from talkbox.app import REPLY_RATE, Daemon, build_front_end
 from talkbox.audio.playback import Playback
 from talkbox.config import AudioConfig, Config, ConversationConfig, RealtimeConfig
 from talkbox.core.inputs import MicSpeechAudio, MicSpeechEnded, MicSpeechStarted, State
+from talkbox.realtime.sessions import configured_sessions
 from talkbox.secrets import ApiKey
-from talkbox.service import session_opener
 
 pytestmark = [pytest.mark.slow, pytest.mark.audio]
 
@@ -157,7 +157,7 @@ async def test_hundreds_of_conversations_leave_no_trace(tmp_path: Path) -> None:
                 playback.start()
                 daemon = Daemon(
                     cfg,
-                    open_session=lambda c: session_opener(c, key),
+                    open_session=lambda c: configured_sessions(c, key).open,
                     speaker=playback,
                     front_end=build_front_end(cfg),
                     on_state=lambda state, reason: transitions.append((state, reason)),

@@ -181,7 +181,7 @@ class FifoFeeder(threading.Thread):
     The FIFO is opened read-write in the constructor, before the stream under test opens it,
     so neither side blocks in open() and the reader never sees end-of-file. After `pcm`
     (padded to whole periods) it goes on with silence. `pause()` stops writing, which leaves
-    the capture thread waiting in read() like a device that went quiet; `resume()` goes on.
+    PortAudio's capture thread waiting in read() like a device that went quiet; `resume()` goes on.
 
     Resume before closing a stream that is waiting on the FIFO: PortAudio aborts a stream by
     cancelling its thread, but cancellation is disabled while that thread is inside the

@@ -6,7 +6,7 @@ streams, slicing both into time-aligned frames, running the VAD on each 16 kHz f
 feeding the decisions to the speech gate (with the 24 kHz frame of 40 ms earlier) and to
 the gated wake-word detector. It is pure computation with no device I/O: hand it bytes in
 any chunk size (`process`) and it returns events in audio-time order, so tests and the
-benchmark drive it with files and the capture thread drives it with PyAudio buffers.
+benchmark drive it with files, and the daemon, on its event loop, with each captured buffer.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class FrontEnd:
     in audio-time order: for each frame, its `VadFrame` (monitor only), then any
     `WakeDetected`/`WakeScores` of the wake chunk it completed, then the gate's events.
     `flush()` drains the resamplers at the end of a stream (e.g. a test file).
-    Not thread-safe: one capture thread owns it.
+    Not thread-safe: feed it from one thread (the daemon's event loop) at a time.
     """
 
     def __init__(
