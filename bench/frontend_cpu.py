@@ -34,8 +34,8 @@ from tests.support.speech import ordinary_speech_stretch, pink_noise
 
 from talkbox.audio.frontend import FrontEnd
 from talkbox.audio.resample import Resampler
-from talkbox.vad import SpeechGate, VoiceActivity
-from talkbox.wake import (
+from talkbox.audio.vad import SpeechGate, VoiceActivity
+from talkbox.audio.wake import (
     CHUNK_SAMPLES,
     GatedWakeDetector,
     WakeWordDetector,

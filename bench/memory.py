@@ -13,7 +13,7 @@ import sys
 import time
 
 from bench.daemon_bench import read_rss_mb
-from talkbox.wake import WakeWordDetector, available_models
+from talkbox.audio.wake import WakeWordDetector, available_models
 
 MODEL = "hey_jarvis"
 _IDLE_SECONDS_BEFORE_READING = 1.0

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from talkbox.audio_format import REALTIME_RATE
 from talkbox.config import Config
 from talkbox.core.events import (
     AudioDelta,
@@ -33,8 +34,6 @@ from talkbox.errors import RealtimeError, ServerErrorEvent, SessionSetupTimeout
 from talkbox.realtime.sessions import service_sessions
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
 from talkbox.secrets import ApiKey
-
-REPLY_RATE = 24000
 
 
 @dataclass
@@ -128,7 +127,7 @@ def _answer_error(event: ServerError) -> ServerErrorEvent:
     )
 
 
-def write_wav(path: Path, pcm: bytes, rate: int = REPLY_RATE) -> None:
+def write_wav(path: Path, pcm: bytes, rate: int = REALTIME_RATE) -> None:
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)

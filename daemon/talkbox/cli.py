@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from talkbox import __version__
+from talkbox.audio_format import BYTES_PER_SAMPLE, REALTIME_RATE
 from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxError
 from talkbox.locations import DEFAULT_CONFIG_PATH
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
@@ -139,13 +140,13 @@ def _key_for(cfg: Config) -> ApiKey | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from talkbox.startup_signals import StartupSignals
+    from talkbox.shell.startup_signals import StartupSignals
 
     # Before the slow imports and the config: a SIGHUP must not kill a starting daemon.
     # (This module imports nothing slow, so that is a fraction of a second after exec.)
     startup_signals = StartupSignals()
     startup_signals.install()
-    from talkbox.service import run_daemon
+    from talkbox.shell.service import run_daemon
 
     config_path = args.config or DEFAULT_CONFIG_PATH
     return run_daemon(config_path, startup_signals)
@@ -186,7 +187,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _print_warnings(cfg: Config) -> None:
     from talkbox.config import config_warnings
-    from talkbox.hooks import hook_program_warning
+    from talkbox.shell.hooks import hook_program_warning
 
     hook_warning = hook_program_warning(cfg.hooks.on_state)
     for warning in [*config_warnings(cfg), *([hook_warning] if hook_warning else [])]:
@@ -219,7 +220,7 @@ def _ask(args: argparse.Namespace) -> int:
             source=str(args.config or DEFAULT_CONFIG_PATH),
         )
     answer = asyncio.run(ask(cfg, key, args.text, timeout=args.timeout))
-    seconds = len(answer.pcm) / 2 / 24000
+    seconds = len(answer.pcm) / BYTES_PER_SAMPLE / REALTIME_RATE
     if args.out is not None:
         write_wav(args.out, bytes(answer.pcm))
         print(f"answer: {answer.transcript}")
@@ -269,7 +270,7 @@ def _listen(args: argparse.Namespace) -> int:
 
 
 def _ctl(args: argparse.Namespace) -> int:
-    from talkbox.control import send_command_sync
+    from talkbox.shell.control import send_command_sync
 
     socket_path = args.socket
     if socket_path is None:

@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import time
 
-from talkbox.app import build_front_end
 from talkbox.audio.capture import Capture
 from talkbox.audio.frontend import VadFrame, WakeDetected, WakeScores
+from talkbox.audio.vad import GateSpeechEnded, GateSpeechStarted
+from talkbox.audio_format import CAPTURE_PERIOD_MS
 from talkbox.config import Config
-from talkbox.vad import SpeechEnded, SpeechStarted
+from talkbox.shell.app import build_front_end
 
 REPORT_EVERY_SECONDS = 1.0
 
@@ -26,7 +27,7 @@ async def _listen(cfg: Config, seconds: float) -> None:
     front_end = build_front_end(cfg)
     front_end.monitor = True
     front_end.wake_enabled = True
-    frames = cfg.audio.input_rate * 80 // 1000
+    frames = cfg.audio.input_rate * CAPTURE_PERIOD_MS // 1000
     capture = Capture(
         cfg.audio.input_device, cfg.audio.input_rate, frames, asyncio.get_running_loop()
     )
@@ -49,9 +50,9 @@ async def _listen(cfg: Config, seconds: float) -> None:
                     print(
                         f"{front_end.audio_time:8.2f}s  WAKE {event.model} score {event.score:.2f}"
                     )
-                elif isinstance(event, SpeechStarted):
+                elif isinstance(event, GateSpeechStarted):
                     print(f"{front_end.audio_time:8.2f}s  speech started")
-                elif isinstance(event, SpeechEnded):
+                elif isinstance(event, GateSpeechEnded):
                     print(f"{front_end.audio_time:8.2f}s  speech ended ({event.reason})")
             if front_end.audio_time >= next_report:
                 scores = "  ".join(f"{m} {s:.2f}" for m, s in sorted(best.items())) or "-"

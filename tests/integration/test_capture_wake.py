@@ -40,11 +40,11 @@ from support.speech import (
     speech_bounds,
 )
 from support.wake_clips import SPEEDS, VOICES, on_chunk_grid, with_room_noise
-from talkbox.app import build_front_end
 from talkbox.audio.capture import Capture
 from talkbox.audio.frontend import WakeDetected, WakeScores
+from talkbox.audio_format import CAPTURE_PERIOD_MS
 from talkbox.config import AudioConfig, Config
-from talkbox.service import CAPTURE_PERIOD_MS
+from talkbox.shell.app import build_front_end
 
 pytestmark = pytest.mark.audio
 

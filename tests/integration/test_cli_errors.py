@@ -15,7 +15,7 @@ import pytest
 
 from support.cli import CliRun, environment, run_talkbox
 from talkbox.errors import EX_CONFIG
-from talkbox.systemd import SYSTEMD_RUNTIME_DIRECTORY
+from talkbox.shell.systemd import SYSTEMD_RUNTIME_DIRECTORY
 
 BAD_CONFIGS = sorted((Path(__file__).parent.parent / "data" / "bad_configs").glob("*.toml"))
 API_KEY = "sk-SENTINEL-errors-8d2f6a1c0e9b4735"

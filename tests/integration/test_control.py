@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from talkbox.control import (
+from talkbox.errors import TalkboxError
+from talkbox.shell.control import (
     MAX_REPLY_BYTES,
     ControlServer,
     how_to_start_talkbox,
@@ -26,7 +27,6 @@ from talkbox.control import (
     send_command,
     send_command_sync,
 )
-from talkbox.errors import TalkboxError
 
 
 class FakeDaemon:

@@ -48,7 +48,6 @@ from support.alsa import (
 from support.daemon import NotifyListener
 from support.fake_realtime import FakeRealtimeServer, InjectedError
 from support.inprocess import DEPLOYMENT, quick_daemon_config, until
-from talkbox.app import REPLY_RATE, Daemon, Session, SessionOpener, build_front_end
 from talkbox.audio.chimes import chime
 from talkbox.audio.frontend import FrontEnd
 from talkbox.audio.playback import Playback
@@ -61,7 +60,8 @@ from talkbox.core.retry import Backoff
 from talkbox.realtime.connection import MAX_FRAME_BYTES
 from talkbox.realtime.sessions import configured_sessions
 from talkbox.secrets import ApiKey
-from talkbox.service import CAPTURE_PROVEN_SECONDS, Service, real_parts
+from talkbox.shell.app import REPLY_RATE, Daemon, Session, SessionOpener, build_front_end
+from talkbox.shell.service import CAPTURE_PROVEN_SECONDS, Service, real_parts
 
 pytestmark = pytest.mark.audio
 

@@ -22,8 +22,14 @@ from talkbox.audio.frontend import (
     WakeScores,
 )
 from talkbox.audio.resample import Resampler
-from talkbox.vad import SpeechAudio, SpeechEnded, SpeechGate, SpeechStarted, VoiceActivity
-from talkbox.wake import GatedWakeDetector, WakeWordDetector
+from talkbox.audio.vad import (
+    GateSpeechAudio,
+    GateSpeechEnded,
+    GateSpeechStarted,
+    SpeechGate,
+    VoiceActivity,
+)
+from talkbox.audio.wake import GatedWakeDetector, WakeWordDetector
 
 UPLOAD_FRAME_BYTES = 960
 
@@ -57,11 +63,11 @@ def turns_of(events: list[FrontEndEvent]) -> list[tuple[bytes, str]]:
     turns: list[tuple[bytes, str]] = []
     audio = bytearray()
     for event in events:
-        if isinstance(event, SpeechStarted):
+        if isinstance(event, GateSpeechStarted):
             audio = bytearray(event.preroll)
-        elif isinstance(event, SpeechAudio):
+        elif isinstance(event, GateSpeechAudio):
             audio += event.pcm
-        elif isinstance(event, SpeechEnded):
+        elif isinstance(event, GateSpeechEnded):
             turns.append((bytes(audio), event.reason))
     return turns
 
@@ -132,13 +138,15 @@ def test_speak_through_one_turn_holds_the_wake_word_and_the_request() -> None:
     (wake_index,) = [i for i, e in enumerate(events) if isinstance(e, WakeDetected)]
     # (webrtcvad flags the first ~80 ms of a new noise floor, so the stream may open with
     # a short turn of its own; the turn that matters is the one around the wake word.)
-    start_index = max(i for i, e in enumerate(events[:wake_index]) if isinstance(e, SpeechStarted))
+    start_index = max(
+        i for i, e in enumerate(events[:wake_index]) if isinstance(e, GateSpeechStarted)
+    )
     end_index = next(
-        i for i in range(wake_index, len(events)) if isinstance(events[i], SpeechEnded)
+        i for i in range(wake_index, len(events)) if isinstance(events[i], GateSpeechEnded)
     )
     turn = events[start_index : end_index + 1]
-    assert not any(isinstance(e, SpeechEnded) for e in turn[:-1])
-    assert any(isinstance(e, SpeechAudio) for e in events[wake_index:end_index])  # the request
+    assert not any(isinstance(e, GateSpeechEnded) for e in turn[:-1])
+    assert any(isinstance(e, GateSpeechAudio) for e in events[wake_index:end_index])  # the request
     ((audio, reason),) = turns_of(turn)
     assert reason == "silence"
     # The turn spans the whole utterance: padding before it, the end-of-turn silence after.
@@ -155,7 +163,7 @@ def test_wake_can_be_switched_off_and_on() -> None:
     events = feed(frontend, clip)
     assert not [e for e in events if isinstance(e, WakeDetected)]
     assert frontend.wake.detector.last_scores_time is None  # no inference at all
-    assert any(isinstance(e, SpeechStarted) for e in events)  # the gate still works
+    assert any(isinstance(e, GateSpeechStarted) for e in events)  # the gate still works
     frontend.wake_enabled = True
     events = feed(frontend, clip)
     fired = [e for e in events if isinstance(e, WakeDetected)]

@@ -19,9 +19,9 @@ import pytest
 
 from support.cli import environment, run_talkbox
 from support.daemon import SOUND_CARD_CONFIG, run_daemon, wait_until
+from talkbox.audio.wake import MAX_MODEL_BYTES
 from talkbox.config import MAX_CONFIG_VALUES, MAX_PROBLEMS_SHOWN
 from talkbox.errors import EX_CONFIG
-from talkbox.wake import MAX_MODEL_BYTES
 
 ENV_NOT_INHERITED = ("TALKBOX_API_KEY", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET")
 # A refusal reads nothing big and parses nothing deep: it takes what starting Python takes.

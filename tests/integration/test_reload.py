@@ -19,12 +19,12 @@ import pytest
 from support.alsa import FifoDrainer, FifoFeeder, alsa_sandbox
 from support.daemon import NotifyListener
 from support.inprocess import SPEAKER_RATE, until
-from talkbox.app import build_front_end
 from talkbox.audio.capture import Capture
 from talkbox.audio.frontend import FrontEnd
 from talkbox.config import Config, parse_config
-from talkbox.control import send_command
-from talkbox.service import Service, real_parts
+from talkbox.shell.app import build_front_end
+from talkbox.shell.control import send_command
+from talkbox.shell.service import Service, real_parts
 
 pytestmark = pytest.mark.audio
 

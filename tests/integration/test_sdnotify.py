@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from systemd.journal import JournalHandler
 
-from talkbox.systemd import (
+from talkbox.shell.systemd import (
     Notifier,
     WatchdogGate,
     journal_fields,
@@ -106,7 +106,7 @@ def test_a_daemon_process_is_the_sender_systemd_sees(notify_socket: NotifySocket
     # What NotifyAccess=main relies on: the message comes from the main process's pid.
     child = subprocess.Popen(
         [sys.executable, "-c",
-         "from talkbox.systemd import Notifier; n = Notifier(); "
+         "from talkbox.shell.systemd import Notifier; n = Notifier(); "
          "import sys; sys.exit(0 if n.ready() and n.status('up') else 1)"],
     )
     assert child.wait(timeout=30) == 0

@@ -48,7 +48,6 @@ from support.daemon import DaemonRun, run_daemon, wait_until
 from support.fake_realtime import FakeRealtimeServer, Faults, InjectedClose, InjectedError
 from support.inprocess import DEPLOYMENT, quick_daemon_config, until
 from support.service import serving
-from talkbox.app import REPLY_RATE, Daemon, build_front_end
 from talkbox.audio.playback import Playback
 from talkbox.config import Config, LogConfig
 from talkbox.core.inputs import MicSpeechAudio, MicSpeechEnded, MicSpeechStarted, State
@@ -58,7 +57,8 @@ from talkbox.realtime.endpoint import endpoint_for, session_settings_for
 from talkbox.realtime.protocol import Dialect
 from talkbox.realtime.sessions import configured_sessions
 from talkbox.secrets import ApiKey
-from talkbox.systemd import journal_handler
+from talkbox.shell.app import REPLY_RATE, Daemon, build_front_end
+from talkbox.shell.systemd import journal_handler
 
 SENTINEL = "sk-SENTINEL-9f8e7d6c5b4a3210"
 SPEAKER_RATE: Literal[24000] = 24000

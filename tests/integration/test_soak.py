@@ -30,12 +30,12 @@ import pytest
 from support.alsa import FifoDrainer, alsa_sandbox
 from support.fake_realtime import FakeRealtimeServer
 from support.inprocess import until
-from talkbox.app import REPLY_RATE, Daemon, build_front_end
 from talkbox.audio.playback import Playback
 from talkbox.config import AudioConfig, Config, ConversationConfig, RealtimeConfig
 from talkbox.core.inputs import MicSpeechAudio, MicSpeechEnded, MicSpeechStarted, State
 from talkbox.realtime.sessions import configured_sessions
 from talkbox.secrets import ApiKey
+from talkbox.shell.app import REPLY_RATE, Daemon, build_front_end
 
 pytestmark = [pytest.mark.slow, pytest.mark.audio]
 

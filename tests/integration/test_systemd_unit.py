@@ -151,7 +151,7 @@ def test_sandbox_keeps_alsa_and_the_network_reachable() -> None:
 # --- the libraries under the sandbox's rules ------------------------------------------------
 
 # Exercises what the daemon loads, the way it loads it: the tflite wake models through
-# talkbox.wake (XNNPACK delegate; openwakeword without its ONNX runtime), numpy, soxr,
+# talkbox.audio.wake (XNNPACK delegate; openwakeword without its ONNX runtime), numpy, soxr,
 # webrtcvad, PyAudio capture and callback playback over ALSA's file plugin, TLS, the journal.
 AUDIO_STACK_PROBE = r"""
 import ctypes, os, sys
@@ -170,7 +170,7 @@ if sys.argv[1] == "mdwe":
 
 import time
 import numpy as np
-from talkbox.wake import WakeWordDetector
+from talkbox.audio.wake import WakeWordDetector
 detector = WakeWordDetector(["hey_jarvis"])
 noise = np.random.default_rng(0).normal(0, 300, 1280 * 25).astype(np.int16)
 for start in range(0, len(noise), 1280):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from support.speech import concat, mix, pink_noise, silence, speak
-from talkbox.app import build_front_end
+from talkbox.audio.vad import GateSpeechEnded, VoiceActivity
+from talkbox.audio_format import CAPTURE_PERIOD_MS
 from talkbox.config import parse_config
-from talkbox.service import CAPTURE_PERIOD_MS
-from talkbox.vad import SpeechEnded, VoiceActivity
+from talkbox.shell.app import build_front_end
 
 RATE = 16000
 BUFFER_SAMPLES = RATE * CAPTURE_PERIOD_MS // 1000
@@ -36,7 +36,7 @@ def test_turn_ends_after_the_configured_silence(aggressiveness: int, silence_ms:
                 waited = front_end.audio_time - started - voice_end
                 # (webrtcvad calls the first frames of a new noise floor speech: a blip
                 # before the phrase may open and close a short segment; it is not this turn.)
-                if isinstance(event, SpeechEnded) and waited > 0:
+                if isinstance(event, GateSpeechEnded) and waited > 0:
                     ends.append(waited)
     assert len(ends) == 2
     for waited in ends:
@@ -70,7 +70,7 @@ def test_the_turn_ends_in_the_capture_buffer_that_completes_its_silence() -> Non
             index
             for index, start in enumerate(range(0, len(pcm), BUFFER_SAMPLES))
             for event in front_end.process(pcm[start : start + BUFFER_SAMPLES].tobytes())
-            if isinstance(event, SpeechEnded)
+            if isinstance(event, GateSpeechEnded)
         ]
         # (A noise-onset blip may open and close a short segment first; see above.)
         assert ended_in[-1] == expected_buffer, (text, completing_frame, ended_in)

@@ -17,9 +17,8 @@ from support.speech import (
     speech_bounds,
 )
 from support.wake_clips import SPEEDS, VOICES, with_room_noise
-from talkbox.errors import ConfigError
-from talkbox.vad import VoiceActivity
-from talkbox.wake import (
+from talkbox.audio.vad import VoiceActivity
+from talkbox.audio.wake import (
     CHUNK_SAMPLES,
     Detection,
     GatedWakeDetector,
@@ -27,6 +26,7 @@ from talkbox.wake import (
     available_models,
     resolve_model,
 )
+from talkbox.errors import ConfigError
 
 RATE = 16000
 SHIPPED_WORDS = {"alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "okay_nabu"}

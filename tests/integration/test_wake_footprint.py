@@ -9,7 +9,7 @@ import pytest
 
 PROBE = """
 import sys
-from talkbox.wake import WakeWordDetector
+from talkbox.audio.wake import WakeWordDetector
 detector = WakeWordDetector(["hey_jarvis"])
 print(sorted(m for m in ("sklearn", "scipy", "onnxruntime") if m in sys.modules))
 import openwakeword
@@ -33,7 +33,7 @@ def test_scikit_learn_scipy_and_onnxruntime_stay_unloaded() -> None:
 def test_the_model_still_scores(name: str) -> None:
     import numpy as np
 
-    from talkbox.wake import WakeWordDetector
+    from talkbox.audio.wake import WakeWordDetector
 
     detector = WakeWordDetector([name])
     detector.process(np.zeros(1280, dtype=np.int16))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.alsa import AlsaSandbox, FifoDrainer, FifoFeeder, alsa_sandbox
-from talkbox.service import CAPTURE_PERIOD_MS
+from talkbox.audio_format import CAPTURE_PERIOD_MS
 
 MIC_RATE = 16000
 # Fed one capture buffer at a time, as a sound card delivers them.

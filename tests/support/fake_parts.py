@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from talkbox.config import Config
-from talkbox.control import ControlHandler
 from talkbox.errors import AudioDeviceError, TalkboxError
 from talkbox.secrets import ApiKey
-from talkbox.service import ServiceParts
+from talkbox.shell.control import ControlHandler
+from talkbox.shell.service import ServiceParts
 
 # A 40 ms capture period of silence at 16 kHz.
 SILENT_PERIOD = bytes(16000 * 40 // 1000 * 2)

@@ -11,7 +11,9 @@ import json
 import subprocess
 import sys
 
-SLOW_MODULES = ("pydantic", "asyncio", "numpy", "pyaudio", "talkbox.config", "talkbox.service")
+SLOW_MODULES = (
+    "pydantic", "asyncio", "numpy", "pyaudio", "talkbox.config", "talkbox.shell.service"
+)
 
 
 def test_the_command_line_module_imports_nothing_slow() -> None:

@@ -27,7 +27,7 @@ from talkbox.core.events import (
     ResponseDone,
     ServerError,
     ServerEvent,
-    SpeechStarted,
+    ServerSpeechStarted,
     TranscriptDone,
     TruncateItem,
 )
@@ -47,6 +47,7 @@ from talkbox.core.inputs import (
     MicSpeechEnded,
     MicSpeechStarted,
     MuteChanged,
+    Notice,
     OpenConnection,
     PlayAudio,
     PlaybackDrained,
@@ -371,15 +372,18 @@ def test_failed_response_ends_with_the_error_chime() -> None:
     assert d.m.state is State.IDLE
 
 
-def test_an_odd_length_delta_is_dropped_alone_and_logged_once_per_response(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_an_odd_length_delta_is_dropped_alone_and_noticed_once_per_response() -> None:
     d = Driver()
     d.start_listening()
     d.speak(500)
     d.server(ResponseCreated("r1"))
-    assert d.server(AudioDelta("r1", "i1", 0, bytes(3))) == []
-    assert d.server(AudioDelta("r1", "i1", 0, bytes(7))) == []
+    notice = Notice(
+        "warning",
+        "dropped an audio delta of 3 bytes from the service: not whole 16-bit samples "
+        "(any more in this answer are dropped without a log line)",
+    )
+    assert d.server(AudioDelta("r1", "i1", 0, bytes(3))) == [notice]
+    assert d.server(AudioDelta("r1", "i1", 0, bytes(7))) == [], "once per answer"
     play = d.server(AudioDelta("r1", "i1", 0, bytes(960)))
     assert play == [PlayAudio(bytes(960))], "the deltas after a bad one still play"
     assert d.m.enqueued_samples == 480
@@ -388,14 +392,9 @@ def test_an_odd_length_delta_is_dropped_alone_and_logged_once_per_response(
     d(PlaybackDrained(played_samples=d.m.enqueued_samples))
     d.speak(500)
     d.server(ResponseCreated("r2"))
-    d.server(AudioDelta("r2", "i2", 0, bytes(5)))
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == [
-        "dropped an audio delta of 3 bytes from the service: not whole 16-bit samples "
-        "(any more in this answer are dropped without a log line)",
-        "dropped an audio delta of 5 bytes from the service: not whole 16-bit samples "
-        "(any more in this answer are dropped without a log line)",
-    ]
+    assert of(Notice, d.server(AudioDelta("r2", "i2", 0, bytes(5)))) == [
+        Notice("warning", notice.text.replace("3 bytes", "5 bytes"))
+    ], "a new answer notices again"
 
 
 def test_a_reply_longer_than_the_cap_ends_as_a_failed_response() -> None:
@@ -570,7 +569,7 @@ def test_server_vad_speech_barge_in_lets_the_server_cancel() -> None:
     d.start_listening()
     d.speak(500)
     d.respond("r1", "i1", samples=24000)
-    actions = d(ServerEventReceived(1, SpeechStarted(900, "u2"), played_samples=7200))
+    actions = d(ServerEventReceived(1, ServerSpeechStarted(900, "u2"), played_samples=7200))
     assert FlushPlayback() in actions
     assert sent(actions) == [TruncateItem("i1", 0, 300)], "no cancel: the server cancels itself"
     assert d.m.state is State.LISTENING
@@ -620,7 +619,8 @@ def test_server_started_response_while_listening_moves_to_responding() -> None:
 def test_race_errors_are_harmless(error: ServerError) -> None:
     d = Driver()
     d.start_listening()
-    assert d.server(error) == []
+    code = error.code or error.error_type
+    assert d.server(error) == [Notice("info", f"service: {code} ({error.message}), carrying on")]
     assert d.m.state is State.LISTENING
 
 

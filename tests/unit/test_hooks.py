@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from talkbox.hooks import DEFAULT_PATH, StateHook, hook_environment
+from talkbox.shell.hooks import DEFAULT_PATH, StateHook, hook_environment
 
 REPO = Path(__file__).resolve().parents[2]
 LED_HOOK = REPO / "examples" / "led-hook.sh"

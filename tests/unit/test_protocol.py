@@ -40,12 +40,12 @@ from talkbox.core.events import (
     ResponseDone,
     ServerError,
     ServerEvent,
+    ServerSpeechStarted,
+    ServerSpeechStopped,
     SessionCreated,
     SessionSettings,
     SessionUpdate,
     SessionUpdated,
-    SpeechStarted,
-    SpeechStopped,
     TranscriptDelta,
     TranscriptDone,
     TruncateItem,
@@ -389,7 +389,7 @@ def server_fixtures(dialect: Dialect) -> list[tuple[dict[str, Any], ServerEvent]
                 "audio_start_ms": 1200,
                 "item_id": "item_0",
             },
-            SpeechStarted(audio_start_ms=1200, item_id="item_0"),
+            ServerSpeechStarted(audio_start_ms=1200, item_id="item_0"),
         ),
         (
             {
@@ -398,7 +398,7 @@ def server_fixtures(dialect: Dialect) -> list[tuple[dict[str, Any], ServerEvent]
                 "audio_end_ms": 3400,
                 "item_id": "item_0",
             },
-            SpeechStopped(audio_end_ms=3400, item_id="item_0"),
+            ServerSpeechStopped(audio_end_ms=3400, item_id="item_0"),
         ),
         (
             {
@@ -763,7 +763,7 @@ def test_known_fields_with_unexpected_extras_still_decode() -> None:
         "event_id": "e",
         "brand_new_field": {"x": [1, 2]},
     }
-    assert ServerEventDecoder().decode(json.dumps(frame)) == SpeechStarted(5, "i")
+    assert ServerEventDecoder().decode(json.dumps(frame)) == ServerSpeechStarted(5, "i")
 
 
 def test_optional_fields_may_be_null_or_absent() -> None:

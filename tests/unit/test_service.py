@@ -21,7 +21,7 @@ from support.inprocess import until
 from talkbox.config import parse_config
 from talkbox.core.retry import Backoff
 from talkbox.errors import AudioDeviceError
-from talkbox.service import Service
+from talkbox.shell.service import Service
 
 CONFIG = """
 [audio]

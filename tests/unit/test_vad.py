@@ -8,12 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support.speech import Pcm, concat, pink_noise, silence, speak, speech_bounds
-from talkbox.vad import (
+from talkbox.audio.vad import (
     GateEvent,
-    SpeechAudio,
-    SpeechEnded,
+    GateSpeechAudio,
+    GateSpeechEnded,
+    GateSpeechStarted,
     SpeechGate,
-    SpeechStarted,
     VoiceActivity,
 )
 
@@ -55,10 +55,10 @@ def segments(events: list[tuple[int, GateEvent]]) -> list[tuple[list[int], str |
     """The frame indices of each turn, and its end reason (None if still open)."""
     turns: list[tuple[list[int], str | None]] = []
     for _, event in events:
-        if isinstance(event, SpeechStarted):
+        if isinstance(event, GateSpeechStarted):
             assert not turns or turns[-1][1] is not None, "started twice without an end"
             turns.append((frames_of(event.preroll), None))
-        elif isinstance(event, SpeechAudio):
+        elif isinstance(event, GateSpeechAudio):
             assert turns and turns[-1][1] is None, "audio outside a turn"
             turns[-1][0].extend(frames_of(event.pcm))
         else:
@@ -128,16 +128,16 @@ def test_start_carries_padding_and_every_voiced_frame_of_the_opening_run() -> No
     events = run_gate(gate, pattern(".......... ##.# ##"))
     opened_at, started = events[0]
     assert opened_at == 13
-    assert isinstance(started, SpeechStarted)
+    assert isinstance(started, GateSpeechStarted)
     assert frames_of(started.preroll) == list(range(5, 14))
-    assert [(i, type(e)) for i, e in events[1:]] == [(14, SpeechAudio), (15, SpeechAudio)]
+    assert [(i, type(e)) for i, e in events[1:]] == [(14, GateSpeechAudio), (15, GateSpeechAudio)]
     assert gate.in_speech
 
 
 def test_padding_is_cut_short_at_the_start_of_the_stream() -> None:
     events = run_gate(make_gate(prefix_padding_ms=300), pattern(".###"))
     started = events[0][1]
-    assert isinstance(started, SpeechStarted)
+    assert isinstance(started, GateSpeechStarted)
     assert frames_of(started.preroll) == [0, 1, 2, 3]
 
 
@@ -149,7 +149,7 @@ def test_turn_ends_after_silence_with_the_hangover_sent_as_audio() -> None:
     turns = segments(events)
     assert turns == [(list(range(0, 30)), "silence")]
     end_frame, ended = events[-1]
-    assert ended == SpeechEnded("silence")
+    assert ended == GateSpeechEnded("silence")
     assert end_frame == 29
     assert not gate.in_speech
 
@@ -172,7 +172,7 @@ def test_reset_closes_the_turn_and_forgets_the_preroll() -> None:
     assert gate.feed(numbered_frame(100), True) == []
     assert gate.feed(numbered_frame(101), True) == []
     started = gate.feed(numbered_frame(102), True)
-    assert isinstance(started[0], SpeechStarted)
+    assert isinstance(started[0], GateSpeechStarted)
     assert frames_of(started[0].preroll) == [100, 101, 102]
 
 
@@ -214,7 +214,7 @@ def test_gate_invariants(voiced: list[bool], start_frames: int, extra_window: in
             assert {i for i in recent if voiced[i]} <= covered
     # A turn only opens on a voiced frame that meets the start rule.
     for index, event in events:
-        if isinstance(event, SpeechStarted):
+        if isinstance(event, GateSpeechStarted):
             recent = range(max(0, index - window + 1), index + 1)
             assert voiced[index] and sum(voiced[i] for i in recent) >= start_frames
 
@@ -257,10 +257,10 @@ def test_segments_on_speech_silence_speech_match_the_ground_truth() -> None:
     turns: list[tuple[int, int, bytes, str]] = []
     audio, first = bytearray(), 0
     for index, event in events:
-        if isinstance(event, SpeechStarted):
+        if isinstance(event, GateSpeechStarted):
             audio = bytearray(event.preroll)
             first = index + 1 - len(event.preroll) // 960
-        elif isinstance(event, SpeechAudio):
+        elif isinstance(event, GateSpeechAudio):
             audio += event.pcm
         else:
             turns.append((first, index, bytes(audio), event.reason))

@@ -10,12 +10,11 @@ Pure: same arguments, same bytes; nothing is read from disk.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-ChimeKind = Literal["wake", "done", "error"]
+from talkbox.core.inputs import ChimeKind
 
 _ATTACK_S = 0.010
 _RELEASE_S = 0.040

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from talkbox.audio.resample import Resampler
-from talkbox.vad import GateEvent, SpeechGate, VoiceActivity
-from talkbox.wake import SAMPLE_RATE as WAKE_RATE
-from talkbox.wake import GatedWakeDetector
+from talkbox.audio.vad import GateEvent, SpeechGate, VoiceActivity
+from talkbox.audio.wake import GatedWakeDetector
+from talkbox.audio_format import LISTEN_RATE
 
 UPLOAD_RATE = 24000  # the Realtime API's pcm16 input rate
 
@@ -81,8 +81,8 @@ class FrontEnd:
     ) -> None:
         if input_rate <= 0:
             raise ValueError("input_rate must be positive")
-        if vad.sample_rate != WAKE_RATE:
-            raise ValueError(f"the VAD must run at {WAKE_RATE} Hz (the wake word's rate)")
+        if vad.sample_rate != LISTEN_RATE:
+            raise ValueError(f"the VAD must run at {LISTEN_RATE} Hz (the wake word's rate)")
         if vad.frame_ms != gate.frame_ms:
             raise ValueError("the VAD and the speech gate must use the same frame length")
         self.input_rate = input_rate
@@ -90,7 +90,7 @@ class FrontEnd:
         self.gate = gate
         self.wake = wake
         self.monitor = monitor
-        self._to_wake_rate = Resampler(input_rate, WAKE_RATE)
+        self._to_wake_rate = Resampler(input_rate, LISTEN_RATE)
         self._to_upload_rate = Resampler(input_rate, UPLOAD_RATE)
         self._frame16_bytes = vad.frame_bytes
         self._frame24_bytes = UPLOAD_RATE * gate.frame_ms // 1000 * 2

@@ -54,11 +54,11 @@ from talkbox.audio.pa import (
     release,
 )
 from talkbox.audio.resample import Resampler
+from talkbox.audio_format import BYTES_PER_SAMPLE, REALTIME_RATE
 from talkbox.errors import AudioDeviceError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_BYTES = 2
 # How often a waiting wait_drained() looks at the stream's health.
 _HEALTH_POLL_S = 0.2
 # Reply audio shorter than this (at the output rate) is appended to the last queued piece
@@ -95,7 +95,7 @@ class Playback:
         self,
         device: str,
         output_rate: int,
-        source_rate: int = 24000,
+        source_rate: int = REALTIME_RATE,
         period_frames: int | None = None,
         *,
         prebuffer_ms: int = 100,
@@ -108,14 +108,14 @@ class Playback:
         # 20 ms by default: flush() silences output within this, at 50 callbacks a second.
         self.period_frames = period_frames or output_rate // 50
         self.on_drained = on_drained
-        self._prebuffer_bytes = round(prebuffer_ms * output_rate / 1000) * SAMPLE_BYTES
+        self._prebuffer_bytes = round(prebuffer_ms * output_rate / 1000) * BYTES_PER_SAMPLE
         # The prebuffer absorbs network jitter, but must not hold a small first delta back
         # until more arrives: after this long, whatever is queued starts playing.
         self._prebuffer_wait_s = prebuffer_wait_ms / 1000
         self._prebuffer_timer: asyncio.TimerHandle | None = None
         self._resampler = Resampler(source_rate, output_rate)
-        self._silence = bytes(self.period_frames * SAMPLE_BYTES)
-        self._coalesce_bytes = output_rate * _COALESCE_MS // 1000 * SAMPLE_BYTES
+        self._silence = bytes(self.period_frames * BYTES_PER_SAMPLE)
+        self._coalesce_bytes = output_rate * _COALESCE_MS // 1000 * BYTES_PER_SAMPLE
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pa: Any = None
         self._stream: Any = None
@@ -199,7 +199,7 @@ class Playback:
 
     def write(self, pcm_source_rate: bytes) -> None:
         """Queue reply audio (PCM16 at source_rate); returns at once."""
-        if len(pcm_source_rate) % SAMPLE_BYTES:
+        if len(pcm_source_rate) % BYTES_PER_SAMPLE:
             raise ValueError(f"PCM16 reply audio has an odd length ({len(pcm_source_rate)} bytes)")
         self._raise_if_unhealthy()
         if self._resampler.is_identity:
@@ -219,7 +219,7 @@ class Playback:
 
     def play_chime(self, pcm_output_rate: bytes) -> None:
         """Queue a chime, already at output_rate (see chimes.chime()); it plays at once."""
-        if len(pcm_output_rate) % SAMPLE_BYTES:
+        if len(pcm_output_rate) % BYTES_PER_SAMPLE:
             raise ValueError(f"PCM16 chime has an odd length ({len(pcm_output_rate)} bytes)")
         self._raise_if_unhealthy()
         self._enqueue(_Segment(pcm_output_rate, _Kind.CHIME))
@@ -302,7 +302,7 @@ class Playback:
     def played_samples(self) -> int:
         """Reply audio handed to the device since reset_count(), in source-rate samples."""
         with self._lock:
-            played_frames = self._played_speech_bytes // SAMPLE_BYTES
+            played_frames = self._played_speech_bytes // BYTES_PER_SAMPLE
         # Integer arithmetic on the running total: exact for integer ratios, never drifting.
         return played_frames * self.source_rate // self.output_rate
 
@@ -356,7 +356,7 @@ class Playback:
     def _fill(
         self, in_data: bytes | None, frame_count: int, time_info: Any, status_flags: int
     ) -> tuple[bytes, int]:
-        wanted = frame_count * SAMPLE_BYTES
+        wanted = frame_count * BYTES_PER_SAMPLE
         pieces: list[bytes | bytearray] = []
         got = 0
         ran_dry = reply_ended = underrun = False

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from talkbox.audio.playback import Playback
+from talkbox.audio_format import REALTIME_RATE
 from talkbox.config import Config
-
-REPLY_RATE = 24000
 
 
 async def play_and_wait(device: str, output_rate: int, pcm: bytes) -> None:
-    playback = Playback(device, output_rate, REPLY_RATE)
+    playback = Playback(device, output_rate, REALTIME_RATE)
     playback.start()
     try:
         playback.write(pcm)

@@ -16,12 +16,12 @@ it, so every transition, including stale and out-of-order events, is a plain uni
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, assert_never
 
+from talkbox.audio_format import BYTES_PER_SAMPLE, REALTIME_RATE
 from talkbox.core.events import (
     AppendAudio,
     AudioCleared,
@@ -41,10 +41,10 @@ from talkbox.core.events import (
     ResponseCreated,
     ResponseDone,
     ServerError,
+    ServerSpeechStarted,
+    ServerSpeechStopped,
     SessionCreated,
     SessionUpdated,
-    SpeechStarted,
-    SpeechStopped,
     TranscriptDelta,
     TranscriptDone,
     TruncateItem,
@@ -72,6 +72,7 @@ from talkbox.core.inputs import (
     MicSpeechEnded,
     MicSpeechStarted,
     MuteChanged,
+    Notice,
     OpenConnection,
     PlayAudio,
     PlaybackDrained,
@@ -94,9 +95,6 @@ from talkbox.core.inputs import (
 from talkbox.core.response import FollowedResponse
 from talkbox.core.retry import Backoff
 
-log = logging.getLogger(__name__)
-
-BYTES_PER_SAMPLE = 2
 # The service refuses commits of less than 100 ms of audio.
 MIN_COMMIT_MS = 100
 
@@ -124,7 +122,7 @@ class MachineConfig:
     # Speech after the wake word shorter than this (beyond the gate's silence hangover) is the
     # wake phrase's own tail, not a command: it is dropped, not sent as a turn.
     min_command_ms: int = 250
-    sample_rate: int = 24000
+    sample_rate: int = REALTIME_RATE
     max_reply_seconds: float = MAX_REPLY_SECONDS
 
 
@@ -461,12 +459,12 @@ class ConversationMachine:
                         self._set_state(State.RESPONDING, "server started a response", out)
             case ResponseDone():
                 self._on_response_done(event, now, out)
-            case SpeechStarted():
+            case ServerSpeechStarted():
                 if self.server_detects_turns:
                     self._cancel_timer(TIMER_FOLLOW_UP, out)
                     if self.config.barge_in == "speech" and self._assistant_is_talking():
                         self._barge_in(received.played_samples, out, server_cancels=True)
-            case SpeechStopped() | AudioCommitted():
+            case ServerSpeechStopped() | AudioCommitted():
                 if self.server_detects_turns and self.state is State.LISTENING:
                     self._expect_response(out)
             case TranscriptDone():
@@ -501,11 +499,11 @@ class ConversationMachine:
             # ones after it aligned; one bad delta costs that delta, never the conversation.
             self.dropped_deltas += 1
             if self.dropped_deltas == 1:
-                log.warning(
-                    "dropped an audio delta of %d bytes from the service: not whole 16-bit "
-                    "samples (any more in this answer are dropped without a log line)",
-                    len(event.pcm),
-                )
+                out.append(Notice(
+                    "warning",
+                    f"dropped an audio delta of {len(event.pcm)} bytes from the service: not "
+                    "whole 16-bit samples (any more in this answer are dropped without a log line)",
+                ))
             return
         samples = len(event.pcm) // BYTES_PER_SAMPLE
         if samples == 0:
@@ -568,7 +566,8 @@ class ConversationMachine:
 
     def _on_server_error(self, event: ServerError, out: list[Action]) -> None:
         if is_harmless(event):
-            log.info("service: %s (%s), carrying on", event.code or event.error_type, event.message)
+            code = event.code or event.error_type
+            out.append(Notice("info", f"service: {code} ({event.message}), carrying on"))
             return
         if event.code == SESSION_EXPIRED_CODE:
             self._end(out, reason="the service's session time limit was reached")

@@ -118,7 +118,7 @@ class ServerError:
 
 
 @dataclass(frozen=True)
-class SpeechStarted:
+class ServerSpeechStarted:
     """Server VAD heard speech start (only with server_vad / semantic_vad)."""
 
     audio_start_ms: int
@@ -126,7 +126,7 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
-class SpeechStopped:
+class ServerSpeechStopped:
     audio_end_ms: int
     item_id: str
 
@@ -233,8 +233,8 @@ ServerEvent = (
     SessionCreated
     | SessionUpdated
     | ServerError
-    | SpeechStarted
-    | SpeechStopped
+    | ServerSpeechStarted
+    | ServerSpeechStopped
     | AudioCommitted
     | AudioCleared
     | ResponseCreated

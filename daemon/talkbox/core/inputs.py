@@ -212,6 +212,15 @@ class SetWakeEnabled:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """A line for the owner's log about something the machine let pass (the core logs
+    nothing itself)."""
+
+    level: Literal["info", "warning"]
+    text: str
+
+
+@dataclass(frozen=True)
 class ConfigApplied:
     """The machine took the configuration of the last `ConfigChanged`: the shell follows."""
 
@@ -243,6 +252,7 @@ Action = (
     | WakeRefused
     | SetWakeEnabled
     | ConfigApplied
+    | Notice
 )
 
 

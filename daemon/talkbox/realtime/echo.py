@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from itertools import count
 from typing import assert_never
 
+from talkbox.audio_format import BYTES_PER_SAMPLE, REALTIME_RATE
 from talkbox.core.events import (
     AppendAudio,
     AudioCleared,
@@ -36,8 +37,8 @@ from talkbox.core.events import (
     TruncateItem,
 )
 
-SAMPLE_RATE = 24000
-DELTA_BYTES = SAMPLE_RATE // 10 * 2  # 100 ms per delta, like the real service's pacing unit
+# 100 ms per delta, like the real service's pacing unit
+DELTA_BYTES = REALTIME_RATE // 10 * BYTES_PER_SAMPLE
 
 
 class EchoSession:
@@ -60,7 +61,7 @@ class EchoSession:
             case AppendAudio():
                 self._buffer += event.pcm
             case CommitAudio():
-                if len(self._buffer) < SAMPLE_RATE // 10 * 2:
+                if len(self._buffer) < DELTA_BYTES:
                     self._post(ServerError("input_audio_buffer_commit_empty", "less than 100 ms"))
                     return
                 self._committed = bytes(self._buffer)

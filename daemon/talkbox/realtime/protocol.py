@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any, Final, assert_never
 
+from talkbox.audio_format import REALTIME_RATE
 from talkbox.core.events import (
     AppendAudio,
     AudioCleared,
@@ -50,12 +51,12 @@ from talkbox.core.events import (
     ResponseDone,
     ServerError,
     ServerEvent,
+    ServerSpeechStarted,
+    ServerSpeechStopped,
     SessionCreated,
     SessionSettings,
     SessionUpdate,
     SessionUpdated,
-    SpeechStarted,
-    SpeechStopped,
     TranscriptDelta,
     TranscriptDone,
     TruncateItem,
@@ -75,8 +76,8 @@ class Dialect(Enum):
 
 
 # The only audio format talkbox speaks: 24 kHz mono PCM16 little-endian, both directions.
-PCM_RATE: Final = 24000
-_GA_PCM_FORMAT: Final = {"type": "audio/pcm", "rate": PCM_RATE}
+
+_GA_PCM_FORMAT: Final = {"type": "audio/pcm", "rate": REALTIME_RATE}
 _PREVIEW_PCM_FORMAT: Final = "pcm16"
 
 
@@ -328,11 +329,13 @@ def _error(f: _Fields) -> ServerEvent:
 
 
 def _speech_started(f: _Fields) -> ServerEvent:
-    return SpeechStarted(audio_start_ms=f.req_int("audio_start_ms"), item_id=f.req_str("item_id"))
+    return ServerSpeechStarted(
+        audio_start_ms=f.req_int("audio_start_ms"), item_id=f.req_str("item_id")
+    )
 
 
 def _speech_stopped(f: _Fields) -> ServerEvent:
-    return SpeechStopped(audio_end_ms=f.req_int("audio_end_ms"), item_id=f.req_str("item_id"))
+    return ServerSpeechStopped(audio_end_ms=f.req_int("audio_end_ms"), item_id=f.req_str("item_id"))
 
 
 def _committed(f: _Fields) -> ServerEvent:

@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 
 from talkbox.safe_text import safe_line, shown_value
 
-_log = logging.getLogger(__name__)
+# Named as before the shell became a package: owners' log filters match these names.
+_log = logging.getLogger("talkbox.hooks")
 
 DEFAULT_OUTPUT_LIMIT = 2048
 # After the hook exits, output still in flight is read for this long at most: a background

@@ -30,28 +30,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from talkbox.app import REPLY_RATE, Daemon, SessionOpener, Speaker, build_front_end
 from talkbox.audio.capture import Capture
 from talkbox.audio.frontend import FrontEnd
 from talkbox.audio.playback import Playback
+from talkbox.audio_format import CAPTURE_PERIOD_MS, REALTIME_RATE
 from talkbox.config import Config, load_config
-from talkbox.control import ControlHandler, ControlServer
 from talkbox.core.inputs import State
 from talkbox.core.retry import Backoff, is_retryable
 from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxError
-from talkbox.hooks import StateHook, hook_program_warning
 from talkbox.realtime.endpoint import endpoint_for
 from talkbox.realtime.sessions import configured_sessions
 from talkbox.safe_text import safe_line
 from talkbox.secrets import ApiKey, resolve_api_key
-from talkbox.startup_signals import StartupSignals
-from talkbox.systemd import Notifier, WatchdogGate, setup_logging
+from talkbox.shell.app import Daemon, SessionOpener, Speaker, build_front_end
+from talkbox.shell.control import ControlHandler, ControlServer
+from talkbox.shell.hooks import StateHook, hook_program_warning
+from talkbox.shell.startup_signals import StartupSignals
+from talkbox.shell.systemd import Notifier, WatchdogGate, setup_logging
 
 log = logging.getLogger("talkbox")
 
-# 40 ms buffers: the turn end and the wake word are seen up to 40 ms sooner than with 80 ms
-# (measured: commit latency), for +0.1 % of a core idle on x86 (0.97 % -> 1.07 %).
-CAPTURE_PERIOD_MS = 40
 DEVICE_RETRY_MAX_SECONDS = 30.0
 # How long a reopened microphone must keep delivering audio before it counts as back.
 CAPTURE_PROVEN_SECONDS = 2.0
@@ -123,7 +121,7 @@ class SoundCard:
 
     def open_speaker(self, cfg: Config, on_drained: Callable[[], None]) -> Playback:
         playback = Playback(
-            cfg.audio.output_device, cfg.audio.output_rate, REPLY_RATE, on_drained=on_drained
+            cfg.audio.output_device, cfg.audio.output_rate, REALTIME_RATE, on_drained=on_drained
         )
         playback.start()
         return playback

@@ -32,9 +32,10 @@ from typing import Any
 from talkbox.config import DEFAULT_CONFIG_PATH
 from talkbox.errors import TalkboxError
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line
-from talkbox.systemd import SYSTEMD_RUNTIME_DIRECTORY, systemd_is_running
+from talkbox.shell.systemd import SYSTEMD_RUNTIME_DIRECTORY, systemd_is_running
 
-_log = logging.getLogger(__name__)
+# Named as before the shell became a package: owners' log filters match these names.
+_log = logging.getLogger("talkbox.control")
 
 ControlHandler = Callable[[str, list[str]], Awaitable[dict[str, Any]]]
 

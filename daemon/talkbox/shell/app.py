@@ -19,6 +19,15 @@ from typing import Any, Protocol, assert_never
 
 from talkbox.audio.chimes import chime
 from talkbox.audio.frontend import UPLOAD_LAG_FRAMES, FrontEnd, VadFrame, WakeDetected, WakeScores
+from talkbox.audio.vad import (
+    GateSpeechAudio,
+    GateSpeechEnded,
+    GateSpeechStarted,
+    SpeechGate,
+    VoiceActivity,
+)
+from talkbox.audio.wake import GatedWakeDetector, WakeWordDetector
+from talkbox.audio_format import LISTEN_RATE, REALTIME_RATE
 from talkbox.config import Config
 from talkbox.core.conversation import ConversationMachine, MachineConfig
 from talkbox.core.events import ClientEvent, ServerEvent
@@ -37,6 +46,7 @@ from talkbox.core.inputs import (
     MicSpeechEnded,
     MicSpeechStarted,
     MuteChanged,
+    Notice,
     OpenConnection,
     PlayAudio,
     PlaybackDrained,
@@ -58,13 +68,9 @@ from talkbox.core.inputs import (
 )
 from talkbox.errors import AudioDeviceError, ConnectionDropped, RealtimeError
 from talkbox.realtime.connection import failure_of
-from talkbox.vad import SpeechAudio as GateSpeechAudio
-from talkbox.vad import SpeechEnded, SpeechGate, SpeechStarted, VoiceActivity
-from talkbox.wake import GatedWakeDetector, WakeWordDetector
 
 log = logging.getLogger("talkbox")
 
-REPLY_RATE = 24000
 FRAME_MS = 20
 # Audio kept from the current speech segment for the moment the wake word fires: the wake
 # model decides a few hundred ms after the phrase ends, and the command may already have
@@ -113,12 +119,12 @@ def machine_config(cfg: Config) -> MachineConfig:
         follow_up_seconds=cfg.conversation.follow_up_seconds,
         max_conversation_seconds=cfg.conversation.max_conversation_seconds,
         silence_duration_ms=cfg.turn.silence_duration_ms,
-        sample_rate=REPLY_RATE,
+        sample_rate=REALTIME_RATE,
     )
 
 
 def build_front_end(cfg: Config) -> FrontEnd:
-    vad = VoiceActivity(cfg.turn.vad_aggressiveness, sample_rate=16000, frame_ms=FRAME_MS)
+    vad = VoiceActivity(cfg.turn.vad_aggressiveness, sample_rate=LISTEN_RATE, frame_ms=FRAME_MS)
     gate = SpeechGate(
         frame_ms=FRAME_MS,
         start_frames=3,
@@ -200,14 +206,14 @@ class Daemon:
             match event:
                 case WakeDetected():
                     self._on_wake(event)
-                case SpeechStarted():
+                case GateSpeechStarted():
                     self._recent_audio.clear()
                     self._recent_audio.append(event.preroll)
                     self.step(MicSpeechStarted(event.preroll, self.speaker.played_samples))
                 case GateSpeechAudio():
                     self._recent_audio.append(event.pcm)
                     self.step(MicSpeechAudio(event.pcm))
-                case SpeechEnded():
+                case GateSpeechEnded():
                     self._recent_audio.clear()
                     self.step(MicSpeechEnded(event.reason))
                 case VadFrame() | WakeScores():
@@ -294,6 +300,8 @@ class Daemon:
                 self.front_end.wake_enabled = action.enabled
             case ConfigApplied():
                 self._apply_pending_config()
+            case Notice():
+                log.log(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
             case _:
                 assert_never(action)
 

@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 import numpy as np
 import numpy.typing as npt
 
+from talkbox.audio_format import LISTEN_RATE
 from talkbox.config import (
     WAKE_MODELS_EMPTY,
     dotted_key,
@@ -43,11 +44,10 @@ from talkbox.config import (
 from talkbox.errors import ConfigError, TalkboxError
 from talkbox.owner_files import FileRefused, check_regular_file
 
-SAMPLE_RATE = 16000
 CHUNK_SAMPLES = 1280  # openWakeWord's native step: 80 ms at 16 kHz
 # openWakeWord models are 0.2-2 MB; a file far bigger is not one (and would be loaded whole).
 MAX_MODEL_BYTES = 64 * 1024 * 1024
-CHUNK_SECONDS = CHUNK_SAMPLES / SAMPLE_RATE
+CHUNK_SECONDS = CHUNK_SAMPLES / LISTEN_RATE
 
 # Feature extractors shipped beside the word models; not wake words themselves.
 _FEATURE_MODEL_STEMS = ("melspectrogram", "embedding_model")
@@ -240,7 +240,7 @@ class WakeWordDetector:
     @property
     def audio_time(self) -> float:
         """Seconds of audio processed or skipped so far."""
-        return self._samples_heard / SAMPLE_RATE
+        return self._samples_heard / LISTEN_RATE
 
     def threshold_for(self, label: str) -> float:
         model = self._label_model.get(label, label)
@@ -338,7 +338,7 @@ class GatedWakeDetector:
     @property
     def audio_time(self) -> float:
         """Seconds of audio fed or skipped so far (including a part-chunk not yet scored)."""
-        return self.detector.audio_time + len(self._partial) // 2 / SAMPLE_RATE
+        return self.detector.audio_time + len(self._partial) // 2 / LISTEN_RATE
 
     def feed(self, frame16k: bytes, is_speech: bool) -> list[Detection]:
         """Take one 16 kHz frame and its VAD decision; return any wake words it completed."""

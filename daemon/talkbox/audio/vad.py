@@ -20,6 +20,8 @@ from typing import Literal
 
 import webrtcvad
 
+from talkbox.audio_format import LISTEN_RATE
+
 SUPPORTED_VAD_RATES = (8000, 16000, 32000, 48000)
 SUPPORTED_VAD_FRAME_MS = (10, 20, 30)
 
@@ -34,7 +36,9 @@ WEBRTCVAD_HANGOVER_MS = {0: 140, 1: 140, 2: 100, 3: 100}
 class VoiceActivity:
     """webrtcvad over fixed-size PCM16 mono frames."""
 
-    def __init__(self, aggressiveness: int, sample_rate: int = 16000, frame_ms: int = 20) -> None:
+    def __init__(
+        self, aggressiveness: int, sample_rate: int = LISTEN_RATE, frame_ms: int = 20
+    ) -> None:
         if aggressiveness not in (0, 1, 2, 3):
             raise ValueError(f"VAD aggressiveness must be 0..3, got {aggressiveness}")
         if sample_rate not in SUPPORTED_VAD_RATES:
@@ -56,7 +60,7 @@ class VoiceActivity:
 
 
 @dataclass(frozen=True, slots=True)
-class SpeechStarted:
+class GateSpeechStarted:
     """A turn began. `preroll` is the audio from `prefix_padding_ms` before the first voiced
     frame of the opening run up to and including the frame that opened the gate (never audio
     already sent in the previous turn)."""
@@ -65,7 +69,7 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True, slots=True)
-class SpeechAudio:
+class GateSpeechAudio:
     """One frame of audio inside a turn (speech, or silence still within the hangover)."""
 
     pcm: bytes
@@ -75,13 +79,13 @@ EndReason = Literal["silence", "max_length"]
 
 
 @dataclass(frozen=True, slots=True)
-class SpeechEnded:
+class GateSpeechEnded:
     """The turn ended: after `silence_ms` of non-speech, or because it reached `max_turn_ms`."""
 
     reason: EndReason
 
 
-GateEvent = SpeechStarted | SpeechAudio | SpeechEnded
+GateEvent = GateSpeechStarted | GateSpeechAudio | GateSpeechEnded
 
 
 class _GateState(Enum):
@@ -95,13 +99,13 @@ class SpeechGate:
     Calling contract: `feed()` takes consecutive frames of `frame_ms` each (the upload
     audio, e.g. 24 kHz PCM16, 960 bytes per 20 ms) together with the VAD decision for the
     same stretch of time, and returns the events that frame caused, in order. Across one
-    turn, the preroll plus every `SpeechAudio` is a contiguous, gap-free slice of the fed
+    turn, the preroll plus every `GateSpeechAudio` is a contiguous, gap-free slice of the fed
     audio; no frame is in two turns.
 
     A turn opens on a voiced frame when at least `start_frames` of the last
     `start_window_frames` frames were voiced (so a turn cut at max length reopens at once
     if the talk goes on). It ends once `silence_ms` of consecutive non-speech has been fed
-    (those frames are still handed out as `SpeechAudio` first), or when the turn's audio,
+    (those frames are still handed out as `GateSpeechAudio` first), or when the turn's audio,
     preroll included, reaches `max_turn_ms`.
     """
 
@@ -172,7 +176,7 @@ class SpeechGate:
         self._state = _GateState.SPEAKING
         self._turn_frames = len(preroll)
         self._silent_run = 0
-        events: list[GateEvent] = [SpeechStarted(b"".join(audio for audio, _ in preroll))]
+        events: list[GateEvent] = [GateSpeechStarted(b"".join(audio for audio, _ in preroll))]
         if self._turn_frames >= self.max_turn_frames:
             events.append(self._end("max_length"))
         return events
@@ -180,15 +184,15 @@ class SpeechGate:
     def _feed_speaking(self, frame: bytes, is_speech: bool) -> list[GateEvent]:
         self._turn_frames += 1
         self._silent_run = 0 if is_speech else self._silent_run + 1
-        events: list[GateEvent] = [SpeechAudio(frame)]
+        events: list[GateEvent] = [GateSpeechAudio(frame)]
         if self._silent_run >= self.silence_frames:
             events.append(self._end("silence"))
         elif self._turn_frames >= self.max_turn_frames:
             events.append(self._end("max_length"))
         return events
 
-    def _end(self, reason: EndReason) -> SpeechEnded:
+    def _end(self, reason: EndReason) -> GateSpeechEnded:
         self._state = _GateState.QUIET
         self._turn_frames = 0
         self._silent_run = 0
-        return SpeechEnded(reason)
+        return GateSpeechEnded(reason)
