@@ -5,7 +5,7 @@
 #   sudo ./install.sh --uninstall             remove it, keep /etc/talkbox (config and key)
 #   sudo ./install.sh --purge                 remove it and /etc/talkbox too
 #   ./install.sh --dev                        .venv in this checkout for development
-#   ./install.sh --test                       --dev, then ruff, mypy and pytest
+#   ./install.sh --test                       --dev, then ruff, mypy, lint-imports and pytest
 #
 # Every step checks before it changes anything, so running it again is safe and says
 # "nothing to do" for each step that is already done.
@@ -68,7 +68,8 @@ Usage:
       with password-less sudo) it also installs the Debian packages the tests need;
       otherwise it prints the apt-get command to run.
   ./install.sh --test
-      --dev, then ruff check, mypy and pytest; exits non-zero if any of them fails.
+      --dev, then ruff check, mypy, lint-imports (the layering) and pytest; exits
+      non-zero if any of them fails.
   ./install.sh --help
       This text.
 EOF
@@ -529,6 +530,8 @@ run_checks() {
     "$venv/bin/ruff" check || failed+=(ruff)
     step "mypy"
     "$venv/bin/mypy" || failed+=(mypy)
+    step "import contracts (lint-imports)"
+    "$venv/bin/lint-imports" --no-cache --no-logo || failed+=(lint-imports)
     step "pytest"
     local status=0
     "$venv/bin/pytest" || status=$?
