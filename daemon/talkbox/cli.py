@@ -8,6 +8,7 @@ for a user's mistake, never the API key.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
@@ -146,6 +147,9 @@ def _run(args: argparse.Namespace) -> int:
     # (This module imports nothing slow, so that is a fraction of a second after exec.)
     startup_signals = StartupSignals()
     startup_signals.install()
+    # A daemon killed for hanging (the watchdog's or a start timeout's SIGABRT) leaves every
+    # thread's Python stack in the journal: where it hung, not just that it did.
+    faulthandler.enable()
     from talkbox.shell.service import run_daemon
 
     config_path = args.config or DEFAULT_CONFIG_PATH

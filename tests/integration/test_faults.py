@@ -51,6 +51,7 @@ from support.inprocess import DEPLOYMENT, quick_daemon_config, until
 from talkbox.audio.chimes import chime
 from talkbox.audio.frontend import FrontEnd
 from talkbox.audio.playback import Playback
+from talkbox.audio_format import REALTIME_RATE
 from talkbox.config import (
     Config,
     parse_config,
@@ -60,7 +61,7 @@ from talkbox.core.retry import Backoff
 from talkbox.realtime.connection import MAX_FRAME_BYTES
 from talkbox.realtime.sessions import configured_sessions
 from talkbox.secrets import ApiKey
-from talkbox.shell.app import REPLY_RATE, Daemon, Session, SessionOpener, build_front_end
+from talkbox.shell.app import Daemon, Session, SessionOpener, build_front_end
 from talkbox.shell.service import CAPTURE_PROVEN_SECONDS, Service, real_parts
 
 pytestmark = pytest.mark.audio
@@ -78,11 +79,11 @@ TIMEOUT_SLACK_S = 1.0
 ERROR_CHIME = chime("error", SPEAKER_RATE, 0.6)
 # The user's turn: 400 ms of a voiced-like tone at the upload rate, 300 ms of it as pre-roll.
 TURN_PCM = (
-    (np.sin(np.arange(REPLY_RATE * 4 // 10) * 2 * np.pi * 180 / REPLY_RATE) * 8000)
+    (np.sin(np.arange(REALTIME_RATE * 4 // 10) * 2 * np.pi * 180 / REALTIME_RATE) * 8000)
     .astype("<i2")
     .tobytes()
 )
-PREROLL_BYTES = REPLY_RATE * 3 // 10 * 2
+PREROLL_BYTES = REALTIME_RATE * 3 // 10 * 2
 WAIT_S = 10.0  # how long any single expected thing may take before the test gives up
 
 
@@ -158,7 +159,7 @@ async def running_daemon(
         drainer = FifoDrainer(sandbox.playback_path, rate=SPEAKER_RATE, speed=DRAIN_SPEED)
         drainer.start()
         rig = Rig(drainer, key=[ApiKey(key, "test")])
-        playback = Playback("speaker", SPEAKER_RATE, REPLY_RATE, on_drained=rig.on_drained)
+        playback = Playback("speaker", SPEAKER_RATE, REALTIME_RATE, on_drained=rig.on_drained)
         try:
             playback.start()
             daemon = Daemon(
@@ -224,7 +225,7 @@ async def converse(rig: Rig, server: FakeRealtimeServer) -> None:
     session = server.sessions[sessions_before]
     [response] = session.responses
     assert response.status == "completed"
-    chunk = server.chunk_ms * REPLY_RATE // 1000 * 2
+    chunk = server.chunk_ms * REALTIME_RATE // 1000 * 2
     pieces = [bytes(response.audio[i : i + chunk]) for i in range(0, len(response.audio), chunk)]
     await until(lambda: heard_in_order(pieces, rig.drainer.data()), "the answer to be heard")
     assert rig.daemon.machine.backoff.consecutive_failures == 0

@@ -49,6 +49,7 @@ from support.fake_realtime import FakeRealtimeServer, Faults, InjectedClose, Inj
 from support.inprocess import DEPLOYMENT, quick_daemon_config, until
 from support.service import serving
 from talkbox.audio.playback import Playback
+from talkbox.audio_format import REALTIME_RATE
 from talkbox.config import Config, LogConfig
 from talkbox.core.inputs import MicSpeechAudio, MicSpeechEnded, MicSpeechStarted, State
 from talkbox.errors import RealtimeError
@@ -57,14 +58,14 @@ from talkbox.realtime.endpoint import endpoint_for, session_settings_for
 from talkbox.realtime.protocol import Dialect
 from talkbox.realtime.sessions import configured_sessions
 from talkbox.secrets import ApiKey
-from talkbox.shell.app import REPLY_RATE, Daemon, build_front_end
+from talkbox.shell.app import Daemon, build_front_end
 from talkbox.shell.systemd import journal_handler
 
 SENTINEL = "sk-SENTINEL-9f8e7d6c5b4a3210"
 SPEAKER_RATE: Literal[24000] = 24000
 KEY_VARIABLES = ("TALKBOX_API_KEY", "CREDENTIALS_DIRECTORY")
 TURN_PCM = (
-    (np.sin(np.arange(REPLY_RATE * 4 // 10) * 2 * np.pi * 180 / REPLY_RATE) * 8000)
+    (np.sin(np.arange(REALTIME_RATE * 4 // 10) * 2 * np.pi * 180 / REALTIME_RATE) * 8000)
     .astype("<i2")
     .tobytes()
 )
@@ -140,7 +141,10 @@ async def daemon_with_key(tmp_path: Path, cfg: Config) -> AsyncIterator[Daemon]:
         drainer.start()
         holder: list[Daemon] = []
         playback = Playback(
-            "speaker", SPEAKER_RATE, REPLY_RATE, on_drained=lambda: holder[0].on_playback_drained()
+            "speaker",
+            SPEAKER_RATE,
+            REALTIME_RATE,
+            on_drained=lambda: holder[0].on_playback_drained(),
         )
         try:
             playback.start()

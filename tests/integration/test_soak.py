@@ -31,11 +31,12 @@ from support.alsa import FifoDrainer, alsa_sandbox
 from support.fake_realtime import FakeRealtimeServer
 from support.inprocess import until
 from talkbox.audio.playback import Playback
+from talkbox.audio_format import REALTIME_RATE
 from talkbox.config import AudioConfig, Config, ConversationConfig, RealtimeConfig
 from talkbox.core.inputs import MicSpeechAudio, MicSpeechEnded, MicSpeechStarted, State
 from talkbox.realtime.sessions import configured_sessions
 from talkbox.secrets import ApiKey
-from talkbox.shell.app import REPLY_RATE, Daemon, build_front_end
+from talkbox.shell.app import Daemon, build_front_end
 
 pytestmark = [pytest.mark.slow, pytest.mark.audio]
 
@@ -48,7 +49,7 @@ MEASURED_CYCLES = 300
 MAX_RSS_GROWTH_KB = 5 * 1024
 CYCLE_TIMEOUT_S = 10.0
 TURN_PCM = (
-    (np.sin(np.arange(REPLY_RATE * 3 // 10) * 2 * np.pi * 200 / REPLY_RATE) * 8000)
+    (np.sin(np.arange(REALTIME_RATE * 3 // 10) * 2 * np.pi * 200 / REALTIME_RATE) * 8000)
     .astype("<i2")
     .tobytes()
 )
@@ -150,7 +151,7 @@ async def test_hundreds_of_conversations_leave_no_trace(tmp_path: Path) -> None:
             playback = Playback(
                 "speaker",
                 SPEAKER_RATE,
-                REPLY_RATE,
+                REALTIME_RATE,
                 on_drained=lambda: daemon_holder[0].on_playback_drained(),
             )
             try:
