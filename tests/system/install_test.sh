@@ -132,7 +132,7 @@ check "openwakeword's ONNX runtime, SciPy and scikit-learn are not installed" \
     test -z "$(ls -d /opt/talkbox/venv/lib/python3.*/site-packages/{onnxruntime,scipy,sklearn} 2>/dev/null)"
 check "the wake model loads and scores in the installed venv, as the user talkbox" \
     quietly runuser -u talkbox -- /opt/talkbox/venv/bin/python -c \
-    'import numpy; from talkbox.wake import WakeWordDetector as D; d = D(["hey_jarvis"]); d.process(numpy.zeros(1280, numpy.int16)); print(d.last_scores)'
+    'import numpy; from talkbox.audio.wake import WakeWordDetector as D; d = D(["hey_jarvis"]); d.process(numpy.zeros(1280, numpy.int16)); print(d.last_scores)'
 check "pip printed no deprecation warning (sdists are built as wheels)" \
     bash -c "! grep -qi deprecat '$SCRATCH/1.log'"
 check "it says systemd is not running" said "$SCRATCH/1.log" "systemd is not running"
