@@ -39,7 +39,7 @@ async def _listen(cfg: Config, seconds: float) -> None:
     next_report = REPORT_EVERY_SECONDS
     try:
         while seconds <= 0 or time.monotonic() - started < seconds:
-            for event in front_end.process(await capture.read()):
+            for event in front_end.process((await capture.read()).pcm):
                 if isinstance(event, VadFrame):
                     frames_seen += 1
                     speech_frames += event.is_speech

@@ -36,6 +36,7 @@ from support.alsa import (
 from talkbox.audio.capture import Capture
 from talkbox.audio.chimes import chime
 from talkbox.audio.devices import find_device, format_device_table, list_devices
+from talkbox.audio.echo_cancel import SpeakerReference
 from talkbox.audio.pa import create_pyaudio, open_pyaudio
 from talkbox.audio.playback import Playback
 from talkbox.audio.resample import Resampler
@@ -236,7 +237,7 @@ async def test_capture_reads_back_exactly_the_bytes_in_the_file(
         async with capture:
             received = b""
             while len(received) < len(pcm):
-                chunk = await capture.read()
+                chunk = (await capture.read()).pcm
                 assert len(chunk) == frames * 2
                 received += chunk
     assert received[: len(pcm)] == pcm
@@ -253,7 +254,7 @@ async def test_capture_from_a_paced_fifo_arrives_in_real_time(tmp_path: Path) ->
             async with Capture("mic", rate, frames, asyncio.get_running_loop()) as capture:
                 received, arrivals = b"", []
                 while len(received) < len(pcm):
-                    received += await capture.read()
+                    received += (await capture.read()).pcm
                     arrivals.append(time.monotonic())
                     assert abs(capture.last_chunk_monotonic - arrivals[-1]) < 1.0
         finally:
@@ -262,6 +263,28 @@ async def test_capture_from_a_paced_fifo_arrives_in_real_time(tmp_path: Path) ->
     spread = arrivals[-1] - arrivals[0]
     expected = seconds - frames / rate  # first to last of 40 periods
     assert 0.75 * expected <= spread <= 3 * expected, spread
+
+
+async def test_each_chunk_says_when_its_first_sample_was_captured(tmp_path: Path) -> None:
+    # The echo canceller pairs each chunk with what the speaker played at that time.
+    rate, frames = 16000, 640
+    with alsa_sandbox(tmp_path / "alsa", capture_fifo=True) as sandbox:
+        feeder = FifoFeeder(sandbox.capture_path, noise_pcm(1.2, rate, seed=4), rate=rate,
+                            period_frames=frames)
+        feeder.start()
+        try:
+            async with Capture("mic", rate, frames, asyncio.get_running_loop()) as capture:
+                stamped = []
+                for _ in range(20):
+                    chunk = await capture.read()
+                    stamped.append((chunk.time, time.monotonic()))
+        finally:
+            feeder.stop()
+    for captured_at, read_at in stamped:
+        # Its first sample was heard before the chunk was complete, let alone read.
+        assert captured_at <= read_at - frames / rate
+    steps = np.diff([captured_at for captured_at, _ in stamped[5:]])
+    assert abs(float(np.median(steps)) - frames / rate) < 0.01, steps
 
 
 async def test_a_stalled_reader_loses_the_oldest_chunks_counted_and_logged(
@@ -278,7 +301,7 @@ async def test_a_stalled_reader_loses_the_oldest_chunks_counted_and_logged(
             with caplog.at_level(logging.WARNING, logger="talkbox.audio.capture"):
                 async with capture:
                     await asyncio.sleep(0.4)  # ~80 periods arrive meanwhile; 5 fit
-                    kept = [int(as_samples(await capture.read())[0]) for _ in range(5)]
+                    kept = [int(as_samples((await capture.read()).pcm)[0]) for _ in range(5)]
         finally:
             feeder.stop()
     assert capture.overflows >= 20
@@ -420,6 +443,33 @@ async def test_playback_plays_exactly_the_reply_counts_it_and_reports_drained(
     # (1.2 s of audio at 48 kHz in all) was still on its way to the room.
     still_coming = len(expected) - heard_when_drained[0]
     assert still_coming <= PIPE_BYTES + 0.1 * SPEAKER_RATE * 2, still_coming
+
+
+async def test_every_block_handed_to_the_device_reaches_the_echo_reference(
+    speaker: tuple[AlsaSandbox, FifoDrainer],
+) -> None:
+    del speaker  # the drained FIFO keeps the stream paced
+    reference = SpeakerReference()
+    reply = sine_pcm(440.0, REPLY_RATE, 0.3)
+    playback = Playback("speaker", SPEAKER_RATE, REPLY_RATE, reference=reference)
+    blocks = []
+    async with playback:
+        await asyncio.sleep(0.1)
+        blocks += reference.take()
+        written_at = time.monotonic()
+        playback.write(reply)
+        playback.end_of_stream()
+        await asyncio.wait_for(playback.wait_drained(), timeout=5)
+        blocks += reference.take()
+    assert reference.rate == SPEAKER_RATE
+    audible = [(at, pcm) for at, pcm, is_audible in blocks if is_audible]
+    # The reference is exactly what was played, and stamped no earlier than it was handed on.
+    resampler = Resampler(REPLY_RATE, SPEAKER_RATE)
+    assert b"".join(pcm for _, pcm in audible).find(resampler.process(reply)) >= 0
+    assert all(at >= written_at for at, _ in audible)
+    assert not any(any(pcm) for _, pcm, is_audible in blocks if not is_audible)
+    times = [at for at, _, _ in blocks]
+    assert times == sorted(times)
 
 
 async def test_tiny_deltas_play_exactly_and_queue_little_more_than_their_audio(

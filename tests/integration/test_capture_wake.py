@@ -114,7 +114,7 @@ async def capture_script(device: str, script: CaptureScript) -> tuple[list[bytes
     chunks: list[bytes] = []
     async with capture:
         while len(chunks) < script_chunks:
-            chunks.append(await capture.read())
+            chunks.append((await capture.read()).pcm)
     return chunks, capture
 
 

@@ -9,10 +9,12 @@ bound: the test calls the service's handler as `talkbox ctl` would (`FakeControl
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from talkbox.audio.capture import Captured
 from talkbox.config import Config
 from talkbox.errors import AudioDeviceError, TalkboxError
 from talkbox.secrets import ApiKey
@@ -39,12 +41,12 @@ class FakeMicrophone:
     def stop(self) -> None:
         self.stopped = True
 
-    async def read(self) -> bytes:
+    async def read(self) -> Captured:
         await asyncio.sleep(self.period_seconds)
         if self._failure is not None:
             raise self._failure
         self.periods_read += 1
-        return SILENT_PERIOD
+        return Captured(SILENT_PERIOD, time.monotonic())
 
 
 class FakeSpeaker:
@@ -181,7 +183,7 @@ class FakeFrontEnd:
         self.wake_enabled = False
         self.fed_bytes = 0
 
-    def process(self, captured: bytes) -> list[Any]:
+    def process(self, captured: bytes, capture_time: float | None = None) -> list[Any]:
         self.fed_bytes += len(captured)
         return []
 

@@ -3,6 +3,9 @@
 This module owns the hand-over from PortAudio's audio thread to the event loop. The stream
 callback does nothing but stamp the time and pass the bytes PyAudio already copied to
 `loop.call_soon_threadsafe`, so it never waits on the loop and the loop never waits on it.
+Each chunk carries the time its first sample was at the ADC (the callback's time less the
+chunk's length and the stream's input latency): the echo canceller pairs it with what the
+speaker played at that moment.
 On the loop side the chunk goes into a bounded queue; when the consumer falls behind, the
 OLDEST chunk is dropped (fresh audio matters more for wake word and turn-taking), counted in
 `overflows` and logged, rate-limited.
@@ -17,7 +20,7 @@ import asyncio
 import logging
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyaudio
 
@@ -34,6 +37,14 @@ log = logging.getLogger(__name__)
 
 # How often a waiting read() looks at the stream's health when no audio comes.
 _HEALTH_POLL_S = 0.2
+
+
+class Captured(NamedTuple):
+    """One chunk from the microphone: PCM16 mono, and when its first sample was at the ADC
+    (time.monotonic())."""
+
+    pcm: bytes
+    time: float
 
 
 class Capture:
@@ -60,9 +71,10 @@ class Capture:
         self._loop = loop
         self._stall_timeout_s = stall_timeout_s
         # None wakes a waiting read() so it re-checks whether the capture has stopped.
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=max_queued)
+        self._queue: asyncio.Queue[Captured | None] = asyncio.Queue(maxsize=max_queued)
         self._pa: Any = None
         self._stream: Any = None
+        self._input_latency_s = 0.0
         self._stopped = False
         self.overflows = 0
         """Chunks dropped because the consumer fell behind (the oldest ones go)."""
@@ -96,6 +108,7 @@ class Capture:
                 frames_per_buffer=self.frames_per_buffer,
                 stream_callback=self._on_audio,
             )
+            self._input_latency_s = float(self._stream.get_input_latency())
         except OSError as exc:
             self._release()
             raise device_error(exc, "input", self.device, self.rate) from exc
@@ -108,14 +121,17 @@ class Capture:
         self, in_data: bytes | None, frame_count: int, time_info: Any, status_flags: int
     ) -> tuple[None, int]:
         # PortAudio's thread: no locks, no logging, nothing that can wait on the loop.
-        self.last_chunk_monotonic = time.monotonic()
+        now = self.last_chunk_monotonic = time.monotonic()
+        captured = Captured(
+            in_data or b"", now - self._input_latency_s - frame_count / self.rate
+        )
         try:
-            self._loop.call_soon_threadsafe(self._enqueue, in_data or b"", status_flags)
+            self._loop.call_soon_threadsafe(self._enqueue, captured, status_flags)
         except RuntimeError:  # the loop is closed: nobody will ever read again
             return None, pyaudio.paAbort
         return None, pyaudio.paContinue
 
-    def _enqueue(self, chunk: bytes, status_flags: int) -> None:
+    def _enqueue(self, chunk: Captured, status_flags: int) -> None:
         if self._stopped:
             return
         if status_flags & pyaudio.paInputOverflow:
@@ -127,8 +143,8 @@ class Capture:
             self._overflow_warning.note(self.overflows)
         self._queue.put_nowait(chunk)
 
-    async def read(self) -> bytes:
-        """The next chunk of `frames_per_buffer` frames.
+    async def read(self) -> Captured:
+        """The next chunk of `frames_per_buffer` frames, with its capture time.
 
         Raises AudioDeviceError once the queue is empty and the capture was stopped, the
         stream ended (device gone), or no audio came for `stall_timeout_s`.

@@ -1,6 +1,7 @@
 """The capture front end's signal processing: one mic stream in, speech and wake events out.
 
-This module owns what happens to captured audio before anything else sees it: resampling
+This module owns what happens to captured audio before anything else sees it: taking the
+speaker's echo out of it (`EchoCanceller`, while the speaker plays), resampling
 the native-rate capture to 16 kHz (VAD and wake word) and 24 kHz (upload) with stateful soxr
 streams, slicing both into time-aligned frames, running the VAD on each 16 kHz frame, and
 feeding the decisions to the speech gate (with the 24 kHz frame of 40 ms earlier) and to
@@ -14,6 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
+from talkbox.audio.echo_cancel import EchoCanceller
 from talkbox.audio.resample import Resampler
 from talkbox.audio.vad import GateEvent, SpeechGate, VoiceActivity
 from talkbox.audio.wake import GatedWakeDetector
@@ -28,6 +32,14 @@ UPLOAD_RATE = 24000  # the Realtime API's pcm16 input rate
 # starts and ends 40 ms sooner: inside its pre-roll and its trailing silence, so no speech
 # is lost, and `build_front_end` takes the 40 ms off the pre-roll it asks the gate for.
 UPLOAD_LAG_FRAMES = 2
+
+# While the speaker plays, a voiced frame counts only if the cleaned signal is at least this
+# loud: what AEC3 leaves of the echo is quiet (its level, measured over simulated rooms: see
+# tests/e2e/test_echo_room_e2e.py), but webrtcvad still calls much of it speech.
+ECHO_SPEECH_FLOOR_DBFS = -45.0
+# ...and a turn opens on 6 voiced frames of the last 8 (120 ms), not 3 of 5: a cough, a door
+# or a burst of residual echo is shorter.
+OVER_ECHO_START = (6, 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,7 @@ class FrontEnd:
         gate: SpeechGate,
         wake: GatedWakeDetector | None,
         *,
+        echo: EchoCanceller | None = None,
         monitor: bool = False,
     ) -> None:
         if input_rate <= 0:
@@ -89,7 +102,10 @@ class FrontEnd:
         self.vad = vad
         self.gate = gate
         self.wake = wake
+        self.echo = echo
         self.monitor = monitor
+        self._over_echo = False  # the last chunk was cleaned of echo: the speaker is playing
+        self._floor = 32768.0**2 * 10 ** (ECHO_SPEECH_FLOOR_DBFS / 10)  # mean square, PCM16
         self._to_wake_rate = Resampler(input_rate, LISTEN_RATE)
         self._to_upload_rate = Resampler(input_rate, UPLOAD_RATE)
         self._frame16_bytes = vad.frame_bytes
@@ -124,8 +140,14 @@ class FrontEnd:
         """Whether the speech gate has a turn open."""
         return self.gate.in_speech
 
-    def process(self, captured: bytes) -> list[FrontEndEvent]:
-        """Take captured PCM16 bytes at `input_rate`; return the events they completed."""
+    def process(self, captured: bytes, capture_time: float | None = None) -> list[FrontEndEvent]:
+        """Take captured PCM16 bytes at `input_rate`; return the events they completed.
+
+        With an echo canceller, `capture_time` (when the chunk's first sample was at the ADC)
+        pairs it with what the speaker played; without one it is not needed."""
+        if self.echo is not None and capture_time is not None and not len(captured) % 2:
+            captured = self.echo.process(captured, capture_time)
+            self._over_echo = self.echo.last_chunk_cleaned
         data = self._odd_byte + captured
         usable = len(data) & ~1
         self._odd_byte = data[usable:]
@@ -174,6 +196,8 @@ class FrontEnd:
         self, frame16: bytes, frame24: bytes | None, events: list[FrontEndEvent]
     ) -> None:
         is_speech = self.vad.is_speech(frame16)
+        if is_speech and self._over_echo:
+            is_speech = _mean_square(frame16) >= self._floor
         self.last_is_speech = is_speech
         self._frames_done += 1
         if self.monitor:
@@ -189,4 +213,9 @@ class FrontEnd:
             else:
                 self.wake.skip(len(frame16) // 2)
         if frame24 is not None:
-            events.extend(self.gate.feed(frame24, is_speech))
+            events.extend(self.gate.feed(frame24, is_speech, over_echo=self._over_echo))
+
+
+def _mean_square(frame: bytes) -> float:
+    samples = np.frombuffer(frame, dtype="<i2").astype(np.float32)
+    return float(np.dot(samples, samples)) / max(1, len(samples))

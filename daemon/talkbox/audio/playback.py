@@ -39,6 +39,7 @@ import asyncio
 import enum
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -47,6 +48,7 @@ from typing import Any, NamedTuple
 import pyaudio
 
 from talkbox.audio.devices import find_device
+from talkbox.audio.echo_cancel import SpeakerReference
 from talkbox.audio.pa import (
     ThrottledWarning,
     create_pyaudio,
@@ -101,6 +103,7 @@ class Playback:
         prebuffer_ms: int = 100,
         prebuffer_wait_ms: int = 50,
         on_drained: Callable[[], None] | None = None,
+        reference: SpeakerReference | None = None,
     ) -> None:
         self.device = device
         self.output_rate = output_rate
@@ -108,6 +111,10 @@ class Playback:
         # 20 ms by default: flush() silences output within this, at 50 callbacks a second.
         self.period_frames = period_frames or output_rate // 50
         self.on_drained = on_drained
+        # Every block handed to the device goes here too, for the echo canceller.
+        self.reference = reference
+        if reference is not None:
+            reference.rate = output_rate
         self._prebuffer_bytes = round(prebuffer_ms * output_rate / 1000) * BYTES_PER_SAMPLE
         # The prebuffer absorbs network jitter, but must not hold a small first delta back
         # until more arrives: after this long, whatever is queued starts playing.
@@ -398,9 +405,13 @@ class Playback:
                 if wanted - got <= len(self._silence)
                 else bytes(wanted - got)
             )
+        block = b"".join(pieces)
+        if self.reference is not None:
+            # Heard once it has crossed the device's buffer: that is when its echo begins.
+            self.reference.played(block, time.monotonic() + self._output_latency_s, got > 0)
         if ran_dry and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._on_ran_dry, generation, reply_ended, underrun)
             except RuntimeError:  # the loop is closed: the daemon is going away
-                return b"".join(pieces), pyaudio.paAbort
-        return b"".join(pieces), pyaudio.paContinue
+                return block, pyaudio.paAbort
+        return block, pyaudio.paContinue

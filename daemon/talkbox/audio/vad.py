@@ -117,6 +117,8 @@ class SpeechGate:
         prefix_padding_ms: int,
         max_turn_ms: int,
         start_window_frames: int | None = None,
+        *,
+        over_echo_start: tuple[int, int] | None = None,
     ) -> None:
         window = start_frames + 2 if start_window_frames is None else start_window_frames
         if frame_ms <= 0:
@@ -128,6 +130,12 @@ class SpeechGate:
         self.frame_ms = frame_ms
         self.start_frames = start_frames
         self.start_window_frames = window
+        # While the speaker plays, a turn needs a longer run of voice (frames, out of a
+        # window): residual echo comes in short voiced bursts, a person talks on.
+        self.over_echo_start = over_echo_start or (start_frames, window)
+        echo_frames, echo_window = self.over_echo_start
+        if not 1 <= echo_frames <= echo_window:
+            raise ValueError("need 1 <= frames <= window in over_echo_start")
         self.silence_frames = math.ceil(silence_ms / frame_ms)
         self.prefix_padding_frames = math.ceil(prefix_padding_ms / frame_ms)
         self.max_turn_frames = max_turn_ms // frame_ms
@@ -137,9 +145,10 @@ class SpeechGate:
         self._state = _GateState.QUIET
         # Decisions of the last `window` frames, in either state: a turn cut at max length
         # reopens on the next voiced frame instead of waiting for a fresh run.
-        self._recent_voiced: deque[bool] = deque(maxlen=window)
+        longest = max(window, echo_window)
+        self._recent_voiced: deque[bool] = deque(maxlen=longest)
         # While quiet: the frames not yet sent, enough for the padding plus the window.
-        self._unsent: deque[tuple[bytes, bool]] = deque(maxlen=self.prefix_padding_frames + window)
+        self._unsent: deque[tuple[bytes, bool]] = deque(maxlen=self.prefix_padding_frames + longest)
         self._turn_frames = 0
         self._silent_run = 0
 
@@ -156,20 +165,28 @@ class SpeechGate:
         self._turn_frames = 0
         self._silent_run = 0
 
-    def feed(self, frame: bytes, is_speech: bool) -> list[GateEvent]:
-        """Take one frame and its VAD decision; return the events it causes."""
+    def feed(self, frame: bytes, is_speech: bool, *, over_echo: bool = False) -> list[GateEvent]:
+        """Take one frame and its VAD decision; return the events it causes.
+
+        `over_echo`: the speaker is playing, so a turn needs `over_echo_start` to open."""
         self._recent_voiced.append(is_speech)
         if self._state is _GateState.QUIET:
-            return self._feed_quiet(frame, is_speech)
+            start = self.over_echo_start if over_echo else (
+                self.start_frames, self.start_window_frames
+            )
+            return self._feed_quiet(frame, is_speech, *start)
         return self._feed_speaking(frame, is_speech)
 
-    def _feed_quiet(self, frame: bytes, is_speech: bool) -> list[GateEvent]:
+    def _feed_quiet(
+        self, frame: bytes, is_speech: bool, start_frames: int, window: int
+    ) -> list[GateEvent]:
         self._unsent.append((frame, is_speech))
         # Only open on a voiced frame: the turn should start as speech is heard, not after.
-        if not is_speech or sum(self._recent_voiced) < self.start_frames:
+        recent = list(self._recent_voiced)[-window:]
+        if not is_speech or sum(recent) < start_frames:
             return []
         unsent = list(self._unsent)
-        window_start = max(0, len(unsent) - self.start_window_frames)
+        window_start = max(0, len(unsent) - window)
         first_voiced = next(i for i in range(window_start, len(unsent)) if unsent[i][1])
         preroll = unsent[max(0, first_voiced - self.prefix_padding_frames) :]
         self._unsent.clear()

@@ -421,6 +421,7 @@ class AudioConfig(_Section):
     output_rate: Literal[8000, 16000, 22050, 24000, 32000, 44100, 48000] = 24000
     volume: Annotated[float, _between(0, 1)] = 0.6
     chimes: bool = True
+    echo_cancellation: bool = True
 
 
 class WakeConfig(_Section):

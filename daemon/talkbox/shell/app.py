@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, assert_never
 
 from talkbox.audio.chimes import chime
-from talkbox.audio.frontend import UPLOAD_LAG_FRAMES, FrontEnd, VadFrame, WakeDetected, WakeScores
+from talkbox.audio.echo_cancel import EchoCanceller, SpeakerReference
+from talkbox.audio.frontend import (
+    OVER_ECHO_START,
+    UPLOAD_LAG_FRAMES,
+    FrontEnd,
+    VadFrame,
+    WakeDetected,
+    WakeScores,
+)
 from talkbox.audio.vad import (
     GateSpeechAudio,
     GateSpeechEnded,
@@ -123,7 +131,9 @@ def machine_config(cfg: Config) -> MachineConfig:
     )
 
 
-def build_front_end(cfg: Config) -> FrontEnd:
+def build_front_end(cfg: Config, reference: SpeakerReference | None = None) -> FrontEnd:
+    """The listening pipeline for `cfg`; with a `reference` (what the speaker plays) and
+    [audio] echo_cancellation, the speaker's echo is taken out of the microphone first."""
     vad = VoiceActivity(cfg.turn.vad_aggressiveness, sample_rate=LISTEN_RATE, frame_ms=FRAME_MS)
     gate = SpeechGate(
         frame_ms=FRAME_MS,
@@ -133,6 +143,7 @@ def build_front_end(cfg: Config) -> FrontEnd:
         # The front end pairs decisions with older upload audio: that is pre-roll already.
         prefix_padding_ms=max(0, cfg.turn.prefix_padding_ms - UPLOAD_LAG_FRAMES * FRAME_MS),
         max_turn_ms=int(cfg.turn.max_turn_seconds * 1000),
+        over_echo_start=OVER_ECHO_START,
     )
     detector = WakeWordDetector(
         list(cfg.wake.models),
@@ -140,7 +151,12 @@ def build_front_end(cfg: Config) -> FrontEnd:
         thresholds=dict(cfg.wake.thresholds),
         refractory_seconds=cfg.wake.refractory_seconds,
     )
-    return FrontEnd(cfg.audio.input_rate, vad, gate, GatedWakeDetector(detector))
+    echo = (
+        EchoCanceller(reference, cfg.audio.input_rate)
+        if reference is not None and cfg.audio.echo_cancellation
+        else None
+    )
+    return FrontEnd(cfg.audio.input_rate, vad, gate, GatedWakeDetector(detector), echo=echo)
 
 
 def make_chimes(cfg: Config) -> dict[str, bytes]:
@@ -200,9 +216,10 @@ class Daemon:
         for action in self.machine.step(event, self._clock()):
             self._perform(action)
 
-    def on_audio(self, captured: bytes) -> None:
-        """A captured chunk: run the front end and feed what it found to the machine."""
-        for event in self.front_end.process(captured):
+    def on_audio(self, captured: bytes, capture_time: float | None = None) -> None:
+        """A captured chunk (and when it was captured, for the echo canceller): run the front
+        end and feed what it found to the machine."""
+        for event in self.front_end.process(captured, capture_time):
             match event:
                 case WakeDetected():
                     self._on_wake(event)

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from talkbox.audio.capture import Capture
+from talkbox.audio.capture import Capture, Captured
+from talkbox.audio.echo_cancel import SpeakerReference
 from talkbox.audio.frontend import FrontEnd
 from talkbox.audio.playback import Playback
 from talkbox.audio_format import CAPTURE_PERIOD_MS, REALTIME_RATE
@@ -59,7 +60,7 @@ MUTE_FILE = "muted"
 class Microphone(Protocol):
     """What the service needs of the capture device (see audio/capture.Capture)."""
 
-    async def read(self) -> bytes: ...
+    async def read(self) -> Captured: ...
     def stop(self) -> None: ...
 
 
@@ -109,7 +110,11 @@ class ServiceParts:
 
 
 class SoundCard:
-    """The real audio devices, through PortAudio."""
+    """The real audio devices, through PortAudio. Whatever speaker is open plays into
+    `reference` too, for the echo canceller (which outlives a reopened speaker)."""
+
+    def __init__(self, reference: SpeakerReference | None = None) -> None:
+        self.reference = reference
 
     def open_microphone(self, cfg: Config) -> Capture:
         frames = cfg.audio.input_rate * CAPTURE_PERIOD_MS // 1000
@@ -121,7 +126,11 @@ class SoundCard:
 
     def open_speaker(self, cfg: Config, on_drained: Callable[[], None]) -> Playback:
         playback = Playback(
-            cfg.audio.output_device, cfg.audio.output_rate, REALTIME_RATE, on_drained=on_drained
+            cfg.audio.output_device,
+            cfg.audio.output_rate,
+            REALTIME_RATE,
+            on_drained=on_drained,
+            reference=self.reference,
         )
         playback.start()
         return playback
@@ -130,12 +139,13 @@ class SoundCard:
 def real_parts() -> ServiceParts:
     """The parts `talkbox run` works through: the sound card, systemd, the control socket, the
     configured service (or the echo provider) and the wake models on disk."""
+    reference = SpeakerReference()
     return ServiceParts(
-        devices=SoundCard(),
+        devices=SoundCard(reference),
         notifier=Notifier(),
         control_socket=ControlServer,
         session_opener=lambda cfg, key: configured_sessions(cfg, key).open,
-        build_front_end=build_front_end,
+        build_front_end=lambda cfg: build_front_end(cfg, reference),
     )
 
 
@@ -376,7 +386,7 @@ class Service:
                     # A loose plug opens and dies again within a few periods: until the mic
                     # has kept delivering for a while, it neither resets the backoff nor
                     # feeds the watchdog, or a flapping mic would look healthy forever.
-                    self.daemon.on_audio(chunk)
+                    self.daemon.on_audio(*chunk)
                     continue
                 reopened_at = None
                 self.device_backoff.success()
@@ -384,7 +394,7 @@ class Service:
                 log.info("microphone %r is back", self.cfg.audio.input_device)
                 self._report_state()
             self.watchdog_gate.feed_seen(now)
-            self.daemon.on_audio(chunk)
+            self.daemon.on_audio(*chunk)
 
     def _speaker_failed(self, error: AudioDeviceError) -> None:
         if not self._speaker_broken.is_set():

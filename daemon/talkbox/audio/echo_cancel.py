@@ -1,0 +1,213 @@
+"""Echo cancellation: take what the speaker plays out of what the microphone hears.
+
+This module owns the two ends of the echo path and WebRTC's AEC3 between them:
+
+- `SpeakerReference` is filled from PortAudio's output callback (audio/playback.py) with every
+  block handed to the device, stamped with when it reaches the DAC (now + the stream's output
+  latency). That is the reference AEC3 needs: what was really played, when it was played.
+  Taken any later (say, when the event loop queues a reply), it arrived after its echo, and
+  AEC3 stops converging when the reference is even 30 ms late (measured: 28 dB of echo
+  reduction at 5-10 ms late, 9 dB at 30 ms, 3 dB at 60 ms).
+- `EchoCanceller.process()` takes each captured chunk with the time its first sample was at
+  the ADC (audio/capture.py), cuts the reference for that stretch of time out of what the
+  speaker played, `REFERENCE_LEAD_MS` later, so it always leads its echo despite errors in
+  the latencies the devices report (AEC3 finds the rest of the delay itself, from a few ms to
+  about 500 ms; with the echo at the same instant as its reference it removed 3 dB), and
+  returns the cleaned chunk. Everything downstream (VAD, wake word, upload) hears only that.
+  The reference of that later stretch is already known: it was handed to the device an
+  output latency before it is heard, and the chunk reaches us an input latency after.
+
+Two clocks: a USB microphone and a separate speaker drift apart by up to a few hundred ppm.
+The reference is read as one continuous stream (a jump would look to AEC3 like a new room),
+and its read position is steered towards where the timestamps say it should be by at most one
+sample per chunk: 25 samples a second against the 1.6 a second that 100 ppm at 16 kHz needs.
+Only an error beyond `_RESYNC_S` (a stall, a device reopened) makes it jump.
+
+Idle costs nothing: AEC3 runs only while the speaker plays and for `ECHO_TAIL_S` after (the
+echo's delay plus the room's reverberation); otherwise the chunk passes through untouched and
+the reference blocks, all silence, are dropped unread.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pywebrtc_audio
+
+from talkbox.audio.resample import Resampler
+from talkbox.audio_format import BYTES_PER_SAMPLE
+
+# The capture at time t is paired with what the speaker played at t + this: the reference
+# leads its echo by this much plus the acoustic delay. AEC3 removed 58-74 dB of echo 5-500 ms
+# behind its reference, 3 dB at 0 ms and 9 dB with the reference 30 ms late.
+REFERENCE_LEAD_MS = 20
+# How long after the last sound the canceller keeps running: the echo path's delay (up to
+# ~300 ms in a room, plus the lead) and the room's reverberation (RT60 up to ~0.6 s).
+ECHO_TAIL_S = 1.2
+# Reference history kept: the lead plus AEC3's longest delay, with room to spare.
+_HISTORY_S = 2.0
+# Larger timing errors are a stall or a reopened device, not drift: start the stream afresh.
+_RESYNC_S = 0.1
+# Drift steering: the timestamps' jitter is smoothed, and a smoothed error below this is noise.
+_STEER_DEADBAND_S = 0.002
+_STEER_SMOOTHING = 0.05
+# At most this many reference blocks wait between two captured chunks (about 2 s of 20 ms
+# periods): a stalled microphone must not let the speaker's blocks pile up.
+_MAX_PENDING_BLOCKS = 100
+
+
+class SpeakerReference:
+    """What the speaker played, handed from PortAudio's output thread to the capture side.
+
+    `played()` is called by the output callback with each block as handed to the device;
+    `take()` by the canceller on the event loop. One lock, held only to append or swap.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._blocks: deque[tuple[float, bytes, bool]] = deque(maxlen=_MAX_PENDING_BLOCKS)
+        self.rate = 0
+        """The output device's rate (set by the playback that feeds this reference)."""
+
+    def played(self, pcm: bytes, dac_time: float, audible: bool) -> None:
+        """A block handed to the device: heard from `dac_time` (time.monotonic()) on.
+
+        `audible` is False for the silence the stream plays between sounds."""
+        with self._lock:
+            self._blocks.append((dac_time, pcm, audible))
+
+    def take(self) -> list[tuple[float, bytes, bool]]:
+        with self._lock:
+            blocks = list(self._blocks)
+            self._blocks.clear()
+        return blocks
+
+
+@dataclass
+class EchoStats:
+    """What the canceller has done, for the log, `talkbox echo-test` and the benchmark."""
+
+    chunks_cleaned: int = 0
+    chunks_passed: int = 0
+    short_reference_samples: int = 0
+    """Reference samples not yet played when their capture was cleaned (zeros went in)."""
+    resyncs: int = 0
+    steered_samples: int = 0
+
+
+class EchoCanceller:
+    """AEC3 over the capture stream at `capture_rate`, fed by a `SpeakerReference`.
+
+    Not thread-safe: call `process()` from one thread (the event loop).
+    """
+
+    def __init__(self, reference: SpeakerReference, capture_rate: int) -> None:
+        self.reference = reference
+        self.capture_rate = capture_rate
+        self.stats = EchoStats()
+        self._aec = pywebrtc_audio.EchoCanceller(sample_rate=capture_rate)
+        self._resampler: Resampler | None = None
+        # The reference at the capture rate: samples from `_start_time` on (DAC time).
+        self._history = np.zeros(0, dtype=np.int16)
+        self._start_time = 0.0
+        self._next_time = 0.0  # DAC time where the next reference block should begin
+        self._read_at: int | None = None  # index into _history of the next chunk's reference
+        self._smoothed_error = 0.0
+        self._audible_until = -math.inf  # DAC time when the last sound (and its echo) ends
+        self.last_chunk_cleaned = False
+        """Whether the last chunk went through AEC3 (the speaker was playing, or its tail)."""
+
+    def active(self, capture_time: float) -> bool:
+        """Whether a chunk captured at `capture_time` may hold echo of what was played."""
+        return capture_time < self._audible_until
+
+    def process(self, captured: bytes, capture_time: float) -> bytes:
+        """The chunk with the speaker's echo taken out (unchanged when nothing was played).
+
+        `captured` is PCM16 mono at `capture_rate`; `capture_time` is the time.monotonic() at
+        which its first sample was at the ADC."""
+        self._take_reference()
+        n = len(captured) // BYTES_PER_SAMPLE
+        self.last_chunk_cleaned = n > 0 and self.active(capture_time)
+        if not self.last_chunk_cleaned:
+            self.stats.chunks_passed += 1
+            self._forget_reference()
+            return captured
+        far = self._reference_for(capture_time + REFERENCE_LEAD_MS / 1000, n)
+        near = np.frombuffer(captured, dtype=np.int16, count=n)
+        cleaned: npt.NDArray[np.int16] = self._aec.process(near, far)
+        self.stats.chunks_cleaned += 1
+        return cleaned.astype("<i2", copy=False).tobytes() + captured[n * BYTES_PER_SAMPLE :]
+
+    # --- the reference stream -----------------------------------------------------------------
+
+    def _take_reference(self) -> None:
+        for dac_time, pcm, audible in self.reference.take():
+            if audible:
+                block_s = len(pcm) / BYTES_PER_SAMPLE / max(1, self.reference.rate)
+                self._audible_until = max(self._audible_until, dac_time + block_s + ECHO_TAIL_S)
+            elif dac_time >= self._audible_until and self._read_at is None:
+                continue  # silence while nothing needs cancelling: not worth resampling
+            self._append_reference(dac_time, pcm)
+
+    def _append_reference(self, dac_time: float, pcm: bytes) -> None:
+        rate = self.reference.rate
+        if self._resampler is None or self._resampler.in_rate != rate:
+            self._resampler = Resampler(rate, self.capture_rate)
+            self._restart_reference(dac_time)
+        elif abs(dac_time - self._next_time) > _RESYNC_S:
+            # A gap in what the speaker was handed (a stall, a reopened device).
+            self._resampler.reset()
+            self._restart_reference(dac_time)
+        samples = np.frombuffer(self._resampler.process(pcm), dtype=np.int16)
+        self._history = np.concatenate((self._history, samples))
+        self._next_time += len(pcm) / BYTES_PER_SAMPLE / rate
+        keep = int(_HISTORY_S * self.capture_rate)
+        excess = len(self._history) - keep
+        if excess > 0:
+            self._history = self._history[excess:]
+            self._start_time += excess / self.capture_rate
+            if self._read_at is not None:
+                self._read_at = max(0, self._read_at - excess)
+
+    def _restart_reference(self, dac_time: float) -> None:
+        self._history = np.zeros(0, dtype=np.int16)
+        self._start_time = self._next_time = dac_time
+        self._read_at = None
+        self.stats.resyncs += 1
+
+    def _forget_reference(self) -> None:
+        if self._read_at is not None or len(self._history):
+            self._history = np.zeros(0, dtype=np.int16)
+            self._read_at = None
+            self._smoothed_error = 0.0
+            self._next_time = -math.inf  # the next sound starts a new stream
+
+    def _reference_for(self, start_time: float, n: int) -> npt.NDArray[np.int16]:
+        """`n` reference samples from `start_time` on, continuing the last chunk's read."""
+        rate = self.capture_rate
+        ideal = round((start_time - self._start_time) * rate)
+        if self._read_at is None or abs(ideal - self._read_at) > _RESYNC_S * rate:
+            self._read_at = ideal
+            self._smoothed_error = 0.0
+        else:
+            error = (ideal - self._read_at) / rate
+            self._smoothed_error += _STEER_SMOOTHING * (error - self._smoothed_error)
+            if abs(self._smoothed_error) > _STEER_DEADBAND_S:
+                step = 1 if self._smoothed_error > 0 else -1
+                self._read_at += step
+                self._smoothed_error -= step / rate
+                self.stats.steered_samples += 1
+        at = self._read_at
+        self._read_at = at + n
+        far = np.zeros(n, dtype=np.int16)
+        lo, hi = max(at, 0), min(at + n, len(self._history))
+        if hi > lo:
+            far[lo - at : hi - at] = self._history[lo:hi]
+        self.stats.short_reference_samples += max(0, at + n - max(hi, lo))
+        return far

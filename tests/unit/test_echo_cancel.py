@@ -1,0 +1,137 @@
+"""The echo canceller on its own: a speaker reference and a microphone, stamped as devices do.
+
+The room here is plain numpy (a delay, a decaying impulse response, a gain): enough to check
+the canceller's timing and its idle path. The real process in a room with reverberation,
+clipping and two clocks is tests/e2e/test_echo_room_e2e.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import soxr
+import webrtcvad
+
+from support.speech import ordinary_speech_stretch
+from talkbox.audio.echo_cancel import ECHO_TAIL_S, EchoCanceller, SpeakerReference
+
+MIC_RATE = 16000
+SPEAKER_RATE = 24000
+CHUNK = 640  # 40 ms capture periods
+BLOCK = 480  # 20 ms playback periods at 24 kHz
+T0 = 1000.0
+
+
+def reply_audio(seconds: float) -> npt.NDArray[np.int16]:
+    """Continuous speech at about -20 dBFS, as a long answer is."""
+    speech = ordinary_speech_stretch(SPEAKER_RATE, seconds, noise_volume=0.0, pauses=(0.3, 0.5))
+    samples = speech.astype(np.float64)
+    samples *= 0.1 * 32768 / np.sqrt(np.mean(samples**2))
+    return np.clip(samples, -32768, 32767).astype(np.int16)
+
+
+def room_echo(played: npt.NDArray[np.int16], delay_ms: int, drift_ppm: float,
+              seed: int = 1) -> npt.NDArray[np.float64]:
+    """What the microphone hears of `played`: resampled on a clock `drift_ppm` off, delayed,
+    reverberated (RT60 0.3 s) and 6 dB quieter."""
+    rng = np.random.default_rng(seed)
+    mic_rate = MIC_RATE * (1 + drift_ppm * 1e-6)
+    heard = soxr.resample(played.astype(np.float32), SPEAKER_RATE, mic_rate).astype(np.float64)
+    taps = int(0.3 * MIC_RATE)
+    response = rng.standard_normal(taps) * np.exp(-6.9 * np.arange(taps) / taps) * 0.05
+    response[0] = 1.0
+    echo = np.convolve(heard, response)[: len(heard)] * 0.5
+    return np.concatenate([np.zeros(delay_ms * MIC_RATE // 1000), echo])
+
+
+def run(canceller: EchoCanceller, played: npt.NDArray[np.int16],
+        mic: npt.NDArray[np.float64], drift_ppm: float = 0.0
+        ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]:
+    """Play and capture side by side on the two devices' clocks; (raw, cleaned) capture."""
+    reference = canceller.reference
+    mic_period = CHUNK / (MIC_RATE * (1 + drift_ppm * 1e-6))
+    raw, cleaned = [], []
+    block = 0
+    for k in range(len(mic) // CHUNK):
+        captured_at = T0 + k * mic_period
+        # The speaker's blocks are handed over ahead of when they are heard.
+        while T0 + block * BLOCK / SPEAKER_RATE <= captured_at + 0.1:
+            pcm = played[block * BLOCK : (block + 1) * BLOCK]
+            pcm = np.concatenate([pcm, np.zeros(BLOCK - len(pcm), np.int16)])
+            reference.played(pcm.tobytes(), T0 + block * BLOCK / SPEAKER_RATE, bool(pcm.any()))
+            block += 1
+        chunk = np.clip(mic[k * CHUNK : (k + 1) * CHUNK], -32768, 32767).astype(np.int16)
+        raw.append(chunk)
+        cleaned.append(np.frombuffer(canceller.process(chunk.tobytes(), captured_at), np.int16))
+    return np.concatenate(raw), np.concatenate(cleaned)
+
+
+def level_db(samples: npt.NDArray[np.int16]) -> float:
+    return float(10 * np.log10(np.mean(samples.astype(np.float64) ** 2) + 1e-9))
+
+
+def voiced_share(samples: npt.NDArray[np.int16]) -> float:
+    vad = webrtcvad.Vad(2)
+    frames = samples[: len(samples) // 320 * 320].reshape(-1, 320)
+    return float(np.mean([vad.is_speech(f.tobytes(), MIC_RATE) for f in frames]))
+
+
+def new_canceller() -> EchoCanceller:
+    reference = SpeakerReference()
+    reference.rate = SPEAKER_RATE
+    return EchoCanceller(reference, MIC_RATE)
+
+
+@pytest.mark.parametrize(("delay_ms", "drift_ppm"), [(20, 0.0), (150, 0.0), (300, 100.0),
+                                                     (60, -300.0)])
+def test_the_echo_of_a_long_answer_is_taken_out(delay_ms: int, drift_ppm: float) -> None:
+    played = reply_audio(24.0)
+    canceller = new_canceller()
+    raw, cleaned = run(canceller, played, room_echo(played, delay_ms, drift_ppm), drift_ppm)
+    settled = 4 * MIC_RATE  # AEC3 converges within a few seconds
+    reduction = level_db(raw[settled:]) - level_db(cleaned[settled:])
+    assert reduction > 30, reduction
+    assert voiced_share(raw[settled:]) > 0.7
+    assert voiced_share(cleaned[settled:]) < 0.15
+    assert canceller.stats.short_reference_samples == 0
+    assert canceller.stats.chunks_passed <= MIC_RATE // CHUNK  # the answer's first second: silence
+    if drift_ppm:
+        # Steered towards the clocks' drift a sample at a time, never a jump.
+        assert canceller.stats.steered_samples > 0 and canceller.stats.resyncs == 1
+
+
+def test_idle_capture_passes_untouched_and_aec_does_not_run() -> None:
+    canceller = new_canceller()
+    silence = np.zeros(10 * SPEAKER_RATE, np.int16)
+    room_noise = np.random.default_rng(2).normal(0, 30, 10 * MIC_RATE)
+    raw, cleaned = run(canceller, silence, room_noise)
+    assert np.array_equal(raw, cleaned)
+    assert canceller.stats.chunks_cleaned == 0
+
+
+def test_it_runs_from_the_first_sound_until_the_tail_has_passed() -> None:
+    canceller = new_canceller()
+    seconds = 6.0
+    played = np.zeros(int(seconds * SPEAKER_RATE), np.int16)
+    sound_at, sound_s = 2.0, 1.0
+    start = int(sound_at * SPEAKER_RATE)
+    speech = reply_audio(3.0)[SPEAKER_RATE:]  # past its leading second of silence
+    played[start : start + int(sound_s * SPEAKER_RATE)] = speech[: int(sound_s * SPEAKER_RATE)]
+    # The silence around the sound is handed over as silence, as the running stream does.
+    reference = canceller.reference
+    cleaned_at = []
+    sent = 0
+    for k in range(int(seconds * MIC_RATE) // CHUNK):
+        captured_at = T0 + k * CHUNK / MIC_RATE
+        while T0 + sent * BLOCK / SPEAKER_RATE <= captured_at + 0.1:
+            pcm = played[sent * BLOCK : (sent + 1) * BLOCK]
+            reference.played(pcm.tobytes(), T0 + sent * BLOCK / SPEAKER_RATE, bool(pcm.any()))
+            sent += 1
+        canceller.process(bytes(2 * CHUNK), captured_at)
+        if canceller.last_chunk_cleaned:
+            cleaned_at.append(captured_at - T0)
+    assert cleaned_at, "the canceller never ran"
+    # From when the sound is handed to the device (here 0.1 s before it is heard).
+    assert sound_at - 0.15 <= cleaned_at[0] <= sound_at + 0.05
+    assert cleaned_at[-1] == pytest.approx(sound_at + sound_s + ECHO_TAIL_S, abs=0.06)
