@@ -279,8 +279,9 @@ class FifoDrainer(threading.Thread):
     The pipe is shrunk to one page so the writer is held to the drain rate. Time the writer
     does not use is lost (a real DAC does not catch up), so a late writer is not rushed.
     What was read is kept as the PCM16 mono the player wrote (the left channel, narrowed).
-    A `room` (support.room) is handed every block read, in order, with its time, and told of
-    every tick that read nothing (the speaker played nothing more up to then).
+    A `room` (support.room) is handed every block read, in order, with the time it finished
+    playing on this budget's clock, and is told of ticks that read nothing (the speaker
+    played nothing more up to then).
     """
 
     def __init__(
@@ -334,7 +335,9 @@ class FifoDrainer(threading.Thread):
                         with self._lock:
                             self.records.append((now, pcm))
             if self.room is not None:
-                self.room.played(pcm, at=now)
+                # Budget not yet read is time the writer was late for and may still fill
+                # (credit): the block, and what is known to have played, ended that long ago.
+                self.room.played(pcm, at=now - budget / self.bytes_per_s)
 
     def _narrow(self, data: bytes) -> bytes:
         data = self._partial_frame + data
@@ -352,3 +355,5 @@ class FifoDrainer(threading.Thread):
         if self.is_alive():
             self.join(timeout=5)
         os.close(self._fd)
+        if self.room is not None:
+            self.room.close()  # nothing more will play: the microphone need not wait for it

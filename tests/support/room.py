@@ -7,8 +7,10 @@ and writes `clip16(person + echo)`. `run_daemon(..., room=RoomSpec(...))` wires 
 
 Time, on both sides, is the device clock (time.monotonic() unless a test passes times in):
 
-- the drain read at `at` what the speaker played during the N / speaker_rate seconds before
-  `at` (that is how `FifoDrainer` drains: its budget grows with elapsed time);
+- a drained block of N samples finished playing at `at`, so it played during the
+  N / speaker_rate seconds before (`FifoDrainer`'s budget grows with elapsed time; its `at`
+  is the tick's time less the budget it could not read yet: time the writer was late for,
+  which it may still fill, so consecutive blocks meet exactly);
 - a microphone period written at `at` holds what the microphone heard during the period
   before `at` (as a sound card hands over a buffer once it is full);
 - the microphone hears at time t what the speaker played at t - delay_ms (plus the reverb).
@@ -277,6 +279,10 @@ class EchoRoom:
     played it is missing: the feeder then waits up to `wait_s` for the drain, and what is still
     missing is silence, counted in `underflows` (the timing stays exact: it drops echo, it
     does not shift it). Before the speaker's first block there is no echo at all.
+
+    With `FifoDrainer`, the time known to be silent trails the clock by the drain's credit
+    (up to 20 ms) while the speaker is idle, so with delays under ~27 ms the feeder waits a
+    few ms for each idle period's verdict: a capture a little late, never a wrong echo.
     """
 
     snap_s = 0.001
@@ -300,6 +306,7 @@ class EchoRoom:
         self._cond = threading.Condition()
         self._anchor: float | None = None  # when the speaker's first sample played
         self._drained_until = -math.inf
+        self._closed = False
         self._resampler = DriftResampler(speaker_rate, mic_rate * (1 + spec.drift_ppm * 1e-6))
         self._reverb = OverlapAdd(impulse_response(spec, mic_rate))
         self._gain = 10 ** (spec.gain_db / 20)
@@ -308,12 +315,13 @@ class EchoRoom:
         self._mic_next: int | None = None
         self._history = round((spec.delay_ms / 1000 + 1.0) * mic_rate)
         self._noise = np.random.default_rng([spec.seed, 1])
-        self._noise_rms = FULL_SCALE * 10 ** (spec.noise_dbfs / 20) if spec.noise_dbfs else 0.0
+        self._noise_rms = (
+            0.0 if spec.noise_dbfs is None else FULL_SCALE * 10 ** (spec.noise_dbfs / 20))
 
     # --- the speaker side (the drain's thread)
 
     def played(self, pcm: bytes, at: float | None = None) -> None:
-        """The drain read `pcm` (PCM16 mono) at `at`: the speaker played it just before.
+        """The speaker played `pcm` (PCM16 mono), finishing at `at` (device clock).
 
         Call it on every drain tick, empty ones too: they tell the room that nothing more was
         played up to `at`, so the microphone need not wait for it.
@@ -378,6 +386,12 @@ class EchoRoom:
             out += (self._noise.standard_normal(frames) * self._noise_rms).astype(np.float32)
         return out
 
+    def close(self) -> None:
+        """The speaker is gone: it plays nothing more, so nobody waits for it."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
     def mix(self, person: bytes, at: float | None = None) -> bytes:
         """`person` (PCM16, one period) with the echo of the `len(person)/2` samples before `at`."""
         return clip16(as_floats(person) + self.echo(len(person) // 2, at))
@@ -388,8 +402,14 @@ class EchoRoom:
         assert self._anchor is not None
         return math.floor((at - self._anchor) * self.speaker_rate)
 
+    def _known_until(self) -> int:
+        """Speaker samples known: what was placed, and the silence the drain has passed."""
+        if self._closed:
+            return 2**62
+        return max(self._resampler.in_end, self._speaker_index(self._drained_until))
+
     def _can_reach(self, needed: int) -> bool:
-        return max(self._resampler.in_end, self._speaker_index(self._drained_until)) >= needed
+        return self._known_until() >= needed
 
     def _render(self, end: int | None) -> None:
         """Echo up to mic index `end` (None: as far as the placed speaker audio goes)."""
@@ -397,7 +417,7 @@ class EchoRoom:
             # What the drain has passed without playing anything was silence: place it, but
             # no further than needed, so a block that comes later still goes where it belongs.
             needed = self._resampler.needed_input(end)
-            silent_until = min(needed, self._speaker_index(self._drained_until))
+            silent_until = min(needed, self._known_until())
             if silent_until > self._resampler.in_end:
                 self._resampler.push(np.zeros(silent_until - self._resampler.in_end,
                                               dtype=np.float32))
