@@ -39,12 +39,14 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 Floats = npt.NDArray[np.float32]
+Floats64 = npt.NDArray[np.float64]
 Samples = bytes | npt.NDArray[np.int16] | npt.NDArray[np.float32] | npt.NDArray[np.float64]
 
 SPEAKER_RATE = 24000
@@ -99,7 +101,7 @@ class RoomSpec:
 # ----- measuring
 
 
-def as_floats(pcm: Samples) -> npt.NDArray[np.float64]:
+def as_floats(pcm: Samples) -> Floats64:
     """PCM16 bytes or samples as float64 in PCM16 units."""
     if isinstance(pcm, bytes):
         return np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
@@ -158,6 +160,21 @@ def measure_delay(reference: Samples, recording: Samples, rate: int,
         denominator = a - 2 * b + c
         offset = 0.5 * float(a - c) / float(denominator) if denominator else 0.0
     return (peak - max_lag + offset) / rate
+
+
+def on_device_clock(log: Sequence[tuple[float, Samples]], rate: int) -> tuple[float, Floats64]:
+    """Blocks, each ending at its time, as one signal on the device clock: (when it starts,
+    samples in PCM16 units), silence where nothing was. E.g. `room.played_log` at the
+    speaker's rate, `room.echo_log` at the microphone's."""
+    blocks = [(at, as_floats(samples)) for at, samples in log if len(samples)]
+    if not blocks:
+        return 0.0, np.zeros(0)
+    start = min(at - len(x) / rate for at, x in blocks)
+    signal = np.zeros(round((max(at for at, _ in blocks) - start) * rate))
+    for at, x in blocks:
+        end = round((at - start) * rate)
+        signal[max(0, end - len(x)):end] = x[max(0, len(x) - end):]
+    return start, signal
 
 
 def to_rate(pcm: Samples, from_rate: int, to_rate: int) -> npt.NDArray[np.float64]:
@@ -291,8 +308,13 @@ class EchoRoom:
     """Speaker audio the room works through unasked, so a silent microphone costs no memory."""
 
     def __init__(self, spec: RoomSpec, *, speaker_rate: int = SPEAKER_RATE,
-                 mic_rate: int = MIC_RATE, wait_s: float = 0.05) -> None:
+                 mic_rate: int = MIC_RATE, wait_s: float = 0.05, keep: bool = False) -> None:
         self.spec = spec
+        self.keep = keep
+        self.played_log: list[tuple[float, bytes]] = []
+        """With `keep`: every `played` call (at, pcm), empty ones too, in the order served."""
+        self.echo_log: list[tuple[float, Floats]] = []
+        """With `keep`: every `echo` call (at, echo with the noise floor), in order."""
         self.speaker_rate = speaker_rate
         self.mic_rate = mic_rate
         self.wait_s = wait_s
@@ -349,6 +371,8 @@ class EchoRoom:
                 if backlog > self.backlog_s * self.speaker_rate:
                     self._render(None)
             self._drained_until = max(self._drained_until, at)
+            if self.keep:
+                self.played_log.append((at, pcm))
             self._cond.notify_all()
 
     # --- the microphone side (the feeder's thread)
@@ -382,8 +406,10 @@ class EchoRoom:
                         out[lo - first: hi - first] = self._echo[lo - self._echo_start:
                                                                  hi - self._echo_start]
                 self._forget_before(end)
-        if self._noise_rms:
-            out += (self._noise.standard_normal(frames) * self._noise_rms).astype(np.float32)
+            if self._noise_rms:
+                out += (self._noise.standard_normal(frames) * self._noise_rms).astype(np.float32)
+            if self.keep:
+                self.echo_log.append((at, out.copy()))
         return out
 
     def close(self) -> None:

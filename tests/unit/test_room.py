@@ -30,6 +30,7 @@ from support.room import (
     RoomSpec,
     clip16,
     measure_delay,
+    on_device_clock,
     rms_dbfs,
     speech_level_dbfs,
     to_rate,
@@ -297,26 +298,6 @@ def test_a_stalled_drain_drops_echo_counted_and_keeps_the_timing() -> None:
     assert stalled.room.late_blocks == 0 and stalled.room.mic_jumps == 0
 
 
-class RecordingRoom(EchoRoom):
-    """Records every call, in the order the room served them."""
-
-    def __init__(self, spec: RoomSpec) -> None:
-        super().__init__(spec)
-        self.calls_played: list[tuple[bytes, float]] = []
-        self.calls_echo: list[tuple[float, npt.NDArray[np.float32]]] = []
-
-    def played(self, pcm: bytes, at: float | None = None) -> None:
-        assert at is not None
-        super().played(pcm, at)
-        self.calls_played.append((pcm, at))
-
-    def echo(self, frames: int, at: float | None = None) -> npt.NDArray[np.float32]:
-        assert at is not None
-        out = super().echo(frames, at)
-        self.calls_echo.append((at, out))
-        return out
-
-
 def widen(pcm: bytes) -> bytes:
     """PCM16 mono as a playback_pcm() device writes it: S32_LE stereo (FifoDrainer narrows)."""
     mono = np.frombuffer(pcm, dtype="<i2").astype("<i4") << 16
@@ -325,7 +306,7 @@ def widen(pcm: bytes) -> bytes:
 
 def test_the_real_drainer_and_feeder_threads_carry_the_echo(tmp_path: Path) -> None:
     spec = RoomSpec(delay_ms=30, rt60_s=0.2, noise_dbfs=None)
-    room = RecordingRoom(spec)
+    room = EchoRoom(spec, keep=True)
     speaker_fifo, mic_fifo = tmp_path / "speaker", tmp_path / "mic"
     os.mkfifo(speaker_fifo)
     os.mkfifo(mic_fifo)
@@ -365,26 +346,19 @@ def test_the_real_drainer_and_feeder_threads_carry_the_echo(tmp_path: Path) -> N
 
     assert room.underflows == 0 and room.late_blocks == 0 and room.mic_jumps == 0
     # What the FIFO carried is the room's echo, period by period.
-    echoes = [out for _, out in room.calls_echo]
-    written = b"".join(clip16(out) for out in echoes)
+    written = b"".join(clip16(out) for _, out in room.echo_log)
     assert len(heard) >= len(written) - 2 * PERIOD * 2 and written.startswith(bytes(heard))
     # The same echo as an ideal room that had all of the speaker at once: no jitter left.
     ideal = EchoRoom(spec, wait_s=0)
     ideal.backlog_s = math.inf
-    for pcm, at in room.calls_played:
+    for at, pcm in room.played_log:
         ideal.played(pcm, at=at)
-    for at, out in room.calls_echo:
+    for at, out in room.echo_log:
         np.testing.assert_allclose(out, ideal.echo(PERIOD, at=at), atol=1e-3)
-    # And 30 ms late, after the pause too: place both streams on the device clock.
-    blocks = [(pcm, at) for pcm, at in room.calls_played if pcm]
-    start = blocks[0][1] - len(blocks[0][0]) / 2 / SPEAKER_RATE
-    speaker = np.zeros(round((blocks[-1][1] - start) * SPEAKER_RATE) + 1)
-    for pcm, at in blocks:
-        samples = np.frombuffer(pcm, dtype="<i2")
-        index = round((at - start) * SPEAKER_RATE) - len(samples)
-        speaker[index:index + len(samples)] = samples
-    mic_start = room.calls_echo[0][0] - PERIOD_S
-    mic = np.concatenate(echoes).astype(np.float64)[round((start - mic_start) * MIC_RATE):]
+    # And 30 ms late, after the pause too, on the device clock.
+    speaker_start, speaker = on_device_clock(room.played_log, SPEAKER_RATE)
+    mic_start, mic = on_device_clock(room.echo_log, MIC_RATE)
+    mic = mic[round((speaker_start - mic_start) * MIC_RATE):]
     reference = to_rate(speaker, SPEAKER_RATE, MIC_RATE)
     assert delay_at(reference, mic, 0.0, 0.9) * 1000 == pytest.approx(30, abs=1.0)
     assert delay_at(reference, mic, 1.55, 0.9) * 1000 == pytest.approx(30, abs=1.0)
