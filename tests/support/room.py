@@ -56,6 +56,9 @@ PERSON_DBFS = -26.0
 """Active speech level of a person at the microphone (ITU-T P.56's nominal -26 dBov)."""
 SPEAKER_DBFS = -20.0
 """Active speech level of a normal reply as the speaker plays it."""
+SNAP_S = 0.001
+"""Timing differences below this are rounding (a drained block's end is known to within a
+sample), not gaps or jumps."""
 
 
 @dataclass(frozen=True)
@@ -164,17 +167,23 @@ def measure_delay(reference: Samples, recording: Samples, rate: int,
 
 def on_device_clock(log: Sequence[tuple[float, Samples]], rate: int) -> tuple[float, Floats64]:
     """Blocks, each ending at its time, as one signal on the device clock: (when it starts,
-    samples in PCM16 units), silence where nothing was. E.g. `room.played_log` at the
-    speaker's rate, `room.echo_log` at the microphone's."""
+    samples in PCM16 units), e.g. `room.played_log` at the speaker's rate, `room.echo_log`
+    at the microphone's. Placed as the room places them: a block follows on from the one
+    before unless there is a gap of more than `SNAP_S` (then silence fills it)."""
     blocks = [(at, as_floats(samples)) for at, samples in log if len(samples)]
     if not blocks:
         return 0.0, np.zeros(0)
-    start = min(at - len(x) / rate for at, x in blocks)
-    signal = np.zeros(round((max(at for at, _ in blocks) - start) * rate))
-    for at, x in blocks:
-        end = round((at - start) * rate)
-        signal[max(0, end - len(x)):end] = x[max(0, len(x) - end):]
-    return start, signal
+    start = blocks[0][0] - len(blocks[0][1]) / rate
+    pieces: list[Floats64] = []
+    placed = 0
+    for at, samples in blocks:
+        index = round((at - start) * rate) - len(samples)
+        if index > placed + SNAP_S * rate:
+            pieces.append(np.zeros(index - placed))
+            placed = index
+        pieces.append(samples)
+        placed += len(samples)
+    return start, np.concatenate(pieces)
 
 
 def to_rate(pcm: Samples, from_rate: int, to_rate: int) -> npt.NDArray[np.float64]:
@@ -302,8 +311,7 @@ class EchoRoom:
     few ms for each idle period's verdict: a capture a little late, never a wrong echo.
     """
 
-    snap_s = 0.001
-    """Timing differences below this are rounding, not gaps or jumps."""
+    snap_s = SNAP_S
     backlog_s = 1.0
     """Speaker audio the room works through unasked, so a silent microphone costs no memory."""
 
