@@ -73,7 +73,9 @@ class RoomSpec:
     """The echo of a reply at `speaker_dbfs`, relative to a person at `person_dbfs`."""
     drift_ppm: float = 0.0
     """Microphone clock minus speaker clock: positive makes the echo drift later, by
-    drift_ppm microseconds a second, from the first block the speaker played on."""
+    drift_ppm microseconds a second, from the first block the speaker played on (through
+    pauses too, as two free-running clocks do). Negative drift shortens the delay: keep
+    |drift_ppm| x run time well below delay_ms, or the echo comes due before it has played."""
     drive: float = 0.0
     """A cheap speaker's soft clip, tanh(drive * x) / drive (x in full scale); 0: none."""
     noise_dbfs: float | None = -65.0
