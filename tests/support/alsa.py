@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from support.room import EchoRoom
+
 SAMPLE_BYTES = 2  # PCM16 mono
 WIDE_CHANNELS = 2  # what a playback_pcm() device writes: S32_LE stereo...
 WIDE_FRAME_BYTES = 4 * WIDE_CHANNELS  # ...8 bytes for every PCM16 mono sample played
@@ -186,12 +188,25 @@ class FifoFeeder(threading.Thread):
     Resume before closing a stream that is waiting on the FIFO: PortAudio aborts a stream by
     cancelling its thread, but cancellation is disabled while that thread is inside the
     device read, and the file plugin reads a FIFO with a plain blocking read().
+
+    With a `room` (support.room), each period written is the person's audio plus what the
+    microphone hears of the speaker in the period before its scheduled time.
     """
 
     def __init__(
-        self, fifo: Path, pcm: bytes, *, rate: int, period_frames: int, speed: float = 1.0
+        self,
+        fifo: Path,
+        pcm: bytes,
+        *,
+        rate: int,
+        period_frames: int,
+        speed: float = 1.0,
+        room: EchoRoom | None = None,
     ) -> None:
         super().__init__(name="fifo-feeder", daemon=True)
+        if room is not None and (speed != 1.0 or rate != room.mic_rate):
+            raise ValueError("a room hears in real time at its microphone's rate")
+        self.room = room
         self.period_bytes = period_frames * SAMPLE_BYTES
         # Whole periods up to PIPE_BUF are written atomically: a reader never sees half of one.
         if self.period_bytes > select.PIPE_BUF:
@@ -220,6 +235,9 @@ class FifoFeeder(threading.Thread):
             if delay > 0 and self._stop_requested.wait(delay):
                 return
             chunk = self._next_period()
+            if self.room is not None:
+                # The scheduled time, not the late wake-up: the echo follows the device clock.
+                chunk = self.room.mix(chunk, at=next_write)
             if not self._write_when_room(chunk):
                 return
             self.written.append((time.monotonic(), len(chunk)))
@@ -261,6 +279,9 @@ class FifoDrainer(threading.Thread):
     The pipe is shrunk to one page so the writer is held to the drain rate. Time the writer
     does not use is lost (a real DAC does not catch up), so a late writer is not rushed.
     What was read is kept as the PCM16 mono the player wrote (the left channel, narrowed).
+    A `room` (support.room) is handed every block read, in order, with the time it finished
+    playing on this budget's clock, and is told of ticks that read nothing (the speaker
+    played nothing more up to then).
     """
 
     def __init__(
@@ -271,8 +292,12 @@ class FifoDrainer(threading.Thread):
         speed: float = 1.0,
         tick_s: float = 0.005,
         keep: bool = True,
+        room: EchoRoom | None = None,
     ) -> None:
         super().__init__(name="fifo-drainer", daemon=True)
+        if room is not None and rate * speed != room.speaker_rate:
+            raise ValueError("a room hears in real time at its speaker's rate")
+        self.room = room
         self.bytes_per_s = rate * speed * WIDE_FRAME_BYTES
         self.tick_s = tick_s
         # Credit for at most 20 ms: a stalled writer cannot later be drained in a burst.
@@ -296,18 +321,23 @@ class FifoDrainer(threading.Thread):
             budget = min(budget + (now - last) * self.bytes_per_s, self._max_credit)
             last = now
             wanted = int(budget)
-            if wanted <= 0:
-                continue
-            try:
-                data = os.read(self._fd, wanted)
-            except BlockingIOError:
-                continue
-            budget -= len(data)
-            pcm = self._narrow(data)
-            self.drained += len(pcm)
-            if self.keep:  # a soak drains megabytes that must not count as test memory
-                with self._lock:
-                    self.records.append((now, pcm))
+            pcm = b""
+            if wanted > 0:
+                try:
+                    data = os.read(self._fd, wanted)
+                except BlockingIOError:
+                    data = None
+                if data is not None:
+                    budget -= len(data)
+                    pcm = self._narrow(data)
+                    self.drained += len(pcm)
+                    if self.keep:  # a soak drains megabytes that must not count as test memory
+                        with self._lock:
+                            self.records.append((now, pcm))
+            if self.room is not None:
+                # Budget not yet read is time the writer was late for and may still fill
+                # (credit): the block, and what is known to have played, ended that long ago.
+                self.room.played(pcm, at=now - budget / self.bytes_per_s)
 
     def _narrow(self, data: bytes) -> bytes:
         data = self._partial_frame + data
@@ -325,3 +355,5 @@ class FifoDrainer(threading.Thread):
         if self.is_alive():
             self.join(timeout=5)
         os.close(self._fd)
+        if self.room is not None:
+            self.room.close()  # nothing more will play: the microphone need not wait for it

@@ -3,7 +3,9 @@
 The microphone is a capture FIFO fed in real time by the test (`FifoFeeder`), the speaker a
 playback FIFO drained in real time (`FifoDrainer`: what it read is what the room heard, and
 when), systemd is a NOTIFY_SOCKET bound here, and the service is the fake Realtime server on
-loopback (or the echo provider). Nothing in the daemon is replaced.
+loopback (or the echo provider). Nothing in the daemon is replaced. With `room=RoomSpec(...)`
+the microphone also hears the speaker (support.room): one `EchoRoom` listens to the drain and
+is mixed into whatever the feeder writes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.alsa import AlsaSandbox, FifoDrainer, FifoFeeder, alsa_sandbox
+from support.room import EchoRoom, RoomSpec
 from talkbox.audio_format import CAPTURE_PERIOD_MS
 
 MIC_RATE = 16000
@@ -47,8 +50,10 @@ class LiveMicrophone(FifoFeeder):
     `talkbox ctl` command, a reload) can sit between two utterances without timing games.
     """
 
-    def __init__(self, fifo: Path, *, rate: int, period_frames: int) -> None:
-        super().__init__(fifo, b"", rate=rate, period_frames=period_frames)
+    def __init__(
+        self, fifo: Path, *, rate: int, period_frames: int, room: EchoRoom | None = None
+    ) -> None:
+        super().__init__(fifo, b"", rate=rate, period_frames=period_frames, room=room)
         self._queued = bytearray()
         self._queue_lock = threading.Lock()
         self._all_spoken = threading.Event()
@@ -141,6 +146,8 @@ class DaemonRun:
     log_path: Path
     feeders: list[FifoFeeder] = field(default_factory=list)
     control_socket: Path = Path()
+    room: EchoRoom | None = None
+    """The room the microphone hears the speaker in (`run_daemon(room=...)`), if any."""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -156,7 +163,11 @@ class DaemonRun:
         if self.feeders:
             raise RuntimeError("one feeder per run: put the whole script in one recording")
         feeder = FifoFeeder(
-            self.sandbox.capture_path, pcm16k, rate=MIC_RATE, period_frames=CAPTURE_PERIOD_FRAMES
+            self.sandbox.capture_path,
+            pcm16k,
+            rate=MIC_RATE,
+            period_frames=CAPTURE_PERIOD_FRAMES,
+            room=self.room,
         )
         self.feeders.append(feeder)
         feeder.start()
@@ -167,7 +178,10 @@ class DaemonRun:
         if self.feeders:
             raise RuntimeError("one feeder per run: use either say() or microphone()")
         microphone = LiveMicrophone(
-            self.sandbox.capture_path, rate=MIC_RATE, period_frames=CAPTURE_PERIOD_FRAMES
+            self.sandbox.capture_path,
+            rate=MIC_RATE,
+            period_frames=CAPTURE_PERIOD_FRAMES,
+            room=self.room,
         )
         self.feeders.append(microphone)
         microphone.start()
@@ -210,11 +224,14 @@ def run_daemon(
     extra_env: dict[str, str] | None = None,
     feeder_first: FifoFeeder | None = None,
     sound_card: bool = True,
+    room: RoomSpec | None = None,
 ) -> Iterator[DaemonRun]:
     """Start `talkbox run` on a file sound card; stop it (SIGKILL at worst) when done.
 
     `config_text` may use {control_socket} for a socket path inside tmp_path. With
     `sound_card=False` there is no device at all until the test plugs some in (`plug_in`).
+    With a `room`, the microphone that `say()`/`microphone()` start hears the speaker in it
+    (`run.room` counts its underflows); without one it hears only what the test says.
     """
     sandbox_cm = alsa_sandbox(
         tmp_path / "alsa", capture_fifo=True, playback_fifo=True, sound_card=sound_card
@@ -227,7 +244,8 @@ def run_daemon(
     notify.start()
     # The speaker drains at real-time pace; the microphone FIFO is opened read-write here so
     # the daemon's capture never sees end-of-file before the test starts talking.
-    drainer = FifoDrainer(sandbox.playback_path, rate=SPEAKER_RATE)
+    echo_room = EchoRoom(room, speaker_rate=SPEAKER_RATE, mic_rate=MIC_RATE) if room else None
+    drainer = FifoDrainer(sandbox.playback_path, rate=SPEAKER_RATE, room=echo_room)
     drainer.start()
     mic_fd = os.open(sandbox.capture_path, os.O_RDWR)
     env = {**sandbox.env, "NOTIFY_SOCKET": str(notify.path), **(extra_env or {})}
@@ -243,7 +261,9 @@ def run_daemon(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    run = DaemonRun(process, sandbox, notify, drainer, log_path, control_socket=control_socket)
+    run = DaemonRun(
+        process, sandbox, notify, drainer, log_path, control_socket=control_socket, room=echo_room
+    )
     try:
         yield run
     finally:
