@@ -50,7 +50,7 @@ async def test_capture_hears_what_playback_played_through_the_room(tmp_path: Pat
 
                 async def listen() -> None:
                     while listening:
-                        captured.extend(await capture.read())
+                        captured.extend((await capture.read()).pcm)
 
                 listener = asyncio.create_task(listen())
                 async with Playback("speaker", SPEAKER_RATE, SPEAKER_RATE) as playback:
