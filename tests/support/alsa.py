@@ -222,6 +222,8 @@ class FifoFeeder(threading.Thread):
         self._feeding = threading.Event()
         self._feeding.set()
         self._offset = 0
+        self.scheduled = 0.0
+        """When the period being made is due (time.monotonic(), the device clock)."""
         self._fd = os.open(fifo, os.O_RDWR)
 
     def run(self) -> None:
@@ -234,6 +236,7 @@ class FifoFeeder(threading.Thread):
             delay = next_write - time.monotonic()
             if delay > 0 and self._stop_requested.wait(delay):
                 return
+            self.scheduled = next_write
             chunk = self._next_period()
             if self.room is not None:
                 # The scheduled time, not the late wake-up: the echo follows the device clock.

@@ -58,12 +58,17 @@ class LiveMicrophone(FifoFeeder):
         self._queue_lock = threading.Lock()
         self._all_spoken = threading.Event()
         self._all_spoken.set()
+        self._utterance_bytes: list[int] = []  # lengths of queued utterances not yet begun
+        self._taken = 0  # bytes of the current queue taken since the last utterance began
+        self.utterance_starts: list[float] = []
+        """Device-clock time at which each utterance's first sample was heard."""
 
     def speak(self, pcm16k: bytes) -> None:
         """Queue `pcm16k` (padded with silence to whole periods) after what is queued."""
         remainder = len(pcm16k) % self.period_bytes
         padded = pcm16k + bytes(self.period_bytes - remainder if remainder else 0)
         with self._queue_lock:
+            self._utterance_bytes.append(len(padded))
             self._queued += padded
             self._all_spoken.clear()
 
@@ -76,8 +81,14 @@ class LiveMicrophone(FifoFeeder):
         with self._queue_lock:
             if not self._queued:
                 return bytes(self.period_bytes)
+            if self._taken == 0 and self._utterance_bytes:
+                # This period (written at its scheduled time) holds the 40 ms before it.
+                self.utterance_starts.append(self.scheduled - self.period_s)
             chunk = bytes(self._queued[: self.period_bytes])
             del self._queued[: self.period_bytes]
+            self._taken += len(chunk)
+            if self._utterance_bytes and self._taken >= self._utterance_bytes[0]:
+                self._taken -= self._utterance_bytes.pop(0)
             if not self._queued:
                 self._all_spoken.set()
             return chunk
