@@ -686,6 +686,20 @@ def test_the_transcript_of_an_older_turn_is_ignored(detection: str) -> None:
     assert heard(d, "u9", "Stop.") == [Transcript("user", "Stop.")]
 
 
+def test_with_server_detection_a_turn_the_service_heard_begin_makes_the_last_one_older() -> None:
+    d = Driver(detection="server_vad")
+    d.start_listening()
+    d(MicSpeechStarted(preroll=FRAME))  # one long segment for the device...
+    d(MicSpeechAudio(FRAME * 30))
+    d.server(ServerSpeechStarted(0, "u1"))  # ...that the service takes as two turns
+    d.server(ServerSpeechStopped(600, "u1"))
+    d.server(AudioCommitted("u1"))
+    d.server(ResponseCreated("r1"))
+    d.server(ServerSpeechStarted(1200, "u2"))  # "stop ... actually, what about Paris?"
+    assert heard(d, "u1", "Stop.") == [Transcript("user", "Stop.")]
+    assert d.m.state is State.RESPONDING
+
+
 def test_a_stop_phrase_after_a_wake_word_barge_in_ends_the_second_answer() -> None:
     d = Driver(barge_in="wake")
     d.start_listening()
