@@ -39,7 +39,9 @@ def fake_service() -> Iterator[ServerThread]:
         yield service
 
 
-def service_config(url_base: str, follow_up: float = 2.0, extra: str = "") -> str:
+def service_config(
+    url_base: str, follow_up: float = 2.0, extra: str = "", transcription_model: str = ""
+) -> str:
     return f"""
 [realtime]
 provider = "azure"
@@ -47,6 +49,7 @@ endpoint = "{url_base}"
 deployment = "{DEPLOYMENT}"
 api_version = ""
 connect_timeout_seconds = 5.0
+transcription_model = "{transcription_model}"
 
 [audio]
 input_device = "mic"

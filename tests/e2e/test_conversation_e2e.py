@@ -136,6 +136,89 @@ def test_wake_word_barge_in_stops_the_answer_and_truncates_what_was_heard(
     assert silent_at - detected <= 0.2, f"playback went on {silent_at - detected:.3f} s"
 
 
+# When the fake service sends the transcript of a turn, after its commit: a short turn's
+# transcript comes a few hundred ms after the commit from the real service too.
+STOP_TRANSCRIPT_DELAY_MS = 400
+
+
+def test_saying_stop_silences_the_answer_to_it_and_ends_the_conversation(
+    tmp_path, fake_service
+) -> None:
+    server = fake_service.server
+    first_reply = resample(
+        phrase("one two three four five six seven eight nine ten " * 3), 16000, SPEAKER_RATE
+    ).tobytes()
+    # What the service would answer to "stop" without talkbox stopping it.
+    unwanted = resample(
+        phrase("Okay, I will stop. Let me know if there is anything else I can do for you."),
+        16000,
+        SPEAKER_RATE,
+    ).tobytes()
+    server.reply_pcm = lambda turn: first_reply if turn == 1 else unwanted
+    server.pace_factor = 1.5  # both replies are still being generated when interrupted
+    server.input_transcript = lambda turn: (
+        "Hey Jarvis, what's the weather?" if turn == 1 else "Hey Jarvis, stop."
+    )
+    server.input_transcript_delay_ms = STOP_TRANSCRIPT_DELAY_MS
+    spoken, _ = one_breath("hey jarvis", "what is the weather")
+    stop, _ = one_breath("hey jarvis", "stop")
+    script = concat(silence(2.0), spoken, silence(3.5), stop, silence(4.0))
+    config = service_config(
+        fake_service.url_base, follow_up=4.0, transcription_model="gpt-4o-mini-transcribe"
+    )
+    with run_daemon(tmp_path, config, api_key=API_KEY) as run:
+        run.wait_ready()
+        run.say(script.tobytes())
+        fake_service.wait_for(lambda: any(s.closed for s in server.sessions), 30)
+        run.wait_for_log("state idle (stop phrase heard)", timeout=5)
+        time.sleep(1.5)  # the done chime plays out, and anything that would come after it
+        code, _ = run.terminate()
+        log = run.log()
+        records = list(run.drainer.records)
+
+    assert code == 0, log
+    assert fake_service.server.protocol_violations == []
+    [session] = sessions(fake_service)
+    first, second = session.responses  # no third: nothing answered the stop
+    assert [t.transcript for t in session.input_transcripts] == [
+        "Hey Jarvis, what's the weather?",
+        "Hey Jarvis, stop.",
+    ]
+    # The wake word silenced the first reply (as before); the transcript silenced the second.
+    assert [e["response_id"] for e in session.client_events_of("response.cancel")] == [
+        first.response_id,
+        second.response_id,
+    ]
+    assert second.status in ("cancelled", "interrupted"), "still being generated when stopped"
+    assert [t.item_id for t in session.truncates] == [first.item_id, second.item_id]
+    assert "state listening (interrupted)" in log
+    assert log.count("state idle") == 1 and "state idle (stop phrase heard)" in log
+    assert "user said: Hey Jarvis, stop." in log
+
+    heard = b"".join(chunk for _, chunk in records)
+    heard = heard[: len(heard) & ~1]
+    # Where the unwanted reply began, found by its first 100 ms (less may have been played).
+    offset, match = locate(heard, unwanted[: SPEAKER_RATE // 10 * 2])
+    assert match > 0.95, match
+    played_ms = _reply_ms_before_silence(heard[offset * 2 :], unwanted)
+    print(f"\nunwanted reply played before silence: {played_ms:.0f} ms "
+          f"(transcript {STOP_TRANSCRIPT_DELAY_MS} ms after the commit)")
+    assert [t.audio_end_ms for t in session.truncates][1] == pytest.approx(played_ms, abs=60)
+    # At worst its first word or so: bounded by the transcript's delay plus the device's
+    # output latency, far from the 4 s the reply is long.
+    assert played_ms <= STOP_TRANSCRIPT_DELAY_MS + 400, played_ms
+    # Nothing more of it was played, anywhere, and the speaker went quiet after the chime.
+    after = heard[offset * 2 + int(played_ms * 48) :]
+    block = SPEAKER_RATE // 10 * 2  # 100 ms
+    start = (int(played_ms * 48) // block + 1) * block
+    later = [unwanted[i : i + block] for i in range(start, len(unwanted) - block, block)]
+    assert later and not any(piece in heard for piece in later)
+    done = chime("done", SPEAKER_RATE, 0.6)
+    assert done in after
+    tail = after[after.index(done) + len(done) :]
+    assert voiced_seconds(tail, SPEAKER_RATE) == 0.0
+
+
 def _reply_ms_before_silence(heard: bytes, reply: bytes) -> float:
     """How much of `reply` (from its start) `heard` holds before they part."""
     length = min(len(heard), len(reply)) & ~1

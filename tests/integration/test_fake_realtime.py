@@ -420,6 +420,84 @@ async def test_text_only_response(server: FakeRealtimeServer) -> None:
     assert_all_server_events_valid(server)
 
 
+def transcribed_manual_turns(dialect: Dialect) -> dict[str, Any]:
+    model = {"model": "gpt-4o-mini-transcribe"}
+    if dialect == "ga":
+        return {"type": "realtime", "audio": {"input": {"turn_detection": None,
+                                                        "transcription": model}}}
+    return {"turn_detection": None, "input_audio_transcription": model}
+
+
+TRANSCRIPT_COMPLETED = "conversation.item.input_audio_transcription.completed"
+
+
+@pytest.mark.parametrize("name", ["azure_ga", "azure_preview"])
+async def test_input_transcripts_follow_each_commit_scripted_per_turn(
+        server: FakeRealtimeServer, name: str) -> None:
+    server.input_transcript = lambda turn: f"Question number {turn}."
+    server.reply_duration_ms = 200
+    async with client(server, name) as raw:
+        await raw.session_update(transcribed_manual_turns(raw.dialect))
+        for _ in range(2):
+            await raw.append(pcm_tone(300))
+            await raw.send({"type": "input_audio_buffer.commit"})
+            await raw.send({"type": "response.create"})
+            await raw.recv_until("response.done")
+    session = server.sessions[0]
+    transcripts = session.server_events_of(TRANSCRIPT_COMPLETED)
+    assert [e["transcript"] for e in transcripts] == ["Question number 1.",
+                                                      "Question number 2."]
+    assert [e["item_id"] for e in transcripts] == [c.item_id for c in session.commits]
+    # Undelayed, each comes with its commit, before the answer to it begins.
+    kinds = session.server_event_types()
+    first_answer = kinds.index("response.created")
+    assert kinds.index(TRANSCRIPT_COMPLETED) < first_answer
+    assert [(r.turn, r.transcript) for r in session.input_transcripts] == [
+        (1, "Question number 1."), (2, "Question number 2.")]
+    assert server.protocol_violations == []
+    assert_all_server_events_valid(server)
+
+
+async def test_a_delayed_input_transcript_comes_while_the_answer_streams(
+        server: FakeRealtimeServer) -> None:
+    server.input_transcript = "Stop."
+    server.input_transcript_delay_ms = 300
+    server.pace_factor = 1.0  # a 1.2 s answer streamed in real time
+    async with client(server, "azure_ga") as raw:
+        await raw.session_update(transcribed_manual_turns("ga"))
+        await raw.append(pcm_tone(300))
+        await raw.send({"type": "input_audio_buffer.commit"})
+        committed_at = time.monotonic()
+        await raw.send({"type": "response.create"})
+        events = await raw.recv_until(TRANSCRIPT_COMPLETED)
+        arrived_at = time.monotonic()
+        await raw.send({"type": "response.cancel"})
+        tail = await raw.recv_until("response.done")
+    kinds = [e["type"] for e in events]
+    assert kinds.index("response.created") < kinds.index("response.output_audio.delta")
+    assert events[-1]["transcript"] == "Stop."
+    assert events[-1]["item_id"] == server.sessions[0].commits[0].item_id
+    assert 0.3 <= arrived_at - committed_at < 1.0
+    assert tail[-1]["response"]["status"] == "cancelled"
+    [record] = server.sessions[0].input_transcripts
+    assert record.transcript == "Stop."
+    assert_all_server_events_valid(server)
+
+
+async def test_a_delayed_input_transcript_is_dropped_with_its_connection(
+        server: FakeRealtimeServer) -> None:
+    server.input_transcript_delay_ms = 400
+    async with client(server, "azure_preview") as raw:
+        await raw.session_update(transcribed_manual_turns("preview"))
+        await raw.append(pcm_tone(300))
+        await raw.send({"type": "input_audio_buffer.commit"})
+        await raw.recv_until("input_audio_buffer.committed")
+    await server.wait_for(lambda: server.sessions[0].closed)
+    await asyncio.sleep(0.6)
+    assert server.sessions[0].input_transcripts == []
+    assert TRANSCRIPT_COMPLETED not in server.sessions[0].server_event_types()
+
+
 async def test_commit_of_less_than_100_ms_is_an_error(server: FakeRealtimeServer) -> None:
     async with client(server, "azure_ga") as raw:
         await raw.session_update(manual_turns("ga"))

@@ -25,7 +25,13 @@ response, truncate past the end) are answered the same way but are not violation
 Reply audio is streamed faster than real time (``chunk_ms`` chunks, ``pace_factor`` times real
 time). It comes from ``server.reply_pcm`` (bytes, or a callable turn -> bytes, turn counted from
 1 per connection) or, when that is None, a deterministic synthetic waveform of
-``reply_duration_ms``. All audio is treated as PCM16 24 kHz mono whatever format the session
+``reply_duration_ms``. When the session transcribes input, each committed turn's transcript is
+``server.input_transcript`` (a str, or a callable turn -> str, turn = the commit counted from 1
+per connection), sent right after its ``conversation.item.created`` or, with
+``input_transcript_delay_ms`` > 0, that long after the commit while everything else goes on
+(the real service's transcript of a short turn comes a few hundred ms after the commit, usually
+after the response has begun); ``RecordedSession.input_transcripts`` records each with when it
+was sent. All audio is treated as PCM16 24 kHz mono whatever format the session
 names (talkbox only uses PCM16).
 
 GA sessions get ``conversation.item.added``/``.done`` beside ``conversation.item.created`` (the
@@ -499,6 +505,14 @@ class TruncateRecord:
 
 
 @dataclass
+class InputTranscriptRecord:
+    item_id: str
+    turn: int  # the commit it transcribes, counted from 1 per connection
+    transcript: str
+    sent_at: float  # time.monotonic() when it went out
+
+
+@dataclass
 class ResponseRecord:
     response_id: str
     turn: int
@@ -542,6 +556,7 @@ class RecordedSession:
     commits: list[CommitRecord] = field(default_factory=list)
     truncates: list[TruncateRecord] = field(default_factory=list)
     responses: list[ResponseRecord] = field(default_factory=list)
+    input_transcripts: list[InputTranscriptRecord] = field(default_factory=list)
     sent_audio: bytearray = field(default_factory=bytearray)  # all audio deltas, in order
     items: dict[str, ConversationItem] = field(default_factory=dict)
     closed: bool = False
@@ -641,7 +656,8 @@ class FakeRealtimeServer:
         reply_duration_ms: int = 1200,
         reply_pcm: ReplyAudio = None,
         reply_transcript: ReplyText = DEFAULT_REPLY_TRANSCRIPT,
-        input_transcript: str = DEFAULT_INPUT_TRANSCRIPT,
+        input_transcript: ReplyText = DEFAULT_INPUT_TRANSCRIPT,
+        input_transcript_delay_ms: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if chunk_ms <= 0 or pace_factor <= 0:
@@ -655,7 +671,8 @@ class FakeRealtimeServer:
         self.reply_duration_ms = reply_duration_ms
         self.reply_pcm: ReplyAudio = reply_pcm
         self.reply_transcript: ReplyText = reply_transcript
-        self.input_transcript = input_transcript
+        self.input_transcript: ReplyText = input_transcript
+        self.input_transcript_delay_ms = input_transcript_delay_ms
         self.faults = Faults()
         self.sessions: list[RecordedSession] = []
         self.rejected_handshakes: list[RejectedHandshake] = []
@@ -769,6 +786,10 @@ class FakeRealtimeServer:
             pcm = audio
         text = self.reply_transcript
         return bytes(pcm), text(turn) if callable(text) else text
+
+    def input_transcript_for_turn(self, turn: int) -> str:
+        text = self.input_transcript
+        return text(turn) if callable(text) else text
 
     def chunk_pause_s(self) -> float:
         return 0.0 if math.isinf(self.pace_factor) else self.chunk_ms / 1000 / self.pace_factor
@@ -884,6 +905,7 @@ class _Connection:
         self.pending_user_item: str | None = None  # announced by speech_started
         self.active: _ActiveResponse | None = None
         self.audio_produced = False
+        self.transcript_tasks: set[asyncio.Task[None]] = set()  # delayed input transcripts
         self._configure_detector()
 
     # transport
@@ -928,6 +950,10 @@ class _Connection:
     # fault helpers
 
     async def abandon_response(self) -> None:
+        """Stop the response being streamed, and any input transcript still to come."""
+        for task in list(self.transcript_tasks):
+            task.cancel()
+        await asyncio.gather(*self.transcript_tasks, return_exceptions=True)
         active = self.active
         if active is not None and active.task is not None and not active.task.done():
             active.task.cancel()
@@ -1095,11 +1121,31 @@ class _Connection:
                 "content": [{"type": "input_audio", "transcript": None}]}
         await self._add_item(ConversationItem(item_id, "user", "message", item), previous)
         if self._view().transcribe_input:
+            turn = len(self.record.commits)
+            delay_ms = self.server.input_transcript_delay_ms
+            if delay_ms <= 0:
+                await self._send_input_transcript(item_id, turn, audio)
+            else:
+                task = asyncio.create_task(
+                    self._send_input_transcript(item_id, turn, audio, delay_ms / 1000))
+                self.transcript_tasks.add(task)
+                task.add_done_callback(self.transcript_tasks.discard)
+
+    async def _send_input_transcript(self, item_id: str, turn: int, audio: bytes,
+                                     delay_s: float = 0.0) -> None:
+        try:
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            transcript = self.server.input_transcript_for_turn(turn)
             await self.send("conversation.item.input_audio_transcription.completed",
-                            item_id=item_id, content_index=0,
-                            transcript=self.server.input_transcript,
-                            usage={"type": "duration", "seconds": round(len(audio)
-                                                                        / BYTES_PER_MS / 1000, 3)})
+                            item_id=item_id, content_index=0, transcript=transcript,
+                            usage={"type": "duration",
+                                   "seconds": round(len(audio) / BYTES_PER_MS / 1000, 3)})
+            self.record.input_transcripts.append(
+                InputTranscriptRecord(item_id, turn, transcript, time.monotonic()))
+            self.server.notify()
+        except ConnectionClosed:
+            pass  # the client went away before its transcript was ready
 
     async def on_clear(self, event: dict[str, Any]) -> None:
         self.buffer.clear()

@@ -28,6 +28,7 @@ from talkbox.core.events import (
     ServerError,
     ServerEvent,
     ServerSpeechStarted,
+    ServerSpeechStopped,
     TranscriptDone,
     TruncateItem,
 )
@@ -573,6 +574,160 @@ def test_server_vad_speech_barge_in_lets_the_server_cancel() -> None:
     assert FlushPlayback() in actions
     assert sent(actions) == [TruncateItem("i1", 0, 300)], "no cancel: the server cancels itself"
     assert d.m.state is State.LISTENING
+
+
+# --- stop phrases ----------------------------------------------------------------------------
+
+DETECTIONS = ["local", "server_vad"]
+
+
+def take_turn(d: Driver, item_id: str) -> list[Action]:
+    """A spoken turn that the service commits as `item_id`, in the Driver's detection mode."""
+    out = d.speak(600)
+    if d.m.server_detects_turns:
+        out += d.server(ServerSpeechStarted(0, item_id))
+        out += d.server(ServerSpeechStopped(600, item_id))
+    out += d.server(AudioCommitted(item_id))
+    return out
+
+
+def heard(d: Driver, item_id: str, transcript: str, played_samples: int = 0) -> list[Action]:
+    """The service's transcript of the person's turn `item_id` arrives."""
+    event = InputTranscript(item_id, transcript)
+    return d(ServerEventReceived(d.m.conversation, event, played_samples))
+
+
+def assert_ended_quietly(actions: list[Action]) -> None:
+    """The conversation ended well, with the done chime, and asked for no answer."""
+    assert of(ConversationEnded, actions) == [ConversationEnded(1)]
+    assert PlayChime("done") in actions
+    assert StateChanged(State.IDLE, "stop phrase heard") in actions
+    assert not of(PlayAudio, actions)
+    assert not [e for e in sent(actions) if isinstance(e, CreateResponse)]
+
+
+@pytest.mark.parametrize("detection", DETECTIONS)
+def test_a_stop_phrase_heard_while_the_answer_plays_silences_it_and_ends(detection: str) -> None:
+    d = Driver(detection=detection)
+    d.start_listening()
+    take_turn(d, "u1")
+    d.respond("r1", "i1", samples=48000)  # 2 s of answer received
+    actions = heard(d, "u1", "Hey Jarvis, stop.", played_samples=7200)  # 0.3 s heard
+    # Silenced as a barge-in does it: speaker first, then cancel and truncate at what was
+    # heard, all before the connection closes (the shell sends them before it closes).
+    assert actions[:2] == [Transcript("user", "Hey Jarvis, stop."), FlushPlayback()]
+    assert sent(actions) == [CancelResponse("r1"), TruncateItem("i1", 0, 300)]
+    last_send = max(i for i, a in enumerate(actions) if isinstance(a, Send))
+    assert last_send < actions.index(CloseConnection(1))
+    assert_ended_quietly(actions)
+    assert d.m.state is State.IDLE and d.timers == {}
+    # The rest of that answer is never played.
+    assert d.server(AudioDelta("r1", "i1", 0, bytes(4800))) == []
+    assert d.server(ResponseDone("r1", "cancelled")) == []
+
+
+@pytest.mark.parametrize("detection", DETECTIONS)
+def test_a_stop_phrase_heard_before_the_answer_began_means_it_is_never_played(
+    detection: str,
+) -> None:
+    d = Driver(detection=detection)
+    d.start_listening()
+    turn = take_turn(d, "u1")
+    if detection == "local":
+        assert CreateResponse() in sent(turn), "the device asked for the answer at once"
+    assert d.m.state is State.RESPONDING
+    actions = heard(d, "u1", "Stop.")
+    assert FlushPlayback() in actions
+    assert sent(actions) == [], "no response to cancel yet, nothing played to truncate"
+    assert_ended_quietly(actions)
+    # The service starts the answer anyway: not a sample of it is played.
+    late = d.server(ResponseCreated("r1"))
+    late += d.server(AudioDelta("r1", "i1", 0, bytes(24000)))
+    late += d.server(ResponseDone("r1", "completed"))
+    assert late == []
+    assert d.m.state is State.IDLE
+
+
+@pytest.mark.parametrize("detection", DETECTIONS)
+def test_a_transcript_that_is_a_request_changes_nothing(detection: str) -> None:
+    d = Driver(detection=detection)
+    d.start_listening()
+    take_turn(d, "u1")
+    d.respond("r1", "i1", samples=24000)
+    request = "How do I stop the washing machine?"
+    assert heard(d, "u1", request, played_samples=2400) == [Transcript("user", request)]
+    assert d.m.state is State.RESPONDING
+    assert d.server(AudioDelta("r1", "i1", 0, bytes(4800))) == [PlayAudio(bytes(4800))]
+
+
+@pytest.mark.parametrize("detection", DETECTIONS)
+def test_the_transcript_of_an_older_turn_is_ignored(detection: str) -> None:
+    d = Driver(detection=detection)
+    d.start_listening()
+    take_turn(d, "u1")
+    d.respond("r1", "i1", samples=24000)
+    d.server(ResponseDone("r1", "completed"))
+    d(PlaybackDrained(d.m.enqueued_samples))
+    assert d.m.state is State.LISTENING
+    # A follow-up question begins before the first turn's transcript came.
+    d(MicSpeechStarted(preroll=FRAME))
+    assert heard(d, "u1", "Stop.") == [Transcript("user", "Stop.")], "the new turn is not over"
+    d(MicSpeechAudio(FRAME * 30))
+    d(MicSpeechEnded(), advance=0.6)
+    if d.m.server_detects_turns:
+        d.server(ServerSpeechStarted(1000, "u2"))
+    assert heard(d, "u1", "Stop.") == [Transcript("user", "Stop.")]
+    d.server(AudioCommitted("u2"))
+    d.respond("r2", "i2", samples=24000)
+    assert heard(d, "u1", "Stop.") == [Transcript("user", "Stop.")]
+    assert d.m.state is State.RESPONDING
+    assert d.server(AudioDelta("r2", "i2", 0, bytes(480))) == [PlayAudio(bytes(480))]
+    # An item the service never said it committed is not the latest turn either.
+    assert heard(d, "u9", "Stop.") == [Transcript("user", "Stop.")]
+
+
+def test_with_server_detection_a_turn_the_service_heard_begin_makes_the_last_one_older() -> None:
+    d = Driver(detection="server_vad")
+    d.start_listening()
+    d(MicSpeechStarted(preroll=FRAME))  # one long segment for the device...
+    d(MicSpeechAudio(FRAME * 30))
+    d.server(ServerSpeechStarted(0, "u1"))  # ...that the service takes as two turns
+    d.server(ServerSpeechStopped(600, "u1"))
+    d.server(AudioCommitted("u1"))
+    d.server(ResponseCreated("r1"))
+    d.server(ServerSpeechStarted(1200, "u2"))  # "stop ... actually, what about Paris?"
+    assert heard(d, "u1", "Stop.") == [Transcript("user", "Stop.")]
+    assert d.m.state is State.RESPONDING
+
+
+def test_a_stop_phrase_after_a_wake_word_barge_in_ends_the_second_answer() -> None:
+    d = Driver(barge_in="wake")
+    d.start_listening()
+    take_turn(d, "u1")
+    d.respond("r1", "i1", samples=48000)
+    d(MicSpeechStarted(preroll=FRAME, played_samples=12000))  # "hey jarvis, stop"
+    barge = d(WakeWord("hey_jarvis", recent_audio=FRAME * 20, played_samples=12000))
+    assert sent(barge)[:2] == [CancelResponse("r1"), TruncateItem("i1", 0, 500)]
+    d(MicSpeechAudio(FRAME * 40))  # "stop" and the gate's trailing silence: a command
+    end = d(MicSpeechEnded(), advance=0.8)
+    assert sent(end)[-2:] == [CommitAudio(), CreateResponse()]
+    d.server(AudioCommitted("u2"))
+    d.respond("r2", "i2", samples=24000)
+    actions = heard(d, "u2", "Hey Jarvis, stop.", played_samples=4800)
+    assert sent(actions) == [CancelResponse("r2"), TruncateItem("i2", 0, 200)]
+    assert_ended_quietly(actions)
+
+
+def test_a_stop_phrase_after_the_answer_was_heard_still_ends_the_conversation() -> None:
+    d = Driver()
+    d.start_listening()
+    take_turn(d, "u1")
+    d.respond("r1", "i1", samples=2400)
+    d.server(ResponseDone("r1", "completed"))
+    d(PlaybackDrained(d.m.enqueued_samples))
+    actions = heard(d, "u1", "Never mind.", played_samples=2400)
+    assert sent(actions) == [], "nothing to cancel, everything was heard"
+    assert_ended_quietly(actions)
 
 
 # --- server turn detection -------------------------------------------------------------------

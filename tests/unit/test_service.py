@@ -21,7 +21,7 @@ from support.inprocess import until
 from talkbox.config import parse_config
 from talkbox.core.retry import Backoff
 from talkbox.errors import AudioDeviceError
-from talkbox.shell.service import Service
+from talkbox.shell.service import Service, _note_stop_phrases
 
 CONFIG = """
 [audio]
@@ -249,3 +249,40 @@ async def test_without_a_watchdog_systemd_gets_no_pings(tmp_path: Path) -> None:
         microphone = fakes.devices.microphones[0]
         await until(lambda: microphone.periods_read >= 10, "capture")
     assert "WATCHDOG=1" not in fakes.notifier.lines
+
+
+@pytest.mark.parametrize(
+    ("provider", "barge_in", "transcription_model", "noted"),
+    [
+        ("openai", "wake", "", True),
+        ("azure", "speech", "", True),
+        ("openai", "wake", "gpt-4o-mini-transcribe", False),
+        ("openai", "off", "", False),  # no interrupting: every answer plays to its end
+        ("echo", "wake", "", False),  # the echo provider transcribes nothing anyway
+    ],
+)
+def test_the_start_says_once_when_stop_cannot_be_heard(
+    caplog: pytest.LogCaptureFixture,
+    provider: str,
+    barge_in: str,
+    transcription_model: str,
+    noted: bool,
+) -> None:
+    endpoint = (
+        'endpoint = "https://example.openai.azure.com"\ndeployment = "gpt-realtime"'
+        if provider == "azure"
+        else ""
+    )
+    cfg = parse_config(
+        f'[realtime]\nprovider = "{provider}"\n{endpoint}\n'
+        f'transcription_model = "{transcription_model}"\n'
+        f'[conversation]\nbarge_in = "{barge_in}"\n',
+        "talkbox.toml",
+    )
+    caplog.set_level(logging.INFO, logger="talkbox")
+    _note_stop_phrases(cfg)
+    lines = [r for r in caplog.records if "transcription_model" in r.getMessage()]
+    assert len(lines) == (1 if noted else 0)
+    if noted:
+        assert lines[0].levelno == logging.INFO
+        assert '"stop"' in lines[0].getMessage() and "\n" not in lines[0].getMessage()

@@ -12,6 +12,9 @@ audio the speaker was given. It also makes the decisions around conversations: w
 word may connect after failures (the backoff), when a reloaded configuration takes over, when
 the wake-word detector runs, and what status readers see (`snapshot`). Adapters hold none of
 it, so every transition, including stale and out-of-order events, is a plain unit test.
+
+A turn whose transcript is only a stop phrase ("stop", "never mind", `stop_phrases.py`)
+silences its answer and ends the conversation; `_on_stop_phrase` says why it works that way.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ from talkbox.core.inputs import (
 )
 from talkbox.core.response import FollowedResponse
 from talkbox.core.retry import Backoff
+from talkbox.core.stop_phrases import is_stop_phrase
 
 # The service refuses commits of less than 100 ms of audio.
 MIN_COMMIT_MS = 100
@@ -158,6 +162,9 @@ class ConversationMachine:
         self.session_ready = False
         self.pending_upload: list[bytes] = []  # kept while connecting (speak-through)
         self.ending = False  # close at the next quiet moment (max duration reached)
+        # The service's id of the person's latest turn (its committed audio), for a stop
+        # phrase; None while a newer turn is being spoken and its id is not known yet.
+        self.latest_user_item: str | None = None
         self._reset_turn()
         self._reset_response()
         self._reset_playback()
@@ -308,6 +315,7 @@ class ConversationMachine:
             # and the rest of this segment. Until the segment is long enough to hold more than
             # the wake phrase's tail, it may still be taken back (see _on_speech_ended).
             self.turn_open = True
+            self.latest_user_item = None
             self.in_wake_segment = True
             self._take_turn_audio(event.recent_audio, out, counts_as_command=False)
         if self.state is State.LISTENING and not self.turn_open:
@@ -328,6 +336,7 @@ class ConversationMachine:
             return
         self._reset_turn()
         self.turn_open = True
+        self.latest_user_item = None
         self._cancel_timer(TIMER_FOLLOW_UP, out)
         self._take_turn_audio(event.preroll, out)
 
@@ -461,10 +470,15 @@ class ConversationMachine:
                 self._on_response_done(event, now, out)
             case ServerSpeechStarted():
                 if self.server_detects_turns:
+                    self.latest_user_item = event.item_id  # a newer turn
                     self._cancel_timer(TIMER_FOLLOW_UP, out)
                     if self.config.barge_in == "speech" and self._assistant_is_talking():
                         self._barge_in(received.played_samples, out, server_cancels=True)
-            case ServerSpeechStopped() | AudioCommitted():
+            case AudioCommitted():
+                self.latest_user_item = event.item_id  # its transcript may say "stop"
+                if self.server_detects_turns and self.state is State.LISTENING:
+                    self._expect_response(out)
+            case ServerSpeechStopped():
                 if self.server_detects_turns and self.state is State.LISTENING:
                     self._expect_response(out)
             case TranscriptDone():
@@ -472,6 +486,8 @@ class ConversationMachine:
                     out.append(Transcript("assistant", event.transcript))
             case InputTranscript():
                 out.append(Transcript("user", event.transcript))
+                if event.item_id == self.latest_user_item and is_stop_phrase(event.transcript):
+                    self._on_stop_phrase(received.played_samples, out)
             case ServerError():
                 self._on_server_error(event, out)
             case (
@@ -595,7 +611,39 @@ class ConversationMachine:
     def _barge_in(
         self, played_samples: int, out: list[Action], server_cancels: bool = False
     ) -> None:
-        """The user interrupts: silence the speaker, stop the response, forget unheard words."""
+        """The user interrupts: silence the answer, then listen to what they say."""
+        self._silence_answer(played_samples, out, server_cancels=server_cancels)
+        if self.state is State.RESPONDING:
+            self._set_state(State.LISTENING, "interrupted", out)
+
+    def _on_stop_phrase(self, played_samples: int, out: list[Action]) -> None:
+        """The person's latest turn was only "stop" (or "cancel", "never mind", ...).
+
+        Its answer is silenced as by a barge-in and the conversation ends (done chime, idle):
+        no answer is wanted, and, as with "Alexa, stop" or "Hey Google, stop", stop means
+        this interaction is over. Going back to listening instead would keep the microphone
+        open for follow_up_seconds after the person asked for quiet, and answer whatever the
+        room says meanwhile; the done chime tells them it stopped listening, and the next
+        request starts with the wake word.
+
+        The device acts on the service's transcript of the turn ([realtime]
+        transcription_model): nothing waits for it, so a request that is not a stop phrase is
+        answered exactly as it would be without this, with local and server turn detection
+        alike, and no tool is needed. The cost is that the transcript of a short utterance
+        comes a few hundred ms after the turn ended, while the answer may already be playing:
+        at worst its first word or so is heard. When the transcript comes before the service
+        has created the response (local detection asks for it at the end of the turn), the
+        response is never played: the conversation is over, its session is closed, and
+        nothing of a closed conversation is played. Without a transcription model the device
+        cannot know what was said, and "stop" is answered like any request.
+        """
+        self._silence_answer(played_samples, out)
+        self._end(out, reason="stop phrase heard")
+
+    def _silence_answer(
+        self, played_samples: int, out: list[Action], server_cancels: bool = False
+    ) -> None:
+        """Silence the speaker, stop the response, forget the words that were not heard."""
         out.append(FlushPlayback())
         response_id = self.response.drop()
         if response_id is not None:
@@ -609,8 +657,6 @@ class ConversationMachine:
         self.awaiting_response = False
         self._cancel_timer(TIMER_RESPONSE, out)
         self._reset_playback()
-        if self.state is State.RESPONDING:
-            self._set_state(State.LISTENING, "interrupted", out)
 
     def _truncation(self, played_samples: int) -> TruncateItem | None:
         for item in reversed(self.reply_items):

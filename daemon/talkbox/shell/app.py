@@ -85,6 +85,9 @@ FRAME_MS = 20
 # begun. The wake phrase's own tail may come along; the command's start may not be lost.
 RECENT_AUDIO_MS = 800
 SHUTDOWN_SECONDS = 4.0
+# When a conversation ends, how long what the machine sent last may take to go out before the
+# session is closed anyway.
+QUEUED_SEND_SECONDS = 0.5
 
 
 class Session(Protocol):
@@ -115,7 +118,8 @@ class Speaker(Protocol):
 class _Connection:
     conversation: int
     task: asyncio.Task[None] | None = None
-    outgoing: asyncio.Queue[ClientEvent] = field(default_factory=asyncio.Queue)
+    # Events to send, in order; None ends the sender once everything before it went out.
+    outgoing: asyncio.Queue[ClientEvent | None] = field(default_factory=asyncio.Queue)
 
 
 def machine_config(cfg: Config) -> MachineConfig:
@@ -412,13 +416,18 @@ class Daemon:
         except Exception as error:
             self._fail(conversation, error)
         finally:
+            # What the machine sent before it ended the conversation still goes out before the
+            # socket closes (a stop phrase's response.cancel and truncate, even while the
+            # sender is busy), within a bound; on a dead connection the first send ends it.
+            connection.outgoing.put_nowait(None)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait({sender}, timeout=QUEUED_SEND_SECONDS)
             sender.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(session.close())
 
     async def _send_loop(self, session: Session, connection: _Connection) -> None:
-        while True:
-            event = await connection.outgoing.get()
+        while (event := await connection.outgoing.get()) is not None:
             try:
                 await session.send(event)
             except Exception as error:

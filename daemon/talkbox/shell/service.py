@@ -55,6 +55,10 @@ DEVICE_RETRY_MAX_SECONDS = 30.0
 # How long a reopened microphone must keep delivering audio before it counts as back.
 CAPTURE_PROVEN_SECONDS = 2.0
 MUTE_FILE = "muted"
+STOP_NEEDS_TRANSCRIPTION = (
+    'realtime.transcription_model is not set: talkbox cannot tell that you said "stop" or '
+    '"never mind", so the service answers them like any request'
+)
 
 
 class Microphone(Protocol):
@@ -563,6 +567,14 @@ def _warn_about_the_hook(cfg: Config) -> None:
         log.warning("%s; each state change will log that it failed", warning)
 
 
+def _note_stop_phrases(cfg: Config) -> None:
+    # Once, at start: the one place an owner of a default install learns why "stop" is answered.
+    realtime = cfg.realtime
+    needs_it = realtime.provider != "echo" and cfg.conversation.barge_in != "off"
+    if needs_it and not realtime.transcription_model:
+        log.info("%s", STOP_NEEDS_TRANSCRIPTION)
+
+
 def run_daemon(config_path: Path, startup_signals: StartupSignals | None = None) -> int:
     try:
         cfg, key = load_checked(config_path)
@@ -571,6 +583,7 @@ def run_daemon(config_path: Path, startup_signals: StartupSignals | None = None)
         return EX_CONFIG
     setup_logging(cfg.log.level)
     _warn_about_the_hook(cfg)
+    _note_stop_phrases(cfg)
     try:
         return asyncio.run(Service(config_path, cfg, key, real_parts(), startup_signals).run())
     except ConfigError as error:  # e.g. a wake model that does not exist
