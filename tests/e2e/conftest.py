@@ -40,8 +40,16 @@ def fake_service() -> Iterator[ServerThread]:
 
 
 def service_config(
-    url_base: str, follow_up: float = 2.0, extra: str = "", transcription_model: str = ""
+    url_base: str,
+    follow_up: float = 2.0,
+    extra: str = "",
+    transcription_model: str = "",
+    *,
+    echo_cancellation: bool = False,
 ) -> str:
+    """A daemon on the test sound card talking to the fake service. Without a room
+    (support.room) its microphone does not hear the speaker: no echo to cancel, and AEC3,
+    never seeing an echo, would only dull the person's voice while the speaker plays."""
     return f"""
 [realtime]
 provider = "azure"
@@ -54,6 +62,7 @@ transcription_model = "{transcription_model}"
 [audio]
 input_device = "mic"
 output_device = "speaker"
+echo_cancellation = {str(echo_cancellation).lower()}
 
 [conversation]
 follow_up_seconds = {follow_up}

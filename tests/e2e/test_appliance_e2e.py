@@ -39,6 +39,8 @@ provider = "echo"
 [audio]
 input_device = "{input_device}"
 output_device = "speaker"
+# This microphone does not hear the speaker (no room): nothing to cancel.
+echo_cancellation = false
 [conversation]
 follow_up_seconds = 1.0
 [control]

@@ -274,6 +274,8 @@ provider = "echo"
 [audio]
 input_device = "mic"
 output_device = "speaker"
+# This microphone does not hear the speaker (no room): nothing to cancel.
+echo_cancellation = false
 [conversation]
 follow_up_seconds = 2.0
 [control]

@@ -37,6 +37,8 @@ SOUND_CARD_CONFIG = """
 [audio]
 input_device = "mic"
 output_device = "speaker"
+# This microphone does not hear the speaker (no room): nothing to cancel.
+echo_cancellation = false
 [control]
 socket = "{control_socket}"
 """

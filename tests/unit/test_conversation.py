@@ -557,6 +557,22 @@ def test_speech_barge_in_with_local_detection_starts_a_new_turn() -> None:
     assert d.m.state is State.LISTENING
 
 
+def test_talking_on_before_the_answer_started_cancels_it_when_it_starts() -> None:
+    # The turn ended (a pause) and the answer was asked for; the person goes on talking before
+    # the service has started it. That answer is to a question half asked: never play it.
+    d = Driver(barge_in="speech")
+    d.start_listening()
+    assert CreateResponse() in sent(d.speak(500))
+    # It goes on talking: a barge-in with nothing playing yet; the rest gets its own answer.
+    assert CreateResponse() in sent(d.speak(800))
+    actions = d.server(ResponseCreated("r_stale"))
+    assert sent(actions) == [CancelResponse("r_stale")]
+    assert of(PlayAudio, d.server(AudioDelta("r_stale", "i1", 0, bytes(4800)))) == []
+    d.server(ResponseDone("r_stale", status="cancelled"))
+    d.server(ResponseCreated("r_next"))
+    assert of(PlayAudio, d.server(AudioDelta("r_next", "i2", 0, bytes(4800)))) != []
+
+
 def test_with_wake_barge_in_speech_during_the_reply_is_not_uploaded() -> None:
     d = Driver(barge_in="wake")
     d.start_listening()

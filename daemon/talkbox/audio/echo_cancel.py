@@ -121,6 +121,8 @@ class EchoCanceller:
         self._audible_until = -math.inf  # DAC time when the last sound (and its echo) ends
         self.last_chunk_cleaned = False
         """Whether the last chunk went through AEC3 (the speaker was playing, or its tail)."""
+        self.last_cleaned = b""
+        """The last chunk AEC3 returned (for `talkbox echo-test` and the benchmark)."""
 
     def active(self, capture_time: float) -> bool:
         """Whether a chunk captured at `capture_time` may hold echo of what was played."""
@@ -142,7 +144,8 @@ class EchoCanceller:
         near = np.frombuffer(captured, dtype=np.int16, count=n)
         cleaned: npt.NDArray[np.int16] = self._aec.process(near, far)
         self.stats.chunks_cleaned += 1
-        return cleaned.astype("<i2", copy=False).tobytes() + captured[n * BYTES_PER_SAMPLE :]
+        self.last_cleaned = cleaned.astype("<i2", copy=False).tobytes()
+        return self.last_cleaned + captured[n * BYTES_PER_SAMPLE :]
 
     # --- the reference stream -----------------------------------------------------------------
 

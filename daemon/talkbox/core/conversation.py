@@ -183,6 +183,9 @@ class ConversationMachine:
         self.response = FollowedResponse()
         self.response_done = True
         self.silenced_responses: set[str] = set()
+        # Responses the device asked for (response.create) and then interrupted before the
+        # service had started them: each is cancelled when it is created, never played.
+        self.abandoned_requests = 0
         self.first_audio_at: float | None = None
         self._reset_reply_limits()
 
@@ -457,7 +460,11 @@ class ConversationMachine:
             case AudioDelta():
                 self._on_audio_delta(event, now, out)
             case ResponseCreated():
-                if self.response.created(event):
+                if self.abandoned_requests and self.response.response_id is None:
+                    self.abandoned_requests -= 1
+                    self.silenced_responses.add(event.response_id)
+                    self._send(CancelResponse(event.response_id), out)
+                elif self.response.created(event):
                     self.response_done = False
                     self._reset_reply_limits()
                     self.awaiting_response = False
@@ -650,6 +657,8 @@ class ConversationMachine:
             self.silenced_responses.add(response_id)
             if not server_cancels:
                 self._send(CancelResponse(response_id), out)
+        elif self.awaiting_response and not self.server_detects_turns:
+            self.abandoned_requests += 1  # asked for, not started yet: cancel it when it is
         truncate = self._truncation(played_samples)
         if truncate is not None:
             self._send(truncate, out)

@@ -1,0 +1,201 @@
+"""Speech barge-in in simulated rooms, faster than real time: the daemon's listening pipeline
+(`build_front_end` with its echo canceller, VAD and speech gate, exactly as `talkbox run`
+builds them) against `tests/support/room.py`'s room, on a simulated device clock.
+
+The speaker plays a long answer in 20 ms blocks (handed to the echo reference 60 ms before it
+is heard, as a PortAudio stream does); the room turns what was heard into the microphone's
+40 ms periods; a person talks over the answer now and then. A turn the gate opens while the
+answer plays and nobody talks is a false barge-in; one that opens while the person talks is
+heard, and the time from the person's first sound to it is the detection latency (the
+speaker then falls silent within one 20 ms block). What each figure means: docs/benchmarks.md.
+
+`python -m bench.echo_room` prints a table per room; `simulate()` is what bench/__main__.py
+and the tuning use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support imports)
+from support.room import PERSON_DBFS, SPEAKER_DBFS, EchoRoom, RoomSpec, speech_level_dbfs
+from support.speech import ordinary_speech_stretch, speak
+from talkbox.audio.echo_cancel import SpeakerReference
+from talkbox.audio.vad import GateSpeechEnded, GateSpeechStarted
+from talkbox.config import Config
+from talkbox.shell.app import build_front_end
+
+MIC_RATE = 16000
+SPEAKER_RATE = 24000
+CAPTURE_S = 0.04
+BLOCK_S = 0.02
+HANDED_AHEAD_S = 0.06  # a block reaches the reference this long before it is heard
+
+ROOMS = {
+    "near-small": RoomSpec(delay_ms=20, rt60_s=0.1, echo_gain_db=-12, seed=1),
+    "kitchen-drift": RoomSpec(delay_ms=120, rt60_s=0.3, echo_gain_db=0, drift_ppm=100, seed=2),
+    "hall-loud-cheap": RoomSpec(delay_ms=300, rt60_s=0.6, echo_gain_db=6, drive=2.0, seed=3),
+    "living-room": RoomSpec(delay_ms=200, rt60_s=0.45, echo_gain_db=3, drift_ppm=-100,
+                            drive=1.0, seed=4),
+}
+
+VOICES = (("wait, what was that", "en-us", 160), ("how tall is the eiffel tower", "en-gb", 150),
+          ("tell me something else", "en-us+f3", 170), ("who wrote the odyssey", "en-gb-x-rp", 140),
+          ("stop and go back", "en-us+m3", 180), ("no, the other one", "en-gb+f3", 160))
+
+
+def at_level(pcm: npt.NDArray[np.int16], dbfs: float) -> npt.NDArray[np.float32]:
+    gain = 10 ** ((dbfs - speech_level_dbfs(pcm)) / 20)
+    return (pcm.astype(np.float32) * gain).astype(np.float32)
+
+
+@dataclass
+class RoomResult:
+    room: str
+    answer_s: float = 0.0
+    echo_only_s: float = 0.0
+    false_barge_ins: int = 0
+    interruptions: int = 0
+    heard: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    false_at: list[float] = field(default_factory=list)
+    raw_echo_dbfs: float = 0.0
+    cleaned_echo_dbfs: float = 0.0
+    cpu_s: float = 0.0
+
+    @property
+    def echo_reduction_db(self) -> float:
+        return self.raw_echo_dbfs - self.cleaned_echo_dbfs
+
+    @property
+    def false_per_hour(self) -> float:
+        return self.false_barge_ins / max(1e-9, self.echo_only_s) * 3600
+
+
+def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s: float = 8.0,
+             echo_cancellation: bool = True, seed: int = 0) -> RoomResult:
+    """`seconds` of answer in room `spec`, the person talking over it every ~`talk_every_s`
+    (0: never). Each barge-in silences the speaker until 1 s after the person stopped."""
+    rng = np.random.default_rng(seed)
+    cfg = Config.model_validate({"audio": {"echo_cancellation": echo_cancellation}})
+    reference = SpeakerReference()
+    reference.rate = SPEAKER_RATE
+    front_end = build_front_end(cfg, reference)
+    front_end.wake_enabled = False  # the daemon rests the wake word during speech barge-in
+    room = EchoRoom(spec, wait_s=0.0)
+    # (past the stretch's leading second of silence: the answer starts at once)
+    answer = at_level(ordinary_speech_stretch(SPEAKER_RATE, seconds + 6, noise_volume=0.0,
+                                              pauses=(0.3, 0.6, 0.2))[SPEAKER_RATE:],
+                      SPEAKER_DBFS)
+    voices = [at_level(speak(t, voice=v, speed=s, rate=MIC_RATE, pad=(0.0, 0.0)), PERSON_DBFS)
+              for t, v, s in VOICES]
+    result = RoomResult(name, answer_s=seconds)
+
+    # The script: when the person starts and what they say.
+    talks: list[tuple[float, npt.NDArray[np.float32]]] = []
+    if talk_every_s > 0:
+        at = 3.0
+        while at < seconds - 3:
+            talks.append((at, voices[len(talks) % len(voices)]))
+            at += talk_every_s * rng.uniform(0.7, 1.3)
+    person = np.zeros(int((seconds + 5) * MIC_RATE), np.float32)
+    for at, voice in talks:
+        start = int(at * MIC_RATE)
+        person[start : start + len(voice)] += voice
+    result.interruptions = len(talks)
+
+    answer_pos = 0  # speaker samples of the answer played so far
+    silenced_until = -1.0
+    blocks_handed = 0
+    block_n = int(BLOCK_S * SPEAKER_RATE)
+    chunk_n = int(CAPTURE_S * MIC_RATE)
+    talk_index = 0
+    detected_for: set[int] = set()
+    raw_sq = cleaned_sq = 0.0
+    echo_frames = 0
+    talking_until = -1.0
+    cpu = 0.0
+    for k in range(int(seconds / CAPTURE_S)):
+        now = (k + 1) * CAPTURE_S  # the end of this capture period
+        # The speaker: blocks handed over until HANDED_AHEAD_S past now.
+        while blocks_handed * BLOCK_S <= now + HANDED_AHEAD_S:
+            begins = blocks_handed * BLOCK_S
+            playing = begins >= silenced_until
+            pcm = np.zeros(block_n, np.int16)
+            if playing:
+                pcm = np.clip(answer[answer_pos : answer_pos + block_n], -32768, 32767).astype(
+                    np.int16)
+                answer_pos += block_n
+            reference.played(pcm.tobytes(), begins, bool(pcm.any()))
+            room.played(pcm.tobytes(), at=begins + BLOCK_S)
+            blocks_handed += 1
+        echo = room.echo(chunk_n, at=now)
+        voice = person[k * chunk_n : (k + 1) * chunk_n]
+        mic = np.clip(np.rint(echo + voice), -32768, 32767).astype(np.int16)
+        while talk_index < len(talks) and talks[talk_index][0] + len(talks[talk_index][1]) / \
+                MIC_RATE < now - CAPTURE_S:
+            talk_index += 1
+        current = talk_index if talk_index < len(talks) and talks[talk_index][0] <= now else None
+        if current is not None:
+            talking_until = talks[current][0] + len(talks[current][1]) / MIC_RATE
+        started = time.process_time()
+        events = front_end.process(mic.tobytes(), now - CAPTURE_S)
+        cpu += time.process_time() - started
+        quiet_person = not voice.any() and now > talking_until + 0.5
+        speaker_on = now - 0.5 >= silenced_until
+        if quiet_person and speaker_on:
+            # Echo only: how loud it was before and after cancellation.
+            echo_canceller = front_end.echo
+            cleaned = (np.frombuffer(echo_canceller.last_cleaned, np.int16)
+                       if echo_canceller is not None and echo_canceller.last_chunk_cleaned
+                       else mic)
+            raw_sq += float(np.mean(mic.astype(np.float64) ** 2))
+            cleaned_sq += float(np.mean(cleaned.astype(np.float64) ** 2))
+            echo_frames += 1
+            result.echo_only_s += CAPTURE_S
+        for event in events:
+            if isinstance(event, GateSpeechStarted):
+                if current is not None or now <= talking_until + 0.3:
+                    index = current if current is not None else talk_index - 1
+                    if index not in detected_for and index >= 0:
+                        detected_for.add(index)
+                        result.heard += 1
+                        result.latencies_s.append(now - talks[index][0])
+                        silenced_until = talking_until + 1.0
+                elif speaker_on:
+                    result.false_barge_ins += 1
+                    result.false_at.append(now)
+            elif isinstance(event, GateSpeechEnded):
+                pass
+    result.raw_echo_dbfs = 10 * np.log10(raw_sq / max(1, echo_frames) / 32768**2 + 1e-12)
+    result.cleaned_echo_dbfs = 10 * np.log10(cleaned_sq / max(1, echo_frames) / 32768**2
+                                             + 1e-12)
+    result.cpu_s = cpu
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--talk-every", type=float, default=8.0)
+    parser.add_argument("--off", action="store_true", help="without echo cancellation")
+    args = parser.parse_args()
+    print(f"{'room':18} {'reduction':>9} {'false/h':>8} {'heard':>7} {'p50 ms':>7} "
+          f"{'p95 ms':>7} {'cpu/s':>7}")
+    for name, spec in ROOMS.items():
+        r = simulate(name, spec, seconds=args.seconds, talk_every_s=args.talk_every,
+                     echo_cancellation=not args.off)
+        lat = sorted(r.latencies_s) or [float("nan")]
+        print(f"{name:18} {r.echo_reduction_db:8.1f}dB {r.false_per_hour:8.0f} "
+              f"{r.heard:3}/{r.interruptions:<3} {lat[len(lat) // 2] * 1000:7.0f} "
+              f"{lat[min(len(lat) - 1, int(0.95 * len(lat)))] * 1000:7.0f} "
+              f"{r.cpu_s / r.answer_s:7.4f}")
+
+
+if __name__ == "__main__":
+    main()
