@@ -64,6 +64,7 @@ class RoomResult:
     heard: int = 0
     latencies_s: list[float] = field(default_factory=list)
     false_at: list[float] = field(default_factory=list)
+    talk_starts: list[float] = field(default_factory=list)
     raw_echo_dbfs: float = 0.0
     cleaned_echo_dbfs: float = 0.0
     cpu_s: float = 0.0
@@ -108,6 +109,7 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
         start = int(at * MIC_RATE)
         person[start : start + len(voice)] += voice
     result.interruptions = len(talks)
+    result.talk_starts = [at for at, _ in talks]
 
     answer_pos = 0  # speaker samples of the answer played so far
     silenced_until = -1.0
@@ -120,8 +122,9 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
     echo_frames = 0
     talking_until = -1.0
     cpu = 0.0
+    mic_period_s = room.period_s(chunk_n)  # the microphone's own clock (drift_ppm apart)
     for k in range(int(seconds / CAPTURE_S)):
-        now = (k + 1) * CAPTURE_S  # the end of this capture period
+        now = (k + 1) * mic_period_s  # the end of this capture period
         # The speaker: blocks handed over until HANDED_AHEAD_S past now.
         while blocks_handed * BLOCK_S <= now + HANDED_AHEAD_S:
             begins = blocks_handed * BLOCK_S
@@ -144,7 +147,7 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
         if current is not None:
             talking_until = talks[current][0] + len(talks[current][1]) / MIC_RATE
         started = time.process_time()
-        events = front_end.process(mic.tobytes(), now - CAPTURE_S)
+        events = front_end.process(mic.tobytes(), now - mic_period_s)
         cpu += time.process_time() - started
         quiet_person = not voice.any() and now > talking_until + 0.5
         speaker_on = now - 0.5 >= silenced_until

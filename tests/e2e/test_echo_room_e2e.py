@@ -273,9 +273,6 @@ def test_people_talking_over_the_answer_interrupt_it_at_once_and_are_heard_whole
         records, log = outcome[script.name]
         times = interrupted_times(log)
         commits = recorded[script.session_index].commits
-        print(script.name, "onsets", [round(r.onset - script.results[0].onset, 2) for r in script.results])
-        print(script.name, "interrupted", [round(t - script.results[0].onset, 2) for t in times])
-        print(script.name, "commits ms", [round(c.duration_ms) for c in commits])
         for interruption in script.results:
             judge(interruption, records, times, [bytes(c.audio) for c in commits])
             results.append(interruption)

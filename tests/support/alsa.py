@@ -213,7 +213,8 @@ class FifoFeeder(threading.Thread):
             raise ValueError(f"a period of {self.period_bytes} bytes is above PIPE_BUF")
         remainder = len(pcm) % self.period_bytes
         self.pcm = pcm + bytes(self.period_bytes - remainder if remainder else 0)
-        self.period_s = period_frames / rate / speed
+        # With a room, the microphone keeps its own clock (drift_ppm apart from the speaker's).
+        self.period_s = room.period_s(period_frames) if room else period_frames / rate / speed
         self.written: list[tuple[float, int]] = []
         """(time.monotonic(), bytes) of every write, in order."""
         self.pcm_done = threading.Event()

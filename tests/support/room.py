@@ -72,10 +72,11 @@ class RoomSpec:
     echo_gain_db: float = 0.0
     """The echo of a reply at `speaker_dbfs`, relative to a person at `person_dbfs`."""
     drift_ppm: float = 0.0
-    """Microphone clock minus speaker clock: positive makes the echo drift later, by
-    drift_ppm microseconds a second, from the first block the speaker played on (through
-    pauses too, as two free-running clocks do). Negative drift shortens the delay: keep
-    |drift_ppm| x run time well below delay_ms, or the echo comes due before it has played."""
+    """Microphone clock minus speaker clock: the microphone takes drift_ppm more samples a
+    second than nominal (a feeder paced by `EchoRoom.period_s` delivers them that fast, so a
+    capture's timestamps show it, as a real USB microphone's do). Counted in samples at the
+    nominal rates, the echo then drifts later by drift_ppm microseconds a second (through
+    pauses too, as two free-running clocks do); in time, its delay stays put."""
     drive: float = 0.0
     """A cheap speaker's soft clip, tanh(drive * x) / drive (x in full scale); 0: none."""
     noise_dbfs: float | None = -65.0
@@ -339,7 +340,10 @@ class EchoRoom:
         self._anchor: float | None = None  # when the speaker's first sample played
         self._drained_until = -math.inf
         self._closed = False
-        self._resampler = DriftResampler(speaker_rate, mic_rate * (1 + spec.drift_ppm * 1e-6))
+        self.clock_rate = mic_rate * (1 + spec.drift_ppm * 1e-6)
+        """The microphone's true rate on the speaker's clock: a feeder paced at it
+        (`period_s`) is a microphone whose clock runs drift_ppm apart, as a USB one does."""
+        self._resampler = DriftResampler(speaker_rate, self.clock_rate)
         self._reverb = OverlapAdd(impulse_response(spec, mic_rate))
         self._gain = 10 ** (spec.gain_db / 20)
         self._echo = np.zeros(0, dtype=np.float32)  # rendered echo, mic samples...
@@ -387,6 +391,10 @@ class EchoRoom:
 
     # --- the microphone side (the feeder's thread)
 
+    def period_s(self, frames: int) -> float:
+        """How long `frames` take on the microphone's clock (a feeder paces itself by this)."""
+        return frames / self.clock_rate
+
     def echo(self, frames: int, at: float | None = None) -> Floats:
         """What the microphone hears of the speaker (and the noise floor) in the `frames` before
         `at`, in PCM16 units (float32): add the person's voice, then `clip16`."""
@@ -395,9 +403,12 @@ class EchoRoom:
         with self._cond:
             if self._anchor is not None:
                 delay = self.spec.delay_ms / 1000
-                first = round((at - frames / self.mic_rate - self._anchor - delay) * self.mic_rate)
+                # On the microphone's own clock: paced by `period_s`, the echo's delay in time
+                # stays put; paced at the nominal rate, it drifts (the timestamps hide it).
+                first = round((at - frames / self.clock_rate - self._anchor - delay)
+                              * self.clock_rate)
                 if self._mic_next is not None:
-                    if abs(first - self._mic_next) <= self.snap_s * self.mic_rate:
+                    if abs(first - self._mic_next) <= self.snap_s * self.clock_rate:
                         first = self._mic_next
                     else:
                         self.mic_jumps += 1

@@ -77,7 +77,7 @@ def simulate(
         ticks[1:] += [drain_late(t) for t in ticks[1:]]
     events: list[tuple[float, int, float]] = [(t, 0, t) for t in np.sort(ticks)]
     for n in range(1, round(seconds / PERIOD_S) + 1):
-        scheduled = T0 + n * PERIOD_S
+        scheduled = T0 + n * room.period_s(PERIOD)  # on the microphone's own clock
         events.append((scheduled + (feed_late(scheduled) if feed_late else 0.0), 1, scheduled))
     events.sort()
     played: list[tuple[bytes, float]] = []
