@@ -92,6 +92,9 @@ input_device = "mic"
 output_device = "speaker"
 input_rate = {MIC_RATE}
 output_rate = {SPEAKER_RATE}
+# The harness's microphone does not hear the speaker: nothing to cancel (bench.echo_room
+# measures the canceller in rooms that echo).
+echo_cancellation = false
 
 [conversation]
 follow_up_seconds = {follow_up_seconds}

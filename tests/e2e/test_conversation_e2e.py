@@ -106,7 +106,9 @@ def test_wake_word_barge_in_stops_the_answer_and_truncates_what_was_heard(
     spoken, _ = one_breath("hey jarvis", "count to thirty")
     stop, _ = one_breath("hey jarvis", "stop")
     script = concat(silence(2.0), spoken, silence(3.5), stop, silence(3.0))
-    with run_daemon(tmp_path, service_config(fake_service.url_base), api_key=API_KEY) as run:
+    config = service_config(fake_service.url_base).replace(
+        "[conversation]", '[conversation]\nbarge_in = "wake"')
+    with run_daemon(tmp_path, config, api_key=API_KEY) as run:
         started_wall, started_mono = time.time(), time.monotonic()
         run.wait_ready()
         run.say(script.tobytes())

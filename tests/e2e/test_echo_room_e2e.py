@@ -297,3 +297,63 @@ def interrupted_times(log: str) -> list[float]:
     offset = time.monotonic() - time.time()
     count = log.count("state listening (interrupted)")
     return [log_time(log, "state listening (interrupted)", i) + offset for i in range(count)]
+
+
+# ----- the service detecting turns
+
+
+def test_with_server_vad_the_service_never_hears_the_answer_and_is_interrupted(
+    tmp_path: Path, fake_service: ServerThread
+) -> None:
+    answer_s = 30.0
+    fake_service.server.reply_pcm = long_answer(answer_s)
+    config = room_config(fake_service.url_base, detection="server_vad")
+    name = "hall-loud-cheap"
+    with rooms_running(tmp_path, fake_service, [name], config) as runs:
+        run = runs[name]
+        mic = run.microphone()
+        mic.speak(concat(silence(0.5), person("hey jarvis, tell me a long story")).tobytes())
+        run.wait_for_log("state responding", timeout=30)
+        [session] = sessions(fake_service)
+        uploaded_before = len(session.appended_audio)
+        time.sleep(12.0)  # the answer plays in the loudest room; nobody talks
+        [session] = sessions(fake_service)
+        uploaded_during_answer = bytes(session.appended_audio[uploaded_before:])
+        mic.speak(person("what is the weather like tomorrow").tobytes())
+        run.wait_for_log("state listening (interrupted)", timeout=5)
+        mic.wait_spoken()
+        time.sleep(2.0)
+        log = run.log()
+    assert uploaded_during_answer == b"", (
+        f"{len(uploaded_during_answer) / 48000:.2f} s of the answer's echo was uploaded")
+    assert log.count("state listening (interrupted)") == 1, log
+    [session] = sessions(fake_service)
+    assert len(session.commits) >= 2  # the question, then the interrupting request
+
+
+# ----- the wake word over the answer
+
+
+def test_the_wake_word_is_heard_over_the_answer(tmp_path: Path, fake_service: ServerThread
+                                                ) -> None:
+    fake_service.server.reply_pcm = long_answer(30.0)
+    config = room_config(fake_service.url_base, barge_in="wake")
+    name = "kitchen-drift"
+    with rooms_running(tmp_path, fake_service, [name], config) as runs:
+        run = runs[name]
+        mic = run.microphone()
+        mic.speak(concat(silence(0.5), person("hey jarvis, tell me a long story")).tobytes())
+        run.wait_for_log("state responding", timeout=30)
+        heard = 0
+        for _ in range(3):
+            time.sleep(4.0)
+            mic.speak(concat(person("hey jarvis"), silence(0.3),
+                             person("what time is it")).tobytes())
+            mic.wait_spoken()
+            with contextlib.suppress(AssertionError):
+                run.wait_for_log("state listening (interrupted)", timeout=3, count=heard + 1)
+                heard += 1
+            run.wait_for_log("state responding", timeout=10, count=heard + 1)
+        log = run.log()
+    assert heard == 3, log
+    assert log.count("wake word hey_jarvis") == 4, log
