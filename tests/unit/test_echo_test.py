@@ -1,4 +1,5 @@
-"""The echo test's measurements on arrays: a known delay, a known level, no echo, clipping.
+"""The echo test's measurements on arrays: a known delay, a known level, no echo, clipping;
+and what it says when it cannot open a device.
 
 A run is made up here the way talkbox/echo_test.py records one: what the speaker was handed
 (with the DAC time of its first sample), what the microphone captured and what the front end
@@ -9,8 +10,13 @@ tests/integration/test_cli_echo_test.py.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
+import pyaudio
 import pytest
 
 from talkbox.audio.echo_test import (
@@ -27,6 +33,8 @@ from talkbox.audio.echo_test import (
     resample,
     speech_frames,
 )
+from talkbox.echo_test import open_device
+from talkbox.errors import AudioDeviceError
 
 SPEAKER_RATE = 24000
 MIC_RATE = 16000
@@ -241,3 +249,44 @@ def test_without_echo_cancellation_the_echo_is_heard_as_speech() -> None:
     assert report.verdict == "not_safe"
     assert "echo cancellation is off" in report.verdict_line
     assert any("echo_cancellation = false" in note for note in report.notes)
+
+
+# --- opening the devices ------------------------------------------------------------------------
+
+
+def refused(code: int) -> Callable[[], None]:
+    """A device's start() that fails as PortAudio's open does, with `code`."""
+
+    def start() -> None:
+        try:
+            raise OSError(code, "Device unavailable")
+        except OSError as exc:
+            raise AudioDeviceError("input device 'mic': cannot open it") from exc
+
+    return start
+
+
+def test_a_busy_device_says_to_stop_the_daemon(tmp_path: Path) -> None:
+    nowhere = str(tmp_path / "no.sock")
+    with pytest.raises(AudioDeviceError) as raised:
+        open_device(refused(pyaudio.paDeviceUnavailable), "input", "mic", nowhere)
+    assert str(raised.value) == (
+        "input device 'mic' is busy (is talkbox running?): "
+        "stop the daemon first: sudo systemctl stop talkbox"
+    )
+
+
+def test_any_device_error_while_the_daemon_runs_says_to_stop_it(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        with pytest.raises(AudioDeviceError) as raised:
+            open_device(refused(pyaudio.paInvalidDevice), "input", "mic", str(path))
+    assert str(raised.value).endswith(
+        "(the daemon is running and may hold the sound card: "
+        "stop the daemon first: sudo systemctl stop talkbox)"
+    )
+    # Without the daemon, the error is the device's own.
+    with pytest.raises(AudioDeviceError) as raised:
+        open_device(refused(pyaudio.paInvalidDevice), "input", "mic", str(tmp_path / "none"))
+    assert str(raised.value) == "input device 'mic': cannot open it"

@@ -116,8 +116,14 @@ def _fades(length: int, ramp: int) -> Floats:
 
 
 # Vowel formants (Hz) of an adult voice: /a/, /e/, /i/, /o/, /u/, /ae/.
-_VOWELS = ((730, 1090, 2440), (530, 1840, 2480), (270, 2290, 3010), (570, 840, 2410),
-           (300, 870, 2240), (660, 1720, 2410))
+_VOWELS = (
+    (730, 1090, 2440),
+    (530, 1840, 2480),
+    (270, 2290, 3010),
+    (570, 840, 2410),
+    (300, 870, 2240),
+    (660, 1720, 2410),
+)
 _FORMANT_WIDTHS = (90.0, 110.0, 170.0)
 
 
@@ -151,10 +157,13 @@ def _syllable(rate: int, n: int, top: float, rng: np.random.Generator) -> Floats
     voiced = np.zeros(n)
     for harmonic in range(1, int(top / f0.min()) + 1):
         frequency = harmonic * f0
-        gain = sum(
-            1.0 / (1.0 + ((frequency - f) / w) ** 2)
-            for f, w in zip(formants, _FORMANT_WIDTHS, strict=True)
-        ) / harmonic**0.5
+        gain = (
+            sum(
+                1.0 / (1.0 + ((frequency - f) / w) ** 2)
+                for f, w in zip(formants, _FORMANT_WIDTHS, strict=True)
+            )
+            / harmonic**0.5
+        )
         gain = np.where(frequency < top, gain, 0.0)
         voiced += gain * np.sin(harmonic * phase + rng.uniform(0, 2 * np.pi))
     envelope = np.sin(np.pi * np.arange(n) / n) ** 0.6
@@ -379,8 +388,9 @@ def analyse(rec: Recording) -> EchoReport:
     noise = rec.captured[noise_window][rate // 10 :]
 
     played_dbfs = level_dbfs(
-        played[_window(rec.played_start, rate, (converged[0] - lag, converged[1] - lag),
-                       len(played))]
+        played[
+            _window(rec.played_start, rate, (converged[0] - lag, converged[1] - lag), len(played))
+        ]
     )
     echo_dbfs = level_dbfs(rec.captured[level_window])
     cleaned_dbfs = level_dbfs(rec.cleaned[level_window])
