@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import stat
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -349,44 +350,49 @@ def _delay_basis(run: EchoTestRun) -> str:
 
 
 def format_run(run: EchoTestRun) -> str:
+    """The run for people: one labelled paragraph per measurement, then the verdict line."""
     r, audio = run.report, run.cfg.audio
-    lines = [
-        f"speaker      {audio.output_device!r} at {audio.output_rate} Hz; "
-        f"microphone {audio.input_device!r} at {audio.input_rate} Hz",
-        f"test sound   {r.signal_seconds - SWEEP_S:g} s speech-like + {SWEEP_S:g} s sweep at "
-        f"{TEST_SIGNAL_DBFS:g} dBFS RMS, about as loud as answers ([audio] volume sets the "
-        "chimes only)",
-        f"room noise   {r.noise_dbfs:.1f} dBFS before the sound",
-    ]
+    entries = [
+        ("speaker", f"{audio.output_device!r} at {audio.output_rate} Hz, microphone "
+         f"{audio.input_device!r} at {audio.input_rate} Hz"),
+        ("test sound", f"{r.signal_seconds - SWEEP_S:g} s speech-like, then a {SWEEP_S:g} s "
+         f"sweep, at {TEST_SIGNAL_DBFS:g} dBFS RMS: about as loud as answers ([audio] volume "
+         "sets the chimes only)"),
+        ("room noise", f"{r.noise_dbfs:.1f} dBFS before the sound"),
+    ]  # fmt: skip
     if r.delay_ms is None:
-        lines.append(f"echo         none heard (the microphone: {r.echo_dbfs:.1f} dBFS)")
+        entries.append(("echo", f"none heard (the microphone: {r.echo_dbfs:.1f} dBFS)"))
     else:
-        frames = "the echo's 20 ms frames" + (
-            f" after the canceller's first {ADAPTING_S:g} s" if r.echo_cancellation else ""
+        after = (
+            f"{r.cleaned_dbfs:.1f} dBFS after it, reduced by {r.reduction_db:.1f} dB (over "
+            f"the last {100 * CONVERGED_SHARE:.0f} % of the sound)"
+            if r.echo_cancellation
+            else "no cancellation ([audio] echo_cancellation = false)"
         )
-        lines += [
-            f"echo delay   {r.delay_ms:.0f} ms, speaker to microphone, as the echo canceller "
-            "pairs them: the acoustic delay plus the error in the latencies the devices "
-            f"report (output {1000 * run.output_latency_s:.0f} ms, "
-            f"input {1000 * run.input_latency_s:.0f} ms)",
-            f"echo level   {r.echo_dbfs:.1f} dBFS before cancellation "
-            f"({r.echo_relative_db:+.1f} dB against the {r.played_dbfs:.1f} dBFS played)",
-        ]
-        if r.echo_cancellation:
-            lines.append(
-                f"             {r.cleaned_dbfs:.1f} dBFS after: reduced by {r.reduction_db:.1f} "
-                f"dB (over the last {100 * CONVERGED_SHARE:.0f} % of the sound)"
-            )
-        lines += [
-            f"voice        webrtcvad (aggressiveness {r.aggressiveness}) calls "
-            f"{100 * r.vad_raw_share:.0f} % of {frames} speech before cancellation, "
-            f"{100 * r.vad_cleaned_share:.0f} % after",
-            f"daemon       takes {100 * r.decision_share:.0f} % of them for speech (VAD + "
-            f"{ECHO_SPEECH_FLOOR_DBFS:g} dBFS floor); turns it opened (false barge-ins): "
-            f"{r.false_starts}"
-            + (f", and {r.false_starts_adapting} while adapting" if r.echo_cancellation else "")
-            + f"; wake words heard: {r.false_wakes}",
-        ]
-    lines += [f"note         {note}" for note in r.notes]
-    lines.append(r.verdict_line)
-    return "\n".join(lines)
+        adapting = (
+            f" (and {r.false_starts_adapting} in the canceller's first {ADAPTING_S:g} s)"
+            if r.echo_cancellation
+            else ""
+        )
+        adapted = f" (past the canceller's first {ADAPTING_S:g} s)" if r.echo_cancellation else ""
+        entries += [
+            ("echo delay", f"{r.delay_ms:.0f} ms from speaker to microphone, as the echo "
+             "canceller pairs them: the acoustic delay plus any error in the latencies the "
+             f"devices report (output {1000 * run.output_latency_s:.0f} ms, input "
+             f"{1000 * run.input_latency_s:.0f} ms)"),
+            ("echo level", f"{r.echo_dbfs:.1f} dBFS before cancellation "
+             f"({r.echo_relative_db:+.1f} dB against the {r.played_dbfs:.1f} dBFS played); "
+             f"{after}"),
+            ("voice", f"webrtcvad (aggressiveness {r.aggressiveness}) takes "
+             f"{100 * r.vad_raw_share:.0f} % of the echo's 20 ms frames for speech before "
+             f"cancellation, {100 * r.vad_cleaned_share:.0f} % after{adapted}"),
+            ("daemon", f"decides speech (VAD + {ECHO_SPEECH_FLOOR_DBFS:g} dBFS floor) on "
+             f"{100 * r.decision_share:.0f} % of them; turns it opened, each a false "
+             f"barge-in: {r.false_starts}{adapting}; wake words: {r.false_wakes}"),
+        ]  # fmt: skip
+    entries += [("note", note) for note in r.notes]
+    lines = [
+        textwrap.fill(text, 100, initial_indent=f"{label:<13}", subsequent_indent=" " * 13)
+        for label, text in entries
+    ]
+    return "\n".join([*lines, r.verdict_line])

@@ -234,7 +234,7 @@ def first_sound_offset(seconds: float) -> float:
 
 def test_a_microphone_that_hears_nothing_of_the_speaker_says_so(tmp_path: Path) -> None:
     with alsa_sandbox(tmp_path / "alsa", capture_fifo=True, playback_fifo=True) as sandbox:
-        run, heard = echo_test(sandbox, gain_db=-200.0, seconds=4.0)
+        run, heard = echo_test(sandbox, gain_db=-200.0, seconds=5.0)
 
     assert run.exit_code == 0, run.stderr
     result = json.loads(run.stdout)

@@ -33,7 +33,8 @@ from talkbox.audio.echo_test import (
     resample,
     speech_frames,
 )
-from talkbox.echo_test import open_device
+from talkbox.config import Config
+from talkbox.echo_test import EchoTestRun, as_dict, format_run, open_device
 from talkbox.errors import AudioDeviceError
 
 SPEAKER_RATE = 24000
@@ -290,3 +291,27 @@ def test_any_device_error_while_the_daemon_runs_says_to_stop_it(tmp_path: Path) 
     with pytest.raises(AudioDeviceError) as raised:
         open_device(refused(pyaudio.paInvalidDevice), "input", "mic", str(tmp_path / "none"))
     assert str(raised.value) == "input device 'mic': cannot open it"
+
+
+# --- what it prints -----------------------------------------------------------------------------
+
+
+def test_the_report_reads_as_labelled_paragraphs_and_ends_with_the_verdict() -> None:
+    report = analyse(room(turn_offsets=(0.9,), voiced_offsets=((0.7, 0.9),)))
+    run = EchoTestRun(Config(), report, 0.02, 0.04, None, 0, T0 + LEAD_S)
+    lines = format_run(run).splitlines()
+    labels = [line[:13].strip() for line in lines[:-1] if not line.startswith(" ")]
+    assert labels == [
+        "speaker", "test sound", "room noise", "echo delay", "echo level", "voice", "daemon",
+        "note",
+    ]  # fmt: skip
+    assert all(len(line) <= 100 for line in lines[:-1])
+    assert lines[-1] == report.verdict_line
+    text = " ".join(line.strip() for line in lines)
+    assert "120 ms from speaker to microphone" in text
+    assert "(output 20 ms, input 40 ms)" in text
+    assert "barge-in: 0 (and 1 in the canceller's first 2.5 s)" in text
+    numbers = as_dict(run)
+    assert numbers["delay_ms"] == pytest.approx(120, abs=1)
+    assert numbers["false_starts"] == 0 and numbers["false_starts_adapting"] == 1
+    assert numbers["verdict"] == "safe" and numbers["canceller"] is None
