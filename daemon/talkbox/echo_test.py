@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import stat
@@ -30,7 +31,13 @@ import numpy as np
 import pyaudio
 
 from talkbox.audio.capture import Capture
-from talkbox.audio.devices import CHECK_SOUND_CARD, NO_SOUND_CARD, list_devices
+from talkbox.audio.devices import (
+    CHECK_SOUND_CARD,
+    NO_SOUND_CARD,
+    DeviceKind,
+    list_devices,
+    match_device,
+)
 from talkbox.audio.echo_cancel import ECHO_TAIL_S, EchoCanceller, EchoStats, SpeakerReference
 from talkbox.audio.echo_test import (
     ADAPTING_S,
@@ -232,7 +239,9 @@ def _signal_span(
     return begins, begins + length / rate
 
 
-def open_device(start: Callable[[], None], kind: str, device: str, control_socket: str) -> None:
+def open_device(
+    start: Callable[[], object], kind: DeviceKind, device: str, control_socket: str
+) -> None:
     """Open a device with `start`; when that fails because the device is busy, or while the
     daemon seems to run (its control socket is there), the error says to stop the daemon."""
     try:
@@ -262,15 +271,28 @@ def _is_socket(path: str) -> bool:
         return False
 
 
-def _check_sound_card() -> None:
+def _check_devices(cfg: Config) -> None:
+    """Fail early, as `talkbox devices` would, when there is no sound card or a configured
+    device is not there (before the wake model loads and the room is asked to be quiet)."""
+    socket = cfg.control.socket
     with open_pyaudio() as pa:
-        if not list_devices(pa):
-            raise AudioDeviceError(f"{NO_SOUND_CARD}\n{CHECK_SOUND_CARD}")
+        devices = list_devices(pa)
+    if not devices:
+        raise AudioDeviceError(f"{NO_SOUND_CARD}\n{CHECK_SOUND_CARD}")
+    audio = cfg.audio
+    open_device(
+        functools.partial(match_device, devices, audio.input_device, "input"),
+        "input", audio.input_device, socket,
+    )  # fmt: skip
+    open_device(
+        functools.partial(match_device, devices, audio.output_device, "output"),
+        "output", audio.output_device, socket,
+    )  # fmt: skip
 
 
 def run_echo_test(cfg: Config, seconds: float, as_json: bool = False) -> int:
     """Play, record, measure and print; 0 once measured, whatever the verdict."""
-    _check_sound_card()
+    _check_devices(cfg)
     if not as_json:
         audio = cfg.audio
         print(
@@ -366,6 +388,7 @@ def format_run(run: EchoTestRun) -> str:
         after = (
             f"{r.cleaned_dbfs:.1f} dBFS after it, reduced by {r.reduction_db:.1f} dB (over "
             f"the last {100 * CONVERGED_SHARE:.0f} % of the sound)"
+            + (", down to the room's noise" if r.cleaned_dbfs <= r.noise_dbfs + 1.5 else "")
             if r.echo_cancellation
             else "no cancellation ([audio] echo_cancellation = false)"
         )

@@ -260,20 +260,21 @@ def test_without_a_sound_card_it_says_so_as_talkbox_devices_does(tmp_path: Path)
     )
 
 
-def test_a_missing_speaker_is_named(tmp_path: Path) -> None:
+def test_a_missing_speaker_in_the_config_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "talkbox.toml"
+    config.write_text('[audio]\ninput_device = "mic"\noutput_device = "HDMI"\n')
     with alsa_sandbox(tmp_path / "alsa", capture_fifo=True) as sandbox:
         env = environment(ENV_NOT_INHERITED, base=sandbox.env)
         feeder = FifoFeeder(sandbox.capture_path, b"", rate=MIC_RATE, period_frames=MIC_PERIOD)
         feeder.start()
         try:
-            run = RunningTalkbox(
-                "echo-test", "--input-device", "mic", "--output-device", "HDMI", env=env
-            ).finish()
+            run = RunningTalkbox("echo-test", "--config", str(config), env=env).finish()
         finally:
             feeder.stop()
 
     assert run.exit_code == 1
-    assert (
+    assert run.stdout == ""  # found out before asking the room to be quiet
+    assert run.stderr.startswith(
         "talkbox: audio.output_device = 'HDMI' matches no output device; "
         "available output devices:\n"
-    ) in run.stderr
+    )
