@@ -89,16 +89,6 @@ class _RecordingReference(SpeakerReference):
             return list(self.kept)
 
 
-class _RecordingCanceller(EchoCanceller):
-    """The daemon's echo canceller, keeping what it hands on (what the front end hears)."""
-
-    last_output = b""
-
-    def process(self, captured: bytes, capture_time: float) -> bytes:
-        self.last_output = super().process(captured, capture_time)
-        return self.last_output
-
-
 @dataclass(frozen=True)
 class EchoTestRun:
     cfg: Config
@@ -115,10 +105,7 @@ async def _record(cfg: Config, seconds: float) -> EchoTestRun:
     audio = cfg.audio
     reference = _RecordingReference()
     front_end = build_front_end(cfg, reference)
-    canceller: _RecordingCanceller | None = None
-    if front_end.echo is not None:  # [audio] echo_cancellation: the daemon's own, recording
-        canceller = _RecordingCanceller(reference, audio.input_rate)
-        front_end.echo = canceller
+    canceller = front_end.echo  # None with [audio] echo_cancellation = false
     front_end.monitor = True
     if front_end.wake is not None:
         front_end.wake_enabled = True  # as while an answer plays with barge_in = "wake"
@@ -144,7 +131,7 @@ async def _record(cfg: Config, seconds: float) -> EchoTestRun:
                 chunk = await capture.read()
                 events = front_end.process(chunk.pcm, chunk.time)
                 captured.append((chunk.time, chunk.pcm))
-                cleaned.append(canceller.last_output if canceller is not None else chunk.pcm)
+                cleaned.append(_heard(canceller, chunk.pcm))
                 for event in events:
                     if isinstance(event, VadFrame):
                         decisions.append((event.audio_time - FRAME_MS / 1000, event.is_speech))
@@ -223,6 +210,14 @@ async def _record(cfg: Config, seconds: float) -> EchoTestRun:
         capture_overflows=capture.overflows,
         signal_dac_time=signal_span[0],
     )
+
+
+def _heard(canceller: EchoCanceller | None, captured: bytes) -> bytes:
+    """What the front end went on with of a chunk it just took: the canceller's output while
+    it runs (an odd trailing byte passes as it does in the canceller), else the chunk."""
+    if canceller is None or not canceller.last_chunk_cleaned:
+        return captured
+    return canceller.last_cleaned + captured[len(canceller.last_cleaned) :]
 
 
 def _signal_span(
