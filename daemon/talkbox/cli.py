@@ -1,4 +1,5 @@
-"""The `talkbox` command: run the daemon, check the setup, ask once, list devices, tune, control.
+"""The `talkbox` command: run the daemon, check the setup, ask once, list devices, tune, test
+the room's echo, control.
 
 Every failure ends in one clear line on stderr and a non-zero exit: 78 (EX_CONFIG) for a bad
 configuration, so systemd does not restart-loop on it; 1 for anything else. Never a traceback
@@ -57,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"talkbox {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, help_text: str, *, needs_config: bool = True) -> argparse.ArgumentParser:
+    def command(
+        name: str, help_text: str, *, needs_config: bool = True, config_help: str = ""
+    ) -> argparse.ArgumentParser:
         """A subcommand; `needs_config=False` makes one that runs where no config exists yet
         (before install, on a bare machine) and reads a config only when --config names one."""
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -67,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help=f"config file (default: {DEFAULT_CONFIG_PATH})"
             if needs_config
-            else "a config file to compare with (default: none is read)",
+            else config_help or "a config file to compare with (default: none is read)",
         )
         sub.set_defaults(needs_config=needs_config)
         return sub
@@ -106,6 +109,26 @@ def _parser() -> argparse.ArgumentParser:
         "--seconds", type=float, default=0.0, help="stop after this long (0: never)"
     )
     listen.set_defaults(handler=_listen)
+
+    echo_test = command(
+        "echo-test",
+        "play a test sound and measure the echo the microphone hears: is speech barge-in "
+        "safe in this room? (stop the daemon first)",
+        needs_config=False,
+        config_help="the config whose devices, rates and VAD to test (default: none is read; "
+        'devices "default", rates 16000 Hz in and 24000 Hz out)',
+    )
+    echo_test.add_argument(
+        "--input-device", metavar="NAME", help="the microphone to test (instead of the config's)"
+    )
+    echo_test.add_argument(
+        "--output-device", metavar="NAME", help="the speaker to test (instead of the config's)"
+    )
+    echo_test.add_argument(
+        "--seconds", type=float, default=None, help="length of the test sound (default: 11)"
+    )
+    echo_test.add_argument("--json", action="store_true", help="print the results as JSON")
+    echo_test.set_defaults(handler=_echo_test)
 
     ctl = command("ctl", "control the running daemon")
     ctl.add_argument("action", choices=["status", "mute", "unmute", "wake", "stop"])
@@ -271,6 +294,34 @@ def _listen(args: argparse.Namespace) -> int:
     from talkbox.listen import listen
 
     return listen(_load(args), seconds=args.seconds)
+
+
+def _echo_test(args: argparse.Namespace) -> int:
+    from talkbox.audio.echo_test import DEFAULT_SECONDS, MAX_SECONDS, MIN_SECONDS
+    from talkbox.config import AudioConfig, Config
+    from talkbox.echo_test import run_echo_test
+
+    seconds = DEFAULT_SECONDS if args.seconds is None else args.seconds
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        print(
+            f"talkbox echo-test: --seconds must be {MIN_SECONDS:g} to {MAX_SECONDS:g}",
+            file=sys.stderr,
+        )
+        return 2
+    overrides = {
+        key: value
+        for key, value in (("input_device", args.input_device),
+                           ("output_device", args.output_device))
+        if value is not None
+    }
+    if any(not value.strip() for value in overrides.values()):
+        print("talkbox echo-test: a device name cannot be empty", file=sys.stderr)
+        return 2
+    cfg = _config_given(args) or Config()
+    if overrides:
+        audio = AudioConfig.model_validate({**cfg.audio.model_dump(), **overrides})
+        cfg = cfg.model_copy(update={"audio": audio})
+    return run_echo_test(cfg, seconds, as_json=args.json)
 
 
 def _ctl(args: argparse.Namespace) -> int:

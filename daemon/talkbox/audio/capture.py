@@ -143,6 +143,11 @@ class Capture:
             self._overflow_warning.note(self.overflows)
         self._queue.put_nowait(chunk)
 
+    @property
+    def input_latency_s(self) -> float:
+        """The input latency PortAudio reported when the stream opened (0 before that)."""
+        return self._input_latency_s
+
     async def read(self) -> Captured:
         """The next chunk of `frames_per_buffer` frames, with its capture time.
 

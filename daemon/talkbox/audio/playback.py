@@ -319,6 +319,11 @@ class Playback:
             self._played_speech_bytes = 0
 
     @property
+    def output_latency_s(self) -> float:
+        """The output latency PortAudio reported when the stream opened (0 before that)."""
+        return self._output_latency_s
+
+    @property
     def is_playing(self) -> bool:
         """True while queued audio is being handed to the device (not prebuffering, not idle)."""
         with self._lock:
