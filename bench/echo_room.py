@@ -35,6 +35,9 @@ SPEAKER_RATE = 24000
 CAPTURE_S = 0.04
 BLOCK_S = 0.02
 HANDED_AHEAD_S = 0.06  # a block reaches the reference this long before it is heard
+# After an interruption, the next answer starts this long after the person stopped (their turn
+# ends after 0.5 s of silence; the answer comes some 100s of ms later).
+RESUME_AFTER_S = 1.0
 
 ROOMS = {
     "near-small": RoomSpec(delay_ms=20, rt60_s=0.1, echo_gain_db=-12, seed=1),
@@ -169,7 +172,7 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                         detected_for.add(index)
                         result.heard += 1
                         result.latencies_s.append(now - talks[index][0])
-                        silenced_until = talking_until + 1.0
+                        silenced_until = talking_until + RESUME_AFTER_S
                 elif speaker_on:
                     result.false_barge_ins += 1
                     result.false_at.append(now)

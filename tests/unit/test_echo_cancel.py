@@ -96,7 +96,7 @@ def test_the_echo_of_a_long_answer_is_taken_out(delay_ms: int, drift_ppm: float)
     assert voiced_share(cleaned[settled:]) < 0.15
     assert canceller.stats.short_reference_samples == 0
     assert canceller.stats.chunks_passed <= MIC_RATE // CHUNK  # the answer's first second: silence
-    if drift_ppm:
+    if abs(drift_ppm) >= 300:  # (100 ppm moves it 2.4 ms in 24 s: within the clocks' slack)
         # Steered towards the clocks' drift a sample at a time, never a jump.
         assert canceller.stats.steered_samples > 0 and canceller.stats.resyncs == 1
 

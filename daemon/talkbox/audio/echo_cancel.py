@@ -21,7 +21,10 @@ Two clocks: a USB microphone and a separate speaker drift apart by up to a few h
 The reference is read as one continuous stream (a jump would look to AEC3 like a new room),
 and its read position is steered towards where the timestamps say it should be by at most one
 sample per chunk: 25 samples a second against the 1.6 a second that 100 ppm at 16 kHz needs.
-Only an error beyond `_RESYNC_S` (a stall, a device reopened) makes it jump.
+Only an error beyond `_RESYNC_S` (a stall, a device reopened) makes it jump. The stamps
+themselves are taken in the callbacks and jitter by milliseconds; each side's are smoothed by
+a `_StreamClock` that runs all the time (a few additions per block), so a reply that starts
+after a silence is placed by the clock, not by the one stamp of its first block.
 
 Idle costs nothing: AEC3 runs only while the speaker plays and for `ECHO_TAIL_S` after (the
 echo's delay plus the room's reverberation); otherwise the chunk passes through untouched and
@@ -49,6 +52,9 @@ REFERENCE_LEAD_MS = 20
 # How long after the last sound the canceller keeps running: the echo path's delay (up to
 # ~300 ms in a room, plus the lead) and the room's reverberation (RT60 up to ~0.6 s).
 ECHO_TAIL_S = 1.2
+# A new canceller has not learnt the room: for its first seconds of echo, what it leaves is
+# louder (the front end asks more of a voice meanwhile: frontend.WARMING_UP_FLOOR_DBFS).
+WARM_UP_S = 3.0
 # Reference history kept: the lead plus AEC3's longest delay, with room to spare.
 _HISTORY_S = 2.0
 # Larger timing errors are a stall or a reopened device, not drift: start the stream afresh.
@@ -88,6 +94,31 @@ class SpeakerReference:
         return blocks
 
 
+# How much of each stamp's error a stream clock takes in: about 1 % a block, so the jitter
+# of one callback moves it by microseconds, and 100 ppm of drift lags by a fraction of a ms.
+_CLOCK_SMOOTHING = 0.01
+
+
+class _StreamClock:
+    """When the samples of a periodic stream happen, from jittery stamps of its blocks: each
+    block follows the last one, nudged towards its stamp (a delay-locked loop)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.next: float | None = None  # when the next block's first sample happens
+
+    def place(self, stamp: float, samples: int) -> tuple[float, bool]:
+        """(the smoothed time of a block of `samples` stamped `stamp`, whether it jumped)."""
+        jumped = self.next is None or abs(stamp - self.next) > _RESYNC_S
+        if jumped or self.next is None:
+            self.next = stamp
+        else:
+            self.next += _CLOCK_SMOOTHING * (stamp - self.next)
+        at = self.next
+        self.next += samples / self.rate
+        return at, jumped
+
+
 @dataclass
 class EchoStats:
     """What the canceller has done, for the log, `talkbox echo-test` and the benchmark."""
@@ -121,17 +152,25 @@ class EchoCanceller:
             ns_level=1,
         )
         self._resampler: Resampler | None = None
+        self._speaker_clock: _StreamClock | None = None
+        self._microphone_clock = _StreamClock(capture_rate)
         # The reference at the capture rate: samples from `_start_time` on (DAC time).
         self._history = np.zeros(0, dtype=np.int16)
+        self._streaming = False  # _history is being filled, from _start_time on
         self._start_time = 0.0
-        self._next_time = 0.0  # DAC time where the next reference block should begin
         self._read_at: int | None = None  # index into _history of the next chunk's reference
         self._smoothed_error = 0.0
         self._audible_until = -math.inf  # DAC time when the last sound (and its echo) ends
+        self._cleaned_s = 0.0
         self.last_chunk_cleaned = False
         """Whether the last chunk went through AEC3 (the speaker was playing, or its tail)."""
         self.last_cleaned = b""
         """The last chunk AEC3 returned (for `talkbox echo-test` and the benchmark)."""
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether AEC3 has not yet had `WARM_UP_S` of echo to learn the room from."""
+        return self._cleaned_s < WARM_UP_S
 
     def active(self, capture_time: float) -> bool:
         """Whether a chunk captured at `capture_time` may hold echo of what was played."""
@@ -144,6 +183,7 @@ class EchoCanceller:
         which its first sample was at the ADC."""
         self._take_reference()
         n = len(captured) // BYTES_PER_SAMPLE
+        capture_time, _ = self._microphone_clock.place(capture_time, n)
         self.last_chunk_cleaned = n > 0 and self.active(capture_time)
         if not self.last_chunk_cleaned:
             self.stats.chunks_passed += 1
@@ -153,32 +193,41 @@ class EchoCanceller:
         near = np.frombuffer(captured, dtype=np.int16, count=n)
         cleaned: npt.NDArray[np.int16] = self._aec.process(near, far)
         self.stats.chunks_cleaned += 1
+        self._cleaned_s += n / self.capture_rate
         self.last_cleaned = cleaned.astype("<i2", copy=False).tobytes()
         return self.last_cleaned + captured[n * BYTES_PER_SAMPLE :]
 
     # --- the reference stream -----------------------------------------------------------------
 
     def _take_reference(self) -> None:
+        rate = self.reference.rate
         for dac_time, pcm, audible in self.reference.take():
+            if self._speaker_clock is None or self._speaker_clock.rate != rate:
+                self._speaker_clock = _StreamClock(rate)
+                self._resampler = Resampler(rate, self.capture_rate)
+                self._forget_reference()
+            samples = len(pcm) // BYTES_PER_SAMPLE
+            dac_time, jumped = self._speaker_clock.place(dac_time, samples)
+            if jumped:  # a gap in what the speaker was handed (a stall, a reopened device)
+                self._forget_reference()
             if audible:
-                block_s = len(pcm) / BYTES_PER_SAMPLE / max(1, self.reference.rate)
+                block_s = samples / rate
                 self._audible_until = max(self._audible_until, dac_time + block_s + ECHO_TAIL_S)
             elif dac_time >= self._audible_until and self._read_at is None:
                 continue  # silence while nothing needs cancelling: not worth resampling
             self._append_reference(dac_time, pcm)
 
     def _append_reference(self, dac_time: float, pcm: bytes) -> None:
-        rate = self.reference.rate
-        if self._resampler is None or self._resampler.in_rate != rate:
-            self._resampler = Resampler(rate, self.capture_rate)
-            self._restart_reference(dac_time)
-        elif abs(dac_time - self._next_time) > _RESYNC_S:
-            # A gap in what the speaker was handed (a stall, a reopened device).
+        assert self._resampler is not None
+        if not self._streaming:
+            # soxr hands out nothing for the first few ms, but its output starts at its input's
+            # first sample: the history's first sample is this block's.
+            self._streaming = True
             self._resampler.reset()
-            self._restart_reference(dac_time)
+            self._start_time = dac_time
+            self.stats.resyncs += 1
         samples = np.frombuffer(self._resampler.process(pcm), dtype=np.int16)
         self._history = np.concatenate((self._history, samples))
-        self._next_time += len(pcm) / BYTES_PER_SAMPLE / rate
         keep = int(_HISTORY_S * self.capture_rate)
         excess = len(self._history) - keep
         if excess > 0:
@@ -187,18 +236,11 @@ class EchoCanceller:
             if self._read_at is not None:
                 self._read_at = max(0, self._read_at - excess)
 
-    def _restart_reference(self, dac_time: float) -> None:
-        self._history = np.zeros(0, dtype=np.int16)
-        self._start_time = self._next_time = dac_time
-        self._read_at = None
-        self.stats.resyncs += 1
-
     def _forget_reference(self) -> None:
-        if self._read_at is not None or len(self._history):
-            self._history = np.zeros(0, dtype=np.int16)
-            self._read_at = None
-            self._smoothed_error = 0.0
-            self._next_time = -math.inf  # the next sound starts a new stream
+        self._streaming = False
+        self._history = np.zeros(0, dtype=np.int16)
+        self._read_at = None
+        self._smoothed_error = 0.0
 
     def _reference_for(self, start_time: float, n: int) -> npt.NDArray[np.int16]:
         """`n` reference samples from `start_time` on, continuing the last chunk's read."""

@@ -36,6 +36,9 @@ UPLOAD_LAG_FRAMES = 2
 # While the speaker plays, a voiced frame counts only if the cleaned signal is at least this
 # loud: what is left of the echo is quiet, but webrtcvad still calls much of it speech...
 ECHO_SPEECH_FLOOR_DBFS = -45.0
+# ...and while a new canceller is still learning the room (its first seconds of echo, after
+# the daemon starts), this loud.
+WARMING_UP_FLOOR_DBFS = -35.0
 # ...and a turn opens on 4 such frames of the last 10 (80 ms of voice within 200 ms), not 3
 # of 5: residual echo comes in short bursts, and in a room whose echo is louder than the
 # person AEC3 lets a person's voice through in bursts too (double talk), so the frames need
@@ -109,7 +112,7 @@ class FrontEnd:
         self.echo = echo
         self.monitor = monitor
         self._over_echo = False  # the last chunk was cleaned of echo: the speaker is playing
-        self._floor = 32768.0**2 * 10 ** (ECHO_SPEECH_FLOOR_DBFS / 10)  # mean square, PCM16
+        self._floor = _mean_square_of(ECHO_SPEECH_FLOOR_DBFS)
         self._to_wake_rate = Resampler(input_rate, LISTEN_RATE)
         self._to_upload_rate = Resampler(input_rate, UPLOAD_RATE)
         self._frame16_bytes = vad.frame_bytes
@@ -152,6 +155,9 @@ class FrontEnd:
         if self.echo is not None and capture_time is not None and not len(captured) % 2:
             captured = self.echo.process(captured, capture_time)
             self._over_echo = self.echo.last_chunk_cleaned
+            self._floor = _mean_square_of(
+                WARMING_UP_FLOOR_DBFS if self.echo.warming_up else ECHO_SPEECH_FLOOR_DBFS
+            )
         data = self._odd_byte + captured
         usable = len(data) & ~1
         self._odd_byte = data[usable:]
@@ -200,7 +206,9 @@ class FrontEnd:
         self, frame16: bytes, frame24: bytes | None, events: list[FrontEndEvent]
     ) -> None:
         is_speech = self.vad.is_speech(frame16)
-        if is_speech and self._over_echo:
+        if is_speech and self._over_echo and not self.gate.in_speech:
+            # Only to open a turn: once the person has the word, the echo canceller may dull
+            # their quieter syllables, and a turn must not end on them.
             is_speech = _mean_square(frame16) >= self._floor
         self.last_is_speech = is_speech
         self._frames_done += 1
@@ -218,6 +226,10 @@ class FrontEnd:
                 self.wake.skip(len(frame16) // 2)
         if frame24 is not None:
             events.extend(self.gate.feed(frame24, is_speech, over_echo=self._over_echo))
+
+
+def _mean_square_of(dbfs: float) -> float:
+    return 32768.0**2 * 10 ** (dbfs / 10)  # PCM16
 
 
 def _mean_square(frame: bytes) -> float:

@@ -413,7 +413,9 @@ class Playback:
         block = b"".join(pieces)
         if self.reference is not None:
             # Heard once it has crossed the device's buffer: that is when its echo begins.
-            self.reference.played(block, time.monotonic() + self._output_latency_s, got > 0)
+            # Only a sound makes an echo (a reply may start with silence): count(0) runs in C.
+            audible = got > 0 and block.count(0) < len(block)
+            self.reference.played(block, time.monotonic() + self._output_latency_s, audible)
         if ran_dry and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._on_ran_dry, generation, reply_ended, underrun)

@@ -446,7 +446,7 @@ class ConversationConfig(_Section):
     follow_up_seconds: Annotated[float, _between(1, 60)] = 8.0
     # Every service ends a session at some maximum (30-60 min); stay well below it.
     max_conversation_seconds: Annotated[float, _between(30, 3000)] = 300.0
-    barge_in: Literal["wake", "speech", "off"] = "speech"
+    barge_in: Literal["wake", "speech", "off"] = "wake"
 
 
 class LogConfig(_Section):

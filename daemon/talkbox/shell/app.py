@@ -135,9 +135,15 @@ def machine_config(cfg: Config) -> MachineConfig:
     )
 
 
-def build_front_end(cfg: Config, reference: SpeakerReference | None = None) -> FrontEnd:
+def build_front_end(
+    cfg: Config,
+    reference: SpeakerReference | None = None,
+    *,
+    echo: EchoCanceller | None = None,
+) -> FrontEnd:
     """The listening pipeline for `cfg`; with a `reference` (what the speaker plays) and
-    [audio] echo_cancellation, the speaker's echo is taken out of the microphone first."""
+    [audio] echo_cancellation, the speaker's echo is taken out of the microphone first (by
+    `echo`, when given: see `front_end_builder`)."""
     vad = VoiceActivity(cfg.turn.vad_aggressiveness, sample_rate=LISTEN_RATE, frame_ms=FRAME_MS)
     gate = SpeechGate(
         frame_ms=FRAME_MS,
@@ -155,12 +161,27 @@ def build_front_end(cfg: Config, reference: SpeakerReference | None = None) -> F
         thresholds=dict(cfg.wake.thresholds),
         refractory_seconds=cfg.wake.refractory_seconds,
     )
-    echo = (
-        EchoCanceller(reference, cfg.audio.input_rate)
-        if reference is not None and cfg.audio.echo_cancellation
-        else None
-    )
+    if echo is None and reference is not None and cfg.audio.echo_cancellation:
+        echo = EchoCanceller(reference, cfg.audio.input_rate)
     return FrontEnd(cfg.audio.input_rate, vad, gate, GatedWakeDetector(detector), echo=echo)
+
+
+def front_end_builder(reference: SpeakerReference) -> Callable[[Config], FrontEnd]:
+    """`build_front_end` for the daemon: one echo canceller per capture rate, kept across
+    reloads, so that AEC3 does not have to learn the room again (a new one is louder for its
+    first seconds: echo_cancel.WARM_UP_S)."""
+    cancellers: dict[int, EchoCanceller] = {}
+
+    def build(cfg: Config) -> FrontEnd:
+        echo = None
+        if cfg.audio.echo_cancellation:
+            rate = cfg.audio.input_rate
+            if rate not in cancellers:
+                cancellers[rate] = EchoCanceller(reference, rate)
+            echo = cancellers[rate]
+        return build_front_end(cfg, echo=echo)
+
+    return build
 
 
 def make_chimes(cfg: Config) -> dict[str, bytes]:

@@ -43,7 +43,7 @@ from talkbox.realtime.endpoint import endpoint_for
 from talkbox.realtime.sessions import configured_sessions
 from talkbox.safe_text import safe_line
 from talkbox.secrets import ApiKey, resolve_api_key
-from talkbox.shell.app import Daemon, SessionOpener, Speaker, build_front_end
+from talkbox.shell.app import Daemon, SessionOpener, Speaker, front_end_builder
 from talkbox.shell.control import ControlHandler, ControlServer
 from talkbox.shell.hooks import StateHook, hook_program_warning
 from talkbox.shell.startup_signals import StartupSignals
@@ -149,7 +149,7 @@ def real_parts() -> ServiceParts:
         notifier=Notifier(),
         control_socket=ControlServer,
         session_opener=lambda cfg, key: configured_sessions(cfg, key).open,
-        build_front_end=lambda cfg: build_front_end(cfg, reference),
+        build_front_end=front_end_builder(reference),
     )
 
 
