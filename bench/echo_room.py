@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support imports)
-from support.room import PERSON_DBFS, SPEAKER_DBFS, EchoRoom, RoomSpec, speech_level_dbfs
+from support.room import PERSON_DBFS, ROOMS, SPEAKER_DBFS, EchoRoom, RoomSpec, speech_level_dbfs
 from support.speech import ordinary_speech_stretch, speak
 from talkbox.audio.echo_cancel import SpeakerReference
 from talkbox.audio.vad import GateSpeechEnded, GateSpeechStarted
@@ -39,13 +39,6 @@ HANDED_AHEAD_S = 0.06  # a block reaches the reference this long before it is he
 # ends after 0.5 s of silence; the answer comes some 100s of ms later).
 RESUME_AFTER_S = 1.0
 
-ROOMS = {
-    "near-small": RoomSpec(delay_ms=20, rt60_s=0.1, echo_gain_db=-12, seed=1),
-    "kitchen-drift": RoomSpec(delay_ms=120, rt60_s=0.3, echo_gain_db=0, drift_ppm=100, seed=2),
-    "hall-loud-cheap": RoomSpec(delay_ms=300, rt60_s=0.6, echo_gain_db=6, drive=2.0, seed=3),
-    "living-room": RoomSpec(delay_ms=200, rt60_s=0.45, echo_gain_db=3, drift_ppm=-100,
-                            drive=1.0, seed=4),
-}
 
 VOICES = (("wait, what was that", "en-us", 160), ("how tall is the eiffel tower", "en-gb", 150),
           ("tell me something else", "en-us+f3", 170), ("who wrote the odyssey", "en-gb-x-rp", 140),

@@ -107,6 +107,17 @@ class RoomSpec:
 # ----- measuring
 
 
+# The rooms the end-to-end tests and the benchmark use: the issue's range of delays,
+# reverberation, echo levels, clipping and clock drift.
+ROOMS = {
+    "near-small": RoomSpec(delay_ms=20, rt60_s=0.1, echo_gain_db=-12, seed=1),
+    "kitchen-drift": RoomSpec(delay_ms=120, rt60_s=0.3, echo_gain_db=0, drift_ppm=100, seed=2),
+    "hall-loud-cheap": RoomSpec(delay_ms=300, rt60_s=0.6, echo_gain_db=6, drive=2.0, seed=3),
+    "living-room": RoomSpec(delay_ms=200, rt60_s=0.45, echo_gain_db=3, drift_ppm=-100,
+                            drive=1.0, seed=4),
+}
+
+
 def as_floats(pcm: Samples) -> Floats64:
     """PCM16 bytes or samples as float64 in PCM16 units."""
     if isinstance(pcm, bytes):

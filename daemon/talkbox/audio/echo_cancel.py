@@ -1,6 +1,7 @@
 """Echo cancellation: take what the speaker plays out of what the microphone hears.
 
-This module owns the two ends of the echo path and WebRTC's AEC3 between them:
+This module owns the two ends of the echo path and, between them, WebRTC's audio processing
+as a WebRTC call runs it: AEC3, then the noise suppressor (which takes most of what AEC3 leaves):
 
 - `SpeakerReference` is filled from PortAudio's output callback (audio/playback.py) with every
   block handed to the device, stamped with when it reaches the DAC (now + the stream's output
@@ -106,14 +107,20 @@ class _StreamClock:
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self.next: float | None = None  # when the next block's first sample happens
+        self._blocks = 0  # since the clock (re)started
 
     def place(self, stamp: float, samples: int) -> tuple[float, bool]:
         """(the smoothed time of a block of `samples` stamped `stamp`, whether it jumped)."""
         jumped = self.next is None or abs(stamp - self.next) > _RESYNC_S
         if jumped or self.next is None:
             self.next = stamp
+            self._blocks = 1
         else:
-            self.next += _CLOCK_SMOOTHING * (stamp - self.next)
+            # The mean of the stamps so far at first (a stream's first stamps can be far off:
+            # a backlog handed over at once), then a slow loop that follows drift.
+            self._blocks += 1
+            weight = max(_CLOCK_SMOOTHING, 1 / self._blocks)
+            self.next += weight * (stamp - self.next)
         at = self.next
         self.next += samples / self.rate
         return at, jumped
