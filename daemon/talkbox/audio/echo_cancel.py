@@ -244,6 +244,8 @@ class EchoCanceller:
                 self._read_at = max(0, self._read_at - excess)
 
     def _forget_reference(self) -> None:
+        if not self._streaming and self._read_at is None:
+            return  # idle: every chunk passes through here, and there is nothing to forget
         self._streaming = False
         self._history = np.zeros(0, dtype=np.int16)
         self._read_at = None

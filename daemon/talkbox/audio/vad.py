@@ -16,6 +16,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
+from itertools import islice
 from typing import Literal
 
 import webrtcvad
@@ -182,8 +183,7 @@ class SpeechGate:
     ) -> list[GateEvent]:
         self._unsent.append((frame, is_speech))
         # Only open on a voiced frame: the turn should start as speech is heard, not after.
-        recent = list(self._recent_voiced)[-window:]
-        if not is_speech or sum(recent) < start_frames:
+        if not is_speech or sum(islice(reversed(self._recent_voiced), window)) < start_frames:
             return []
         unsent = list(self._unsent)
         window_start = max(0, len(unsent) - window)
