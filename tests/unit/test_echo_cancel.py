@@ -14,7 +14,7 @@ import soxr
 import webrtcvad
 
 from support.speech import ordinary_speech_stretch
-from talkbox.audio.echo_cancel import ECHO_TAIL_S, EchoCanceller, SpeakerReference
+from talkbox.audio.echo_cancel import ECHO_TAIL_S, STAY_ON_S, EchoCanceller, SpeakerReference
 
 MIC_RATE = 16000
 SPEAKER_RATE = 24000
@@ -110,9 +110,9 @@ def test_idle_capture_passes_untouched_and_aec_does_not_run() -> None:
     assert canceller.stats.chunks_cleaned == 0
 
 
-def test_it_runs_from_the_first_sound_until_the_tail_has_passed() -> None:
+def test_it_runs_from_the_first_sound_and_stays_on_well_after_the_echo_has_ended() -> None:
     canceller = new_canceller()
-    seconds = 6.0
+    seconds = 15.0
     played = np.zeros(int(seconds * SPEAKER_RATE), np.int16)
     sound_at, sound_s = 2.0, 1.0
     start = int(sound_at * SPEAKER_RATE)
@@ -121,6 +121,7 @@ def test_it_runs_from_the_first_sound_until_the_tail_has_passed() -> None:
     # The silence around the sound is handed over as silence, as the running stream does.
     reference = canceller.reference
     cleaned_at = []
+    echo_at = []
     sent = 0
     for k in range(int(seconds * MIC_RATE) // CHUNK):
         captured_at = T0 + k * CHUNK / MIC_RATE
@@ -131,7 +132,14 @@ def test_it_runs_from_the_first_sound_until_the_tail_has_passed() -> None:
         canceller.process(bytes(2 * CHUNK), captured_at)
         if canceller.last_chunk_cleaned:
             cleaned_at.append(captured_at - T0)
+        if canceller.last_chunk_may_echo:
+            echo_at.append(captured_at - T0)
     assert cleaned_at, "the canceller never ran"
     # From when the sound is handed to the device (here 0.1 s before it is heard).
     assert sound_at - 0.15 <= cleaned_at[0] <= sound_at + 0.05
-    assert cleaned_at[-1] == pytest.approx(sound_at + sound_s + ECHO_TAIL_S, abs=0.06)
+    assert echo_at[0] == cleaned_at[0]
+    # The echo is over after its tail; AEC3 runs on, without a break, until STAY_ON_S.
+    assert echo_at[-1] == pytest.approx(sound_at + sound_s + ECHO_TAIL_S, abs=0.06)
+    assert cleaned_at[-1] == pytest.approx(sound_at + sound_s + STAY_ON_S, abs=0.06)
+    assert len(cleaned_at) == round((cleaned_at[-1] - cleaned_at[0]) * MIC_RATE / CHUNK) + 1
+    assert canceller.stats.resyncs == 1

@@ -115,7 +115,7 @@ class FrontEnd:
         self.wake = wake
         self.echo = echo
         self.monitor = monitor
-        self._over_echo = False  # the last chunk was cleaned of echo: the speaker is playing
+        self._over_echo = False  # the last chunk may hold echo: the speaker is playing
         self._to_wake_rate = Resampler(input_rate, LISTEN_RATE)
         self._to_upload_rate = Resampler(input_rate, UPLOAD_RATE)
         self._frame16_bytes = vad.frame_bytes
@@ -157,7 +157,7 @@ class FrontEnd:
         pairs it with what the speaker played; without one it is not needed."""
         if self.echo is not None and capture_time is not None and not len(captured) % 2:
             captured = self.echo.process(captured, capture_time)
-            self._over_echo = self.echo.last_chunk_cleaned
+            self._over_echo = self.echo.last_chunk_may_echo
         data = self._odd_byte + captured
         usable = len(data) & ~1
         self._odd_byte = data[usable:]

@@ -249,6 +249,7 @@ class Daemon:
                 case WakeDetected():
                     self._on_wake(event)
                 case GateSpeechStarted():
+                    log.debug("speech started")
                     self._recent_audio.clear()
                     self._recent_audio.append(event.preroll)
                     self.step(MicSpeechStarted(event.preroll, self.speaker.played_samples))
@@ -256,6 +257,7 @@ class Daemon:
                     self._recent_audio.append(event.pcm)
                     self.step(MicSpeechAudio(event.pcm))
                 case GateSpeechEnded():
+                    log.debug("speech ended (%s)", event.reason)
                     self._recent_audio.clear()
                     self.step(MicSpeechEnded(event.reason))
                 case VadFrame() | WakeScores():
