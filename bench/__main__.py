@@ -3,7 +3,9 @@
 Runs, in order: the front end's idle CPU (`bench.frontend_cpu`, in a subprocess; it also
 refreshes bench/results/frontend_cpu.json), openWakeWord's resident memory on its own, the
 speaker harness calibration, a profile of the daemon's receive path, daemon start-ups, the
-wake / answer / barge-in cycles and the three-turn conversation (`bench.daemon_bench`).
+wake / answer / barge-in cycles and the three-turn conversation (`bench.daemon_bench`), speech
+barge-in in simulated rooms (`bench.echo_room`) and through the whole process
+(`bench.barge_in_live`).
 Progress goes to stderr, the table to stdout.
 What each figure means and how it is measured: docs/benchmarks.md.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support imports)
+from bench.barge_in_live import LIVE_ROOMS, measure_interruptions, measure_self_interruptions
 from bench.daemon_bench import (
     LatencySamples,
     StartupSamples,
@@ -32,10 +35,12 @@ from bench.daemon_bench import (
     measure_cycles,
     measure_startups,
 )
+from bench.echo_room import simulate_rooms
 from bench.memory import openwakeword_alone_rss_mb
 from bench.receive_path import profile_receive_path
 from bench.report import Figure, repeated, results_document, single, table
 from bench.speaker_calibration import calibrate_speaker
+from support.room import ROOMS
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS = REPOSITORY / "bench" / "results.json"
@@ -53,12 +58,17 @@ class Plan:
     startups: int
     cycle_runs: int
     cycles_per_run: int
+    echo_room_seconds: float  # of answer per simulated room (bench.echo_room)
+    self_interruption_seconds: float  # of answer per room, nobody talking (real process)
+    interruptions_per_room: int  # people talking over answers (real process)
 
 
 FULL = Plan(cpu_repetitions=5, openwakeword_processes=3, speaker_calibrations=24,
-            receive_path_deltas=200, startups=3, cycle_runs=6, cycles_per_run=3)
+            receive_path_deltas=200, startups=3, cycle_runs=6, cycles_per_run=3,
+            echo_room_seconds=120, self_interruption_seconds=75, interruptions_per_room=10)
 QUICK = Plan(cpu_repetitions=2, openwakeword_processes=1, speaker_calibrations=10,
-             receive_path_deltas=50, startups=1, cycle_runs=2, cycles_per_run=2)
+             receive_path_deltas=50, startups=1, cycle_runs=2, cycles_per_run=2,
+             echo_room_seconds=40, self_interruption_seconds=30, interruptions_per_room=3)
 
 
 def frontend_cpu(repetitions: int) -> dict[str, Any]:
@@ -147,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     log("daemon latencies")
     measure_cycles(plan.cycle_runs, plan.cycles_per_run, latencies, startups)
     upload = measure_conversation(latencies, startups)
+    log(f"echo rooms, simulated ({plan.echo_room_seconds:.0f} s of answer each)")
+    echo = simulate_rooms(plan.echo_room_seconds)
+    log(f"speech barge-in, whole process: {plan.self_interruption_seconds:.0f} s of answer "
+        f"in each of {len(ROOMS)} rooms, nobody talking")
+    self_interrupted = measure_self_interruptions(list(ROOMS), plan.self_interruption_seconds)
+    log(f"speech barge-in, whole process: {plan.interruptions_per_room} interruptions in "
+        f"each of {', '.join(LIVE_ROOMS)}")
+    talked_over = measure_interruptions(LIVE_ROOMS, plan.interruptions_per_room)
     # Sent -> handed to PortAudio: the drainer's time minus the harness's own delay after the
     # callback (calibrated, tight). Against Playback alone through the same harness: what the
     # daemon adds on top of the wait for PortAudio's next callback (every 20 ms).
@@ -180,6 +198,27 @@ def main(argv: list[str] | None = None) -> int:
                f"{upload.uploaded_seconds:.1f} s uploaded / {upload.session_seconds:.1f} s open"),
         single("speech_lost_ms", upload.speech_lost_ms, "ms",
                "voiced speech of the script missing upstream", len(upload.phrases)),
+        single("echo_reduction_db", echo.reduction_db_median, "dB",
+               f"simulated rooms, median (least {echo.reduction_db_least:.0f} dB)",
+               len(echo.rooms)),
+        single("echo_false_barge_ins_per_hour", echo.false_per_hour, "/h",
+               f"simulated, {echo.echo_only_s / 60:.0f} min of echo alone"),
+        repeated("echo_detect_ms", echo.detect_ms, "ms",
+                 f"simulated: start of speech -> turn opens ({echo.heard}/"
+                 f"{echo.interruptions} heard)"),
+        single("reply_cpu_with_aec", echo.cpu_with_aec, "CPU-s/s",
+               "simulated front end while an answer plays"),
+        single("reply_cpu_without_aec", echo.cpu_without_aec, "CPU-s/s",
+               "same, echo_cancellation = false"),
+        single("self_interruptions", sum(self_interrupted.counts.values()), "",
+               f"whole process, {sum(self_interrupted.played_s.values()):.0f} s of answer "
+               f"played in {len(ROOMS)} rooms: {self_interrupted.counts}"),
+        repeated("speech_barge_in_ms", talked_over.silent_after_ms, "ms",
+                 "whole process: start of speech -> speaker silent (drainer)"),
+        single("speech_barge_in_missed", talked_over.missed_share, "ratio",
+               f"whole process, {len(talked_over.results)} interruptions"),
+        single("speech_request_clipped", talked_over.clipped_share, "ratio",
+               "interrupting requests uploaded < 95 % whole"),
     ]
     elapsed = time.monotonic() - began
     raw: dict[str, Any] = {
@@ -214,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             / upload.wake_to_last_answer_seconds,
             "phrases": upload.phrases,
         },
+        "echo_rooms": echo.as_dict(),
+        "speech_barge_in": {"self_interruptions": self_interrupted.counts,
+                            "answer_played_seconds": self_interrupted.played_s,
+                            "interruptions": talked_over.as_dicts()},
         "frontend_cpu": {key: cpu[key] for key in (
             "idle_cpu_quiet_ratio_vs_our_always_on", "idle_cpu_speech_ratio_vs_our_always_on",
             "repetitions", "scenarios")},

@@ -4,10 +4,11 @@ builds them) against `tests/support/room.py`'s room, on a simulated device clock
 
 The speaker plays a long answer in 20 ms blocks (handed to the echo reference 60 ms before it
 is heard, as a PortAudio stream does); the room turns what was heard into the microphone's
-40 ms periods; a person talks over the answer now and then. A turn the gate opens while the
-answer plays and nobody talks is a false barge-in; one that opens while the person talks is
-heard, and the time from the person's first sound to it is the detection latency (the
-speaker then falls silent within one 20 ms block). What each figure means: docs/benchmarks.md.
+40 ms periods (both streams' stamps jitter by 3 ms); a person talks over the answer now and
+then. A turn the gate opens while the answer plays and nobody talks is a false barge-in; one
+that opens while the person talks is heard, and the time from the person's first sound to it
+is the detection latency (the speaker then falls silent within one 20 ms block).
+What each figure means: docs/benchmarks.md.
 
 `python -m bench.echo_room` prints a table per room; `simulate()` is what bench/__main__.py
 and the tuning use.
@@ -38,6 +39,9 @@ HANDED_AHEAD_S = 0.06  # a block reaches the reference this long before it is he
 # After an interruption, the next answer starts this long after the person stopped (their turn
 # ends after 0.5 s of silence; the answer comes some 100s of ms later).
 RESUME_AFTER_S = 1.0
+# The stamps of both streams jitter as PortAudio's callbacks do on a busy machine: ms, not
+# samples. (Exact stamps hid that restarting the pairing at every answer made AEC3 re-learn.)
+STAMP_JITTER_S = 0.003
 
 
 VOICES = (("wait, what was that", "en-us", 160), ("how tall is the eiffel tower", "en-gb", 150),
@@ -79,6 +83,7 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
     """`seconds` of answer in room `spec`, the person talking over it every ~`talk_every_s`
     (0: never). Each barge-in silences the speaker until 1 s after the person stopped."""
     rng = np.random.default_rng(seed)
+    jitter = np.random.default_rng(seed + 1)
     cfg = Config.model_validate({"audio": {"echo_cancellation": echo_cancellation}})
     reference = SpeakerReference()
     reference.rate = SPEAKER_RATE
@@ -130,7 +135,8 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                 pcm = np.clip(answer[answer_pos : answer_pos + block_n], -32768, 32767).astype(
                     np.int16)
                 answer_pos += block_n
-            reference.played(pcm.tobytes(), begins, bool(pcm.any()))
+            reference.played(pcm.tobytes(), begins + STAMP_JITTER_S * jitter.standard_normal(),
+                             bool(pcm.any()))
             room.played(pcm.tobytes(), at=begins + BLOCK_S)
             blocks_handed += 1
         echo = room.echo(chunk_n, at=now)
@@ -143,7 +149,8 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
         if current is not None:
             talking_until = talks[current][0] + len(talks[current][1]) / MIC_RATE
         started = time.process_time()
-        events = front_end.process(mic.tobytes(), now - mic_period_s)
+        stamp = now - mic_period_s + STAMP_JITTER_S * jitter.standard_normal()
+        events = front_end.process(mic.tobytes(), stamp)
         cpu += time.process_time() - started
         quiet_person = not voice.any() and now > talking_until + 0.5
         speaker_on = now - 0.5 >= silenced_until
@@ -176,6 +183,62 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                                              + 1e-12)
     result.cpu_s = cpu
     return result
+
+
+@dataclass
+class EchoSummary:
+    """bench/__main__.py's figures from every room, simulated with and without cancellation."""
+
+    rooms: list[RoomResult]
+    cpu_without_aec: float
+
+    @property
+    def reduction_db_median(self) -> float:
+        return float(np.median([r.echo_reduction_db for r in self.rooms]))
+
+    @property
+    def reduction_db_least(self) -> float:
+        return min(r.echo_reduction_db for r in self.rooms)
+
+    @property
+    def echo_only_s(self) -> float:
+        return sum(r.echo_only_s for r in self.rooms)
+
+    @property
+    def false_per_hour(self) -> float:
+        return sum(r.false_barge_ins for r in self.rooms) / max(1e-9, self.echo_only_s) * 3600
+
+    @property
+    def detect_ms(self) -> list[float]:
+        return [s * 1000 for r in self.rooms for s in r.latencies_s]
+
+    @property
+    def heard(self) -> int:
+        return sum(r.heard for r in self.rooms)
+
+    @property
+    def interruptions(self) -> int:
+        return sum(r.interruptions for r in self.rooms)
+
+    @property
+    def cpu_with_aec(self) -> float:
+        return sum(r.cpu_s for r in self.rooms) / sum(r.answer_s for r in self.rooms)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"cpu_without_aec": self.cpu_without_aec, "rooms": [
+            {"room": r.room, "answer_s": r.answer_s, "echo_reduction_db": r.echo_reduction_db,
+             "false_barge_ins": r.false_barge_ins, "heard": r.heard,
+             "interruptions": r.interruptions, "detect_ms": [s * 1000 for s in r.latencies_s],
+             "cpu_per_s": r.cpu_s / r.answer_s} for r in self.rooms]}
+
+
+def simulate_rooms(seconds: float) -> EchoSummary:
+    """Every room of support.room with cancellation, talked over; and one answer without it,
+    for the CPU the canceller costs."""
+    rooms = [simulate(name, spec, seconds=seconds) for name, spec in ROOMS.items()]
+    name, spec = next(iter(ROOMS.items()))
+    plain = simulate(name, spec, seconds=seconds, talk_every_s=0, echo_cancellation=False)
+    return EchoSummary(rooms, plain.cpu_s / plain.answer_s)
 
 
 def main() -> None:

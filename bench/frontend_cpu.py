@@ -4,7 +4,9 @@ Run from the repository root: `python -m bench.frontend_cpu [--repetitions N]`.
 
 Measures CPU seconds (`time.process_time`) per second of audio for
 - the whole front end (`FrontEnd`: 48 kHz capture resampled to 16 and 24 kHz, webrtcvad,
-  the speech gate and the VAD-gated wake detector), as the daemon runs it while idle;
+  the speech gate and the VAD-gated wake detector, and the echo canceller resting while the
+  idle speaker hands over silence), as the daemon runs it while idle;
+- the same front end without the echo canceller (idle, it must cost nothing);
 - the same front end without the wake word (what resampling + VAD + gate alone cost);
 - always-on openWakeWord as shipped (`openwakeword.Model.predict` on every 80 ms chunk of
   the same audio at 16 kHz): the baseline;
@@ -32,6 +34,7 @@ import numpy.typing as npt
 import openwakeword
 from tests.support.speech import ordinary_speech_stretch, pink_noise
 
+from talkbox.audio.echo_cancel import EchoCanceller, SpeakerReference
 from talkbox.audio.frontend import FrontEnd
 from talkbox.audio.resample import Resampler
 from talkbox.audio.vad import SpeechGate, VoiceActivity
@@ -46,17 +49,22 @@ from talkbox.audio.wake import (
 INPUT_RATE = 48000
 CAPTURE_PERIOD_FRAMES = 1024  # a typical PyAudio period at 48 kHz
 SECONDS = 60.0
+SPEAKER_RATE = 24000
+SPEAKER_BLOCK_S = 0.02  # the idle speaker hands its reference a block of silence this often
 MODELS = ["hey_jarvis"]
 RESULTS = Path(__file__).resolve().parent / "results" / "frontend_cpu.json"
 
 Pcm = npt.NDArray[np.int16]
 
 
-def make_frontend(with_wake: bool) -> FrontEnd:
+def make_frontend(with_wake: bool, with_echo: bool) -> FrontEnd:
     gate = SpeechGate(frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300,
                       max_turn_ms=30000)
     wake = GatedWakeDetector(WakeWordDetector(MODELS, 0.5, {}, 2.0)) if with_wake else None
-    return FrontEnd(INPUT_RATE, VoiceActivity(2), gate, wake)
+    echo = EchoCanceller(SpeakerReference(), INPUT_RATE) if with_echo else None
+    if echo is not None:
+        echo.reference.rate = SPEAKER_RATE
+    return FrontEnd(INPUT_RATE, VoiceActivity(2), gate, wake, echo=echo)
 
 
 def cpu_of(run: Callable[[], object]) -> float:
@@ -65,13 +73,21 @@ def cpu_of(run: Callable[[], object]) -> float:
     return time.process_time() - start
 
 
-def frontend_cpu(capture: bytes, with_wake: bool) -> float:
-    frontend = make_frontend(with_wake)  # model loading is start-up, not idle cost
+def frontend_cpu(capture: bytes, with_wake: bool, with_echo: bool = True) -> float:
+    frontend = make_frontend(with_wake, with_echo)  # model loading is start-up, not idle cost
     period = CAPTURE_PERIOD_FRAMES * 2
+    period_s = CAPTURE_PERIOD_FRAMES / INPUT_RATE
+    silence = bytes(2 * round(SPEAKER_RATE * SPEAKER_BLOCK_S))
 
     def run() -> None:
-        for start in range(0, len(capture), period):
-            frontend.process(capture[start : start + period])
+        blocks = 0
+        for index, start in enumerate(range(0, len(capture), period)):
+            captured_at = index * period_s
+            if frontend.echo is not None:
+                while blocks * SPEAKER_BLOCK_S <= captured_at + period_s:
+                    frontend.echo.reference.played(silence, blocks * SPEAKER_BLOCK_S, False)
+                    blocks += 1
+            frontend.process(capture[start : start + period], captured_at)
         frontend.flush()
 
     return cpu_of(run)
@@ -108,13 +124,16 @@ def measure(name: str, audio48k: Pcm, repetitions: int) -> dict[str, object]:
     to16k = Resampler(INPUT_RATE, 16000)
     audio16k = np.frombuffer(to16k.process(capture) + to16k.flush(), dtype=np.int16)
     runs: dict[str, list[float]] = {"always_on_openwakeword": [], "always_on_ours": [],
-                                    "frontend": [], "frontend_without_wake": []}
+                                    "frontend": [], "frontend_without_wake": [],
+                                    "frontend_without_echo_canceller": []}
     # Interleaved, so a slow moment of the machine hits every variant alike.
     for _ in range(repetitions):
         runs["always_on_openwakeword"].append(stock_openwakeword_cpu(audio16k))
         runs["always_on_ours"].append(always_on_cpu(audio16k))
         runs["frontend"].append(frontend_cpu(capture, with_wake=True))
         runs["frontend_without_wake"].append(frontend_cpu(capture, with_wake=False))
+        runs["frontend_without_echo_canceller"].append(
+            frontend_cpu(capture, with_wake=True, with_echo=False))
     seconds = len(audio48k) / INPUT_RATE
     medians = {key: statistics.median(values) for key, values in runs.items()}
     return {
@@ -125,6 +144,8 @@ def measure(name: str, audio48k: Pcm, repetitions: int) -> dict[str, object]:
         "cpu_per_audio_second": {key: value / seconds for key, value in medians.items()},
         "ratio_to_always_on": medians["frontend"] / medians["always_on_openwakeword"],
         "ratio_to_our_always_on": medians["frontend"] / medians["always_on_ours"],
+        "ratio_without_echo_canceller": medians["frontend_without_echo_canceller"]
+        / medians["always_on_openwakeword"],
     }
 
 
@@ -141,7 +162,7 @@ def main() -> None:
     print(f"CPU seconds per audio second, median of {args.repetitions} "
           f"({INPUT_RATE} Hz capture, models {MODELS})")
     header = (f"{'audio':42} {'openWakeWord':>12} {'ours':>8} {'front end':>10} "
-              f"{'no wake':>8} {'ratio':>6} {'vs ours':>7}")
+              f"{'no wake':>8} {'no AEC':>8} {'ratio':>6} {'vs ours':>7}")
     print(header)
     print("-" * len(header))
     for result in results:
@@ -150,16 +171,21 @@ def main() -> None:
         print(f"{result['audio']!s:42} {per_second['always_on_openwakeword']:12.4f} "
               f"{per_second['always_on_ours']:8.4f} {per_second['frontend']:10.4f} "
               f"{per_second['frontend_without_wake']:8.4f} "
+              f"{per_second['frontend_without_echo_canceller']:8.4f} "
               f"{result['ratio_to_always_on']:6.3f} {result['ratio_to_our_always_on']:7.3f}")
     print("openWakeWord/ours: always-on wake word alone; front end: resample + VAD + gate + "
-          "gated wake;\nno wake: the front end without the wake word; ratio: front end / "
-          "always-on openWakeWord.\nCapture itself is one memcpy per period, not measured.")
+          "gated wake + resting echo canceller;\nno wake / no AEC: the front end without the "
+          "wake word / the echo canceller; ratio: front end / always-on openWakeWord.\n"
+          "Capture itself is one memcpy per period, not measured.")
 
     report = {
         "idle_cpu_quiet_ratio": results[0]["ratio_to_always_on"],
         "idle_cpu_speech_ratio": results[1]["ratio_to_always_on"],
         "idle_cpu_quiet_ratio_vs_our_always_on": results[0]["ratio_to_our_always_on"],
         "idle_cpu_speech_ratio_vs_our_always_on": results[1]["ratio_to_our_always_on"],
+        "idle_cpu_quiet_ratio_without_echo_canceller": results[0]["ratio_without_echo_canceller"],
+        "idle_cpu_speech_ratio_without_echo_canceller":
+            results[1]["ratio_without_echo_canceller"],
         "targets": {"idle_cpu_quiet_ratio": 0.2, "idle_cpu_speech_ratio": 1.1},
         "input_rate": INPUT_RATE,
         "capture_period_frames": CAPTURE_PERIOD_FRAMES,

@@ -42,17 +42,26 @@ TARGETS: dict[str, Target] = {
     "barge_in_ms": Target(150, "p95"),
     "upload_ratio": Target(0.5, "value"),
     "speech_lost_ms": Target(0, "value", equal=True),
+    # Issue 13: speech barge-in through the whole process (bench.barge_in_live).
+    "self_interruptions": Target(0, "value", equal=True),
+    "speech_barge_in_ms": Target(300, "p95"),
+    "speech_barge_in_missed": Target(0.05, "value"),
+    "speech_request_clipped": Target(0.05, "value"),
 }
 
 # The keys of results.json, in order; "machine" and "raw" come after them.
 FIGURE_KEYS: tuple[str, ...] = (
     "idle_cpu_quiet_ratio", "idle_cpu_speech_ratio", "rss_mb", "rss_mb_openwakeword_alone",
     "ready_seconds", "wake_latency_ms", "first_audio_ms", "commit_latency_ms", "first_sound_ms",
-    "barge_in_ms", "upload_ratio", "speech_lost_ms",
+    "barge_in_ms", "upload_ratio", "speech_lost_ms", "echo_reduction_db",
+    "echo_false_barge_ins_per_hour", "echo_detect_ms", "reply_cpu_with_aec",
+    "reply_cpu_without_aec", "self_interruptions", "speech_barge_in_ms",
+    "speech_barge_in_missed", "speech_request_clipped",
 )
 # Figures reported as {median, p95, n, min, max}; the others are single numbers.
 DISTRIBUTIONS = frozenset({"ready_seconds", "wake_latency_ms", "first_audio_ms",
-                           "commit_latency_ms", "first_sound_ms", "barge_in_ms"})
+                           "commit_latency_ms", "first_sound_ms", "barge_in_ms",
+                           "echo_detect_ms", "speech_barge_in_ms"})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,364 @@
+"""Speech barge-in through the whole `talkbox run` process: real PyAudio over ALSA file devices,
+the fake Realtime service, and support.room's room between the speaker and the microphone.
+
+Two measurements, each in several rooms at once (one daemon per room):
+
+- self-interruptions: a long answer plays and nobody talks; every "interrupted" is false;
+- interruptions: a person asks, then talks over each answer 1.5-3.5 s into it with another
+  request, `--per-room` times. Heard: the daemon logged "interrupted" within 1.5 s of the
+  person's first sample. Silent after: from that first sample to the speaker's last sound
+  (as the drain took it, so the output buffer is included). Uploaded whole: the request's
+  voiced samples found in what was committed for it.
+
+bench.echo_room runs the same front end in the same rooms faster than real time, on exact
+stamps; this one pays for the real devices' timestamps, the event loop and the machine's load.
+`python -m bench.barge_in_live` prints a table and writes bench/results/barge_in_live.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support imports)
+from support.audio_match import locate, resample
+from support.daemon import DaemonRun, LiveMicrophone, run_daemon, wait_until
+from support.fake_realtime import ServerThread
+from support.room import PERSON_DBFS, ROOMS, SPEAKER_DBFS, speech_level_dbfs
+from support.service import serving, sessions
+from support.speech import concat, ordinary_speech_stretch, silence, speak
+
+RESULTS = Path(__file__).resolve().parent / "results" / "barge_in_live.json"
+API_KEY = "bench-secret-key-0123456789abcdef"
+DEPLOYMENT = "gpt-4o-realtime-preview"
+MIC_RATE = 16000
+SPEAKER_RATE = 24000
+INTERRUPTED = "state listening (interrupted)"
+# Talked over in bench/__main__.py: the rooms with drift (either way), 120-200 ms of delay.
+LIVE_ROOMS = ["kitchen-drift", "living-room"]
+
+# Requests without a pause in them: one turn each (a pause of silence_duration_ms would end
+# the turn there, and the rest would interrupt the answer to the first part, rightly).
+REQUESTS = [
+    ("what is the weather like tomorrow", "en-us", 160),
+    ("wait tell me something else", "en-gb", 150),
+    ("how tall is the eiffel tower", "en-us+f3", 170),
+    ("can you speak more slowly please", "en-gb-x-rp", 140),
+    ("who wrote the odyssey", "en-us+m3", 180),
+    ("no I meant the other one", "en-gb+f3", 160),
+]
+
+
+def at_level(pcm: npt.NDArray[np.int16], dbfs: float) -> npt.NDArray[np.int16]:
+    gain = 10 ** ((dbfs - speech_level_dbfs(pcm)) / 20)
+    return np.clip(pcm.astype(np.float64) * gain, -32768, 32767).astype(np.int16)
+
+
+def person(text: str, voice: str = "en-us", speed: int = 160) -> npt.NDArray[np.int16]:
+    return at_level(speak(text, voice=voice, speed=speed, rate=MIC_RATE, pad=(0.0, 0.0)),
+                    PERSON_DBFS)
+
+
+def long_answer(seconds: float) -> bytes:
+    speech = ordinary_speech_stretch(SPEAKER_RATE, seconds, noise_volume=0.0,
+                                     pauses=(0.3, 0.6, 0.2))
+    return bytes(at_level(speech, SPEAKER_DBFS).tobytes())
+
+
+def config_text(url_base: str, log_level: str) -> str:
+    return f"""
+[realtime]
+provider = "azure"
+endpoint = "{url_base}"
+deployment = "{DEPLOYMENT}"
+api_version = ""
+connect_timeout_seconds = 5.0
+
+[audio]
+input_device = "mic"
+output_device = "speaker"
+echo_cancellation = true
+
+[conversation]
+barge_in = "speech"
+follow_up_seconds = 6.0
+
+[control]
+socket = "{{control_socket}}"
+
+[log]
+level = "{log_level}"
+"""
+
+
+def log_times(log: str, text: str) -> list[float]:
+    """Monotonic times of the log lines containing `text` (the log stamps wall-clock time)."""
+    offset = time.monotonic() - time.time()
+    return [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp() + offset
+            for line in log.splitlines() if text in line and re.match(r"\d{4}-\d\d-\d\d ", line)]
+
+
+def sounding(records: list[tuple[float, bytes]], since: float) -> list[float]:
+    return [at for at, pcm in records if at >= since and any(pcm)]
+
+
+def silent_from(records: list[tuple[float, bytes]], since: float, quiet_s: float = 0.8
+                ) -> float | None:
+    """When the speaker last sounded before a silence of `quiet_s` that began after `since`
+    (longer than the answer's own pauses, shorter than a request and the wait for the next)."""
+    last = since
+    for at, pcm in records:
+        if at < since:
+            continue
+        if any(pcm):
+            if at - last >= quiet_s:
+                return last
+            last = at
+    return last if records and records[-1][0] - last >= quiet_s else None
+
+
+@contextlib.contextmanager
+def rooms_running(base: Path, url_base: str, names: list[str], log_level: str
+                  ) -> Iterator[dict[str, DaemonRun]]:
+    with contextlib.ExitStack() as stack:
+        runs = {name: stack.enter_context(run_daemon(base / name, config_text(url_base, log_level),
+                                                     api_key=API_KEY, room=ROOMS[name]))
+                for name in names}
+        for run in runs.values():
+            run.wait_ready()
+        yield runs
+
+
+@dataclass
+class Interruption:
+    room: str
+    onset: float
+    request: npt.NDArray[np.int16] = field(repr=False)
+    heard: bool = False
+    silent_after_s: float | None = None
+    uploaded_share: float = 0.0
+
+
+@dataclass
+class RoomScript:
+    """One room's person: asks, then talks over each answer a few seconds in, `count` times."""
+
+    name: str
+    run: DaemonRun
+    service: ServerThread
+    count: int
+    seed: int
+    session_index: int = -1
+    results: list[Interruption] = field(default_factory=list)
+    error: BaseException | None = None
+
+    def __call__(self) -> None:
+        try:
+            self._play()
+        except BaseException as error:  # reported by the main thread
+            self.error = error
+
+    def _play(self) -> None:
+        rng = random.Random(self.seed)
+        mic: LiveMicrophone = self.run.microphone()
+        mic.speak(concat(silence(0.5), person("hey jarvis, tell me about rome")).tobytes())
+        commits = 0
+        for index in range(self.count):
+            commits = self._wait_for_commit(commits)
+            answer_from = self._wait_for_answer()
+            time.sleep(max(0.0, rng.uniform(1.5, 3.5) - (time.monotonic() - answer_from)))
+            text, voice, speed = REQUESTS[(index + self.seed) % len(REQUESTS)]
+            request = person(text, voice, speed)
+            spoken = len(mic.utterance_starts)
+            mic.speak(request.tobytes())
+            wait_until(lambda n=spoken: len(mic.utterance_starts) > n, 5, "the request to start")
+            self.results.append(Interruption(self.name, mic.utterance_starts[-1], request))
+        self._wait_for_commit(commits)
+
+    def _wait_for_commit(self, seen: int) -> int:
+        def committed() -> int:
+            return sum(len(s.commits) for s in sessions(self.service)
+                       if s.index == self.session_index)
+        wait_until(lambda: committed() > seen, 20, f"{self.name}: a turn to be committed")
+        return committed()
+
+    def _wait_for_answer(self) -> float:
+        since = time.monotonic()
+        wait_until(lambda: bool(sounding(self.run.drainer.records[-200:], since)), 20,
+                   f"{self.name}: the answer to play")
+        return sounding(self.run.drainer.records[-200:], since)[0]
+
+
+def judge(interruption: Interruption, records: list[tuple[float, bytes]],
+          interrupted_at: list[float], commits: list[bytes]) -> None:
+    onset = interruption.onset
+    interruption.heard = any(onset <= at <= onset + 1.5 for at in interrupted_at)
+    silent = silent_from(records, onset)
+    interruption.silent_after_s = None if silent is None else silent - onset
+    # The request's second half is found in the upload; where the whole request would begin
+    # then says whether its first syllables were uploaded too.
+    request = resample(interruption.request, MIC_RATE, SPEAKER_RATE)
+    half = len(request) // 2
+    found = [locate(commit, request[half:]) for commit in commits]
+    if not found:
+        return
+    offset, match = max(found, key=lambda item: item[1])
+    if match < 0.5:
+        return
+    voiced = np.abs(request.astype(np.int32)) > 300
+    missing = voiced[: max(0, half - offset)].sum()
+    interruption.uploaded_share = 1.0 - missing / max(1, voiced.sum())
+
+
+@dataclass
+class TalkedOver:
+    """What bench/__main__.py reports of the interruptions."""
+
+    results: list[Interruption]
+
+    @property
+    def heard(self) -> list[Interruption]:
+        return [r for r in self.results if r.heard]
+
+    @property
+    def silent_after_ms(self) -> list[float]:
+        return [r.silent_after_s * 1000 for r in self.heard if r.silent_after_s is not None]
+
+    @property
+    def missed_share(self) -> float:
+        return 1 - len(self.heard) / max(1, len(self.results))
+
+    @property
+    def clipped_share(self) -> float:
+        return sum(r.uploaded_share < 0.95 for r in self.heard) / max(1, len(self.heard))
+
+    def as_dicts(self) -> list[dict[str, object]]:
+        return [{"room": r.room, "heard": r.heard, "silent_after_s": r.silent_after_s,
+                 "uploaded_share": r.uploaded_share} for r in self.results]
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+@dataclass
+class SelfInterruptions:
+    """Per room: how often the answer interrupted itself, and how much of it was played."""
+
+    counts: dict[str, int]
+    played_s: dict[str, float]
+
+    @property
+    def per_hour(self) -> float:
+        return sum(self.counts.values()) / max(1e-9, sum(self.played_s.values())) * 3600
+
+
+def measure_self_interruptions(names: list[str], answer_s: float, log_level: str = "info"
+                               ) -> SelfInterruptions:
+    """One long answer in each room at once, nobody talking. An answer that interrupts itself
+    ends there (the service cancels it), so what was played is counted, not assumed."""
+    with serving(API_KEY, deployments={DEPLOYMENT}) as service, \
+            tempfile.TemporaryDirectory(prefix="talkbox-barge-in-") as tmp:
+        service.server.reply_pcm = long_answer(answer_s)
+        ask = concat(silence(1.0), person("hey jarvis, tell me a long story"), silence(1.0))
+        with rooms_running(Path(tmp), service.url_base, names, log_level) as runs:
+            for run in runs.values():
+                run.say(ask.tobytes())
+            for run in runs.values():
+                run.wait_for_log("state responding", timeout=30)
+            deadline = time.monotonic() + answer_s + 15
+            while time.monotonic() < deadline and not all(
+                    "state listening (answer played)" in run.log() for run in runs.values()):
+                time.sleep(0.5)
+            counts = {name: run.log().count(INTERRUPTED) for name, run in runs.items()}
+            played = {name: sum(len(pcm) / 2 / SPEAKER_RATE for _, pcm in run.drainer.records
+                                if any(pcm)) for name, run in runs.items()}
+    return SelfInterruptions(counts, played)
+
+
+def measure_interruptions(names: list[str], per_room: int, log_level: str = "info",
+                          keep_logs: Path | None = None) -> TalkedOver:
+    with serving(API_KEY, deployments={DEPLOYMENT}) as service, \
+            tempfile.TemporaryDirectory(prefix="talkbox-barge-in-") as tmp:
+        service.server.reply_pcm = long_answer(20.0)
+        with rooms_running(Path(tmp), service.url_base, names, log_level) as runs:
+            scripts = [RoomScript(name, run, service, per_room, seed=i)
+                       for i, (name, run) in enumerate(runs.items())]
+            threads = []
+            for script in scripts:
+                before = len(sessions(service))
+                thread = threading.Thread(target=script, name=script.name)
+                thread.start()
+                wait_until(lambda b=before: len(sessions(service)) > b, 20, "a session")
+                script.session_index = sessions(service)[-1].index
+                threads.append(thread)
+            for thread in threads:
+                thread.join(timeout=per_room * 15 + 60)
+            outcome = {s.name: (list(runs[s.name].drainer.records), runs[s.name].log())
+                       for s in scripts}
+        recorded = {s.index: s for s in sessions(service)}
+    results: list[Interruption] = []
+    for script in scripts:
+        if script.error is not None:
+            raise RuntimeError(f"{script.name}: {script.error!r}") from script.error
+        records, log = outcome[script.name]
+        if keep_logs is not None:
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            (keep_logs / f"{script.name}.log").write_text(log)
+        commits = [bytes(c.audio) for c in recorded[script.session_index].commits]
+        for interruption in script.results:
+            judge(interruption, records, log_times(log, INTERRUPTED), commits)
+            results.append(interruption)
+    return TalkedOver(results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rooms", default=",".join(LIVE_ROOMS))
+    parser.add_argument("--per-room", type=int, default=12)
+    parser.add_argument("--answer-seconds", type=float, default=0.0,
+                        help="first, play a long answer in each room, nobody talking")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--keep-logs", type=Path, default=None)
+    args = parser.parse_args()
+    names = args.rooms.split(",")
+    document: dict[str, object] = {"rooms": names}
+    if args.answer_seconds > 0:
+        false = measure_self_interruptions(names, args.answer_seconds, args.log_level)
+        document["self_interruptions"] = false.counts
+        document["answer_played_seconds"] = false.played_s
+        for name, count in false.counts.items():
+            print(f"{name:18} self-interruptions {count} in {false.played_s[name]:.0f} s played")
+    talked_over = measure_interruptions(names, args.per_room, args.log_level, args.keep_logs)
+    print(f"{'room':18} {'heard':>7} {'p50 ms':>7} {'p95 ms':>7} {'whole':>7}")
+    for name in [*names, "all"]:
+        mine = TalkedOver([r for r in talked_over.results if name in (r.room, "all")])
+        silent = mine.silent_after_ms
+        whole = sum(r.uploaded_share >= 0.95 for r in mine.heard)
+        print(f"{name:18} {len(mine.heard):3}/{len(mine.results):<3} "
+              f"{percentile(silent, 0.5):7.0f} {percentile(silent, 0.95):7.0f} "
+              f"{whole:3}/{len(mine.heard):<3}")
+    for r in talked_over.results:
+        if not r.heard:
+            print(f"  not heard: {r.room} at {r.onset:.2f}")
+    document["interruptions"] = talked_over.as_dicts()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
