@@ -131,7 +131,7 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repetitions (about 3 minutes instead of about 10)")
+                        help="fewer repetitions (about 5 minutes instead of about 11)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     began = time.monotonic()
