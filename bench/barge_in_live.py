@@ -38,9 +38,9 @@ import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support impo
 from support.audio_match import locate, resample
 from support.daemon import DaemonRun, LiveMicrophone, run_daemon, wait_until
 from support.fake_realtime import ServerThread
-from support.room import PERSON_DBFS, ROOMS, SPEAKER_DBFS, speech_level_dbfs
+from support.room import ROOMS, long_answer, person
 from support.service import serving, sessions
-from support.speech import concat, ordinary_speech_stretch, silence, speak
+from support.speech import concat, silence
 
 RESULTS = Path(__file__).resolve().parent / "results" / "barge_in_live.json"
 API_KEY = "bench-secret-key-0123456789abcdef"
@@ -66,22 +66,6 @@ REQUESTS = [
     ("who wrote the odyssey", "en-us+m3", 180),
     ("no I meant the other one", "en-gb+f3", 160),
 ]
-
-
-def at_level(pcm: npt.NDArray[np.int16], dbfs: float) -> npt.NDArray[np.int16]:
-    gain = 10 ** ((dbfs - speech_level_dbfs(pcm)) / 20)
-    return np.clip(pcm.astype(np.float64) * gain, -32768, 32767).astype(np.int16)
-
-
-def person(text: str, voice: str = "en-us", speed: int = 160) -> npt.NDArray[np.int16]:
-    return at_level(speak(text, voice=voice, speed=speed, rate=MIC_RATE, pad=(0.0, 0.0)),
-                    PERSON_DBFS)
-
-
-def long_answer(seconds: float) -> bytes:
-    speech = ordinary_speech_stretch(SPEAKER_RATE, seconds, noise_volume=0.0,
-                                     pauses=(0.3, 0.6, 0.2))
-    return bytes(at_level(speech, SPEAKER_DBFS).tobytes())
 
 
 def config_text(url_base: str, log_level: str) -> str:

@@ -16,52 +16,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
 import pytest
 
 from e2e.conftest import API_KEY, service_config
 from support.daemon import DaemonRun, run_daemon
 from support.fake_realtime import ServerThread
-from support.room import PERSON_DBFS, ROOMS, SPEAKER_DBFS, rms_dbfs, speech_level_dbfs
+from support.room import PERSON_DBFS, ROOMS, long_answer, person, rms_dbfs
 from support.service import sessions
-from support.speech import concat, ordinary_speech_stretch, silence, speak
+from support.speech import concat, silence
 
 pytestmark = pytest.mark.slow
 
 MIC_RATE = 16000
 SPEAKER_RATE = 24000
-
-
-# Requests without a pause in them: one turn each (a pause of silence_duration_ms would end
-# the turn there, and the rest would interrupt the answer to the first part, rightly).
-REQUESTS = [
-    ("what is the weather like tomorrow", "en-us", 160),
-    ("wait tell me something else", "en-gb", 150),
-    ("how tall is the eiffel tower", "en-us+f3", 170),
-    ("can you speak more slowly please", "en-gb-x-rp", 140),
-    ("who wrote the odyssey", "en-us+m3", 180),
-    ("no I meant the other one", "en-gb+f3", 160),
-]
-
-
-def at_level(pcm: npt.NDArray[np.int16], dbfs: float) -> npt.NDArray[np.int16]:
-    """`pcm` scaled to an active speech level of `dbfs`."""
-    gain = 10 ** ((dbfs - speech_level_dbfs(pcm)) / 20)
-    return np.clip(pcm.astype(np.float64) * gain, -32768, 32767).astype(np.int16)
-
-
-def person(text: str, voice: str = "en-us", speed: int = 160) -> npt.NDArray[np.int16]:
-    """A person at the microphone, at the room's reference level."""
-    return at_level(speak(text, voice=voice, speed=speed, rate=MIC_RATE, pad=(0.0, 0.0)),
-                    PERSON_DBFS)
-
-
-def long_answer(seconds: float) -> bytes:
-    """A spoken answer at 24 kHz, at the speaker's reference level."""
-    speech = ordinary_speech_stretch(SPEAKER_RATE, seconds, noise_volume=0.0,
-                                     pauses=(0.3, 0.6, 0.2))
-    return bytes(at_level(speech, SPEAKER_DBFS).tobytes())
 
 
 def room_config(url_base: str, *, barge_in: str = "speech", detection: str = "local",

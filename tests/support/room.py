@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from support.speech import ordinary_speech_stretch, speak
+
 Floats = npt.NDArray[np.float32]
 Floats64 = npt.NDArray[np.float64]
 Samples = bytes | npt.NDArray[np.int16] | npt.NDArray[np.float32] | npt.NDArray[np.float64]
@@ -157,6 +159,25 @@ def speech_level_dbfs(pcm: Samples, rate: int = MIC_RATE, frame_ms: int = 20) ->
         if level - threshold >= 15.9:
             return level
     return 10 * math.log10(float(power.mean()))
+
+
+def at_speech_level(pcm: Samples, dbfs: float) -> npt.NDArray[np.int16]:
+    """`pcm` (at the microphone's rate) scaled to an active speech level of `dbfs`."""
+    gain = 10 ** ((dbfs - speech_level_dbfs(pcm)) / 20)
+    return np.clip(as_floats(pcm) * gain, -32768, 32767).astype(np.int16)
+
+
+def person(text: str, voice: str = "en-us", speed: int = 160) -> npt.NDArray[np.int16]:
+    """A person at the microphone saying `text`, at the room's reference level."""
+    return at_speech_level(speak(text, voice=voice, speed=speed, rate=MIC_RATE, pad=(0.0, 0.0)),
+                           PERSON_DBFS)
+
+
+def long_answer(seconds: float) -> bytes:
+    """A spoken answer as the service sends it (24 kHz), at the speaker's reference level."""
+    speech = ordinary_speech_stretch(SPEAKER_RATE, seconds, noise_volume=0.0,
+                                     pauses=(0.3, 0.6, 0.2))
+    return bytes(at_speech_level(speech, SPEAKER_DBFS).tobytes())
 
 
 def measure_delay(reference: Samples, recording: Samples, rate: int,
