@@ -22,31 +22,27 @@ import argparse
 import contextlib
 import json
 import random
-import re
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support imports)
+from bench.daemon_bench import API_KEY, DEPLOYMENT, config_text, wall_minus_monotonic
+from bench.timeline import log_stamps, percentile, wall_to_monotonic
 from support.audio_match import locate, resample
 from support.daemon import DaemonRun, LiveMicrophone, run_daemon, wait_until
 from support.fake_realtime import ServerThread
-from support.room import ROOMS, long_answer, person
+from support.room import MIC_RATE, ROOMS, SPEAKER_RATE, long_answer, person
 from support.service import serving, sessions
 from support.speech import concat, silence
 
 RESULTS = Path(__file__).resolve().parent / "results" / "barge_in_live.json"
-API_KEY = "bench-secret-key-0123456789abcdef"
-DEPLOYMENT = "gpt-4o-realtime-preview"
-MIC_RATE = 16000
-SPEAKER_RATE = 24000
 INTERRUPTED = "state listening (interrupted)"
 # Talked over in bench/__main__.py: the rooms with drift (either way), 120-200 ms of delay.
 LIVE_ROOMS = ["kitchen-drift", "living-room"]
@@ -66,39 +62,6 @@ REQUESTS = [
     ("who wrote the odyssey", "en-us+m3", 180),
     ("no I meant the other one", "en-gb+f3", 160),
 ]
-
-
-def config_text(url_base: str, log_level: str) -> str:
-    return f"""
-[realtime]
-provider = "azure"
-endpoint = "{url_base}"
-deployment = "{DEPLOYMENT}"
-api_version = ""
-connect_timeout_seconds = 5.0
-
-[audio]
-input_device = "mic"
-output_device = "speaker"
-echo_cancellation = true
-
-[conversation]
-barge_in = "speech"
-follow_up_seconds = 6.0
-
-[control]
-socket = "{{control_socket}}"
-
-[log]
-level = "{log_level}"
-"""
-
-
-def log_times(log: str, text: str) -> list[float]:
-    """Monotonic times of the log lines containing `text` (the log stamps wall-clock time)."""
-    offset = time.monotonic() - time.time()
-    return [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp() + offset
-            for line in log.splitlines() if text in line and re.match(r"\d{4}-\d\d-\d\d ", line)]
 
 
 def sounding(records: list[tuple[float, bytes]], since: float) -> list[float]:
@@ -124,8 +87,10 @@ def silent_from(records: list[tuple[float, bytes]], since: float, quiet_s: float
 def rooms_running(base: Path, url_base: str, names: list[str], log_level: str
                   ) -> Iterator[dict[str, DaemonRun]]:
     with contextlib.ExitStack() as stack:
-        runs = {name: stack.enter_context(run_daemon(base / name, config_text(url_base, log_level),
-                                                     api_key=API_KEY, room=ROOMS[name]))
+        config = config_text(url_base, 6.0, barge_in="speech", echo_cancellation=True,
+                             log_level=log_level)
+        runs = {name: stack.enter_context(run_daemon(base / name, config, api_key=API_KEY,
+                                                     room=ROOMS[name]))
                 for name in names}
         for run in runs.values():
             run.wait_ready()
@@ -240,11 +205,6 @@ class TalkedOver:
                  "uploaded_share": r.uploaded_share} for r in self.results]
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
-
-
 @dataclass
 class SelfInterruptions:
     """Per room: how often the answer interrupted itself, and how much of it was played."""
@@ -301,6 +261,7 @@ def measure_interruptions(names: list[str], per_room: int, log_level: str = "inf
             outcome = {s.name: (list(runs[s.name].drainer.records), runs[s.name].log())
                        for s in scripts}
         recorded = {s.index: s for s in sessions(service)}
+    offset = wall_minus_monotonic()
     results: list[Interruption] = []
     for script in scripts:
         if script.error is not None:
@@ -310,8 +271,10 @@ def measure_interruptions(names: list[str], per_room: int, log_level: str = "inf
             keep_logs.mkdir(parents=True, exist_ok=True)
             (keep_logs / f"{script.name}.log").write_text(log)
         commits = [bytes(c.audio) for c in recorded[script.session_index].commits]
+        interrupted_at = [wall_to_monotonic(wall, offset)
+                          for wall in log_stamps(log, INTERRUPTED)]
         for interruption in script.results:
-            judge(interruption, records, log_times(log, INTERRUPTED), commits)
+            judge(interruption, records, interrupted_at, commits)
             results.append(interruption)
     return TalkedOver(results)
 

@@ -74,7 +74,11 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def config_text(url_base: str, follow_up_seconds: float) -> str:
+def config_text(url_base: str, follow_up_seconds: float, *, barge_in: str = "wake",
+                echo_cancellation: bool = False, log_level: str = "info") -> str:
+    """The daemon's config on the harness's sound card. Without a room (support.room) its
+    microphone does not hear the speaker, so there is nothing to cancel: bench.echo_room and
+    bench.barge_in_live measure the canceller in rooms that echo."""
     return f"""
 [realtime]
 provider = "azure"
@@ -92,19 +96,17 @@ input_device = "mic"
 output_device = "speaker"
 input_rate = {MIC_RATE}
 output_rate = {SPEAKER_RATE}
-# The harness's microphone does not hear the speaker: nothing to cancel (bench.echo_room
-# measures the canceller in rooms that echo).
-echo_cancellation = false
+echo_cancellation = {str(echo_cancellation).lower()}
 
 [conversation]
 follow_up_seconds = {follow_up_seconds}
-barge_in = "wake"
+barge_in = "{barge_in}"
 
 [control]
 socket = "{{control_socket}}"
 
 [log]
-level = "info"
+level = "{log_level}"
 """
 
 

@@ -181,8 +181,7 @@ class EchoCanceller:
         self._start_time = 0.0
         self._read_at: int | None = None  # index into _history of the next chunk's reference
         self._smoothed_error = 0.0
-        self._audible_until = -math.inf  # DAC time when the last sound's echo has ended
-        self._running_until = -math.inf  # DAC time when AEC3 stops, STAY_ON_S after it
+        self._sound_ended = -math.inf  # DAC time when the last sound handed over ends
         self._echo_s = 0.0  # of echo AEC3 has learnt from
         self.last_chunk_cleaned = False
         """Whether the last chunk went through AEC3."""
@@ -204,8 +203,8 @@ class EchoCanceller:
         self._take_reference()
         n = len(captured) // BYTES_PER_SAMPLE
         capture_time, _ = self._microphone_clock.place(capture_time, n)
-        self.last_chunk_may_echo = n > 0 and capture_time < self._audible_until
-        self.last_chunk_cleaned = n > 0 and capture_time < self._running_until
+        self.last_chunk_may_echo = n > 0 and capture_time < self._sound_ended + ECHO_TAIL_S
+        self.last_chunk_cleaned = n > 0 and capture_time < self._sound_ended + STAY_ON_S
         if not self.last_chunk_cleaned:
             if self._read_at is not None:
                 log.debug("echo canceller resting: %s", self.stats)
@@ -235,10 +234,8 @@ class EchoCanceller:
             if jumped:  # a gap in what the speaker was handed (a stall, a reopened device)
                 self._forget_reference()
             if audible:
-                block_s = samples / rate
-                self._audible_until = max(self._audible_until, dac_time + block_s + ECHO_TAIL_S)
-                self._running_until = max(self._running_until, dac_time + block_s + STAY_ON_S)
-            elif dac_time >= self._running_until and self._read_at is None:
+                self._sound_ended = max(self._sound_ended, dac_time + samples / rate)
+            elif dac_time >= self._sound_ended + STAY_ON_S and self._read_at is None:
                 continue  # silence while nothing needs cancelling: not worth resampling
             self._append_reference(dac_time, pcm)
 
