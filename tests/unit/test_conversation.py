@@ -454,6 +454,23 @@ def test_response_timeout_ends_with_an_error() -> None:
     assert d.m.state is State.IDLE
 
 
+def test_a_long_answer_is_not_cut_by_the_response_timeout_but_a_stalled_one_is() -> None:
+    d = Driver(response_timeout_seconds=30)
+    d.start_listening()
+    d.speak(500)
+    d.server(ResponseCreated("r1"))
+    d(ServerEventReceived(d.m.conversation, AudioDelta("r1", "i1", 0, ms(100))), advance=20)
+    d(ServerEventReceived(d.m.conversation, AudioDelta("r1", "i1", 0, ms(100))), advance=8)
+    d.now += 2  # 30 s after the end of the turn, 2 s after the latest audio
+    rearmed = d.fire(TIMER_RESPONSE)
+    assert not of(ConversationEnded, rearmed)
+    assert [a.seconds for a in of(StartTimer, rearmed)] == [pytest.approx(28)]
+    assert d.m.state is State.RESPONDING
+    d.now += 28
+    assert "stopped answering for 30 s" in ended_with(d.fire(TIMER_RESPONSE))
+    assert d.m.state is State.IDLE
+
+
 def test_transcripts_are_reported() -> None:
     d = Driver()
     d.start_listening()

@@ -121,7 +121,9 @@ class MachineConfig:
     follow_up_seconds: float = 8.0
     max_conversation_seconds: float = 300.0
     silence_duration_ms: int = 500
-    # How long the service may take from end of turn to response.done before we give up.
+    # How long the service may go without answering (end of turn to the first audio, or
+    # between two audio deltas) before we give up. Not the whole answer: a long story
+    # streamed at about real time takes minutes, and only MAX_REPLY_SECONDS bounds it.
     response_timeout_seconds: float = 30.0
     # Speech after the wake word shorter than this (beyond the gate's silence hangover) is the
     # wake phrase's own tail, not a command: it is dropped, not sent as a turn.
@@ -187,6 +189,7 @@ class ConversationMachine:
         # service had started them: each is cancelled when it is created, never played.
         self.abandoned_requests = 0
         self.first_audio_at: float | None = None
+        self.response_audio_at: float | None = None  # the awaited response's latest audio
         self._reset_reply_limits()
 
     def _reset_reply_limits(self) -> None:
@@ -248,7 +251,7 @@ class ConversationMachine:
             case PlaybackDrained():
                 self._on_drained(event.played_samples, out)
             case TimerFired():
-                self._on_timer(event, out)
+                self._on_timer(event, now, out)
             case StopRequested():
                 if self.state is not State.IDLE:
                     self._end(out, reason=event.reason, interrupt=True)
@@ -430,7 +433,7 @@ class ConversationMachine:
         self.awaiting_response = True
         self.response_done = False
         self._cancel_timer(TIMER_FOLLOW_UP, out)
-        self._start_timer(TIMER_RESPONSE, self.config.response_timeout_seconds, out)
+        self._start_response_timer(out)
         if self.state is not State.RESPONDING:
             self._set_state(State.RESPONDING, "end of turn", out)
 
@@ -471,7 +474,7 @@ class ConversationMachine:
                     if self.state is State.LISTENING:
                         # Server VAD started a response on its own.
                         self._cancel_timer(TIMER_FOLLOW_UP, out)
-                        self._start_timer(TIMER_RESPONSE, self.config.response_timeout_seconds, out)
+                        self._start_response_timer(out)
                         self._set_state(State.RESPONDING, "server started a response", out)
             case ResponseDone():
                 self._on_response_done(event, now, out)
@@ -562,6 +565,7 @@ class ConversationMachine:
         item.received_samples += samples
         if self.first_audio_at is None:
             self.first_audio_at = now
+        self.response_audio_at = now
         self.enqueued_samples += samples
         self.playing = True
         out.append(PlayAudio(event.pcm))
@@ -685,7 +689,7 @@ class ConversationMachine:
 
     # --- timers and endings -------------------------------------------------------------------
 
-    def _on_timer(self, event: TimerFired, out: list[Action]) -> None:
+    def _on_timer(self, event: TimerFired, now: float, out: list[Action]) -> None:
         if self._timer_tokens.get(event.name) != event.token:
             return  # cancelled or restarted since
         del self._timer_tokens[event.name]
@@ -701,7 +705,14 @@ class ConversationMachine:
                 self._end(out, reason="maximum conversation length reached")
         elif event.name == TIMER_RESPONSE:
             seconds = self.config.response_timeout_seconds
-            self._fail("no_answer", f"the service did not answer within {seconds:g} s", out)
+            last_audio = self.response_audio_at
+            quiet_for = seconds if last_audio is None else now - last_audio
+            if quiet_for < seconds:  # still answering: wait out the rest from its last audio
+                self._start_timer(TIMER_RESPONSE, seconds - quiet_for, out)
+            elif last_audio is not None:
+                self._fail("no_answer", f"the service stopped answering for {seconds:g} s", out)
+            else:
+                self._fail("no_answer", f"the service did not answer within {seconds:g} s", out)
 
     def _to_listening(self, reason: str, out: list[Action]) -> None:
         if self.ending:
@@ -759,6 +770,10 @@ class ConversationMachine:
         self._next_token += 1
         self._timer_tokens[name] = self._next_token
         out.append(StartTimer(name, seconds, self._next_token))
+
+    def _start_response_timer(self, out: list[Action]) -> None:
+        self.response_audio_at = None
+        self._start_timer(TIMER_RESPONSE, self.config.response_timeout_seconds, out)
 
     def _cancel_timer(self, name: str, out: list[Action]) -> None:
         if self._timer_tokens.pop(name, None) is not None:
