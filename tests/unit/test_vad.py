@@ -141,6 +141,40 @@ def test_padding_is_cut_short_at_the_start_of_the_stream() -> None:
     assert frames_of(started.preroll) == [0, 1, 2, 3]
 
 
+def run_gate_over_echo(gate: SpeechGate, voiced: list[bool]) -> list[tuple[int, GateEvent]]:
+    """`run_gate` while the speaker plays."""
+    out = []
+    for index, is_speech in enumerate(voiced):
+        frame = numbered_frame(index)
+        out += [(index, event) for event in gate.feed(frame, is_speech, over_echo=True)]
+    return out
+
+
+def test_over_echo_a_turn_needs_the_longer_run_and_its_preroll_reaches_further_back() -> None:
+    def gate() -> SpeechGate:
+        return make_gate(prefix_padding_ms=100, over_echo_start=(4, 10),
+                         over_echo_padding_ms=300)
+    # 3 of 5 opens a turn normally, not over echo; 4 voiced frames within 10 do.
+    voiced = pattern("....................  #.#.#  ...#")
+    assert run_gate(gate(), voiced)[0][0] == 24
+    events = run_gate_over_echo(gate(), voiced)
+    opened_at, started = events[0]
+    assert opened_at == 28
+    assert isinstance(started, GateSpeechStarted)
+    # 15 frames (300 ms) before the run's first voiced frame (20), not 5.
+    assert frames_of(started.preroll) == list(range(5, 29))
+
+
+def test_over_echo_preroll_never_exceeds_the_longest_turn() -> None:
+    gate = make_gate(prefix_padding_ms=0, max_turn_ms=400, over_echo_start=(4, 10),
+                     over_echo_padding_ms=1000)
+    events = run_gate_over_echo(gate, pattern("." * 40 + "####"))
+    started = events[0][1]
+    assert isinstance(started, GateSpeechStarted)
+    assert len(frames_of(started.preroll)) <= 20
+    assert frames_of(started.preroll)[-1] == 43
+
+
 def test_turn_ends_after_silence_with_the_hangover_sent_as_audio() -> None:
     gate = make_gate(silence_ms=200, prefix_padding_ms=0)  # 10 silent frames end a turn
     # A 9-frame pause inside the turn does not end it; the 10th silent frame does.

@@ -120,6 +120,7 @@ class SpeechGate:
         start_window_frames: int | None = None,
         *,
         over_echo_start: tuple[int, int] | None = None,
+        over_echo_padding_ms: int | None = None,
     ) -> None:
         window = start_frames + 2 if start_window_frames is None else start_window_frames
         if frame_ms <= 0:
@@ -140,6 +141,13 @@ class SpeechGate:
         self.silence_frames = math.ceil(silence_ms / frame_ms)
         self.prefix_padding_frames = math.ceil(prefix_padding_ms / frame_ms)
         self.max_turn_frames = max_turn_ms // frame_ms
+        # While the speaker plays, the canceller dulls the first syllables of a person talking
+        # over it (double talk), so the first frames called voiced can come hundreds of ms
+        # after they began: the pre-roll reaches further back.
+        over_echo_padding = math.ceil((over_echo_padding_ms or 0) / frame_ms)
+        self.over_echo_padding_frames = max(
+            self.prefix_padding_frames, min(over_echo_padding, self.max_turn_frames - echo_window)
+        )
         if self.max_turn_frames < window + self.prefix_padding_frames:
             raise ValueError("max_turn_ms must exceed the pre-roll (padding + start window)")
 
@@ -149,7 +157,9 @@ class SpeechGate:
         longest = max(window, echo_window)
         self._recent_voiced: deque[bool] = deque(maxlen=longest)
         # While quiet: the frames not yet sent, enough for the padding plus the window.
-        self._unsent: deque[tuple[bytes, bool]] = deque(maxlen=self.prefix_padding_frames + longest)
+        self._unsent: deque[tuple[bytes, bool]] = deque(
+            maxlen=self.over_echo_padding_frames + longest
+        )
         self._turn_frames = 0
         self._silent_run = 0
 
@@ -172,14 +182,18 @@ class SpeechGate:
         `over_echo`: the speaker is playing, so a turn needs `over_echo_start` to open."""
         self._recent_voiced.append(is_speech)
         if self._state is _GateState.QUIET:
-            start = self.over_echo_start if over_echo else (
-                self.start_frames, self.start_window_frames
+            if over_echo:
+                return self._feed_quiet(
+                    frame, is_speech, *self.over_echo_start, self.over_echo_padding_frames
+                )
+            return self._feed_quiet(
+                frame, is_speech, self.start_frames, self.start_window_frames,
+                self.prefix_padding_frames,
             )
-            return self._feed_quiet(frame, is_speech, *start)
         return self._feed_speaking(frame, is_speech)
 
     def _feed_quiet(
-        self, frame: bytes, is_speech: bool, start_frames: int, window: int
+        self, frame: bytes, is_speech: bool, start_frames: int, window: int, padding: int
     ) -> list[GateEvent]:
         self._unsent.append((frame, is_speech))
         # Only open on a voiced frame: the turn should start as speech is heard, not after.
@@ -188,7 +202,7 @@ class SpeechGate:
         unsent = list(self._unsent)
         window_start = max(0, len(unsent) - window)
         first_voiced = next(i for i in range(window_start, len(unsent)) if unsent[i][1])
-        preroll = unsent[max(0, first_voiced - self.prefix_padding_frames) :]
+        preroll = unsent[max(0, first_voiced - padding) :]
         self._unsent.clear()
         self._state = _GateState.SPEAKING
         self._turn_frames = len(preroll)

@@ -20,6 +20,7 @@ from typing import Any, Protocol, assert_never
 from talkbox.audio.chimes import chime
 from talkbox.audio.echo_cancel import EchoCanceller, SpeakerReference
 from talkbox.audio.frontend import (
+    OVER_ECHO_PADDING_MS,
     OVER_ECHO_START,
     UPLOAD_LAG_FRAMES,
     FrontEnd,
@@ -154,6 +155,7 @@ def build_front_end(
         prefix_padding_ms=max(0, cfg.turn.prefix_padding_ms - UPLOAD_LAG_FRAMES * FRAME_MS),
         max_turn_ms=int(cfg.turn.max_turn_seconds * 1000),
         over_echo_start=OVER_ECHO_START,
+        over_echo_padding_ms=OVER_ECHO_PADDING_MS,
     )
     detector = WakeWordDetector(
         list(cfg.wake.models),
@@ -249,7 +251,11 @@ class Daemon:
                 case WakeDetected():
                     self._on_wake(event)
                 case GateSpeechStarted():
-                    log.debug("speech started")
+                    echo = self.front_end.echo
+                    if echo is not None and echo.last_chunk_may_echo:
+                        log.debug("speech started over echo (canceller: %s)", echo.stats)
+                    else:
+                        log.debug("speech started")
                     self._recent_audio.clear()
                     self._recent_audio.append(event.preroll)
                     self.step(MicSpeechStarted(event.preroll, self.speaker.played_samples))
