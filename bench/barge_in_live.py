@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import random
 import tempfile
@@ -84,9 +85,23 @@ def silent_from(records: list[tuple[float, bytes]], since: float, quiet_s: float
 
 
 @contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection in this process while the rooms run: a full collection
+    over the service's records held the GIL long enough to stall every room's real-time
+    threads at once (all four rooms interrupted themselves within 0.2 s of each other)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@contextlib.contextmanager
 def rooms_running(base: Path, url_base: str, names: list[str], log_level: str
                   ) -> Iterator[dict[str, DaemonRun]]:
     with contextlib.ExitStack() as stack:
+        stack.enter_context(collector_paused())
         config = config_text(url_base, 6.0, barge_in="speech", echo_cancellation=True,
                              log_level=log_level)
         runs = {name: stack.enter_context(run_daemon(base / name, config, api_key=API_KEY,
@@ -103,6 +118,7 @@ class Interruption:
     onset: float
     request: npt.NDArray[np.int16] = field(repr=False)
     heard: bool = False
+    heard_after_s: float | None = None
     silent_after_s: float | None = None
     uploaded_share: float = 0.0
 
@@ -145,8 +161,7 @@ class RoomScript:
 
     def _wait_for_commit(self, seen: int) -> int:
         def committed() -> int:
-            return sum(len(s.commits) for s in sessions(self.service)
-                       if s.index == self.session_index)
+            return commit_count(self.service, self.session_index)
         wait_until(lambda: committed() > seen, 20, f"{self.name}: a turn to be committed")
         return committed()
 
@@ -157,10 +172,24 @@ class RoomScript:
         return sounding(self.run.drainer.records[-200:], since)[0]
 
 
+def commit_count(service: ServerThread, index: int) -> int:
+    """Turns committed in session `index`, counted on the service's loop. (Not by copying the
+    sessions: with all their audio, at 50 polls a second, the copies held the GIL long enough
+    to starve the rooms' real-time threads.)"""
+    server = service.server
+    return service.call(lambda: sum(len(s.commits) for s in server.sessions if s.index == index))
+
+
+def session_count(service: ServerThread) -> int:
+    return service.call(lambda: len(service.server.sessions))
+
+
 def judge(interruption: Interruption, records: list[tuple[float, bytes]],
           interrupted_at: list[float], commits: list[bytes]) -> None:
     onset = interruption.onset
-    interruption.heard = any(onset <= at <= onset + 1.5 for at in interrupted_at)
+    heard_at = [at for at in interrupted_at if onset <= at <= onset + 1.5]
+    interruption.heard = bool(heard_at)
+    interruption.heard_after_s = heard_at[0] - onset if heard_at else None
     silent = silent_from(records, onset)
     interruption.silent_after_s = None if silent is None else silent - onset
     # The request's second half is found in the upload; where the whole request would begin
@@ -193,6 +222,10 @@ class TalkedOver:
         return [r.silent_after_s * 1000 for r in self.heard if r.silent_after_s is not None]
 
     @property
+    def heard_after_ms(self) -> list[float]:
+        return [r.heard_after_s * 1000 for r in self.heard if r.heard_after_s is not None]
+
+    @property
     def missed_share(self) -> float:
         return 1 - len(self.heard) / max(1, len(self.results))
 
@@ -201,8 +234,9 @@ class TalkedOver:
         return sum(r.uploaded_share < 0.95 for r in self.heard) / max(1, len(self.heard))
 
     def as_dicts(self) -> list[dict[str, object]]:
-        return [{"room": r.room, "heard": r.heard, "silent_after_s": r.silent_after_s,
-                 "uploaded_share": r.uploaded_share} for r in self.results]
+        return [{"room": r.room, "heard": r.heard, "heard_after_s": r.heard_after_s,
+                 "silent_after_s": r.silent_after_s, "uploaded_share": r.uploaded_share}
+                for r in self.results]
 
 
 @dataclass
@@ -217,8 +251,8 @@ class SelfInterruptions:
         return sum(self.counts.values()) / max(1e-9, sum(self.played_s.values())) * 3600
 
 
-def measure_self_interruptions(names: list[str], answer_s: float, log_level: str = "info"
-                               ) -> SelfInterruptions:
+def measure_self_interruptions(names: list[str], answer_s: float, log_level: str = "info",
+                               keep_logs: Path | None = None) -> SelfInterruptions:
     """One long answer in each room at once, nobody talking. An answer that interrupts itself
     ends there (the service cancels it), so what was played is counted, not assumed."""
     with serving(API_KEY, deployments={DEPLOYMENT}, pace_factor=PACE) as service, \
@@ -235,6 +269,10 @@ def measure_self_interruptions(names: list[str], answer_s: float, log_level: str
                     "state listening (answer played)" in run.log() for run in runs.values()):
                 time.sleep(0.5)
             counts = {name: run.log().count(INTERRUPTED) for name, run in runs.items()}
+            if keep_logs is not None:
+                keep_logs.mkdir(parents=True, exist_ok=True)
+                for name, run in runs.items():
+                    (keep_logs / f"{name}.answer.log").write_text(run.log())
             played = {name: sum(len(pcm) / 2 / SPEAKER_RATE for _, pcm in run.drainer.records
                                 if any(pcm)) for name, run in runs.items()}
     return SelfInterruptions(counts, played)
@@ -250,11 +288,11 @@ def measure_interruptions(names: list[str], per_room: int, log_level: str = "inf
                        for i, (name, run) in enumerate(runs.items())]
             threads = []
             for script in scripts:
-                before = len(sessions(service))
+                before = session_count(service)
                 thread = threading.Thread(target=script, name=script.name)
                 thread.start()
-                wait_until(lambda b=before: len(sessions(service)) > b, 20, "a session")
-                script.session_index = sessions(service)[-1].index
+                wait_until(lambda b=before: session_count(service) > b, 20, "a session")
+                script.session_index = service.call(lambda: service.server.sessions[-1].index)
                 threads.append(thread)
             for thread in threads:
                 thread.join(timeout=per_room * 15 + 60)
@@ -291,19 +329,24 @@ def main() -> None:
     names = args.rooms.split(",")
     document: dict[str, object] = {"rooms": names}
     if args.answer_seconds > 0:
-        false = measure_self_interruptions(names, args.answer_seconds, args.log_level)
+        false = measure_self_interruptions(names, args.answer_seconds, args.log_level,
+                                           args.keep_logs)
         document["self_interruptions"] = false.counts
         document["answer_played_seconds"] = false.played_s
         for name, count in false.counts.items():
             print(f"{name:18} self-interruptions {count} in {false.played_s[name]:.0f} s played")
     talked_over = measure_interruptions(names, args.per_room, args.log_level, args.keep_logs)
-    print(f"{'room':18} {'heard':>7} {'p50 ms':>7} {'p95 ms':>7} {'whole':>7}")
+    print("milliseconds from the start of speech: to 'interrupted' logged (heard), to the "
+          "speaker's last sound (silent)")
+    print(f"{'room':18} {'heard':>7} {'heard p50':>9} {'p95':>5} {'silent p50':>10} {'p95':>5} "
+          f"{'whole':>7}")
     for name in [*names, "all"]:
         mine = TalkedOver([r for r in talked_over.results if name in (r.room, "all")])
-        silent = mine.silent_after_ms
+        heard, silent = mine.heard_after_ms, mine.silent_after_ms
         whole = sum(r.uploaded_share >= 0.95 for r in mine.heard)
         print(f"{name:18} {len(mine.heard):3}/{len(mine.results):<3} "
-              f"{percentile(silent, 0.5):7.0f} {percentile(silent, 0.95):7.0f} "
+              f"{percentile(heard, 0.5):9.0f} {percentile(heard, 0.95):5.0f} "
+              f"{percentile(silent, 0.5):10.0f} {percentile(silent, 0.95):5.0f} "
               f"{whole:3}/{len(mine.heard):<3}")
     for r in talked_over.results:
         if not r.heard:
