@@ -27,7 +27,8 @@ import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support impo
 from support.room import PERSON_DBFS, ROOMS, SPEAKER_DBFS, EchoRoom, RoomSpec, speech_level_dbfs
 from support.speech import ordinary_speech_stretch, speak
 from talkbox.audio.echo_cancel import SpeakerReference
-from talkbox.audio.vad import GateSpeechEnded, GateSpeechStarted
+from talkbox.audio.frontend import WakeDetected
+from talkbox.audio.vad import GateSpeechStarted
 from talkbox.config import Config
 from talkbox.shell.app import build_front_end
 
@@ -47,6 +48,10 @@ STAMP_JITTER_S = 0.003
 VOICES = (("wait, what was that", "en-us", 160), ("how tall is the eiffel tower", "en-gb", 150),
           ("tell me something else", "en-us+f3", 170), ("who wrote the odyssey", "en-gb-x-rp", 140),
           ("stop and go back", "en-us+m3", 180), ("no, the other one", "en-gb+f3", 160))
+# With barge_in = "wake" (`simulate(wake_word=True)`) the person says the wake word first.
+WAKE_VOICES = (("hey jarvis, what time is it", "en-gb", 150), ("hey jarvis, stop", "en-us", 160),
+               ("hey jarvis, tell me something else", "en-us+f3", 170),
+               ("hey jarvis, who wrote the odyssey", "en-gb-x-rp", 140))
 
 
 def at_level(pcm: npt.NDArray[np.int16], dbfs: float) -> npt.NDArray[np.float32]:
@@ -79,23 +84,27 @@ class RoomResult:
 
 
 def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s: float = 8.0,
-             echo_cancellation: bool = True, seed: int = 0) -> RoomResult:
+             echo_cancellation: bool = True, seed: int = 0, wake_word: bool = False
+             ) -> RoomResult:
     """`seconds` of answer in room `spec`, the person talking over it every ~`talk_every_s`
-    (0: never). Each barge-in silences the speaker until 1 s after the person stopped."""
+    (0: never). Each barge-in silences the speaker until 1 s after the person stopped.
+    With `wake_word`, as with barge_in = "wake": the person says the wake word first, and only
+    the wake word barges in (a turn the gate opens does not; `heard` counts wake words)."""
     rng = np.random.default_rng(seed)
     jitter = np.random.default_rng(seed + 1)
     cfg = Config.model_validate({"audio": {"echo_cancellation": echo_cancellation}})
     reference = SpeakerReference()
     reference.rate = SPEAKER_RATE
     front_end = build_front_end(cfg, reference)
-    front_end.wake_enabled = False  # the daemon rests the wake word during speech barge-in
+    # The daemon rests the wake word during speech barge-in, and runs it with wake barge-in.
+    front_end.wake_enabled = wake_word
     room = EchoRoom(spec, wait_s=0.0)
     # (past the stretch's leading second of silence: the answer starts at once)
     answer = at_level(ordinary_speech_stretch(SPEAKER_RATE, seconds + 6, noise_volume=0.0,
                                               pauses=(0.3, 0.6, 0.2))[SPEAKER_RATE:],
                       SPEAKER_DBFS)
     voices = [at_level(speak(t, voice=v, speed=s, rate=MIC_RATE, pad=(0.0, 0.0)), PERSON_DBFS)
-              for t, v, s in VOICES]
+              for t, v, s in (WAKE_VOICES if wake_word else VOICES)]
     result = RoomResult(name, answer_s=seconds)
 
     # The script: when the person starts and what they say.
@@ -165,19 +174,19 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
             echo_frames += 1
             result.echo_only_s += CAPTURE_S
         for event in events:
-            if isinstance(event, GateSpeechStarted):
-                if current is not None or now <= talking_until + 0.3:
-                    index = current if current is not None else talk_index - 1
-                    if index not in detected_for and index >= 0:
-                        detected_for.add(index)
-                        result.heard += 1
-                        result.latencies_s.append(now - talks[index][0])
-                        silenced_until = talking_until + RESUME_AFTER_S
-                elif speaker_on:
-                    result.false_barge_ins += 1
-                    result.false_at.append(now)
-            elif isinstance(event, GateSpeechEnded):
-                pass
+            # What barges in: the wake word, or a turn opened by the speech gate.
+            if not isinstance(event, WakeDetected if wake_word else GateSpeechStarted):
+                continue
+            if current is not None or now <= talking_until + 0.3:
+                index = current if current is not None else talk_index - 1
+                if index not in detected_for and index >= 0:
+                    detected_for.add(index)
+                    result.heard += 1
+                    result.latencies_s.append(now - talks[index][0])
+                    silenced_until = talking_until + RESUME_AFTER_S
+            elif speaker_on:
+                result.false_barge_ins += 1
+                result.false_at.append(now)
     result.raw_echo_dbfs = 10 * np.log10(raw_sq / max(1, echo_frames) / 32768**2 + 1e-12)
     result.cleaned_echo_dbfs = 10 * np.log10(cleaned_sq / max(1, echo_frames) / 32768**2
                                              + 1e-12)
@@ -246,12 +255,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--talk-every", type=float, default=8.0)
     parser.add_argument("--off", action="store_true", help="without echo cancellation")
+    parser.add_argument("--wake-word", action="store_true",
+                        help='barge_in = "wake": the person says "hey jarvis, ..." over the answer'
+                             " (latency: to the wake word's detection, the phrase included)")
     args = parser.parse_args()
     print(f"{'room':18} {'reduction':>9} {'false/h':>8} {'heard':>7} {'p50 ms':>7} "
           f"{'p95 ms':>7} {'cpu/s':>7}")
     for name, spec in ROOMS.items():
         r = simulate(name, spec, seconds=args.seconds, talk_every_s=args.talk_every,
-                     echo_cancellation=not args.off)
+                     echo_cancellation=not args.off, wake_word=args.wake_word)
         lat = sorted(r.latencies_s) or [float("nan")]
         print(f"{name:18} {r.echo_reduction_db:8.1f}dB {r.false_per_hour:8.0f} "
               f"{r.heard:3}/{r.interruptions:<3} {lat[len(lat) // 2] * 1000:7.0f} "
