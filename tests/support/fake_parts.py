@@ -26,27 +26,33 @@ SILENT_PERIOD = bytes(16000 * 40 // 1000 * 2)
 
 
 class FakeMicrophone:
-    """Delivers silence each capture period until told to fail."""
+    """Delivers silence each capture period, from a task on the loop, until told to fail."""
 
-    def __init__(self, period_seconds: float = 0.04) -> None:
+    def __init__(self, deliver: Callable[[Captured], None], period_seconds: float = 0.04) -> None:
         self.period_seconds = period_seconds
         self.stopped = False
         self._failure: AudioDeviceError | None = None
-        self.periods_read = 0
+        self.periods_delivered = 0
+        self._deliver = deliver
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     def fail(self, error: AudioDeviceError) -> None:
-        """The next read raises `error`, as a capture that lost its device does."""
+        """Audio stops and the next health check raises `error`, as a lost device does."""
         self._failure = error
+
+    def check_health(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     def stop(self) -> None:
         self.stopped = True
+        self._task.cancel()
 
-    async def read(self) -> Captured:
-        await asyncio.sleep(self.period_seconds)
-        if self._failure is not None:
-            raise self._failure
-        self.periods_read += 1
-        return Captured(SILENT_PERIOD, time.monotonic())
+    async def _run(self) -> None:
+        while self._failure is None:
+            await asyncio.sleep(self.period_seconds)
+            self.periods_delivered += 1
+            self._deliver(Captured(SILENT_PERIOD, time.monotonic()))
 
 
 class FakeSpeaker:
@@ -96,10 +102,10 @@ class FakeDevices:
     microphones: list[FakeMicrophone] = field(default_factory=list)
     speakers: list[FakeSpeaker] = field(default_factory=list)
 
-    def open_microphone(self, cfg: Config) -> FakeMicrophone:
+    def open_microphone(self, cfg: Config, deliver: Callable[[Captured], None]) -> FakeMicrophone:
         if self.refuse_microphone:
             raise self.refuse_microphone.pop(0)
-        microphone = FakeMicrophone()
+        microphone = FakeMicrophone(deliver)
         self.microphones.append(microphone)
         return microphone
 
@@ -176,14 +182,18 @@ class FakeControlSocket:
 
 
 class FakeFrontEnd:
-    """Hears nothing in what it is fed; remembers the config it was built for."""
+    """Hears nothing in what it is fed; remembers the config it was built for. Set `broken`
+    and it raises that, as a front end with a bug would."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.wake_enabled = False
         self.fed_bytes = 0
+        self.broken: Exception | None = None
 
     def process(self, captured: bytes, capture_time: float | None = None) -> list[Any]:
+        if self.broken is not None:
+            raise self.broken
         self.fed_bytes += len(captured)
         return []
 

@@ -160,7 +160,7 @@ async def test_a_failing_microphone_is_closed_reopened_and_reported_meanwhile(
         fakes.devices.refuse_microphone = [MIC_GONE]
         first.fail(MIC_GONE)
         await until(lambda: len(fakes.devices.microphones) == 2, "the microphone reopened")
-        await until(lambda: fakes.devices.microphones[1].periods_read > 0, "audio again")
+        await until(lambda: fakes.devices.microphones[1].periods_delivered > 0, "audio again")
         status_meanwhile = [s for s in fakes.notifier.statuses() if "microphone" in s]
 
     assert first.stopped
@@ -238,7 +238,7 @@ async def test_the_watchdog_is_pinged_while_the_microphone_delivers(tmp_path: Pa
     service = make_service(tmp_path, fakes)
     async with running(service):
         await until(lambda: fakes.notifier.lines.count("WATCHDOG=1") >= 2, "watchdog pings")
-    assert fakes.devices.microphones[0].periods_read > 0
+    assert fakes.devices.microphones[0].periods_delivered > 0
 
 
 async def test_without_a_watchdog_systemd_gets_no_pings(tmp_path: Path) -> None:
@@ -247,7 +247,7 @@ async def test_without_a_watchdog_systemd_gets_no_pings(tmp_path: Path) -> None:
     async with running(service):
         await until(lambda: "READY=1" in fakes.notifier.lines, "READY=1")
         microphone = fakes.devices.microphones[0]
-        await until(lambda: microphone.periods_read >= 10, "capture")
+        await until(lambda: microphone.periods_delivered >= 10, "capture")
     assert "WATCHDOG=1" not in fakes.notifier.lines
 
 
@@ -286,3 +286,18 @@ def test_the_start_says_once_when_stop_cannot_be_heard(
     if noted:
         assert lines[0].levelno == logging.INFO
         assert '"stop"' in lines[0].getMessage() and "\n" not in lines[0].getMessage()
+
+
+async def test_a_front_end_that_dies_stops_the_daemon_with_a_failure_status(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fakes = FakeParts()
+    service = make_service(tmp_path, fakes)
+    task = asyncio.create_task(service.run())
+    await until(lambda: "READY=1" in fakes.notifier.lines, "READY=1")
+    fakes.front_ends[0].broken = RuntimeError("a bug in the front end")
+
+    # Deaf, the daemon is of no use: it ends with EX_SOFTWARE, and systemd restarts it.
+    assert await asyncio.wait_for(task, 5) == 70
+    assert "the capture front end failed" in caplog.text
+    assert fakes.notifier.lines[-1] == "STOPPING=1"

@@ -1,8 +1,9 @@
-"""Microphone capture: one PyAudio input stream feeding an asyncio queue.
+"""Microphone capture: one PyAudio input stream feeding an asyncio queue, or a consumer.
 
-This module owns the hand-over from PortAudio's audio thread to the event loop. The stream
-callback does nothing but stamp the time and pass the bytes PyAudio already copied to
-`loop.call_soon_threadsafe`, so it never waits on the loop and the loop never waits on it.
+This module owns the hand-over from PortAudio's audio thread. The stream callback does
+nothing but stamp the time and pass the bytes PyAudio already copied on: by default to
+`loop.call_soon_threadsafe`, so it never waits on the loop and the loop never waits on it;
+given `deliver`, straight to that (the daemon's front-end thread), without waking the loop.
 Each chunk carries the time its first sample was at the ADC (the callback's time less the
 chunk's length and the stream's input latency): the echo canceller pairs it with what the
 speaker played at that moment.
@@ -11,7 +12,8 @@ OLDEST chunk is dropped (fresh audio matters more for wake word and turn-taking)
 `overflows` and logged, rate-limited.
 
 A device that vanishes mid-run (USB unplug, ALSA error) makes PortAudio's thread end or go
-quiet; `read()` notices either, once the queue is empty, and raises `AudioDeviceError`.
+quiet; `read()` notices either, once the queue is empty, and raises `AudioDeviceError`, and
+so does `check_health()`, which a consumer's owner calls from time to time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -50,7 +53,9 @@ class Captured(NamedTuple):
 class Capture:
     """Capture 16-bit mono PCM at `rate` from the input device named `device`.
 
-    `start()`, `read()` and `stop()` belong to the event loop's thread; `loop` is that loop.
+    `start()`, `read()`, `check_health()` and `stop()` belong to the event loop's thread;
+    `loop` is that loop. With `deliver`, each chunk goes to it on PortAudio's thread instead of
+    to `read()`: it must be quick and never block.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class Capture:
         max_queued: int = 50,
         *,
         stall_timeout_s: float = 3.0,
+        deliver: Callable[[Captured], None] | None = None,
     ) -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be at least 1, got {max_queued}")
@@ -70,6 +76,7 @@ class Capture:
         self.frames_per_buffer = frames_per_buffer
         self._loop = loop
         self._stall_timeout_s = stall_timeout_s
+        self._deliver = deliver
         # None wakes a waiting read() so it re-checks whether the capture has stopped.
         self._queue: asyncio.Queue[Captured | None] = asyncio.Queue(maxsize=max_queued)
         self._pa: Any = None
@@ -126,7 +133,12 @@ class Capture:
             in_data or b"", now - self._input_latency_s - frame_count / self.rate
         )
         try:
-            self._loop.call_soon_threadsafe(self._enqueue, captured, status_flags)
+            if self._deliver is None:
+                self._loop.call_soon_threadsafe(self._enqueue, captured, status_flags)
+            else:
+                self._deliver(captured)
+                if status_flags & pyaudio.paInputOverflow:
+                    self._loop.call_soon_threadsafe(self._note_overrun)
         except RuntimeError:  # the loop is closed: nobody will ever read again
             return None, pyaudio.paAbort
         return None, pyaudio.paContinue
@@ -135,13 +147,16 @@ class Capture:
         if self._stopped:
             return
         if status_flags & pyaudio.paInputOverflow:
-            self.device_overruns += 1
-            self._overrun_warning.note(self.device_overruns)
+            self._note_overrun()
         if self._queue.full():
             self._queue.get_nowait()
             self.overflows += 1
             self._overflow_warning.note(self.overflows)
         self._queue.put_nowait(chunk)
+
+    def _note_overrun(self) -> None:
+        self.device_overruns += 1
+        self._overrun_warning.note(self.device_overruns)
 
     @property
     def input_latency_s(self) -> float:
@@ -158,7 +173,7 @@ class Capture:
             if not self._queue.empty():
                 chunk = self._queue.get_nowait()
             else:
-                self._raise_if_unhealthy()
+                self.check_health()
                 try:
                     async with asyncio.timeout(_HEALTH_POLL_S):
                         chunk = await self._queue.get()
@@ -167,7 +182,9 @@ class Capture:
             if chunk is not None:
                 return chunk
 
-    def _raise_if_unhealthy(self) -> None:
+    def check_health(self) -> None:
+        """Raise AudioDeviceError if the capture was stopped, the stream ended (device gone),
+        or no audio came for `stall_timeout_s`."""
         if self._stopped or self._stream is None:
             raise AudioDeviceError(f"capture from input device {self.device!r} is not running")
         if not self._stream.is_active():

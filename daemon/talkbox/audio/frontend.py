@@ -7,7 +7,8 @@ streams, slicing both into time-aligned frames, running the VAD on each 16 kHz f
 feeding the decisions to the speech gate (with the 24 kHz frame of 40 ms earlier) and to
 the gated wake-word detector. It is pure computation with no device I/O: hand it bytes in
 any chunk size (`process`) and it returns events in audio-time order, so tests and the
-benchmark drive it with files, and the daemon, on its event loop, with each captured buffer.
+benchmark drive it with files, and the daemon, on its front-end thread
+(`front_end_thread.py`), with each captured buffer.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class FrontEnd:
     in audio-time order: for each frame, its `VadFrame` (monitor only), then any
     `WakeDetected`/`WakeScores` of the wake chunk it completed, then the gate's events.
     `flush()` drains the resamplers at the end of a stream (e.g. a test file).
-    Not thread-safe: feed it from one thread (the daemon's event loop) at a time.
+    Not thread-safe: feed it from one thread at a time. `wake_enabled` may be set from
+    another (the daemon's loop): it is read once per frame.
     """
 
     def __init__(

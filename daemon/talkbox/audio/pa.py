@@ -155,7 +155,7 @@ def device_error(exc: OSError, kind: DeviceKind, device: str, rate: int) -> Audi
 class ThrottledWarning:
     """Log a repeating warning at most once per `interval_s`, reporting how many were held back.
 
-    Call `note()` from the event loop thread (not from an audio callback).
+    Call `note()` from one thread at a time, never from an audio callback.
     """
 
     def __init__(self, logger: logging.Logger, message: str, interval_s: float = 10.0) -> None:

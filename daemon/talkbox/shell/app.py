@@ -1,6 +1,7 @@
 """The daemon: wires the audio front end, the Realtime connection and the speaker to the core.
 
-One asyncio loop owns everything. Adapters turn what happens (a captured chunk, a server
+One asyncio loop owns everything but the capture front end, which runs on a thread of its own
+and hands its events to the loop. Adapters turn what happens (the front end's events, a server
 event, the speaker running dry, a timer) into inputs for `ConversationMachine.step`, which
 runs synchronously; the app then carries out the actions it returns. No conversation state
 lives here, nor any decision: only handles on I/O (the open session, timers, devices).
@@ -24,6 +25,7 @@ from talkbox.audio.frontend import (
     OVER_ECHO_START,
     UPLOAD_LAG_FRAMES,
     FrontEnd,
+    FrontEndEvent,
     VadFrame,
     WakeDetected,
     WakeScores,
@@ -243,10 +245,10 @@ class Daemon:
         for action in self.machine.step(event, self._clock()):
             self._perform(action)
 
-    def on_audio(self, captured: bytes, capture_time: float | None = None) -> None:
-        """A captured chunk (and when it was captured, for the echo canceller): run the front
-        end and feed what it found to the machine."""
-        for event in self.front_end.process(captured, capture_time):
+    def on_front_end_events(self, events: list[FrontEndEvent]) -> None:
+        """What the front end found in captured audio (on its own thread; see
+        audio/front_end_thread.py): feed it to the machine, in order."""
+        for event in events:
             match event:
                 case WakeDetected():
                     self._on_wake(event)

@@ -1,7 +1,7 @@
 """`talkbox run`: the daemon as systemd runs it, around the conversation loop of `app.Daemon`.
 
 This module owns the process-level parts: loading the config, opening and re-opening the
-audio devices, sd_notify (READY, STATUS, WATCHDOG only while capture delivers audio,
+audio devices, sd_notify (READY, STATUS, WATCHDOG only while the front end hears audio,
 RELOADING, STOPPING), signals (SIGTERM/SIGINT stop, SIGHUP reloads), the control socket,
 state hooks, and persisting mute. Each failure of a device or of the service is logged and
 retried; only a bad configuration at start ends the process (exit 78).
@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from talkbox.audio.capture import Capture, Captured
 from talkbox.audio.echo_cancel import SpeakerReference
+from talkbox.audio.front_end_thread import FrontEndThread
 from talkbox.audio.frontend import FrontEnd
 from talkbox.audio.playback import Playback
 from talkbox.audio_format import CAPTURE_PERIOD_MS, REALTIME_RATE
@@ -46,6 +47,7 @@ from talkbox.secrets import ApiKey, resolve_api_key
 from talkbox.shell.app import Daemon, SessionOpener, Speaker, front_end_builder
 from talkbox.shell.control import ControlHandler, ControlServer
 from talkbox.shell.hooks import StateHook, hook_program_warning
+from talkbox.shell.loop_lag import LoopLagProbe
 from talkbox.shell.startup_signals import StartupSignals
 from talkbox.shell.systemd import Notifier, WatchdogGate, setup_logging
 
@@ -54,6 +56,11 @@ log = logging.getLogger("talkbox")
 DEVICE_RETRY_MAX_SECONDS = 30.0
 # How long a reopened microphone must keep delivering audio before it counts as back.
 CAPTURE_PROVEN_SECONDS = 2.0
+# How often the microphone's health and the front end's progress are looked at (the audio
+# itself never passes through the event loop: see audio/front_end_thread.py).
+MICROPHONE_CHECK_SECONDS = 0.5
+# The exit status when the front end died of a bug: systemd restarts the daemon (on-failure).
+EX_SOFTWARE = 70
 MUTE_FILE = "muted"
 STOP_NEEDS_TRANSCRIPTION = (
     'realtime.transcription_model is not set: talkbox cannot tell that you said "stop" or '
@@ -62,9 +69,10 @@ STOP_NEEDS_TRANSCRIPTION = (
 
 
 class Microphone(Protocol):
-    """What the service needs of the capture device (see audio/capture.Capture)."""
+    """What the service needs of the capture device (see audio/capture.Capture); its audio
+    goes to the `deliver` it was opened with."""
 
-    async def read(self) -> Captured: ...
+    def check_health(self) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -77,7 +85,7 @@ class Loudspeaker(Speaker, Protocol):
 class AudioDevices(Protocol):
     """Opens the devices a config names, started; AudioDeviceError if one cannot be opened."""
 
-    def open_microphone(self, cfg: Config) -> Microphone: ...
+    def open_microphone(self, cfg: Config, deliver: Callable[[Captured], None]) -> Microphone: ...
     def open_speaker(self, cfg: Config, on_drained: Callable[[], None]) -> Loudspeaker: ...
 
 
@@ -120,10 +128,14 @@ class SoundCard:
     def __init__(self, reference: SpeakerReference | None = None) -> None:
         self.reference = reference
 
-    def open_microphone(self, cfg: Config) -> Capture:
+    def open_microphone(self, cfg: Config, deliver: Callable[[Captured], None]) -> Capture:
         frames = cfg.audio.input_rate * CAPTURE_PERIOD_MS // 1000
         capture = Capture(
-            cfg.audio.input_device, cfg.audio.input_rate, frames, asyncio.get_running_loop()
+            cfg.audio.input_device,
+            cfg.audio.input_rate,
+            frames,
+            asyncio.get_running_loop(),
+            deliver=deliver,
         )
         capture.start()
         return capture
@@ -207,6 +219,12 @@ class Service:
         self.capture: Microphone | None = None
         self.playback: Loudspeaker | None = None
         self.daemon: Daemon | None = None
+        # Runs the daemon's front end on what the microphone captured (none before that).
+        self.front_end_thread: FrontEndThread | None = None
+        self.exit_status = 0
+        # Only with [log] level = "debug": see loop_lag.py.
+        self.loop_lag: LoopLagProbe | None = None
+        self._lag_state = State.IDLE
         self.device_backoff = Backoff(base=1.0, cap=DEVICE_RETRY_MAX_SECONDS)
         self.started_monotonic = time.monotonic()
         # Devices not open, and why (shown by STATUS= and `talkbox ctl status`).
@@ -253,7 +271,7 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.hook.aclose(), 2.0)
             self._stop_requested.cancel()  # still waiting only if run() ended by an exception
-        return 0
+        return self.exit_status
 
     async def _start_up(self) -> bool:
         """Load the wake model, wait for both devices, make the conversation loop; False if
@@ -280,12 +298,23 @@ class Service:
         return True
 
     async def _serve_until_stopped(self) -> None:
-        assert self.daemon is not None
+        daemon = self.daemon
+        assert daemon is not None
+        # The front end in hand is the daemon's current one: a reload may replace it.
+        front_end = self.front_end_thread = FrontEndThread(
+            lambda pcm, capture_time: daemon.front_end.process(pcm, capture_time),
+            daemon.on_front_end_events,
+            asyncio.get_running_loop(),
+        )
+        front_end.start()
         tasks = [
-            asyncio.create_task(self._capture_loop(), name="capture"),
+            asyncio.create_task(self._microphone_loop(), name="microphone"),
             asyncio.create_task(self._speaker_supervisor(), name="speaker"),
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
         ]
+        if self.cfg.log.level == "debug":
+            self.loop_lag = LoopLagProbe()
+            tasks.append(asyncio.create_task(self.loop_lag.run(), name="loop-lag"))
         self.ready = True
         self.notifier.ready()
         self._state_changed(State.IDLE, "ready")
@@ -294,7 +323,8 @@ class Service:
 
         log.info("stopping")
         self.notifier.stopping()
-        await self.daemon.shutdown()
+        front_end.stop()
+        await daemon.shutdown()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -338,7 +368,13 @@ class Service:
         self.waiting_for.pop(device, None)
 
     def _open_capture(self) -> None:
-        self.capture = self._parts.devices.open_microphone(self.cfg)
+        self.capture = self._parts.devices.open_microphone(self.cfg, self._on_captured)
+
+    def _on_captured(self, chunk: Captured) -> None:
+        # PortAudio's thread: hand the chunk on; none is wanted before the daemon runs.
+        thread = self.front_end_thread
+        if thread is not None:
+            thread.submit(chunk)
 
     def _open_playback(self) -> None:
         self.playback = self._parts.devices.open_speaker(self.cfg, self._on_drained)
@@ -363,16 +399,20 @@ class Service:
         assert self._stop_requested is not None, "only run() waits for devices"
         await asyncio.wait([self._stop_requested], timeout=delay)
 
-    async def _capture_loop(self) -> None:
-        assert self.daemon is not None
+    async def _microphone_loop(self) -> None:
+        """Watch the microphone and the front end: reopen a failed microphone (with backoff),
+        and feed the watchdog only while the front end keeps processing fresh audio."""
+        assert self.daemon is not None and self.front_end_thread is not None
+        front_end = self.front_end_thread
         reopened_at: float | None = None  # a reopened mic not yet proven to keep working
         while True:
             try:
                 if self.capture is None:
                     self._open_capture()
                     reopened_at = time.monotonic()
+                await asyncio.sleep(MICROPHONE_CHECK_SECONDS)
                 assert self.capture is not None
-                chunk = await self.capture.read()
+                self.capture.check_health()
             except AudioDeviceError as error:
                 # The watchdog is withheld meanwhile: systemd sees a daemon without ears.
                 self.daemon.stop_conversation("microphone failed")
@@ -384,21 +424,25 @@ class Service:
                 if self.stopping.is_set():
                     return
                 continue
+            if not front_end.alive:
+                # A bug, logged by the thread with its traceback: deaf, the daemon is of no
+                # use, and a restart (Restart=on-failure) is the way back.
+                self.exit_status = EX_SOFTWARE
+                self.stopping.set()
+                return
             now = time.monotonic()
             if reopened_at is not None:
                 if now - reopened_at < CAPTURE_PROVEN_SECONDS:
                     # A loose plug opens and dies again within a few periods: until the mic
                     # has kept delivering for a while, it neither resets the backoff nor
                     # feeds the watchdog, or a flapping mic would look healthy forever.
-                    self.daemon.on_audio(*chunk)
                     continue
                 reopened_at = None
                 self.device_backoff.success()
                 self.waiting_for.pop("microphone", None)
                 log.info("microphone %r is back", self.cfg.audio.input_device)
                 self._report_state()
-            self.watchdog_gate.feed_seen(now)
-            self.daemon.on_audio(*chunk)
+            self.watchdog_gate.feed_seen(front_end.last_done_at)
 
     def _speaker_failed(self, error: AudioDeviceError) -> None:
         if not self._speaker_broken.is_set():
@@ -443,6 +487,13 @@ class Service:
     # --- state, reload, control ---------------------------------------------------------------
 
     def _state_changed(self, state: State, reason: str) -> None:
+        if self.loop_lag is not None:
+            log.debug(
+                "event loop lag: worst %.1f ms while %s",
+                1000 * self.loop_lag.take_worst(),
+                self._lag_state.value,
+            )
+            self._lag_state = state
         self._report_state()
         self._spawn(self.hook.notify(state.value))
 
