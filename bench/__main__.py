@@ -33,6 +33,7 @@ from bench.daemon_bench import (
     log,
     measure_conversation,
     measure_cycles,
+    measure_loop_lag,
     measure_startups,
 )
 from bench.echo_room import simulate_rooms
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     log("daemon latencies")
     measure_cycles(plan.cycle_runs, plan.cycles_per_run, latencies, startups)
     upload = measure_conversation(latencies, startups)
+    log("the daemon's event loop lag (its debug probe), over the same cycles")
+    loop_lag = measure_loop_lag(plan.cycles_per_run)
     log(f"echo rooms, simulated ({plan.echo_room_seconds:.0f} s of answer each)")
     echo = simulate_rooms(plan.echo_room_seconds)
     log(f"speech barge-in, whole process: {plan.self_interruption_seconds:.0f} s of answer "
@@ -219,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                f"whole process, {len(talked_over.results)} interruptions"),
         single("speech_request_clipped", talked_over.clipped_share, "ratio",
                "interrupting requests uploaded < 95 % whole"),
+        single("loop_lag_idle_ms", max(loop_lag.idle_ms), "ms",
+               "worst lateness of a 10 ms timer, idle (wake phrases' catch-up)",
+               len(loop_lag.idle_ms)),
+        single("loop_lag_conversation_ms", max(loop_lag.conversation_ms), "ms",
+               "same, connecting to the end of the answer", len(loop_lag.conversation_ms)),
     ]
     elapsed = time.monotonic() - began
     raw: dict[str, Any] = {

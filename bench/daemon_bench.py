@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -182,7 +183,8 @@ class DaemonRecord:
 
 
 def drive_daemon(url_base: str, script: Pcm, *, follow_up_seconds: float,
-                 conversations: int, feed_delay_seconds: float = 0.0) -> DaemonRecord:
+                 conversations: int, feed_delay_seconds: float = 0.0,
+                 log_level: str = "info") -> DaemonRecord:
     """Start the daemon, feed `script` in real time, wait for `conversations` to end, stop.
 
     `feed_delay_seconds` after READY=1 the microphone starts: it sets the phase of the 40 ms
@@ -191,7 +193,7 @@ def drive_daemon(url_base: str, script: Pcm, *, follow_up_seconds: float,
     with tempfile.TemporaryDirectory(prefix="talkbox-bench-") as tmp:
         offset_before = wall_minus_monotonic()
         started = time.monotonic()
-        with run_daemon(Path(tmp), config_text(url_base, follow_up_seconds),
+        with run_daemon(Path(tmp), config_text(url_base, follow_up_seconds, log_level=log_level),
                         api_key=API_KEY) as run:
             run.wait_ready(timeout=60)
             ready = run.notify.first_time("READY=1")
@@ -445,6 +447,41 @@ def measure_cycles(runs: int, cycles: int, latencies: LatencySamples,
             thread.stop()
         startups.add(record)
         collect_latencies(record, server, builder, cycle_reply, latencies)
+
+
+# --- the event loop's lag ------------------------------------------------------------------
+
+
+LOOP_LAG_LINE = re.compile(r"event loop lag: worst ([0-9.]+) ms while (\w+)")
+
+
+@dataclass
+class LoopLag:
+    """The daemon's own probe (shell/loop_lag.py, on with [log] level = "debug"): the worst
+    lateness of a 10 ms timer on its event loop in each stretch of a state."""
+
+    idle_ms: list[float] = field(default_factory=list)  # a wake phrase's catch-up is in here
+    conversation_ms: list[float] = field(default_factory=list)  # connecting .. responding
+
+
+def measure_loop_lag(cycles: int) -> LoopLag:
+    """The wake / answer / barge-in cycles once more, with the daemon's lag probe on. Each
+    wake phrase follows silence, so the gated wake word catches up on its look-back then
+    (about 25 inferences at once), while idle; the answers stream and play in the states of
+    the conversation."""
+    builder = cycle_script(cycles)
+    _, thread = start_service(cycle_reply, pace_factor=1.5, seed=RUN_SEED)
+    try:
+        record = drive_daemon(thread.url_base, builder.build(), follow_up_seconds=1.0,
+                              conversations=cycles, log_level="debug")
+    finally:
+        thread.stop()
+    lag = LoopLag()
+    for worst_ms, state in LOOP_LAG_LINE.findall(record.log):
+        (lag.idle_ms if state == "idle" else lag.conversation_ms).append(float(worst_ms))
+    if not lag.idle_ms or not lag.conversation_ms:
+        raise RuntimeError("the daemon logged no event loop lag: is its probe on?")
+    return lag
 
 
 # --- upload ratio and lost speech ------------------------------------------------------------

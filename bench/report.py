@@ -47,6 +47,10 @@ TARGETS: dict[str, Target] = {
     "speech_barge_in_ms": Target(300, "p95"),
     "speech_barge_in_missed": Target(0.05, "value"),
     "speech_request_clipped": Target(0.05, "value"),
+    # Issue 14: the whole process lean, and no stalls on its event loop.
+    "rss_mb": Target(100, "median"),
+    "loop_lag_idle_ms": Target(10, "value"),
+    "loop_lag_conversation_ms": Target(10, "value"),
 }
 
 # The keys of results.json, in order; "machine" and "raw" come after them.
@@ -56,7 +60,8 @@ FIGURE_KEYS: tuple[str, ...] = (
     "barge_in_ms", "upload_ratio", "speech_lost_ms", "echo_reduction_db",
     "echo_false_barge_ins_per_hour", "echo_detect_ms", "reply_cpu_with_aec",
     "reply_cpu_without_aec", "self_interruptions", "speech_barge_in_ms",
-    "speech_barge_in_missed", "speech_request_clipped",
+    "speech_barge_in_missed", "speech_request_clipped", "loop_lag_idle_ms",
+    "loop_lag_conversation_ms",
 )
 # Figures reported as {median, p95, n, min, max}; the others are single numbers.
 DISTRIBUTIONS = frozenset({"ready_seconds", "wake_latency_ms", "first_audio_ms",
