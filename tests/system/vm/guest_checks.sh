@@ -60,7 +60,8 @@ running_with_new_pid() { is_prop ActiveState active && [[ $(prop MainPID) != "$1
 # The processes of the unit's cgroup (the daemon and any ALSA helper it forked).
 unit_pids() { cat "/sys/fs/cgroup/system.slice/$UNIT/cgroup.procs" 2>/dev/null; }
 ctl() { /usr/local/bin/talkbox ctl "$@"; }
-status_field() { ctl status 2>/dev/null | sed -n "s/^$1: //p"; }
+# (a failing ctl says why on stderr, into the log)
+status_field() { ctl status | sed -n "s/^$1: //p"; }
 
 # --- a. boot ------------------------------------------------------------------------------------
 log "a. boot"
