@@ -14,7 +14,8 @@ daemon's capture buffer, at 16 kHz), so whatever else loads the machine falls on
 Two scenes, each measured for `--seconds` (30) after `--warm-up` (5) seconds of feeding:
 - a quiet room: low rumble (pink noise below 150 Hz) at -60 dBFS;
 - continuous speech without the wake word (espeak-ng, four voices, short pauses, over quiet
-  noise), the speech `bench.frontend_cpu` uses. The daemon's log must show no wake word.
+  noise), the speech `bench.frontend_cpu` uses.
+The daemon's log must show no wake word, no state change and no error.
 
 Per process: CPU seconds per second of wall time (CPU-s/s) from /proc/PID/stat. Per thread:
 its CPU-s/s and wake-ups (voluntary context switches) from /proc/PID/task, and where it
@@ -71,8 +72,9 @@ RUMBLE_BELOW_HZ = 150
 WAIT_SAMPLE_INTERVAL_S = 0.25
 GOALS = {"quiet": 0.15, "speech": 1.0}  # talkbox run / always-on openWakeWord (issue 14)
 MODEL = "hey_jarvis"
-# Either in the daemon's log means it did not stay idle: it heard a wake word, or changed state.
-NOT_IDLE_LOG_TEXT = ("wake word", "talkbox: state ")
+# In the daemon's log: it did not stay idle (a wake word, a state change), or the run was
+# disturbed (an error, such as a microphone reopened).
+NOT_IDLE_LOG_TEXT = ("wake word", "talkbox: state ", " ERROR ")
 
 # What a thread is, from where it sleeps (see `thread_role`).
 DAEMON_MAIN = "main: asyncio loop (what runs on it: capture hand-over, front end, timers)"
@@ -272,36 +274,37 @@ def measure_scene(scene: Scene, url_base: str, seconds: float, warm_up_seconds: 
     with (
         tempfile.TemporaryDirectory(prefix="talkbox-process-idle-") as tmp,
         baseline_on_own_card(Path(tmp) / "baseline", scene.audio) as always_on_run,
-        run_daemon(Path(tmp), config, api_key=API_KEY) as run,
     ):
-        run.wait_ready(timeout=60)
+        # The baseline first: the daemon reopens a microphone that is silent for 3 s.
         always_on_run.baseline.wait_ready()
-        daemon = Watched(run.process.pid, DAEMON_MAIN, run.sandbox.capture_path,
-                         run.sandbox.playback_path)
-        always_on = Watched(always_on_run.baseline.process.pid, BASELINE_MAIN,
-                            always_on_run.microphone_fifo, None)
-        # The same audio to both, starting together.
-        run.say(scene.audio.tobytes())
-        always_on_run.microphone.start()
-        _sleep_until(time.monotonic() + warm_up_seconds)
-        busy_before = cpu_line()
-        daemon.read_start()
-        always_on.read_start()
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            daemon.sample_sleeps()
-            always_on.sample_sleeps()
-            _sleep_until(min(end, time.monotonic() + WAIT_SAMPLE_INTERVAL_S))
-        daemon.read_end()
-        always_on.read_end()
-        busy = machine_busy(busy_before, cpu_line())
-        detections = always_on_run.baseline.stop()
-        run.terminate(timeout=10)
-        daemon_log = run.log()
+        with run_daemon(Path(tmp), config, api_key=API_KEY) as run:
+            run.wait_ready(timeout=60)
+            daemon = Watched(run.process.pid, DAEMON_MAIN, run.sandbox.capture_path,
+                             run.sandbox.playback_path)
+            always_on = Watched(always_on_run.baseline.process.pid, BASELINE_MAIN,
+                                always_on_run.microphone_fifo, None)
+            # The same audio to both, starting together.
+            run.say(scene.audio.tobytes())
+            always_on_run.microphone.start()
+            _sleep_until(time.monotonic() + warm_up_seconds)
+            busy_before = cpu_line()
+            daemon.read_start()
+            always_on.read_start()
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                daemon.sample_sleeps()
+                always_on.sample_sleeps()
+                _sleep_until(min(end, time.monotonic() + WAIT_SAMPLE_INTERVAL_S))
+            daemon.read_end()
+            always_on.read_end()
+            busy = machine_busy(busy_before, cpu_line())
+            detections = always_on_run.baseline.stop()
+            run.terminate(timeout=10)
+            daemon_log = run.log()
     not_idle = [line for line in daemon_log.splitlines()
                 if any(text in line for text in NOT_IDLE_LOG_TEXT)]
     if not_idle:
-        raise RuntimeError(f"talkbox run did not stay idle on {scene.description}:\n"
+        raise RuntimeError(f"talkbox run was not left idle on {scene.description}:\n"
                            + "\n".join(not_idle))
     daemon_report, baseline_report = daemon.report(), always_on.report()
     return {
