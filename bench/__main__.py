@@ -1,11 +1,12 @@
 """`python -m bench [--quick]`: every benchmark, one table, bench/results.json.
 
 Runs, in order: the front end's idle CPU (`bench.frontend_cpu`, in a subprocess; it also
-refreshes bench/results/frontend_cpu.json), openWakeWord's resident memory on its own, the
-speaker harness calibration, a profile of the daemon's receive path, daemon start-ups, the
-wake / answer / barge-in cycles and the three-turn conversation (`bench.daemon_bench`), speech
-barge-in in simulated rooms (`bench.echo_room`) and through the whole process
-(`bench.barge_in_live`).
+refreshes bench/results/frontend_cpu.json), the whole daemon's idle CPU beside an always-on
+openWakeWord process (`bench.process_idle`, the same way; bench/results/process_idle.json),
+openWakeWord's resident memory on its own, the speaker harness calibration, a profile of the
+daemon's receive path, daemon start-ups, the wake / answer / barge-in cycles and the
+three-turn conversation (`bench.daemon_bench`), speech barge-in in simulated rooms
+(`bench.echo_room`) and through the whole process (`bench.barge_in_live`).
 Progress goes to stderr, the table to stdout.
 What each figure means and how it is measured: docs/benchmarks.md.
 """
@@ -46,6 +47,7 @@ from support.room import ROOMS
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS = REPOSITORY / "bench" / "results.json"
 FRONTEND_CPU_RESULTS = REPOSITORY / "bench" / "results" / "frontend_cpu.json"
+PROCESS_IDLE_RESULTS = REPOSITORY / "bench" / "results" / "process_idle.json"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Plan:
     """How many times each measurement is repeated."""
 
     cpu_repetitions: int
+    process_idle_seconds: float  # measured per scene (bench.process_idle)
     openwakeword_processes: int
     speaker_calibrations: int
     receive_path_deltas: int
@@ -64,23 +67,38 @@ class Plan:
     interruptions_per_room: int  # people talking over answers (real process)
 
 
-FULL = Plan(cpu_repetitions=5, openwakeword_processes=3, speaker_calibrations=24,
-            receive_path_deltas=200, startups=3, cycle_runs=6, cycles_per_run=3,
-            echo_room_seconds=120, self_interruption_seconds=75, interruptions_per_room=10)
-QUICK = Plan(cpu_repetitions=2, openwakeword_processes=1, speaker_calibrations=10,
-             receive_path_deltas=50, startups=1, cycle_runs=2, cycles_per_run=2,
-             echo_room_seconds=40, self_interruption_seconds=30, interruptions_per_room=3)
+FULL = Plan(cpu_repetitions=5, process_idle_seconds=30, openwakeword_processes=3,
+            speaker_calibrations=24, receive_path_deltas=200, startups=3, cycle_runs=6,
+            cycles_per_run=3, echo_room_seconds=120, self_interruption_seconds=75,
+            interruptions_per_room=10)
+QUICK = Plan(cpu_repetitions=2, process_idle_seconds=10, openwakeword_processes=1,
+             speaker_calibrations=10, receive_path_deltas=50, startups=1, cycle_runs=2,
+             cycles_per_run=2, echo_room_seconds=40, self_interruption_seconds=30,
+             interruptions_per_room=3)
+
+
+def run_alone(module: str, args: list[str], results: Path) -> dict[str, Any]:
+    """Run `python -m MODULE ARGS` as it is run on its own, and read the JSON it wrote."""
+    done = subprocess.run([sys.executable, "-m", module, *args],
+                          cwd=REPOSITORY, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} failed:\n{done.stdout}\n{done.stderr}")
+    result: dict[str, Any] = json.loads(results.read_text())
+    return result
 
 
 def frontend_cpu(repetitions: int) -> dict[str, Any]:
-    """Run bench.frontend_cpu as it is run on its own, and read the JSON it wrote."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.frontend_cpu", "--repetitions", str(repetitions)],
-        cwd=REPOSITORY, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"bench.frontend_cpu failed:\n{done.stdout}\n{done.stderr}")
-    result: dict[str, Any] = json.loads(FRONTEND_CPU_RESULTS.read_text())
-    return result
+    return run_alone("bench.frontend_cpu", ["--repetitions", str(repetitions)],
+                     FRONTEND_CPU_RESULTS)
+
+
+def process_idle(seconds: float) -> dict[str, Any]:
+    return run_alone("bench.process_idle", ["--seconds", str(seconds)], PROCESS_IDLE_RESULTS)
+
+
+def _process_idle_note(scene: dict[str, Any]) -> str:
+    return (f"{scene['daemon']['cpu_per_second']:.4f} / "
+            f"{scene['always_on_openwakeword']['cpu_per_second']:.4f} CPU-s/s")
 
 
 def _cpu_model() -> str:
@@ -139,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"front end idle CPU ({plan.cpu_repetitions} repetitions)")
     cpu = frontend_cpu(plan.cpu_repetitions)
+    log(f"whole process idle CPU beside always-on openWakeWord ({plan.process_idle_seconds:g} s "
+        "a scene)")
+    idle = process_idle(plan.process_idle_seconds)
+    quiet, speech = (next(s for s in idle["scenes"] if s["scene"] == key)
+                     for key in ("quiet", "speech"))
+    log(f"  quiet room {_process_idle_note(quiet)}, speech {_process_idle_note(speech)}")
     log("openWakeWord alone: resident memory")
     openwakeword_rss = openwakeword_alone_rss_mb(plan.openwakeword_processes)
     log("speaker harness calibration")
@@ -181,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                "front end / always-on openWakeWord, quiet room", cpu["repetitions"]),
         single("idle_cpu_speech_ratio", cpu["idle_cpu_speech_ratio"], "ratio",
                "same, on continuous speech without the wake word", cpu["repetitions"]),
+        single("process_idle_quiet_ratio", idle["process_idle_quiet_ratio"], "ratio",
+               f"talkbox run / always-on openWakeWord process, quiet room: "
+               f"{_process_idle_note(quiet)}"),
+        single("process_idle_speech_ratio", idle["process_idle_speech_ratio"], "ratio",
+               f"same, continuous speech without the wake word: {_process_idle_note(speech)}"),
         repeated("rss_mb", startups.rss_mb, "MiB", "talkbox run, idle after start"),
         repeated("rss_mb_openwakeword_alone", openwakeword_rss, "MiB",
                  "python + openwakeword + hey_jarvis, idle"),
@@ -268,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         "frontend_cpu": {key: cpu[key] for key in (
             "idle_cpu_quiet_ratio_vs_our_always_on", "idle_cpu_speech_ratio_vs_our_always_on",
             "repetitions", "scenarios")},
+        # Per scene: both processes' CPU and each thread's (without the daemon's log).
+        "process_idle": {
+            "seconds": idle["seconds"], "warm_up_seconds": idle["warm_up_seconds"],
+            "scenes": [{key: value for key, value in scene.items() if key != "daemon_log"}
+                       for scene in idle["scenes"]]},
     }
     print(table(figures))
     print(f"({raw['mode']} run, {elapsed:.0f} s; details and raw samples in "
