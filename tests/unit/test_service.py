@@ -31,6 +31,8 @@ output_device = "speaker"
 silence_duration_ms = {silence}
 [control]
 socket = "{socket}"
+[conversation]
+follow_up_seconds = {follow_up}
 """
 NO_SPEAKER = AudioDeviceError("no output device matches 'speaker'")
 MIC_GONE = AudioDeviceError("capture from 'mic' stopped delivering audio")
@@ -42,8 +44,10 @@ def no_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
 
 
-def write_config(path: Path, silence: int = 500) -> None:
-    path.write_text(CONFIG.format(silence=silence, socket=path.with_suffix(".sock")))
+def write_config(path: Path, silence: int = 500, follow_up: float = 8.0) -> None:
+    path.write_text(
+        CONFIG.format(silence=silence, socket=path.with_suffix(".sock"), follow_up=follow_up)
+    )
 
 
 def make_service(tmp_path: Path, fakes: FakeParts) -> Service:
@@ -216,6 +220,22 @@ async def test_a_reload_applies_a_valid_config_and_refuses_a_broken_one(
     announced = [line for line in fakes.notifier.lines if line.startswith(("READY", "RELOAD"))]
     assert announced[:5] == ["READY=1", "RELOADING=1", "READY=1", "RELOADING=1", "READY=1"]
     assert "reload refused, the running configuration stays in force" in caplog.text
+
+
+async def test_a_reload_that_leaves_the_front_end_alone_does_not_load_the_wake_models_again(
+    tmp_path: Path,
+) -> None:
+    fakes = FakeParts()
+    service = make_service(tmp_path, fakes)
+    async with running(service):
+        await until(lambda: "READY=1" in fakes.notifier.lines, "READY=1")
+        write_config(service.config_path, follow_up=3.0)
+        await service.reload_config()
+        applied = service.cfg
+
+    assert applied.conversation.follow_up_seconds == 3.0
+    assert len(fakes.front_ends) == 1, "the running front end is kept"
+    assert service.daemon is not None and service.daemon.front_end is fakes.front_ends[0]
 
 
 async def test_a_control_socket_that_cannot_open_leaves_the_daemon_running(

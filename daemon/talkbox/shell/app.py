@@ -170,6 +170,13 @@ def build_front_end(
     return FrontEnd(cfg.audio.input_rate, vad, gate, GatedWakeDetector(detector), echo=echo)
 
 
+def front_end_settings(cfg: Config) -> tuple[object, ...]:
+    """What the listening pipeline is built from. A reload that changes none of it keeps the
+    running front end, and does not load the wake models again (tens of seconds on a slow
+    core, and their memory twice meanwhile)."""
+    return (cfg.wake, cfg.turn, cfg.audio.input_rate)
+
+
 def front_end_builder(reference: SpeakerReference) -> Callable[[Config], FrontEnd]:
     """`build_front_end` for the daemon: one echo canceller per capture rate, kept across
     reloads, so that AEC3 does not have to learn the room again (a new one is louder for its
@@ -476,7 +483,8 @@ class Daemon:
         """Take a new, valid config: it applies from the next conversation. `front_end`, if
         given, was built for `cfg` (off the loop) and replaces the current one if needed."""
         self._pending_config = cfg
-        self._pending_front_end = front_end
+        if front_end is not None:  # else an earlier reload's may still be the one needed
+            self._pending_front_end = front_end
         self.step(ConfigChanged(machine_config(cfg)))
 
     def _apply_pending_config(self) -> None:
@@ -488,7 +496,7 @@ class Daemon:
         self.cfg = cfg
         self._open_session = self._make_opener(cfg)
         self.chimes = make_chimes(cfg)
-        if (old.wake, old.turn, old.audio.input_rate) != (cfg.wake, cfg.turn, cfg.audio.input_rate):
+        if front_end_settings(old) != front_end_settings(cfg):
             self.front_end = front_end or build_front_end(cfg)
         if (old.audio.input_device, old.audio.output_device, old.audio.output_rate) != (
             cfg.audio.input_device,

@@ -44,7 +44,13 @@ from talkbox.realtime.endpoint import endpoint_for
 from talkbox.realtime.sessions import configured_sessions
 from talkbox.safe_text import safe_line
 from talkbox.secrets import ApiKey, resolve_api_key
-from talkbox.shell.app import Daemon, SessionOpener, Speaker, front_end_builder
+from talkbox.shell.app import (
+    Daemon,
+    SessionOpener,
+    Speaker,
+    front_end_builder,
+    front_end_settings,
+)
 from talkbox.shell.control import ControlHandler, ControlServer
 from talkbox.shell.hooks import StateHook, hook_program_warning
 from talkbox.shell.loop_lag import LoopLagProbe
@@ -520,10 +526,11 @@ class Service:
     async def reload_config(self) -> None:
         """Re-read the config; a valid one applies from the next conversation.
 
-        Reading and checking the file and loading the wake models happen in a worker
-        thread: meanwhile the loop goes on capturing, pinging the watchdog, answering the
-        control socket and signals (a slow load, or a huge or hostile file, used to stall all
-        of them). Reloads run one at a time, in the order they were asked for.
+        Reading and checking the file and, if what the front end is built from changed,
+        loading the wake models happen in a worker thread: meanwhile the loop goes on
+        pinging the watchdog, answering the control socket and signals (a slow load, or a
+        huge or hostile file, used to stall all of them). Reloads run one at a time, in the
+        order they were asked for.
         """
         async with self._reload_lock:
             self._reload_waiting = False
@@ -533,8 +540,10 @@ class Service:
                 self.notifier.reloading()
             try:
                 cfg, key = await asyncio.to_thread(load_checked, self.config_path)
-                # A wake model that cannot load must not get in.
-                front_end = await asyncio.to_thread(self._parts.build_front_end, cfg)
+                front_end = None
+                if front_end_settings(cfg) != front_end_settings(self.cfg):
+                    # A wake model that cannot load must not get in.
+                    front_end = await asyncio.to_thread(self._parts.build_front_end, cfg)
             except ConfigError as error:
                 log.error("reload refused, the running configuration stays in force: %s", error)
             else:
