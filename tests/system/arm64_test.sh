@@ -260,17 +260,20 @@ echo "how each package came (wheel tags; 'compiled here' = built from its sdist 
 for wheel_file in "$ROOT"/opt/talkbox/venv/lib/python3*/site-packages/*.dist-info/WHEEL; do
     dist=$(basename "$(dirname "$wheel_file")" .dist-info)
     tags=$(awk '/^Tag:/ { print $2 }' "$wheel_file" | paste -sd ' ')
-    case $tags in
+    case $dist:$tags in
+        talkbox-*) how="built from the clone" ;;
         *-linux_aarch64*) how="compiled here" ;;
-        *none-any*) how="pure Python wheel" ;;
+        *none-any) how="pure Python wheel" ;;
         *aarch64*) how="aarch64 binary wheel" ;;
         *) how="?" ;;
     esac
     printf '    %-36s %-22s %s\n' "$dist" "$how" "$tags"
 done
 cp "$ROOT/tmp/pip.log" "$SCRATCH/pip.log" 2>/dev/null
-echo "pip built these wheels in this run (the others came from the index or pip's cache):"
+echo "pip built these wheels in this run:"
 grep -oE 'Created wheel for [^:]+' "$SCRATCH/pip.log" | sed 's/^/    /'
+echo "pip took these from its wheel cache (built by an earlier run with the same key):"
+grep -oE 'Using cached wheel link: .*\.whl' "$SCRATCH/pip.log" | sed -E 's|.*/|    |' | sort -u
 # Its lines start with a time stamp: from the first to the last is pip's share of install.sh.
 pip_time() { date -u -d "$(sed -n "$1" "$SCRATCH/pip.log" | cut -c1-19 | tr T ' ')" +%s; }
 pip_took="?"
