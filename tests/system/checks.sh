@@ -138,12 +138,15 @@ lock_cache() {
 # It is built again only when RECIPE (bump it when FINISH changes), the suite or the packages
 # change. Hold lock_cache CACHE. Reports a failure with fail and returns non-zero. Sets
 # debootstrap_seconds to how long debootstrap took (empty when the cached tree was used).
+# With DEBIAN_ARCH set after sourcing this (arm64, say), the tree is of that architecture.
 debootstrap_seconds=""
+DEBIAN_ARCH=""
 cached_debian_tree() {
     local cache=$1 recipe=$2 mirror=$3 finish_tree=$4
     shift 4
     local tree=$cache/rootfs key
-    key=$(printf '%s\n' "$recipe" "$DEBIAN_SUITE" "$@" | sha256sum | cut -c1-16)
+    key=$(printf '%s\n' "$recipe" "$DEBIAN_SUITE" ${DEBIAN_ARCH:+"$DEBIAN_ARCH"} "$@" |
+        sha256sum | cut -c1-16)
     if [[ -d $tree && -f $cache/rootfs.key && $(<"$cache/rootfs.key") == "$key" ]]; then
         phase "Debian tree: cached in $cache"
         return 0
@@ -161,6 +164,7 @@ cached_debian_tree() {
     local packages started=$SECONDS
     packages=$(IFS=,; echo "$*")
     if ! run_logged "$cache/debootstrap.log" debootstrap --variant=minbase \
+        ${DEBIAN_ARCH:+--arch="$DEBIAN_ARCH"} \
         --include="$packages" "$DEBIAN_SUITE" "$tree.new" "$mirror"; then
         fail "debootstrap of the Debian tree"
         return 1
