@@ -86,18 +86,8 @@ readonly SCRATCH
 readonly ROOT=$SCRATCH/root
 # Any process still running inside the throwaway root (started by this run) is ended, then
 # everything mounted in it is unmounted before it is removed (or kept, unmounted).
-end_processes_in_root() {
-    local link pid
-    for link in /proc/[0-9]*/root; do
-        [[ $(readlink "$link" 2>/dev/null) == "$ROOT" ]] || continue
-        pid=${link#/proc/}
-        pid=${pid%/root}
-        kill -KILL "$pid" 2>/dev/null
-    done
-    return 0
-}
 cleanup() {
-    end_processes_in_root
+    end_processes_in_root "$ROOT"
     findmnt -rn -o TARGET | grep -F "$ROOT/" | sort -r | while IFS= read -r target; do
         umount -l "$target"
     done
@@ -110,7 +100,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-minutes() { printf '%d s (%dm%02ds)' "$1" $(($1 / 60)) $(($1 % 60)); }
 # forward_results WHAT COMMAND...: runs COMMAND, counting its "ok NAME" / "FAILED NAME" lines
 # as checks and showing its other lines; a non-zero exit status with no FAILED line fails too.
 forward_results() {
@@ -206,14 +195,8 @@ else
 fi
 mkdir -p "$PIP_CACHE" "$ROOT$PIP_CACHE_IN_ROOT"
 
-# /dev is the host's, bound as a slave so that nothing mounted below it shows on the host.
 mount_root_filesystems() {
-    mount -t proc proc "$ROOT/proc" &&
-        mount -t sysfs sysfs "$ROOT/sys" &&
-        mount --bind /dev "$ROOT/dev" && mount --make-rslave "$ROOT/dev" &&
-        mount --bind /dev/pts "$ROOT/dev/pts" &&
-        mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$ROOT/dev/shm" &&
-        mount --bind "$PIP_CACHE" "$ROOT$PIP_CACHE_IN_ROOT"
+    mount_system_filesystems "$ROOT" && mount --bind "$PIP_CACHE" "$ROOT$PIP_CACHE_IN_ROOT"
 }
 check "mounted /proc, /sys, /dev, /dev/pts, /dev/shm and pip's cache in the root" \
     mount_root_filesystems

@@ -114,6 +114,31 @@ registry_environment() {
     return 0
 }
 
+# --- shared by the tests that chroot into a throwaway root (fresh_root_test.sh, arm64_test.sh) --
+
+# minutes SECONDS: "N s (NmSSs)".
+minutes() { printf '%d s (%dm%02ds)' "$1" $(($1 / 60)) $(($1 % 60)); }
+# end_processes_in_root ROOT: kills whatever still runs inside ROOT (started by this run).
+end_processes_in_root() {
+    local link pid
+    for link in /proc/[0-9]*/root; do
+        [[ $(readlink "$link" 2>/dev/null) == "$1" ]] || continue
+        pid=${link#/proc/}
+        pid=${pid%/root}
+        kill -KILL "$pid" 2>/dev/null
+    done
+    return 0
+}
+# mount_system_filesystems ROOT: /proc, /sys, /dev (the host's, bound as a slave so that
+# nothing mounted below it shows on the host), /dev/pts and /dev/shm in ROOT.
+mount_system_filesystems() {
+    mount -t proc proc "$1/proc" &&
+        mount -t sysfs sysfs "$1/sys" &&
+        mount --bind /dev "$1/dev" && mount --make-rslave "$1/dev" &&
+        mount --bind /dev/pts "$1/dev/pts" &&
+        mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$1/dev/shm"
+}
+
 # Never delete through a mount: a tree left with /proc mounted by a killed run is unmounted
 # first, and rm stays on the tree's own file system.
 remove_tree() {

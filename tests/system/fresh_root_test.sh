@@ -69,18 +69,8 @@ readonly SCRATCH
 readonly ROOT=$SCRATCH/root
 # Any process still running inside the throwaway root (started by this run) is ended, then
 # everything mounted in it is unmounted before it is removed.
-end_processes_in_root() {
-    local link pid
-    for link in /proc/[0-9]*/root; do
-        [[ $(readlink "$link" 2>/dev/null) == "$ROOT" ]] || continue
-        pid=${link#/proc/}
-        pid=${pid%/root}
-        kill -KILL "$pid" 2>/dev/null
-    done
-    return 0
-}
 cleanup() {
-    end_processes_in_root
+    end_processes_in_root "$ROOT"
     remove_tree "$ROOT"
     rm -rf "$SCRATCH"
 }
@@ -138,15 +128,8 @@ chroot "$ROOT" test -x "$CHECKOUT_IN_ROOT/install.sh" || finish
 
 # --- 3. the chroot's file systems ---------------------------------------------------------------
 
-# /dev is the host's, bound as a slave so that nothing mounted below it shows on the host.
-mount_root_filesystems() {
-    mount -t proc proc "$ROOT/proc" &&
-        mount -t sysfs sysfs "$ROOT/sys" &&
-        mount --bind /dev "$ROOT/dev" && mount --make-rslave "$ROOT/dev" &&
-        mount --bind /dev/pts "$ROOT/dev/pts" &&
-        mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$ROOT/dev/shm"
-}
-check "mounted /proc, /sys, /dev, /dev/pts and /dev/shm in the root" mount_root_filesystems
+check "mounted /proc, /sys, /dev, /dev/pts and /dev/shm in the root" \
+    mount_system_filesystems "$ROOT"
 
 # --- 4. the README's two commands ------------------------------------------------------------------
 
@@ -190,7 +173,6 @@ check_test_run() {
 passed_and_nothing_else() {
     [[ $1 =~ [0-9]+\ passed ]] && ! [[ $1 =~ [0-9]+\ (failed|errors?) ]]
 }
-minutes() { printf '%d s (%dm%02ds)' "$1" $(($1 / 60)) $(($1 % 60)); }
 
 : >"$LOG"
 echo "log: $LOG"
