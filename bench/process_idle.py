@@ -77,7 +77,8 @@ MODEL = "hey_jarvis"
 NOT_IDLE_LOG_TEXT = ("wake word", "talkbox: state ", " ERROR ")
 
 # What a thread is, from where it sleeps (see `thread_role`).
-DAEMON_MAIN = "main: asyncio loop (what runs on it: capture hand-over, front end, timers)"
+DAEMON_MAIN = "main: asyncio loop (the control socket, the connection, timers, the core)"
+FRONT_END_THREAD = "the capture front end (echo canceller, VAD, gated wake word)"
 BASELINE_MAIN = "main: blocking read + openWakeWord predict"
 CAPTURE_CALLBACK = "PortAudio capture callback (microphone stream)"
 OUTPUT_CALLBACK = "PortAudio output callback (speaker stream, silence while idle)"
@@ -167,10 +168,13 @@ def baseline_on_own_card(directory: Path, audio: Pcm) -> Iterator[BaselineRun]:
 
 
 def thread_role(tid: int, pid: int, main_role: str, sleeps_in: str | None,
-                capture_fifo: Path, speaker_fifo: Path | None) -> str:
-    """What a thread is, from where it mostly sleeps (`waiting_in`)."""
+                capture_fifo: Path, speaker_fifo: Path | None, name: str = "") -> str:
+    """What a thread is, from its name if the daemon gave it one, else from where it mostly
+    sleeps (`waiting_in`)."""
     if tid == pid:
         return main_role
+    if name == "front-end":  # audio/front_end_thread.OS_THREAD_NAME
+        return FRONT_END_THREAD
     if sleeps_in is None:
         return "unknown (never seen asleep)"
     if sleeps_in.endswith(f" {capture_fifo}"):
@@ -233,7 +237,7 @@ class Watched:
             "tid": usage.tid,
             "name": usage.name,
             "role": thread_role(usage.tid, self.pid, self.main_role, sleeps_in,
-                                self.capture_fifo, self.speaker_fifo),
+                                self.capture_fifo, self.speaker_fifo, usage.name),
             "started_after_process_seconds": round(usage.started_after_process_seconds, 2),
             "cpu_seconds": round(usage.cpu_seconds, 3),
             "user_seconds": round(usage.user_seconds, 3),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,9 +28,12 @@ class Recorder:
         self.hold.set()
         self.busy = threading.Event()
         self.threads: set[int] = set()
+        self.os_names: set[str] = set()
 
     def process(self, pcm: bytes, capture_time: float | None) -> list[Any]:
         self.threads.add(threading.get_ident())
+        comm = Path(f"/proc/self/task/{threading.get_native_id()}/comm")
+        self.os_names.add(comm.read_text().strip())
         self.busy.set()
         self.hold.wait(10)
         return [int.from_bytes(pcm, "little")] if capture_time is not None else []
@@ -52,6 +56,7 @@ async def test_chunks_are_processed_in_order_off_the_loop_and_events_come_back_o
     assert delivered == list(range(20))
     assert delivered_on == {threading.get_ident()}, "events reach the machine on the loop"
     assert threading.get_ident() not in recorder.threads, "the front end ran off the loop"
+    assert recorder.os_names == {"front-end"}, "top -H and ps -L show which thread it is"
     assert not thread.alive and thread.failure is None
 
 
