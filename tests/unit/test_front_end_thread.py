@@ -111,3 +111,21 @@ async def test_a_failing_front_end_ends_the_thread_and_says_why(
     assert isinstance(thread.failure, ValueError)
     assert "the capture front end failed" in caplog.text
     assert "a bug in the front end" in caplog.text
+
+
+async def test_chunks_after_stop_are_not_taken_and_cannot_push_out_the_end() -> None:
+    recorder, delivered = Recorder(), []
+    recorder.hold.clear()
+    thread = FrontEndThread(recorder.process, delivered.extend, asyncio.get_running_loop(),
+                            max_queued=2)
+    thread.start()
+    thread.submit(chunk(0))
+    await until(recorder.busy.is_set, "the front end busy with chunk 0")
+    thread.submit(chunk(1))
+    thread.stop(timeout=0)  # asked to stop while busy: chunk 1, then the end
+    for number in range(2, 10):  # the microphone still delivers until it is closed
+        thread.submit(chunk(number))
+    recorder.hold.set()
+    await until(lambda: not thread.alive, "the thread ended")
+
+    assert delivered == [0, 1]

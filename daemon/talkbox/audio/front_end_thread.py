@@ -38,7 +38,7 @@ _PR_SET_NAME = 15
 
 class FrontEndThread:
     """Runs `process(pcm, capture_time)` on each submitted chunk, in order, on one thread,
-    and hands the events of each batch to `deliver` on `loop`.
+    and hands the events of each chunk (if any) to `deliver` on `loop`.
 
     `submit()` may be called from any thread (PortAudio's callback); `start()` and `stop()`
     from the loop. `last_done_at` is when a chunk was last processed (for the watchdog: a
@@ -60,6 +60,7 @@ class FrontEndThread:
         # None asks the thread to end.
         self._chunks: queue.SimpleQueue[Captured | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="front-end", daemon=True)
+        self._stopping = False
         self.dropped = 0
         self.last_done_at = time.monotonic()
         self.failure: BaseException | None = None
@@ -77,6 +78,8 @@ class FrontEndThread:
 
     def submit(self, chunk: Captured) -> None:
         """Queue one captured chunk (never blocks; drops the oldest when too far behind)."""
+        if self._stopping:  # capture may still deliver; and the end mark must not be dropped
+            return
         if self._chunks.qsize() >= self._max_queued:
             try:
                 self._chunks.get_nowait()
@@ -88,6 +91,7 @@ class FrontEndThread:
 
     def stop(self, timeout: float = 2.0) -> None:
         """End the thread once the chunks queued so far are processed (idempotent)."""
+        self._stopping = True
         self._chunks.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
