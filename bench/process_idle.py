@@ -61,6 +61,7 @@ from support.proccpu import (
 )
 from support.room import rms_dbfs
 from support.speech import Pcm, ordinary_speech_stretch, pink_noise, sox_effects
+from talkbox.audio.front_end_thread import THREAD_NAME
 from talkbox.audio.wake import available_models
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -173,7 +174,7 @@ def thread_role(tid: int, pid: int, main_role: str, sleeps_in: str | None,
     sleeps (`waiting_in`)."""
     if tid == pid:
         return main_role
-    if name == "front-end":  # audio/front_end_thread.OS_THREAD_NAME
+    if name == THREAD_NAME:
         return FRONT_END_THREAD
     if sleeps_in is None:
         return "unknown (never seen asleep)"

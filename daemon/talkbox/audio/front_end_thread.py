@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 # Chunks waiting for the front end before the oldest is dropped: 2 s of 40 ms chunks, more
 # than a catch-up on a slow core takes; fresh audio matters more than old (as in capture).
 MAX_QUEUED_CHUNKS = 50
-# The thread's name as `top -H`, `ps -L` and /proc show it (Python 3.11 names no OS threads).
-OS_THREAD_NAME = b"front-end"
+# The thread's name, in Python and as `top -H`, `ps -L` and /proc show it (Python 3.11 gives
+# no OS thread a name of its own).
+THREAD_NAME = "front-end"
 _PR_SET_NAME = 15
 
 
@@ -59,7 +60,7 @@ class FrontEndThread:
         self._max_queued = max_queued
         # None asks the thread to end.
         self._chunks: queue.SimpleQueue[Captured | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="front-end", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._stopping = False
         self.dropped = 0
         self.last_done_at = time.monotonic()
@@ -97,7 +98,7 @@ class FrontEndThread:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        _name_this_thread(OS_THREAD_NAME)
+        _name_this_thread(THREAD_NAME)
         dropped_reported = 0
         while (chunk := self._chunks.get()) is not None:
             try:
@@ -117,7 +118,7 @@ class FrontEndThread:
                     return
 
 
-def _name_this_thread(name: bytes) -> None:
+def _name_this_thread(name: str) -> None:
     # Not on Linux, there is no prctl: the name is only for people looking.
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(_PR_SET_NAME, name)
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, name.encode())
