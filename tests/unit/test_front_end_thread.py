@@ -39,6 +39,18 @@ class Recorder:
         return [int.from_bytes(pcm, "little")] if capture_time is not None else []
 
 
+async def held_in_chunk_0(max_queued: int = 50) -> tuple[Recorder, list[Any], FrontEndThread]:
+    """A started thread, stuck in chunk 0 until `recorder.hold` is set; what it delivers."""
+    recorder, delivered = Recorder(), []
+    recorder.hold.clear()
+    thread = FrontEndThread(recorder.process, delivered.extend, asyncio.get_running_loop(),
+                            max_queued=max_queued)
+    thread.start()
+    thread.submit(chunk(0))
+    await until(recorder.busy.is_set, "the front end busy with chunk 0")
+    return recorder, delivered, thread
+
+
 async def test_chunks_are_processed_in_order_off_the_loop_and_events_come_back_on_it() -> None:
     recorder, delivered, delivered_on = Recorder(), [], set()
 
@@ -61,12 +73,7 @@ async def test_chunks_are_processed_in_order_off_the_loop_and_events_come_back_o
 
 
 async def test_the_loop_runs_while_the_front_end_is_busy() -> None:
-    recorder = Recorder()
-    recorder.hold.clear()
-    thread = FrontEndThread(recorder.process, lambda events: None, asyncio.get_running_loop())
-    thread.start()
-    thread.submit(chunk(1))
-    await until(recorder.busy.is_set, "the front end busy")
+    recorder, _, thread = await held_in_chunk_0()
     # While it is stuck in a chunk, the loop's own work goes on (a sleep, a timer).
     started = time.monotonic()
     await asyncio.sleep(0.05)
@@ -79,13 +86,7 @@ async def test_the_loop_runs_while_the_front_end_is_busy() -> None:
 async def test_behind_it_drops_the_oldest_chunks_and_counts_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    recorder, delivered = Recorder(), []
-    recorder.hold.clear()
-    thread = FrontEndThread(recorder.process, delivered.extend, asyncio.get_running_loop(),
-                            max_queued=5)
-    thread.start()
-    thread.submit(chunk(0))
-    await until(recorder.busy.is_set, "the front end busy with chunk 0")
+    recorder, delivered, thread = await held_in_chunk_0(max_queued=5)
     for number in range(1, 9):
         thread.submit(chunk(number))
     recorder.hold.set()
@@ -114,13 +115,7 @@ async def test_a_failing_front_end_ends_the_thread_and_says_why(
 
 
 async def test_chunks_after_stop_are_not_taken_and_cannot_push_out_the_end() -> None:
-    recorder, delivered = Recorder(), []
-    recorder.hold.clear()
-    thread = FrontEndThread(recorder.process, delivered.extend, asyncio.get_running_loop(),
-                            max_queued=2)
-    thread.start()
-    thread.submit(chunk(0))
-    await until(recorder.busy.is_set, "the front end busy with chunk 0")
+    recorder, delivered, thread = await held_in_chunk_0(max_queued=2)
     thread.submit(chunk(1))
     thread.stop(timeout=0)  # asked to stop while busy: chunk 1, then the end
     for number in range(2, 10):  # the microphone still delivers until it is closed
