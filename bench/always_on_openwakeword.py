@@ -3,10 +3,10 @@
 `python -m bench.always_on_openwakeword --device NAME --rate HZ --period FRAMES MODEL MEL EMBEDDING`
 
 The plainest wake-word listener, as openWakeWord's own microphone example is written: PyAudio
-opens the input device with the given period, the loop reads 80 ms at a time (blocking) and
-runs `Model.predict` (tflite) on every chunk, with no voice activity gate. It imports
-openwakeword as shipped. It prints "ready" once the stream is open, then one line per chunk
-that scores at or above 0.5, and runs until it is killed.
+opens the input device (found by name as the daemon finds it) with the given period, the loop
+reads 80 ms at a time (blocking) and runs `Model.predict` (tflite) on every chunk, with no
+voice activity gate. It imports openwakeword as shipped. It prints "ready" once the stream is
+open, then one line per chunk that scores at or above 0.5, and runs until it is killed.
 """
 
 from __future__ import annotations
@@ -17,16 +17,10 @@ import numpy as np
 import openwakeword
 import pyaudio
 
+from talkbox.audio.devices import find_device
+
 CHUNK_FRAMES = 1280  # openWakeWord's step: 80 ms at 16 kHz
 DETECTION_THRESHOLD = 0.5
-
-
-def input_device_index(pa: pyaudio.PyAudio, name: str) -> int:
-    for index in range(pa.get_device_count()):
-        info = pa.get_device_info_by_index(index)
-        if info["name"] == name and int(info["maxInputChannels"]) > 0:
-            return index
-    raise SystemExit(f"no input device named {name!r}")
 
 
 def main() -> None:
@@ -46,7 +40,7 @@ def main() -> None:
                                embedding_model_path=args.embedding_model)
     pa = pyaudio.PyAudio()
     stream = pa.open(format=pyaudio.paInt16, channels=1, rate=args.rate, input=True,
-                     input_device_index=input_device_index(pa, args.device),
+                     input_device_index=find_device(pa, args.device, "input"),
                      frames_per_buffer=args.period)
     print("ready", flush=True)
     while True:

@@ -19,7 +19,6 @@ monotonic clock with an offset measured before and after each run (`wall_minus_m
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import sys
@@ -47,6 +46,7 @@ from bench.timeline import (
 from support.audio_match import locate, resample
 from support.daemon import CAPTURE_PERIOD_FRAMES, MIC_RATE, SPEAKER_RATE, run_daemon
 from support.fake_realtime import ServerThread, synthetic_reply_pcm
+from support.proccpu import parse_stat
 from support.procmem import read_memory
 from support.speech import speak
 
@@ -121,10 +121,8 @@ def read_rss_mb(pid: int) -> float:
 
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a live process (all its threads)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    times = parse_stat(Path(f"/proc/{pid}/stat").read_text())
+    return times.user + times.system
 
 
 def wall_minus_monotonic() -> float:
@@ -139,7 +137,7 @@ def wall_minus_monotonic() -> float:
     return best_offset
 
 
-def _sleep_until(moment: float) -> None:
+def sleep_until(moment: float) -> None:
     delay = moment - time.monotonic()
     if delay > 0:
         time.sleep(delay)
@@ -202,9 +200,9 @@ def drive_daemon(url_base: str, script: Pcm, *, follow_up_seconds: float,
             feeder = run.say(script.tobytes())
             fed_at = time.monotonic()
             pid = run.process.pid
-            _sleep_until(fed_at + IDLE_CPU_WINDOW[0])
+            sleep_until(fed_at + IDLE_CPU_WINDOW[0])
             cpu_start, cpu_start_at = process_cpu_seconds(pid), time.monotonic()
-            _sleep_until(fed_at + IDLE_CPU_WINDOW[1])
+            sleep_until(fed_at + IDLE_CPU_WINDOW[1])
             cpu_end, cpu_end_at = process_cpu_seconds(pid), time.monotonic()
             rss_mb = read_rss_mb(pid)
             if not feeder.pcm_done.wait(timeout=len(script) / MIC_RATE + 60):

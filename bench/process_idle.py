@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support imports)
-from bench.daemon_bench import API_KEY, config_text, log, start_service
+from bench.daemon_bench import API_KEY, config_text, log, sleep_until, start_service
 from support.alsa import FifoFeeder, alsa_sandbox
 from support.daemon import CAPTURE_PERIOD_FRAMES, MIC_RATE, run_daemon
 from support.proccpu import (
@@ -264,10 +264,6 @@ def cpu_line() -> list[int]:
     return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
 
 
-def _sleep_until(moment: float) -> None:
-    time.sleep(max(0.0, moment - time.monotonic()))
-
-
 # --- one scene ------------------------------------------------------------------------------
 
 
@@ -291,7 +287,7 @@ def measure_scene(scene: Scene, url_base: str, seconds: float, warm_up_seconds: 
             # The same audio to both, starting together.
             run.say(scene.audio.tobytes())
             always_on_run.microphone.start()
-            _sleep_until(time.monotonic() + warm_up_seconds)
+            sleep_until(time.monotonic() + warm_up_seconds)
             busy_before = cpu_line()
             daemon.read_start()
             always_on.read_start()
@@ -299,7 +295,7 @@ def measure_scene(scene: Scene, url_base: str, seconds: float, warm_up_seconds: 
             while time.monotonic() < end:
                 daemon.sample_sleeps()
                 always_on.sample_sleeps()
-                _sleep_until(min(end, time.monotonic() + WAIT_SAMPLE_INTERVAL_S))
+                sleep_until(min(end, time.monotonic() + WAIT_SAMPLE_INTERVAL_S))
             daemon.read_end()
             always_on.read_end()
             busy = machine_busy(busy_before, cpu_line())
