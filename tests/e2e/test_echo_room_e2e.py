@@ -67,7 +67,12 @@ def test_with_server_vad_the_service_never_hears_the_answer_and_is_interrupted(
     with rooms_running(tmp_path, fake_service, [name], config) as runs:
         run = runs[name]
         mic = run.microphone()
-        mic.speak(concat(silence(0.5), person("hey jarvis, tell me a long story")).tobytes())
+        # The command after a clear pause: "hey jarvis, tell me" in one breath lets the
+        # service's VAD end a turn after "hey jarvis" when its pause is near silence_duration_ms
+        # (and under load the chime's echo keeps the device's turn open over it): then the
+        # command itself would be counted below as sent while the answer played.
+        mic.speak(concat(silence(0.5), person("hey jarvis"), silence(1.5),
+                         person("tell me a long story")).tobytes())
         run.wait_for_log("state responding", timeout=30)
         [session] = sessions(fake_service)
         uploaded_before = len(session.appended_audio)
