@@ -151,8 +151,9 @@ def test_custom_model_path_is_named_after_its_file(tmp_path: Path) -> None:
 
 
 def test_scores_equal_stock_openwakeword_on_the_same_audio() -> None:
-    # Our detector trims a buffer inside openWakeWord and primes it with silence; once
-    # both have heard a score's full context (2 s), every score must be the stock one.
+    # Our detector trims a buffer inside openWakeWord, gives it feature interpreters sized
+    # for one chunk and primes it with silence; once both have heard a score's full context
+    # (2 s), every score must be the stock one.
     import openwakeword
 
     models_dir = available_models()["hey_jarvis"].parent

@@ -168,6 +168,27 @@ def _import_openwakeword() -> Any:
     return openwakeword
 
 
+def _size_feature_models_for_one_chunk(features: Any, melspec_path: Path, embedding_path: Path
+                                       ) -> None:
+    """Give openWakeWord's feature extractor fresh interpreters of the same two models,
+    allocated for the one chunk at a time talkbox feeds. Its start runs them on 4 s of noise
+    in one batch, which leaves their tensor arenas sized for that batch for good: 36 MiB of
+    the daemon's resident memory, against about 8 for interpreters sized for a chunk. The
+    models, and so every score, are the same (tests/unit/test_wake.py)."""
+    import tflite_runtime.interpreter as tflite
+
+    melspec = tflite.Interpreter(model_path=str(melspec_path), num_threads=1)
+    melspec.resize_tensor_input(0, [1, CHUNK_SAMPLES + _MEL_CONTEXT_SAMPLES], strict=True)
+    melspec.allocate_tensors()
+    embedding = tflite.Interpreter(model_path=str(embedding_path), num_threads=1)
+    embedding.allocate_tensors()  # one window of mel frames: the model's own input shape
+    # openWakeWord's predict functions look these attributes up on every call.
+    features.melspec_model = melspec
+    features._tflite_current_melspec_input_size = CHUNK_SAMPLES + _MEL_CONTEXT_SAMPLES
+    features.embedding_model = embedding
+    features._tflite_current_embedding_batch_size = 1
+
+
 def _not_used_by_talkbox(name: str) -> Callable[..., NoReturn]:
     def refuse(*args: object, **kwargs: object) -> NoReturn:
         raise RuntimeError(f"{name} is not loaded by talkbox (it saves memory on the device)")
@@ -217,6 +238,7 @@ class WakeWordDetector:
         features.raw_data_buffer = deque(
             features.raw_data_buffer, maxlen=CHUNK_SAMPLES + _MEL_CONTEXT_SAMPLES
         )
+        _size_feature_models_for_one_chunk(features, melspec_path, embedding_path)
         self.model_names = names
         self.default_threshold = threshold
         self.thresholds = thresholds
