@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
+from support.machine_driver import FRAME, RATE, Driver, ms, of, sent
 from talkbox.core.conversation import (
     MAX_REPLY_PARTS,
     TIMER_FOLLOW_UP,
     TIMER_MAX_CONVERSATION,
     TIMER_RESPONSE,
-    ConversationMachine,
     MachineConfig,
 )
 from talkbox.core.events import (
@@ -26,7 +24,6 @@ from talkbox.core.events import (
     ResponseCreated,
     ResponseDone,
     ServerError,
-    ServerEvent,
     ServerSpeechStarted,
     ServerSpeechStopped,
     TranscriptDone,
@@ -43,7 +40,6 @@ from talkbox.core.inputs import (
     ConversationEnded,
     EndOfReply,
     FlushPlayback,
-    Input,
     MicSpeechAudio,
     MicSpeechEnded,
     MicSpeechStarted,
@@ -70,60 +66,6 @@ from talkbox.core.inputs import (
 )
 from talkbox.core.retry import MAX_DELAY_SECONDS, Backoff
 
-RATE = 24000
-FRAME = bytes(960)  # 20 ms at 24 kHz
-
-
-def ms(n: int) -> bytes:
-    return bytes(n * RATE // 1000 * 2)
-
-
-class Driver:
-    """Feeds inputs with a fake clock and keeps every action for assertions."""
-
-    def __init__(self, **config: Any) -> None:
-        self.m = ConversationMachine(MachineConfig(**config))
-        self.now = 100.0
-        self.timers: dict[str, int] = {}
-
-    def __call__(self, event: Input, advance: float = 0.0) -> list[Action]:
-        self.now += advance
-        actions = self.m.step(event, self.now)
-        for a in actions:
-            if isinstance(a, StartTimer):
-                self.timers[a.name] = a.token
-            elif isinstance(a, CancelTimer):
-                self.timers.pop(a.name, None)
-        return actions
-
-    def server(self, event: ServerEvent) -> list[Action]:
-        return self(ServerEventReceived(self.m.conversation, event))
-
-    def fire(self, name: str) -> list[Action]:
-        return self(TimerFired(name, self.timers.pop(name)))
-
-    def ready(self) -> list[Action]:
-        return self(SessionReady(self.m.conversation))
-
-    def speak(self, audio_ms: int) -> list[Action]:
-        """A whole user segment: start, audio in 20 ms frames, end."""
-        out = self(MicSpeechStarted(preroll=FRAME))
-        for _ in range(audio_ms // 20 - 1):
-            out += self(MicSpeechAudio(FRAME))
-        out += self(MicSpeechEnded(), advance=audio_ms / 1000)
-        return out
-
-    def start_listening(self) -> None:
-        self(WakeWord("hey_jarvis"))
-        self.ready()
-        assert self.m.state is State.LISTENING
-
-    def respond(
-        self, response_id: str = "resp_1", item_id: str = "item_1", samples: int = 48000
-    ) -> None:
-        self.server(ResponseCreated(response_id))
-        self.server(AudioDelta(response_id, item_id, 0, bytes(samples * 2)))
-
 
 def message_of(ended: ConversationEnded) -> str:
     return "" if ended.failure is None else ended.failure.message
@@ -133,14 +75,6 @@ def ended_with(actions: list[Action]) -> str:
     """The failure message the conversation ended with in these actions ("" when it ended well)."""
     [ended] = of(ConversationEnded, actions)
     return message_of(ended)
-
-
-def sent(actions: list[Action]) -> list[Any]:
-    return [a.event for a in actions if isinstance(a, Send)]
-
-
-def of(kind: type, actions: list[Action]) -> list[Any]:
-    return [a for a in actions if isinstance(a, kind)]
 
 
 def appended_bytes(actions: list[Action]) -> bytes:
