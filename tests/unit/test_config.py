@@ -261,7 +261,7 @@ def test_an_unknown_key_with_a_close_name_suggests_it() -> None:
 def test_an_unknown_table_lists_the_tables() -> None:
     problem = only_problem("[speaker]\nvolume = 1\n")
     assert problem == "speaker (line 1): unknown table; known tables: audio, control, " \
-                      "conversation, hooks, log, realtime, turn, wake"
+                      "conversation, hooks, log, realtime, tools, turn, wake"
 
 
 def test_an_unknown_table_with_a_close_name_suggests_it() -> None:

@@ -31,6 +31,7 @@ from talkbox.core.events import (
     CommitAudio,
     CreateResponse,
     CreateUserText,
+    FunctionCall,
     Ignored,
     InputTranscript,
     ItemTruncated,
@@ -38,6 +39,7 @@ from talkbox.core.events import (
     RateLimits,
     ResponseCreated,
     ResponseDone,
+    SendFunctionOutput,
     ServerError,
     ServerEvent,
     ServerSpeechStarted,
@@ -46,6 +48,7 @@ from talkbox.core.events import (
     SessionSettings,
     SessionUpdate,
     SessionUpdated,
+    ToolDeclaration,
     TranscriptDelta,
     TranscriptDone,
     TruncateItem,
@@ -53,6 +56,7 @@ from talkbox.core.events import (
     Usage,
 )
 from talkbox.realtime.protocol import Dialect, ServerEventDecoder, client_event_message, encode
+from talkbox.tools.builtin import CURRENT_TIME, END_CONVERSATION
 
 DIALECTS = [Dialect.GA, Dialect.PREVIEW]
 PCM = struct.pack("<6h", 0, 1000, -1000, 32767, -32768, 5)  # a few int16 samples
@@ -79,6 +83,13 @@ SETTINGS_VARIANTS = {
         transcription_model="gpt-4o-mini-transcribe",
         turn_detection=TurnDetection(kind="semantic_vad", eagerness="low", interrupt_response=True),
     ),
+    "tools": SessionSettings(tools=(END_CONVERSATION, CURRENT_TIME, ToolDeclaration(
+        "set_timer", "Start a timer.", {
+            "type": "object",
+            "properties": {"seconds": {"type": "integer", "minimum": 1}},
+            "required": ["seconds"],
+        },
+    ))),
 }
 
 CLIENT_EVENTS: dict[str, ClientEvent] = {
@@ -89,6 +100,7 @@ CLIENT_EVENTS: dict[str, ClientEvent] = {
     "clear": ClearAudio(),
     "user-text": CreateUserText("What time is it? — «quoted» ünïcode"),
     "response.create": CreateResponse(),
+    "function-output": SendFunctionOutput("call_7", '{"time": "14:05"}'),
     "cancel": CancelResponse(),
     "cancel-id": CancelResponse(response_id="resp_123"),
     "truncate": TruncateItem(item_id="item_9", content_index=0, audio_end_ms=1530),
@@ -101,6 +113,35 @@ def wire(event: ClientEvent, dialect: Dialect, event_id: str | None = None) -> d
 
 
 # --- encoding ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.value)
+def test_tools_are_declared_as_functions_and_left_out_when_there_are_none(
+    dialect: Dialect,
+) -> None:
+    session = wire(SessionUpdate(SETTINGS_VARIANTS["tools"]), dialect)["session"]
+    assert [tool["name"] for tool in session["tools"]] == [
+        "end_conversation", "get_current_time", "set_timer"]
+    assert {tool["type"] for tool in session["tools"]} == {"function"}
+    assert session["tools"][2]["parameters"]["required"] == ["seconds"]
+    assert session["tool_choice"] == "auto"
+    plain = wire(SessionUpdate(SessionSettings()), dialect)["session"]
+    assert "tools" not in plain and "tool_choice" not in plain
+
+
+def test_a_tool_declaration_with_a_key_the_service_does_not_know_is_caught() -> None:
+    # Guards the validity test: the validator looks inside each tool.
+    message = wire(SessionUpdate(SETTINGS_VARIANTS["tools"]), Dialect.GA)
+    message["session"]["tools"][0]["strict"] = True
+    assert validate_client_event("ga", message) != []
+
+
+def test_function_output_is_a_function_call_output_item() -> None:
+    message = wire(SendFunctionOutput("call_7", "{}"), Dialect.GA)
+    assert message == {
+        "type": "conversation.item.create",
+        "item": {"type": "function_call_output", "call_id": "call_7", "output": "{}"},
+    }
 
 
 @pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.value)
@@ -578,6 +619,24 @@ def server_fixtures(dialect: Dialect) -> list[tuple[dict[str, Any], ServerEvent]
                 "item": {**assistant_item, "status": "completed"},
             },
             Ignored(type="response.output_item.done"),
+        ),
+        (
+            {
+                "type": "response.output_item.done",
+                "event_id": "evt_20",
+                "response_id": "resp_1",
+                "output_index": 1,
+                "item": {
+                    "id": "item_2",
+                    "object": "realtime.item",
+                    "type": "function_call",
+                    "status": "completed",
+                    "call_id": "call_7",
+                    "name": "get_current_time",
+                    "arguments": "{}",
+                },
+            },
+            FunctionCall("resp_1", "call_7", "get_current_time", "{}"),
         ),
     ]
 

@@ -37,6 +37,8 @@ CHIME_NOTES: dict[ChimeKind, tuple[Note, ...]] = {
     "wake": (Note(659.25, 0.09, 0.01), Note(987.77, 0.14)),  # E5 then B5
     "done": (Note(987.77, 0.09, 0.01), Note(659.25, 0.14)),  # B5 then E5
     "error": (Note(220.0, 0.12, 0.06, _BUZZ), Note(220.0, 0.12, 0.0, _BUZZ)),  # A3, twice
+    # A tool is taking a while: two soft, low ticks, unlike the wake and done chimes.
+    "working": (Note(523.25, 0.05, 0.12), Note(523.25, 0.05)),  # C5, twice
 }
 
 

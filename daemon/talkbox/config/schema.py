@@ -449,6 +449,14 @@ class ConversationConfig(_Section):
     barge_in: Literal["wake", "speech", "off"] = "wake"
 
 
+class ToolsConfig(_Section):
+    """[tools]: what the assistant can do on the device besides talking."""
+
+    end_conversation: bool = True
+    time: bool = True
+    timeout_seconds: Annotated[float, _between(1, 120)] = 10.0
+
+
 class LogConfig(_Section):
     """[log]: how much to log."""
 
@@ -491,6 +499,7 @@ class Config(_Section):
     audio: AudioConfig = Field(default_factory=AudioConfig)
     wake: WakeConfig = Field(default_factory=WakeConfig)
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)

@@ -36,6 +36,7 @@ from talkbox.core.events import (
     ClientEvent,
     CommitAudio,
     CreateResponse,
+    FunctionCall,
     Ignored,
     InputTranscript,
     ItemTruncated,
@@ -43,6 +44,7 @@ from talkbox.core.events import (
     RateLimits,
     ResponseCreated,
     ResponseDone,
+    SendFunctionOutput,
     ServerError,
     ServerSpeechStarted,
     ServerSpeechStopped,
@@ -80,6 +82,7 @@ from talkbox.core.inputs import (
     PlayAudio,
     PlaybackDrained,
     PlayChime,
+    RunTool,
     Send,
     ServerEventReceived,
     SessionReady,
@@ -90,6 +93,7 @@ from talkbox.core.inputs import (
     StateChanged,
     StopRequested,
     TimerFired,
+    ToolFinished,
     Transcript,
     TurnFinished,
     WakeRefused,
@@ -112,6 +116,23 @@ MAX_REPLY_PARTS = 64
 TIMER_FOLLOW_UP = "follow_up"
 TIMER_MAX_CONVERSATION = "max_conversation"
 TIMER_RESPONSE = "response"
+TIMER_TOOL = "tool"
+
+# The one function the device does not run: the model calls it when the person says goodbye,
+# and the conversation ends once the farewell has played (the tool adapters declare it).
+END_CONVERSATION_TOOL = "end_conversation"
+# A tool still running after this long: the person hears the "working" chime, then again
+# every TOOL_FEEDBACK_REPEAT_SECONDS, instead of silence.
+TOOL_FEEDBACK_SECONDS = 1.0
+TOOL_FEEDBACK_REPEAT_SECONDS = 5.0
+# More calls than this in one response are answered with an error, not run: no real answer
+# needs them, and each one is work the device does for the service.
+MAX_CALLS_PER_RESPONSE = 8
+# What the model is told of a call the person interrupted (its result will not be reported).
+INTERRUPTED_CALL_OUTPUT = '{"error": "interrupted: the person spoke before this finished"}'
+TOO_MANY_CALLS_OUTPUT = (
+    f'{{"error": "not run: more than {MAX_CALLS_PER_RESPONSE} function calls in one response"}}'
+)
 
 
 @dataclass(frozen=True)
@@ -163,7 +184,9 @@ class ConversationMachine:
     def _reset_conversation(self) -> None:
         self.session_ready = False
         self.pending_upload: list[bytes] = []  # kept while connecting (speak-through)
-        self.ending = False  # close at the next quiet moment (max duration reached)
+        # Why to close at the next quiet moment ("" = do not): the maximum length was reached,
+        # or the person said goodbye.
+        self.ending = ""
         # The service's id of the person's latest turn (its committed audio), for a stop
         # phrase; None while a newer turn is being spoken and its id is not known yet.
         self.latest_user_item: str | None = None
@@ -191,6 +214,13 @@ class ConversationMachine:
         self.first_audio_at: float | None = None
         self.response_audio_at: float | None = None  # the awaited response's latest audio
         self._reset_reply_limits()
+        self._reset_calls()
+
+    def _reset_calls(self) -> None:
+        self.calls_in_response = 0  # function calls the followed response made
+        self.pending_calls: set[str] = set()  # run, their output not yet sent
+        self.answer_after_calls = False  # their response is done: ask for the answer after them
+        self.farewell = False  # the followed response called END_CONVERSATION_TOOL
 
     def _reset_reply_limits(self) -> None:
         # What the active response has sent so far, against MAX_REPLY_*.
@@ -263,6 +293,9 @@ class ConversationMachine:
                 self._pending_config = event.config
                 if self.state is State.IDLE:
                     self._apply_pending_config(out)
+            case ToolFinished():
+                if event.conversation == self.conversation and self.session_ready:
+                    self._on_tool_finished(event, out)
             case _:
                 assert_never(event)
         self._say_wake_enabled(out)
@@ -478,6 +511,8 @@ class ConversationMachine:
                         self._set_state(State.RESPONDING, "server started a response", out)
             case ResponseDone():
                 self._on_response_done(event, now, out)
+            case FunctionCall():
+                self._on_function_call(event, out)
             case ServerSpeechStarted():
                 if self.server_detects_turns:
                     self.latest_user_item = event.item_id  # a newer turn
@@ -588,7 +623,9 @@ class ConversationMachine:
             return
         if self.playing:
             out.append(EndOfReply())  # play out what is queued; the speaker reports drained
-        else:
+        if self.calls_in_response:
+            self._after_calls(out)
+        elif not self.playing:
             self._to_listening("answer finished", out)
 
     def _on_server_error(self, event: ServerError, out: list[Action]) -> None:
@@ -606,6 +643,66 @@ class ConversationMachine:
             retryable=server_code_retryable(event.code),
         )
         self._end(out, failure=failure)
+
+    # --- function calls -----------------------------------------------------------------------
+
+    def _on_function_call(self, event: FunctionCall, out: list[Action]) -> None:
+        if event.response_id in self.silenced_responses or not self.response.is_followed(
+            event.response_id
+        ):
+            return  # a call of an interrupted or unknown response: never run it
+        self.calls_in_response += 1
+        if event.name == END_CONVERSATION_TOOL:
+            self.farewell = True
+            return
+        if self.calls_in_response > MAX_CALLS_PER_RESPONSE:
+            self._send(SendFunctionOutput(event.call_id, TOO_MANY_CALLS_OUTPUT), out)
+            return
+        self.pending_calls.add(event.call_id)
+        out.append(RunTool(self.conversation, event.call_id, event.name, event.arguments))
+        if TIMER_TOOL not in self._timer_tokens:
+            self._start_timer(TIMER_TOOL, TOOL_FEEDBACK_SECONDS, out)
+
+    def _after_calls(self, out: list[Action]) -> None:
+        """The response that called functions is done (its audio, if any, is playing out)."""
+        self.calls_in_response = 0
+        if self.farewell:
+            # The person said goodbye: close once the farewell has played. Results of other
+            # calls of this response still reach the model while it plays; no answer to them.
+            self.farewell = False
+            self.ending = "the person said goodbye"
+            if not self.playing:
+                self._end(out, reason=self.ending)
+            return
+        # The model answers once it has every result: until then no listening, no timeout
+        # of the response (each tool has its own time limit).
+        self.awaiting_response = True
+        self.answer_after_calls = True
+        if not self.pending_calls:
+            self._answer_calls(out)
+
+    def _on_tool_finished(self, event: ToolFinished, out: list[Action]) -> None:
+        if event.call_id not in self.pending_calls:
+            return  # abandoned (the person interrupted) or never asked for
+        self.pending_calls.discard(event.call_id)
+        self._send(SendFunctionOutput(event.call_id, event.output), out)
+        if self.pending_calls:
+            return
+        self._cancel_timer(TIMER_TOOL, out)
+        if self.answer_after_calls:
+            self._answer_calls(out)
+
+    def _answer_calls(self, out: list[Action]) -> None:
+        self.answer_after_calls = False
+        self._send(CreateResponse(), out)
+        self._expect_response(out)
+
+    def _abandon_calls(self, out: list[Action]) -> None:
+        """The person interrupted: results still to come are not reported; the model is told."""
+        for call_id in sorted(self.pending_calls):
+            self._send(SendFunctionOutput(call_id, INTERRUPTED_CALL_OUTPUT), out)
+        self._cancel_timer(TIMER_TOOL, out)
+        self._reset_calls()
 
     # --- speaker ------------------------------------------------------------------------------
 
@@ -669,6 +766,7 @@ class ConversationMachine:
         self.response_done = True
         self.awaiting_response = False
         self._cancel_timer(TIMER_RESPONSE, out)
+        self._abandon_calls(out)
         self._reset_playback()
 
     def _truncation(self, played_samples: int) -> TruncateItem | None:
@@ -700,9 +798,14 @@ class ConversationMachine:
                 self._end(out, reason="no follow-up")
         elif event.name == TIMER_MAX_CONVERSATION:
             if self.state is State.RESPONDING or self.turn_open:
-                self.ending = True  # let the current turn finish, then close
+                # Let the current turn finish, then close.
+                self.ending = "maximum conversation length reached"
             else:
                 self._end(out, reason="maximum conversation length reached")
+        elif event.name == TIMER_TOOL:
+            if self.pending_calls:
+                self._chime("working", out)
+                self._start_timer(TIMER_TOOL, TOOL_FEEDBACK_REPEAT_SECONDS, out)
         elif event.name == TIMER_RESPONSE:
             seconds = self.config.response_timeout_seconds
             last_audio = self.response_audio_at
@@ -716,7 +819,7 @@ class ConversationMachine:
 
     def _to_listening(self, reason: str, out: list[Action]) -> None:
         if self.ending:
-            self._end(out, reason="maximum conversation length reached")
+            self._end(out, reason=self.ending)
             return
         self._set_state(State.LISTENING, reason, out)
         if not self.turn_open:

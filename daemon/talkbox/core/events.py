@@ -7,6 +7,7 @@ either dialect into `ServerEvent`s, so the core never sees a dialect, a base64 s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +30,16 @@ class TurnDetection:
 
 
 @dataclass(frozen=True)
+class ToolDeclaration:
+    """A function the model may call: its name, what it is for, and its arguments' JSON schema
+    (an object schema)."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class SessionSettings:
     voice: str = "alloy"
     instructions: str = ""
@@ -36,6 +47,7 @@ class SessionSettings:
     transcription_model: str = ""  # "" = no input transcription
     noise_reduction: Literal["near_field", "far_field"] | None = None  # GA only
     turn_detection: TurnDetection = field(default_factory=TurnDetection)
+    tools: tuple[ToolDeclaration, ...] = ()
 
 
 # --- client events ----------------------------------------------------------------------------
@@ -67,6 +79,14 @@ class CreateUserText:
 
 
 @dataclass(frozen=True)
+class SendFunctionOutput:
+    """The result of a function call, for the model (a JSON text, or an error it can speak of)."""
+
+    call_id: str
+    output: str
+
+
+@dataclass(frozen=True)
 class CreateResponse:
     pass
 
@@ -89,6 +109,7 @@ ClientEvent = (
     | CommitAudio
     | ClearAudio
     | CreateUserText
+    | SendFunctionOutput
     | CreateResponse
     | CancelResponse
     | TruncateItem
@@ -151,6 +172,16 @@ class OutputItemAdded:
     response_id: str
     item_id: str
     item_type: str  # "message" | "function_call" | ...
+
+
+@dataclass(frozen=True)
+class FunctionCall:
+    """The model asks the device to call a function (a finished `function_call` item)."""
+
+    response_id: str
+    call_id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it: not necessarily valid
 
 
 @dataclass(frozen=True)
@@ -239,6 +270,7 @@ ServerEvent = (
     | AudioCleared
     | ResponseCreated
     | OutputItemAdded
+    | FunctionCall
     | AudioDelta
     | AudioDone
     | TranscriptDelta

@@ -17,7 +17,7 @@ from talkbox.core.failures import Failure
 if TYPE_CHECKING:
     from talkbox.core.conversation import MachineConfig
 
-ChimeKind = Literal["wake", "done", "error"]
+ChimeKind = Literal["wake", "done", "error", "working"]
 
 
 class State(Enum):
@@ -108,6 +108,16 @@ class ConfigChanged:
     config: MachineConfig
 
 
+@dataclass(frozen=True)
+class ToolFinished:
+    """A function call the device ran is over: `output` is its result, or the error the model
+    is told about (a failure, a time-out, an unknown tool or bad arguments)."""
+
+    conversation: int
+    call_id: str
+    output: str
+
+
 Input = (
     WakeWord
     | MicSpeechStarted
@@ -121,6 +131,7 @@ Input = (
     | StopRequested
     | MuteChanged
     | ConfigChanged
+    | ToolFinished
 )
 
 
@@ -141,6 +152,16 @@ class CloseConnection:
 class Send:
     conversation: int
     event: ClientEvent
+
+
+@dataclass(frozen=True)
+class RunTool:
+    """Call the function the model asked for; the result comes back as `ToolFinished`."""
+
+    conversation: int
+    call_id: str
+    name: str
+    arguments: str  # JSON text as the model wrote it
 
 
 @dataclass(frozen=True)
@@ -239,6 +260,7 @@ Action = (
     OpenConnection
     | CloseConnection
     | Send
+    | RunTool
     | PlayAudio
     | FlushPlayback
     | EndOfReply

@@ -30,6 +30,7 @@ from talkbox.core.events import (
     ItemTruncated,
     ResponseCreated,
     ResponseDone,
+    SendFunctionOutput,
     ServerError,
     ServerEvent,
     SessionUpdate,
@@ -82,8 +83,8 @@ class EchoSession:
                     self._post(ServerError("response_cancel_not_active", "no active response"))
             case TruncateItem():
                 self._post(ItemTruncated(event.item_id, event.audio_end_ms))
-            case SessionUpdate() | CreateUserText():
-                pass  # nothing to configure; text has no voice to echo
+            case SessionUpdate() | CreateUserText() | SendFunctionOutput():
+                pass  # nothing to configure; text has no voice to echo; it calls no tools
             case _:
                 assert_never(event)
 

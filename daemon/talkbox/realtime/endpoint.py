@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, urlencode, urlsplit
 
 from talkbox.config import OPENAI_DEFAULT_ENDPOINT, TEMPERATURE_IGNORED, is_loopback_host
-from talkbox.core.events import SessionSettings, TurnDetection
+from talkbox.core.events import SessionSettings, ToolDeclaration, TurnDetection
 from talkbox.errors import ConfigError
 from talkbox.realtime.protocol import Dialect
 from talkbox.safe_text import MAX_PROSE_CHARS, safe_line, shown_value
@@ -96,7 +96,9 @@ def endpoint_for(cfg: RealtimeConfig, api_key: ApiKey) -> Endpoint:
     raise ValueError(f"provider {cfg.provider!r} has no Realtime endpoint")
 
 
-def session_settings_for(cfg: Config) -> SessionSettings:
+def session_settings_for(
+    cfg: Config, tools: tuple[ToolDeclaration, ...] = ()
+) -> SessionSettings:
     """The session settings the config asks for, shaped for the configured dialect.
 
     Temperature is passed only on the preview protocol (GA removed it); a non-default value on
@@ -128,6 +130,7 @@ def session_settings_for(cfg: Config) -> SessionSettings:
             create_response=None if first_preview else True,
             interrupt_response=None if first_preview else cfg.conversation.barge_in == "speech",
         ),
+        tools=tools,
     )
 
 

@@ -42,6 +42,7 @@ from talkbox.core.events import (
     CommitAudio,
     CreateResponse,
     CreateUserText,
+    FunctionCall,
     Ignored,
     InputTranscript,
     ItemTruncated,
@@ -49,6 +50,7 @@ from talkbox.core.events import (
     RateLimits,
     ResponseCreated,
     ResponseDone,
+    SendFunctionOutput,
     ServerError,
     ServerEvent,
     ServerSpeechStarted,
@@ -121,6 +123,11 @@ def client_event_message(event: ClientEvent, dialect: Dialect) -> dict[str, Any]
                     "content": [{"type": "input_text", "text": text}],
                 },
             }
+        case SendFunctionOutput(call_id=call_id, output=output):
+            return {
+                "type": "conversation.item.create",
+                "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+            }
         case CreateResponse():
             return {"type": "response.create"}
         case CancelResponse(response_id=response_id):
@@ -181,6 +188,7 @@ def _ga_session(settings: SessionSettings) -> dict[str, Any]:
             },
             "output": {"format": dict(_GA_PCM_FORMAT), "voice": settings.voice},
         },
+        **_tools(settings),
     }
 
 
@@ -200,7 +208,27 @@ def _preview_session(settings: SessionSettings) -> dict[str, Any]:
     }
     if settings.temperature is not None:
         session["temperature"] = settings.temperature
+    session.update(_tools(settings))
     return session
+
+
+def _tools(settings: SessionSettings) -> dict[str, Any]:
+    """The function tools, in the shape both dialects share; nothing at all without tools, so
+    a session without them is sent as before."""
+    if not settings.tools:
+        return {}
+    return {
+        "tools": [
+            {
+                "type": "function",
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": dict(tool.parameters),
+            }
+            for tool in settings.tools
+        ],
+        "tool_choice": "auto",
+    }
 
 
 # --- decoding -----------------------------------------------------------------------------------
@@ -359,6 +387,18 @@ def _output_item_added(f: _Fields) -> ServerEvent:
     )
 
 
+def _output_item_done(f: _Fields) -> ServerEvent:
+    item = f.obj("item")
+    if item.req_str("type") != "function_call":
+        return Ignored("response.output_item.done")
+    return FunctionCall(
+        response_id=f.req_str("response_id"),
+        call_id=item.req_str("call_id"),
+        name=safe_line(item.req_str("name")),
+        arguments=item.req_str("arguments"),
+    )
+
+
 def _audio_delta(f: _Fields) -> ServerEvent:
     return AudioDelta(
         response_id=f.req_str("response_id"),
@@ -469,6 +509,7 @@ _HANDLERS: Final[Mapping[str, _Handler]] = {
     "input_audio_buffer.cleared": _cleared,
     "response.created": _response_created,
     "response.output_item.added": _output_item_added,
+    "response.output_item.done": _output_item_done,
     "response.audio.delta": _audio_delta,  # preview
     "response.output_audio.delta": _audio_delta,  # GA
     "response.audio.done": _audio_done,
@@ -501,7 +542,6 @@ _IGNORED_TYPES: Final = frozenset(
         "conversation.item.input_audio_transcription.failed",
         "input_audio_buffer.timeout_triggered",
         "input_audio_buffer.dtmf_event_received",
-        "response.output_item.done",
         "response.content_part.added",
         "response.content_part.done",
         "response.function_call_arguments.delta",

@@ -12,7 +12,7 @@ import ssl
 from dataclasses import dataclass
 
 from talkbox.config import Config
-from talkbox.core.events import SessionSettings
+from talkbox.core.events import SessionSettings, ToolDeclaration
 from talkbox.realtime.connection import RealtimeSession, open_session
 from talkbox.realtime.echo import EchoSession, open_echo_session
 from talkbox.realtime.endpoint import Endpoint, endpoint_for, session_settings_for
@@ -57,20 +57,27 @@ class EchoSessions:
 
 
 def service_sessions(
-    cfg: Config, key: ApiKey, *, ssl_context: ssl.SSLContext | None = None
+    cfg: Config,
+    key: ApiKey,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    tools: tuple[ToolDeclaration, ...] = (),
 ) -> ServiceSessions:
-    """Sessions with the service `cfg` names; ConfigError if its endpoint is not usable."""
+    """Sessions with the service `cfg` names, offering `tools` to the model; ConfigError if its
+    endpoint is not usable."""
     return ServiceSessions(
         endpoint_for(cfg.realtime, key),
-        session_settings_for(cfg),
+        session_settings_for(cfg, tools),
         cfg.realtime.connect_timeout_seconds,
         ssl_context,
     )
 
 
-def configured_sessions(cfg: Config, key: ApiKey | None) -> ServiceSessions | EchoSessions:
-    """The sessions the daemon opens with `cfg`: the echo stand-in (which needs no key), or
-    the configured service."""
+def configured_sessions(
+    cfg: Config, key: ApiKey | None, tools: tuple[ToolDeclaration, ...] = ()
+) -> ServiceSessions | EchoSessions:
+    """The sessions the daemon opens with `cfg`: the echo stand-in (which needs no key and
+    calls no tools), or the configured service."""
     if cfg.realtime.provider == "echo" or key is None:
         return EchoSessions()
-    return service_sessions(cfg, key)
+    return service_sessions(cfg, key, tools=tools)

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, assert_never
+from typing import Any, Protocol, assert_never, get_args
 
 from talkbox.audio.chimes import chime
 from talkbox.audio.echo_cancel import EchoCanceller, SpeakerReference
@@ -45,6 +45,7 @@ from talkbox.core.events import ClientEvent, ServerEvent
 from talkbox.core.inputs import (
     Action,
     CancelTimer,
+    ChimeKind,
     CloseConnection,
     ConfigApplied,
     ConfigChanged,
@@ -62,6 +63,7 @@ from talkbox.core.inputs import (
     PlayAudio,
     PlaybackDrained,
     PlayChime,
+    RunTool,
     Send,
     ServerEventReceived,
     SessionReady,
@@ -72,6 +74,7 @@ from talkbox.core.inputs import (
     StateChanged,
     StopRequested,
     TimerFired,
+    ToolFinished,
     Transcript,
     TurnFinished,
     WakeRefused,
@@ -79,6 +82,8 @@ from talkbox.core.inputs import (
 )
 from talkbox.errors import AudioDeviceError, ConnectionDropped, RealtimeError
 from talkbox.realtime.connection import failure_of
+from talkbox.tools.builtin import toolbox
+from talkbox.tools.runner import ToolRunner
 
 log = logging.getLogger("talkbox")
 
@@ -200,7 +205,12 @@ def make_chimes(cfg: Config) -> dict[str, bytes]:
     if not cfg.audio.chimes:
         return {}
     rate, volume = cfg.audio.output_rate, cfg.audio.volume
-    return {kind: chime(kind, rate, volume) for kind in ("wake", "done", "error")}
+    return {kind: chime(kind, rate, volume) for kind in get_args(ChimeKind)}
+
+
+def tool_runner(cfg: Config) -> ToolRunner:
+    """Runs the tools [tools] switches on (the session offers the same: `toolbox`)."""
+    return ToolRunner(toolbox(cfg.tools).local, cfg.tools.timeout_seconds)
 
 
 class Daemon:
@@ -231,6 +241,8 @@ class Daemon:
         self._on_speaker_error = on_speaker_error
         self._clock = clock
         self.chimes = make_chimes(cfg)
+        self.tools = tool_runner(cfg)
+        self._running_tools: set[asyncio.Task[None]] = set()
         self.machine = ConversationMachine(machine_config(cfg))
         self._connection: _Connection | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -318,6 +330,10 @@ class Daemon:
                     and self._connection.conversation == action.conversation
                 ):
                     self._connection.outgoing.put_nowait(action.event)
+            case RunTool():
+                task = asyncio.create_task(self._run_tool(action))
+                self._running_tools.add(task)
+                task.add_done_callback(self._running_tools.discard)
             case PlayAudio():
                 self.speaker.write(action.pcm)
             case FlushPlayback():
@@ -363,6 +379,12 @@ class Daemon:
                 log.log(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
             case _:
                 assert_never(action)
+
+    async def _run_tool(self, call: RunTool) -> None:
+        started = self._clock()
+        output = await self.tools.run(call.name, call.arguments)
+        log.info("tool %s answered in %.0f ms", call.name, (self._clock() - started) * 1000)
+        self.step(ToolFinished(call.conversation, call.call_id, output))
 
     def _play_chime(self, kind: str) -> None:
         pcm = self.chimes.get(kind)
@@ -496,6 +518,7 @@ class Daemon:
         self.cfg = cfg
         self._open_session = self._make_opener(cfg)
         self.chimes = make_chimes(cfg)
+        self.tools = tool_runner(cfg)
         if front_end_settings(old) != front_end_settings(cfg):
             self.front_end = front_end or build_front_end(cfg)
         if (old.audio.input_device, old.audio.output_device, old.audio.output_rate) != (
@@ -510,6 +533,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self.stop_conversation("shutting down")
+        for task in list(self._running_tools):
+            task.cancel()  # their results would go to no conversation
         for name in list(self._timers):
             self._cancel_timer(name)
         pending = list(self._closing)

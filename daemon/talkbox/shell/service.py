@@ -56,6 +56,7 @@ from talkbox.shell.hooks import StateHook, hook_program_warning
 from talkbox.shell.loop_lag import LoopLagProbe
 from talkbox.shell.startup_signals import StartupSignals
 from talkbox.shell.systemd import Notifier, WatchdogGate, setup_logging
+from talkbox.tools.builtin import toolbox
 
 log = logging.getLogger("talkbox")
 
@@ -166,7 +167,9 @@ def real_parts() -> ServiceParts:
         devices=SoundCard(reference),
         notifier=Notifier(),
         control_socket=ControlServer,
-        session_opener=lambda cfg, key: configured_sessions(cfg, key).open,
+        session_opener=lambda cfg, key: configured_sessions(
+            cfg, key, toolbox(cfg.tools).declarations
+        ).open,
         build_front_end=front_end_builder(reference),
     )
 
