@@ -2,7 +2,7 @@
 an import the wrong way (checked on a copy of the package with one such import added).
 
 docs/architecture.md explains the layers: command line -> daemon shell -> adapters (realtime |
-audio) -> core, with the foundation (config, errors, ...) importing none of them.
+audio | tools) -> core, with the foundation (config, errors, ...) importing none of them.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def test_the_layering_contracts_hold() -> None:
         ("core/conversation.py", "import talkbox.shell.app", "Layers"),
         ("realtime/protocol.py", "import talkbox.audio.playback", "Layers"),
         ("audio/frontend.py", "import talkbox.cli", "Layers"),
+        ("tools/runner.py", "import talkbox.realtime.protocol", "Layers"),
         ("config/schema.py", "import talkbox.core.events", "The foundation"),
         ("core/retry.py", "import asyncio", "The core is pure"),
         ("core/events.py", "import numpy", "The core is pure"),
