@@ -24,8 +24,9 @@ response, truncate past the end) are answered the same way but are not violation
 
 Reply audio is streamed faster than real time (``chunk_ms`` chunks, ``pace_factor`` times real
 time). It comes from ``server.reply_pcm`` (bytes, or a callable turn -> bytes, turn counted from
-1 per connection) or, when that is None, a deterministic synthetic waveform of
-``reply_duration_ms``. When the session transcribes input, each committed turn's transcript is
+1 per connection over the audio/text replies, function-call responses not counted) or,
+when that is None, a deterministic synthetic waveform of ``reply_duration_ms``. When the
+session transcribes input, each committed turn's transcript is
 ``server.input_transcript`` (a str, or a callable turn -> str, turn = the commit counted from 1
 per connection), sent right after its ``conversation.item.created`` or, with
 ``input_transcript_delay_ms`` > 0, that long after the commit while everything else goes on
@@ -37,6 +38,28 @@ names (talkbox only uses PCM16).
 GA sessions get ``conversation.item.added``/``.done`` beside ``conversation.item.created`` (the
 service sends the newer pair; the pinned SDK still lists ``created``), preview sessions get
 ``conversation.created`` after ``session.created``.
+
+Function calls: ``server.function_calls`` (a list of responses, each a list of ``(name,
+arguments_json)``) scripts function-call responses. Whenever a response starts (response.create
+or server VAD) and the list is not empty, its first entry is popped and that response has no
+audio: response.created, rate_limits.updated, then per call (output_index = its place)
+response.output_item.added (a ``function_call`` item, in_progress, fresh ``call_id``, arguments
+""), conversation.item.created (GA: + conversation.item.added),
+response.function_call_arguments.delta (the arguments in 16-character pieces, two at least),
+response.function_call_arguments.done (GA: with ``name``), GA: conversation.item.done,
+response.output_item.done (completed, full arguments), and last response.done (status completed,
+output = the function_call items). A cancel (response.cancel or a barge-in) stops between
+deltas: the call under way is finished with the arguments sent so far (item status incomplete),
+later calls are not made, and response.done says cancelled. The client answers with
+conversation.item.create of a ``function_call_output`` item; its ``call_id`` must be one this
+session issued (and whose item was not deleted) and not yet answered, or the event is a protocol
+violation answered with error invalid_value, param ``item.call_id``. Recorded:
+``RecordedSession.function_calls_made`` ({call_id, name, arguments, response_id}, at each call's
+output_item.done), ``function_outputs`` ({call_id, output}, accepted ones in order), ``tools``
+(the session's tools now, i.e. the latest accepted update's) and per response
+``ResponseRecord.kind`` ("reply" | "function_calls") and ``call_ids``. Tool declarations are
+checked by ``event_schema`` (unknown keys, type/name required, parameters a JSON schema with
+``"type": "object"``).
 
 Server VAD (turn_detection server_vad/semantic_vad) is a simple energy detector over 20 ms
 frames: a frame is speech when its RMS level exceeds ``-60 + 50 * threshold`` dBFS (threshold 0.5
