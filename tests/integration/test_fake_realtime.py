@@ -847,3 +847,241 @@ def test_validate_server_event_splits_dialects(dialect: Dialect,
     assert validate_server_event(dialect, {"type": right, **ids}) == []
     assert validate_server_event(dialect, {"type": right, **ids, "extra": 1}) == [
         "unknown_parameter: Unknown parameter: 'extra'."]
+
+
+# --- function calls ---------------------------------------------------------------------------
+
+TOOLS = [
+    {"type": "function", "name": "get_time", "description": "The local time in a time zone.",
+     "parameters": {"type": "object", "properties": {"zone": {"type": "string"}},
+                    "required": ["zone"]}},
+    {"type": "function", "name": "set_timer", "description": "Start a kitchen timer.",
+     "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"},
+                                                     "label": {"type": "string"}}}},
+]
+TWO_CALLS = [("get_time", '{"zone": "Europe/Berlin"}'),
+             ("set_timer", '{"minutes": 10, "label": "the pasta water is boiling"}')]
+
+
+def with_tools(dialect: Dialect, tools: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "realtime", "tools": tools} if dialect == "ga" else {"tools": tools}
+
+
+def call_events(dialect: Dialect, deltas: int) -> list[str]:
+    """One function call's events, in the order the service sends them."""
+    ga = dialect == "ga"
+    return ["response.output_item.added", "conversation.item.created",
+            *(["conversation.item.added"] if ga else []),
+            *["response.function_call_arguments.delta"] * deltas,
+            "response.function_call_arguments.done",
+            *(["conversation.item.done"] if ga else []),
+            "response.output_item.done"]
+
+
+def output_item_create(call_id: str, output: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+            **extra}
+
+
+@pytest.mark.parametrize("name", ["azure_ga", "azure_preview"])
+async def test_a_scripted_response_makes_two_function_calls(server: FakeRealtimeServer,
+                                                            name: str) -> None:
+    server.function_calls = [list(TWO_CALLS)]
+    async with client(server, name) as raw:
+        await raw.session_update(with_tools(raw.dialect, TOOLS))
+        await raw.send({"type": "response.create"})
+        events = await raw.recv_until("response.done")
+    kinds = [e["type"] for e in events]
+    deltas = [[e for e in events if e["type"] == "response.function_call_arguments.delta"
+               and e["output_index"] == index] for index in (0, 1)]
+    assert all(len(d) >= 2 for d in deltas)
+    assert kinds == ["response.created", "rate_limits.updated",
+                     *call_events(raw.dialect, len(deltas[0])),
+                     *call_events(raw.dialect, len(deltas[1])), "response.done"]
+    assert not any("audio" in kind or "content_part" in kind for kind in kinds)
+    response_id = events[0]["response"]["id"]
+    added = [e["item"] for e in events if e["type"] == "response.output_item.added"]
+    finished = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    items = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    done = events[-1]["response"]
+    for index, (function, arguments) in enumerate(TWO_CALLS):
+        assert (added[index]["type"], added[index]["status"]) == ("function_call", "in_progress")
+        assert (added[index]["name"], added[index]["arguments"]) == (function, "")
+        call_id, item_id = added[index]["call_id"], added[index]["id"]
+        assert call_id.startswith("call_")
+        assert "".join(e["delta"] for e in deltas[index]) == arguments
+        assert all((e["call_id"], e["item_id"], e["response_id"]) == (call_id, item_id,
+                                                                       response_id)
+                   for e in deltas[index])
+        assert (finished[index]["call_id"], finished[index]["item_id"],
+                finished[index]["output_index"], finished[index]["arguments"]) == (
+            call_id, item_id, index, arguments)
+        assert finished[index].get("name") == (function if raw.dialect == "ga" else None)
+        assert items[index] == {**added[index], "status": "completed", "arguments": arguments}
+    assert added[0]["call_id"] != added[1]["call_id"]
+    assert (done["status"], done["output"]) == ("completed", items)
+    session = server.sessions[0]
+    assert session.tools == TOOLS
+    assert session.function_calls_made == [
+        {"call_id": item["call_id"], "name": item["name"], "arguments": item["arguments"],
+         "response_id": response_id} for item in items]
+    assert session.responses[0].kind == "function_calls"
+    assert session.responses[0].call_ids == [item["call_id"] for item in items]
+    assert session.sent_audio == b""
+    assert server.function_calls == []
+    assert server.protocol_violations == []
+    assert_all_server_events_valid(server)
+
+
+@pytest.mark.parametrize("name", ["azure_ga", "azure_preview"])
+async def test_function_outputs_are_recorded_and_the_reply_follows(server: FakeRealtimeServer,
+                                                                   name: str) -> None:
+    server.function_calls = [list(TWO_CALLS)]
+    server.reply_pcm = bytes(range(200)) * 48
+    server.reply_transcript = lambda turn: f"Answer {turn}."
+    async with client(server, name) as raw:
+        await raw.session_update(with_tools(raw.dialect, TOOLS))
+        await raw.send({"type": "response.create"})
+        calls = [e["item"] for e in await raw.recv_until("response.done")
+                 if e["type"] == "response.output_item.done"]
+        await raw.send(output_item_create(calls[0]["call_id"], '{"time": "16:20"}',
+                                          previous_item_id=calls[1]["id"]))
+        first = await raw.recv_until("conversation.item.created")
+        await raw.send(output_item_create(calls[1]["call_id"], ""))
+        second = await raw.recv_until("conversation.item.created")
+        await raw.send({"type": "response.create"})
+        reply = await raw.recv_until("response.done")
+    for created, call in zip((first[-1], second[-1]), calls, strict=True):
+        item = created["item"]
+        assert (item["type"], item["call_id"], item["status"]) == (
+            "function_call_output", call["call_id"], "completed")
+    assert first[-1]["previous_item_id"] == calls[1]["id"]
+    assert audio_delta_type(raw.dialect) in [e["type"] for e in reply]
+    done = reply[-1]["response"]
+    assert done["status"] == "completed"
+    assert done["output"][0]["type"] == "message"
+    assert done["output"][0]["content"][0]["transcript"] == "Answer 1."  # the turn's reply
+    session = server.sessions[0]
+    assert session.function_outputs == [
+        {"call_id": calls[0]["call_id"], "output": '{"time": "16:20"}'},
+        {"call_id": calls[1]["call_id"], "output": ""}]
+    assert [r.kind for r in session.responses] == ["function_calls", "reply"]
+    assert bytes(session.responses[1].audio) == server.reply_pcm
+    if raw.dialect == "ga":  # GA adds and finishes the output item like any other
+        later = [e["type"] for e in raw.received if e["type"].startswith("conversation.item.")]
+        assert later.count("conversation.item.done") >= 4
+    assert server.protocol_violations == []
+    assert_all_server_events_valid(server)
+
+
+@pytest.mark.parametrize("name", ["azure_ga", "azure_preview"])
+async def test_an_unknown_or_answered_call_id_is_refused(server: FakeRealtimeServer,
+                                                         name: str) -> None:
+    server.function_calls = [[("get_time", '{"zone": "UTC"}')]]
+    async with client(server, name) as raw:
+        await raw.session_update(with_tools(raw.dialect, TOOLS[:1]))
+        await raw.send(output_item_create("call_never_issued", "x", event_id="before"))
+        before = (await raw.recv_until("error"))[-1]["error"]
+        await raw.send({"type": "response.create"})
+        [call] = [e["item"] for e in await raw.recv_until("response.done")
+                  if e["type"] == "response.output_item.done"]
+        await raw.send(output_item_create("call_made_up", "x", event_id="unknown"))
+        unknown = (await raw.recv_until("error"))[-1]["error"]
+        await raw.send(output_item_create(call["call_id"], "12:00"))
+        await raw.recv_until("conversation.item.created")
+        await raw.send(output_item_create(call["call_id"], "12:01", event_id="repeat"))
+        repeated = (await raw.recv_until("error"))[-1]["error"]
+    for error, event_id in ((before, "before"), (unknown, "unknown"), (repeated, "repeat")):
+        assert (error["type"], error["code"], error["param"], error["event_id"]) == (
+            "invalid_request_error", "invalid_value", "item.call_id", event_id)
+    assert "already has an output" in repeated["message"]
+    session = server.sessions[0]
+    assert session.function_outputs == [{"call_id": call["call_id"], "output": "12:00"}]
+    assert [v.event["event_id"] for v in server.protocol_violations] == [
+        "before", "unknown", "repeat"]
+    assert all(v.problems[0].startswith("invalid_value") for v in server.protocol_violations)
+    assert_all_server_events_valid(server)
+
+
+@pytest.mark.parametrize("name", ["azure_ga", "azure_preview"])
+@pytest.mark.parametrize(("tool", "code", "param"), [
+    ({**TOOLS[0], "strict": True}, "unknown_parameter", "session.tools[0].strict"),
+    ({**TOOLS[0], "parameters": {"type": "string"}}, "invalid_value",
+     "session.tools[0].parameters.type"),
+    ({**TOOLS[0], "parameters": {"properties": {}}}, "invalid_value",
+     "session.tools[0].parameters.type"),
+    ({**TOOLS[0], "parameters": "zone: str"}, "invalid_type", "session.tools[0].parameters"),
+    ({k: v for k, v in TOOLS[0].items() if k != "name"}, "missing_required_parameter",
+     "session.tools[0].name"),
+    ({k: v for k, v in TOOLS[0].items() if k != "type"}, "missing_required_parameter",
+     "session.tools[0].type"),
+    ({**TOOLS[0], "name": "get time"}, "invalid_value", "session.tools[0].name"),
+])
+async def test_an_invalid_tool_declaration_refuses_the_update(
+        server: FakeRealtimeServer, name: str, tool: dict[str, Any], code: str,
+        param: str) -> None:
+    async with client(server, name) as raw:
+        await raw.send({"type": "session.update", "event_id": "tools",
+                        "session": with_tools(raw.dialect, [tool])}, check=False)
+        error = (await raw.recv())["error"]
+        await raw.session_update(with_tools(raw.dialect, TOOLS[1:]))  # still usable
+    assert (error["type"], error["code"], error["param"], error["event_id"]) == (
+        "invalid_request_error", code, param, "tools")
+    [violation] = server.protocol_violations
+    assert violation.event["event_id"] == "tools"
+    assert server.sessions[0].tools == TOOLS[1:]
+
+
+@pytest.mark.parametrize("dialect", ["ga", "preview"])
+def test_function_call_output_items_are_checked_strictly(dialect: Dialect) -> None:
+    good = output_item_create("call_1", "done", previous_item_id="item_1")
+    assert validate_client_event(dialect, good) == []
+    extra = output_item_create("call_1", "done")
+    extra["item"]["role"] = "user" if dialect == "preview" else None
+    extra["item"]["bogus"] = 1
+    problems = validate_client_event(dialect, extra)
+    assert any("item.bogus" in p for p in problems), problems
+    missing = {"type": "conversation.item.create",
+               "item": {"type": "function_call_output", "output": "done"}}
+    assert validate_client_event(dialect, missing) == [
+        "missing_required_parameter: Missing required parameter: 'item.call_id'."]
+    not_text = output_item_create("call_1", {"time": "16:20"})  # type: ignore[arg-type]
+    assert validate_client_event(dialect, not_text) != []
+
+
+@pytest.mark.parametrize("name", ["azure_ga", "azure_preview"])
+async def test_a_cancelled_function_call_response_ends_cancelled(server: FakeRealtimeServer,
+                                                                 name: str) -> None:
+    server.pace_factor = 0.5  # 200 ms after each arguments delta
+    long_arguments = json.dumps({"label": "x" * 200, "minutes": 10})
+    server.function_calls = [[("set_timer", long_arguments), ("get_time", "{}")]]
+    async with client(server, name) as raw:
+        await raw.send({"type": "response.create"})
+        await raw.recv_until("response.function_call_arguments.delta")
+        await raw.send({"type": "response.cancel"})
+        tail = await raw.recv_until("response.done")
+    done = tail[-1]["response"]
+    assert done["status"] == "cancelled"
+    assert done["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+    [item] = done["output"]  # the second call never started
+    assert (item["type"], item["status"]) == ("function_call", "incomplete")
+    assert len(item["arguments"]) < len(long_arguments)
+    session = server.sessions[0]
+    assert session.responses[0].status == "cancelled"
+    assert [c["arguments"] for c in session.function_calls_made] == [item["arguments"]]
+    assert server.protocol_violations == []
+    assert_all_server_events_valid(server)
+
+
+async def test_server_vad_answers_a_turn_with_the_scripted_calls(
+        server: FakeRealtimeServer) -> None:
+    server.function_calls = [[("get_time", '{"zone": "UTC"}')]]
+    async with client(server, "azure_ga") as raw:
+        await raw.append(pcm_tone(600) + pcm_silence(800))
+        events = await raw.recv_until("response.done")
+    done = events[-1]["response"]
+    assert [i["type"] for i in done["output"]] == ["function_call"]
+    assert audio_delta_type("ga") not in [e["type"] for e in events]
+    assert server.sessions[0].function_calls_made[0]["name"] == "get_time"
+    assert_all_server_events_valid(server)

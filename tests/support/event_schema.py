@@ -10,7 +10,10 @@ events) or could have sent (server events), in this dialect?". Two dialects exis
 The SDK unions carry a discriminator marker that pydantic ignores, so they are re-wrapped with a
 real ``Field(discriminator="type")``; the SDK models also accept unknown keys, so every
 ``model_extra`` is walked and reported (the real service rejects unknown parameters). On top of
-the schema, the documented value ranges that the SDK does not enforce are checked.
+the schema, the documented value ranges that the SDK does not enforce are checked, and so are
+what the SDK types as optional but the service requires: a function tool's ``type``, ``name``
+(``^[a-zA-Z0-9_-]{1,64}$``, unique) and ``parameters`` (when given, a JSON-schema object with
+``"type": "object"``), and a preview ``function_call_output`` item's ``call_id`` and ``output``.
 
 Each problem carries the error ``code`` and ``param`` the real service would answer with, so the
 fake server can reply like the real one; ``validate_*`` return plain strings for assertions.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -166,8 +170,11 @@ def _problem_from_error(obj: object, error: ErrorDetails) -> Problem:
 def _schema_problems(obj: object, error: ValidationError) -> list[Problem]:
     errors = error.errors()
     # Union members whose `type` literal does not match only add noise when another member
-    # produced the real complaint (e.g. a GA realtime session vs. the transcription session).
-    meaningful = [e for e in errors if not _is_type_tag_mismatch(e)]
+    # produced the real complaint (e.g. a GA realtime session vs. the transcription session,
+    # or a function_call_output item vs. the message items): drop all of those members' errors.
+    mismatched = [tuple(e["loc"][:-1]) for e in errors if _is_type_tag_mismatch(e)]
+    meaningful = [e for e in errors if not _is_type_tag_mismatch(e)
+                  and not any(m and tuple(e["loc"][:len(m)]) == m for m in mismatched)]
     chosen = meaningful or errors
     problems: list[Problem] = []
     for e in chosen:
@@ -277,13 +284,92 @@ def _session_range_problems(dialect: Dialect, session: Mapping[str, Any], prefix
     return problems
 
 
+# A function's name, as the service requires it.
+_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _parameters_problems(parameters: object, param: str) -> list[Problem]:
+    """A function tool's `parameters`: a JSON-schema object whose type is "object"."""
+    if not isinstance(parameters, Mapping):
+        return [Problem("invalid_type", param, f"Invalid type for '{param}': expected a JSON"
+                        f" schema object, but got {type(parameters).__name__} instead.")]
+    if parameters.get("type") != "object":
+        return [Problem("invalid_value", f"{param}.type",
+                        f"Invalid schema for function parameters: '{param}.type' must be"
+                        f" 'object', got {parameters.get('type')!r}.")]
+    properties = parameters.get("properties", {})
+    if not isinstance(properties, Mapping) or not all(isinstance(v, Mapping)
+                                                      for v in properties.values()):
+        return [Problem("invalid_value", f"{param}.properties",
+                        f"Invalid schema for function parameters: '{param}.properties' must be"
+                        " an object of schemas.")]
+    required = parameters.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) and r in properties
+                                                 for r in required):
+        return [Problem("invalid_value", f"{param}.required",
+                        f"Invalid schema for function parameters: '{param}.required' must list"
+                        " names from 'properties'.")]
+    return []
+
+
+def _tools_problems(tools: object, prefix: str) -> list[Problem]:
+    """Function tool declarations: the SDK types every field optional; the service does not."""
+    if not isinstance(tools, list):
+        return []
+    problems: list[Problem] = []
+    names: set[str] = set()
+    for index, tool in enumerate(tools):
+        where = f"{prefix}[{index}]"
+        if not isinstance(tool, Mapping) or tool.get("type") == "mcp":
+            continue
+        if "type" not in tool:
+            problems.append(Problem("missing_required_parameter", f"{where}.type",
+                                    f"Missing required parameter: '{where}.type'."))
+        name = tool.get("name")
+        if name is None:
+            problems.append(Problem("missing_required_parameter", f"{where}.name",
+                                    f"Missing required parameter: '{where}.name'."))
+        elif isinstance(name, str) and not _FUNCTION_NAME.fullmatch(name):
+            problems.append(Problem("invalid_value", f"{where}.name",
+                                    f"Invalid '{where}.name': string does not match pattern."
+                                    " Expected a string that matches the pattern"
+                                    " '^[a-zA-Z0-9_-]+$' of at most 64 characters."))
+        elif isinstance(name, str) and name in names:
+            problems.append(Problem("invalid_value", f"{where}.name",
+                                    f"Invalid '{where}.name': duplicate function name"
+                                    f" '{name}'."))
+        if isinstance(name, str):
+            names.add(name)
+        if "parameters" in tool:
+            problems += _parameters_problems(tool["parameters"], f"{where}.parameters")
+    return problems
+
+
+def _item_problems(dialect: Dialect, item: Mapping[str, Any]) -> list[Problem]:
+    """The preview SDK types one flat item with every field optional; per type it is not."""
+    if dialect != "preview" or item.get("type") != "function_call_output":
+        return []
+    problems = [Problem("missing_required_parameter", f"item.{key}",
+                        f"Missing required parameter: 'item.{key}'.")
+                for key in ("call_id", "output") if item.get(key) is None]
+    problems += [Problem("unknown_parameter", f"item.{key}",
+                         f"Unknown parameter: 'item.{key}' (not a field of a"
+                         " function_call_output item).")
+                 for key in ("role", "content", "name", "arguments") if key in item]
+    return problems
+
+
 def _client_value_problems(dialect: Dialect, event: Mapping[str, Any]) -> list[Problem]:
     kind = event.get("type")
     problems: list[Problem] = []
     if kind == "session.update" and isinstance(event.get("session"), Mapping):
+        problems += _tools_problems(event["session"].get("tools"), "session.tools")
         problems += _session_range_problems(dialect, event["session"], "session")
+    elif kind == "conversation.item.create" and isinstance(event.get("item"), Mapping):
+        problems += _item_problems(dialect, event["item"])
     elif kind == "response.create" and isinstance(event.get("response"), Mapping):
         response = event["response"]
+        problems += _tools_problems(response.get("tools"), "response.tools")
         if dialect == "ga":
             _check_modalities(problems, dialect, response.get("output_modalities"),
                               "response.output_modalities")

@@ -24,8 +24,9 @@ response, truncate past the end) are answered the same way but are not violation
 
 Reply audio is streamed faster than real time (``chunk_ms`` chunks, ``pace_factor`` times real
 time). It comes from ``server.reply_pcm`` (bytes, or a callable turn -> bytes, turn counted from
-1 per connection) or, when that is None, a deterministic synthetic waveform of
-``reply_duration_ms``. When the session transcribes input, each committed turn's transcript is
+1 per connection over the audio/text replies, function-call responses not counted) or,
+when that is None, a deterministic synthetic waveform of ``reply_duration_ms``. When the
+session transcribes input, each committed turn's transcript is
 ``server.input_transcript`` (a str, or a callable turn -> str, turn = the commit counted from 1
 per connection), sent right after its ``conversation.item.created`` or, with
 ``input_transcript_delay_ms`` > 0, that long after the commit while everything else goes on
@@ -37,6 +38,28 @@ names (talkbox only uses PCM16).
 GA sessions get ``conversation.item.added``/``.done`` beside ``conversation.item.created`` (the
 service sends the newer pair; the pinned SDK still lists ``created``), preview sessions get
 ``conversation.created`` after ``session.created``.
+
+Function calls: ``server.function_calls`` (a list of responses, each a list of ``(name,
+arguments_json)``) scripts function-call responses. Whenever a response starts (response.create
+or server VAD) and the list is not empty, its first entry is popped and that response has no
+audio: response.created, rate_limits.updated, then per call (output_index = its place)
+response.output_item.added (a ``function_call`` item, in_progress, fresh ``call_id``, arguments
+""), conversation.item.created (GA: + conversation.item.added),
+response.function_call_arguments.delta (the arguments in 16-character pieces, two at least),
+response.function_call_arguments.done (GA: with ``name``), GA: conversation.item.done,
+response.output_item.done (completed, full arguments), and last response.done (status completed,
+output = the function_call items). A cancel (response.cancel or a barge-in) stops between
+deltas: the call under way is finished with the arguments sent so far (item status incomplete),
+later calls are not made, and response.done says cancelled. The client answers with
+conversation.item.create of a ``function_call_output`` item; its ``call_id`` must be one this
+session issued (and whose item was not deleted) and not yet answered, or the event is a protocol
+violation answered with error invalid_value, param ``item.call_id``. Recorded:
+``RecordedSession.function_calls_made`` ({call_id, name, arguments, response_id}, at each call's
+output_item.done), ``function_outputs`` ({call_id, output}, accepted ones in order), ``tools``
+(the session's tools now, i.e. the latest accepted update's) and per response
+``ResponseRecord.kind`` ("reply" | "function_calls") and ``call_ids``. Tool declarations are
+checked by ``event_schema`` (unknown keys, type/name required, parameters a JSON schema with
+``"type": "object"``).
 
 Server VAD (turn_detection server_vad/semantic_vad) is a simple energy detector over 20 ms
 frames: a frame is speech when its RMS level exceeds ``-60 + 50 * threshold`` dBFS (threshold 0.5
@@ -468,6 +491,15 @@ def synthetic_reply_pcm(duration_ms: int, turn: int = 1) -> bytes:
     return bytes((wave * 32767).astype("<i2").tobytes())
 
 
+def split_arguments(arguments: str, piece_chars: int = 16) -> list[str]:
+    """Function-call arguments cut into deltas (two at least when there are two characters)."""
+    if len(arguments) < 2:
+        return [arguments]
+    parts = max(2, math.ceil(len(arguments) / piece_chars))
+    size = math.ceil(len(arguments) / parts)
+    return [arguments[i:i + size] for i in range(0, len(arguments), size)]
+
+
 def split_words(text: str, parts: int) -> list[str]:
     """`text` cut at word boundaries into `parts` deltas whose concatenation is `text`."""
     if parts <= 0:
@@ -525,6 +557,8 @@ class ResponseRecord:
     odd_deltas: int = 0  # injected deltas of an odd length: counted, not kept
     transcript_sent: str = ""
     usage: dict[str, Any] | None = None
+    kind: Literal["reply", "function_calls"] = "reply"
+    call_ids: list[str] = field(default_factory=list)  # a function-call response's calls
 
 
 @dataclass
@@ -559,6 +593,10 @@ class RecordedSession:
     input_transcripts: list[InputTranscriptRecord] = field(default_factory=list)
     sent_audio: bytearray = field(default_factory=bytearray)  # all audio deltas, in order
     items: dict[str, ConversationItem] = field(default_factory=dict)
+    # Function calling: every call the fake made (on its output_item.done; `arguments` as sent,
+    # partial when its response was cancelled) and every accepted function_call_output.
+    function_calls_made: list[dict[str, str]] = field(default_factory=list)
+    function_outputs: list[dict[str, str]] = field(default_factory=list)
     closed: bool = False
     close_code: int | None = None
     close_reason: str | None = None
@@ -567,6 +605,12 @@ class RecordedSession:
     @property
     def response_count(self) -> int:
         return len(self.responses)
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The tools of the session as configured now (the latest accepted update's)."""
+        tools = self.session.get("tools")
+        return list(tools) if isinstance(tools, list) else []
 
     def client_events_of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.client_events if isinstance(e, dict) and e.get("type") == kind]
@@ -658,6 +702,7 @@ class FakeRealtimeServer:
         reply_transcript: ReplyText = DEFAULT_REPLY_TRANSCRIPT,
         input_transcript: ReplyText = DEFAULT_INPUT_TRANSCRIPT,
         input_transcript_delay_ms: int = 0,
+        function_calls: Iterable[list[tuple[str, str]]] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         if chunk_ms <= 0 or pace_factor <= 0:
@@ -673,6 +718,9 @@ class FakeRealtimeServer:
         self.reply_transcript: ReplyText = reply_transcript
         self.input_transcript: ReplyText = input_transcript
         self.input_transcript_delay_ms = input_transcript_delay_ms
+        # Scripted function-call responses: each entry is one response's calls (name,
+        # arguments JSON text); the next response started pops the first entry.
+        self.function_calls: list[list[tuple[str, str]]] = [list(c) for c in function_calls]
         self.faults = Faults()
         self.sessions: list[RecordedSession] = []
         self.rejected_handshakes: list[RejectedHandshake] = []
@@ -872,6 +920,12 @@ class _ActiveResponse:
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: str | None = None
     task: asyncio.Task[None] | None = None
+    calls: list[tuple[str, str]] | None = None  # a function-call response's script
+    call_items: list[ConversationItem] = field(default_factory=list)  # emitted so far
+
+    @property
+    def output_items(self) -> list[ConversationItem]:
+        return self.call_items if self.calls is not None else [self.item]
 
 
 class _Connection:
@@ -905,6 +959,8 @@ class _Connection:
         self.pending_user_item: str | None = None  # announced by speech_started
         self.active: _ActiveResponse | None = None
         self.audio_produced = False
+        self.open_calls: dict[str, str] = {}  # call_id -> item_id, issued and not yet answered
+        self.answered_calls: set[str] = set()
         self.transcript_tasks: set[asyncio.Task[None]] = set()  # delayed input transcripts
         self._configure_detector()
 
@@ -1184,13 +1240,37 @@ class _Connection:
             await self.send_error("invalid_value", f"Item with id '{item['id']}' already exists.",
                                   param="item.id", event_id=event.get("event_id"))
             return
+        if item["type"] == "function_call_output":
+            call_id = item.get("call_id")
+            problem = self._call_output_problem(call_id)
+            if problem is not None:
+                event_id = event.get("event_id")
+                await self._reject(event, [problem], event_id if isinstance(event_id, str)
+                                   else None)
+                return
+            del self.open_calls[call_id]
+            self.answered_calls.add(call_id)
+            self.record.function_outputs.append({"call_id": call_id, "output": item["output"]})
         await self._add_item(ConversationItem(item["id"], item.get("role"), item["type"], item),
                              self._last_item_id())
 
+    def _call_output_problem(self, call_id: Any) -> Problem | None:
+        # The service matches a function_call_output to a function_call in the conversation.
+        if call_id in self.answered_calls:
+            return Problem("invalid_value", "item.call_id", f"Invalid 'item.call_id':"
+                           f" function call '{call_id}' already has an output.")
+        if call_id not in self.open_calls:
+            return Problem("invalid_value", "item.call_id", f"Invalid 'item.call_id': no"
+                           f" function call with call_id '{call_id}' found in the conversation.")
+        return None
+
     async def on_item_delete(self, event: dict[str, Any]) -> None:
-        if self.record.items.pop(event["item_id"], None) is None:
+        deleted = self.record.items.pop(event["item_id"], None)
+        if deleted is None:
             await self._item_not_found(event)
             return
+        if deleted.kind == "function_call":
+            self.open_calls.pop(str(deleted.item.get("call_id")), None)
         await self.send("conversation.item.deleted", item_id=event["item_id"])
 
     async def on_item_retrieve(self, event: dict[str, Any]) -> None:
@@ -1268,8 +1348,13 @@ class _Connection:
         if faults.malformed_json_before_response:
             faults.malformed_json_before_response = False
             await self.send_text('{"type": "response.created", "event_id": ')
+        # Reply turns count the replies only: a function-call response shares its turn with the
+        # reply that follows the client's function outputs.
+        turn = 1 + sum(1 for r in self.record.responses if r.kind == "reply")
+        if self.server.function_calls:
+            await self._start_function_calls(self.server.function_calls.pop(0), turn, overrides)
+            return
         drop_after, faults.drop_after_audio_deltas = faults.drop_after_audio_deltas, None
-        turn = self.record.response_count + 1
         pcm, transcript = self.server.reply_for_turn(turn)
         response_id = self.server.next_id("resp")
         item_id = self.server.next_id("item")
@@ -1284,9 +1369,7 @@ class _Connection:
         faults.audio_flood, faults.odd_length_deltas = None, 0
         self.active = active
         await self.send("response.created", response=self._response_object(active))
-        await self.send("rate_limits.updated", rate_limits=[
-            {"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 0.06},
-            {"name": "tokens", "limit": 800_000, "remaining": 795_000, "reset_seconds": 0.37}])
+        await self._send_rate_limits()
         await self.send("response.output_item.added", response_id=response_id, output_index=0,
                         item=item)
         await self._add_item(conversation_item, self._last_item_id(), finished=False)
@@ -1295,6 +1378,71 @@ class _Connection:
         await self.send("response.content_part.added", response_id=response_id,
                         item_id=item_id, output_index=0, content_index=0, part=empty_part)
         active.task = asyncio.create_task(self._stream(active))
+
+    async def _send_rate_limits(self) -> None:
+        await self.send("rate_limits.updated", rate_limits=[
+            {"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 0.06},
+            {"name": "tokens", "limit": 800_000, "remaining": 795_000, "reset_seconds": 0.37}])
+
+    async def _start_function_calls(self, calls: list[tuple[str, str]], turn: int,
+                                    overrides: Mapping[str, Any] | None) -> None:
+        response_id = self.server.next_id("resp")
+        record = ResponseRecord(response_id, turn, "", kind="function_calls")
+        self.record.responses.append(record)
+        no_item = ConversationItem("", None, "function_call", {})  # the calls bring their own
+        active = _ActiveResponse(record, no_item, b"", "", self._text_only(overrides), None,
+                                 calls=[(str(name), str(arguments)) for name, arguments in calls])
+        self.active = active
+        await self.send("response.created", response=self._response_object(active))
+        await self._send_rate_limits()
+        active.task = asyncio.create_task(self._stream(active))
+
+    async def _stream_calls(self, active: _ActiveResponse) -> None:
+        response_id = active.record.response_id
+        for index, (name, arguments) in enumerate(active.calls or []):
+            if active.cancel_reason is not None:
+                break
+            call_id = self.server.next_id("call")
+            item_id = self.server.next_id("item")
+            item: dict[str, Any] = {"id": item_id, "object": "realtime.item",
+                                    "type": "function_call", "status": "in_progress",
+                                    "name": name, "call_id": call_id, "arguments": ""}
+            conversation_item = ConversationItem(item_id, None, "function_call", item)
+            active.call_items.append(conversation_item)
+            active.record.call_ids.append(call_id)
+            active.record.item_id = active.record.item_id or item_id
+            self.open_calls[call_id] = item_id
+            await self.send("response.output_item.added", response_id=response_id,
+                            output_index=index, item=item)
+            await self._add_item(conversation_item, self._last_item_id(), finished=False)
+            ids = {"response_id": response_id, "item_id": item_id, "output_index": index,
+                   "call_id": call_id}
+            sent = ""
+            for piece in split_arguments(arguments):
+                if active.cancel_reason is not None:
+                    break
+                await self.send("response.function_call_arguments.delta", **ids, delta=piece)
+                sent += piece
+                await self._pause(active)
+            done: dict[str, Any] = {**ids, "arguments": sent}
+            if self.dialect == "ga":  # the GA event names the function; the preview one not
+                done["name"] = name
+            await self.send("response.function_call_arguments.done", **done)
+            item["arguments"] = sent
+            item["status"] = "completed" if sent == arguments else "incomplete"
+            if self.dialect == "ga":
+                await self.send("conversation.item.done", previous_item_id=None, item=item)
+            await self.send("response.output_item.done", response_id=response_id,
+                            output_index=index, item=item)
+            self.record.function_calls_made.append({"call_id": call_id, "name": name,
+                                                    "arguments": sent,
+                                                    "response_id": response_id})
+        cancelled = active.cancel_reason is not None
+        active.record.status = "cancelled" if cancelled else "completed"
+        active.record.status_reason = active.cancel_reason
+        active.record.usage = self._usage(active)
+        self.active = None
+        await self.send("response.done", response=self._response_object(active))
 
     def _text_only(self, overrides: Mapping[str, Any] | None) -> bool:
         key = "output_modalities" if self.dialect == "ga" else "modalities"
@@ -1319,6 +1467,9 @@ class _Connection:
             self.active = None
 
     async def _stream_events(self, active: _ActiveResponse) -> None:
+        if active.calls is not None:
+            await self._stream_calls(active)
+            return
         ids = {"response_id": active.record.response_id, "item_id": active.item.item_id,
                "output_index": 0, "content_index": 0}
         if active.flood is not None and not active.text_only:
@@ -1447,7 +1598,7 @@ class _Connection:
         response: dict[str, Any] = {
             "object": "realtime.response", "id": record.response_id,
             "status": record.status, "status_details": details,
-            "output": [active.item.item] if done else [],
+            "output": [i.item for i in active.output_items] if done else [],
             "conversation_id": self.conversation_id,
             "max_output_tokens": "inf", "metadata": None,
             "usage": record.usage if done else None,
@@ -1479,7 +1630,8 @@ class _Connection:
         cached = 0 if previous is None else min(
             input_audio + input_text, previous["input_tokens"] // 64 * 64)
         output_audio = math.ceil(len(active.record.audio) / BYTES_PER_MS / 50)
-        output_text = len(active.record.transcript_sent.split())
+        output_text = len(active.record.transcript_sent.split()) + sum(
+            math.ceil(len(str(i.item.get("arguments", ""))) / 4) for i in active.call_items)
         input_tokens = input_audio + input_text
         output_tokens = output_audio + output_text
         input_details: dict[str, Any] = {"text_tokens": input_text, "audio_tokens": input_audio,
