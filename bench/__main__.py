@@ -36,6 +36,7 @@ from bench.daemon_bench import (
     measure_cycles,
     measure_loop_lag,
     measure_startups,
+    measure_tool_calls,
 )
 from bench.echo_room import simulate_rooms
 from bench.memory import openwakeword_alone_rss_mb
@@ -65,16 +66,17 @@ class Plan:
     echo_room_seconds: float  # of answer per simulated room (bench.echo_room)
     self_interruption_seconds: float  # of answer per room, nobody talking (real process)
     interruptions_per_room: int  # people talking over answers (real process)
+    tool_conversations: int  # each answered with one function call (get_current_time)
 
 
 FULL = Plan(cpu_repetitions=5, process_idle_seconds=30, openwakeword_processes=3,
             speaker_calibrations=24, receive_path_deltas=200, startups=3, cycle_runs=6,
             cycles_per_run=3, echo_room_seconds=120, self_interruption_seconds=75,
-            interruptions_per_room=10)
+            interruptions_per_room=10, tool_conversations=6)
 QUICK = Plan(cpu_repetitions=2, process_idle_seconds=10, openwakeword_processes=1,
              speaker_calibrations=10, receive_path_deltas=50, startups=1, cycle_runs=2,
              cycles_per_run=2, echo_room_seconds=40, self_interruption_seconds=30,
-             interruptions_per_room=3)
+             interruptions_per_room=3, tool_conversations=3)
 
 
 def run_alone(module: str, args: list[str], results: Path) -> dict[str, Any]:
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     upload = measure_conversation(latencies, startups)
     log("the daemon's event loop lag (its debug probe), over the same cycles")
     loop_lag = measure_loop_lag(plan.cycles_per_run)
+    log(f"function calls ({plan.tool_conversations} conversations, one call each)")
+    tool_call_ms = measure_tool_calls(plan.tool_conversations)
     log(f"echo rooms, simulated ({plan.echo_room_seconds:.0f} s of answer each)")
     echo = simulate_rooms(plan.echo_room_seconds)
     log(f"speech barge-in, whole process: {plan.self_interruption_seconds:.0f} s of answer "
@@ -256,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                len(loop_lag.idle_ms)),
         single("loop_lag_conversation_ms", max(loop_lag.conversation_ms), "ms",
                "same, connecting to the end of the answer", len(loop_lag.conversation_ms)),
+        repeated("tool_call_ms", tool_call_ms, "ms",
+                 "function_call item sent -> its output received (get_current_time)"),
     ]
     elapsed = time.monotonic() - began
     raw: dict[str, Any] = {

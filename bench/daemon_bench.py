@@ -482,6 +482,43 @@ def measure_loop_lag(cycles: int) -> LoopLag:
     return lag
 
 
+# --- function calls -------------------------------------------------------------------------
+
+
+def measure_tool_calls(conversations: int) -> list[float]:
+    """ms from the service sending a finished function_call item (get_current_time) to the
+    daemon's function_call_output arriving: the device's part of a local tool's round trip,
+    over loopback, stamped in this process (bench.stamped_service)."""
+    builder = ScriptBuilder()
+    builder.silence(IDLE_LEAD_SECONDS)
+    for index in range(conversations):
+        voice, speed = VOICES[index % len(VOICES)]
+        builder.silence(1.5)
+        builder.phrase("wake", _say("hey jarvis", voice, speed))
+        builder.silence(WAKE_TO_COMMAND_PAUSE_SECONDS)
+        builder.phrase("command", _say("what time is it", voice, speed))
+        builder.silence(4.0)  # the answer, then the follow-up time runs out
+    server, thread = start_service(cycle_reply, pace_factor=1.5, seed=RUN_SEED)
+    server.function_calls = [[("get_current_time", "{}")] for _ in range(conversations)]
+    try:
+        drive_daemon(thread.url_base, builder.build(), follow_up_seconds=1.0,
+                     conversations=conversations)
+    finally:
+        thread.stop()
+    samples = []
+    for session in server.sessions:
+        sent = {event["item"]["call_id"]: at for at, event in session.server_events.stamped()
+                if event.get("type") == "response.output_item.done"
+                and event["item"].get("type") == "function_call"}
+        for at, event in session.client_events.stamped():
+            item = event.get("item") if isinstance(event, dict) else None
+            if isinstance(item, dict) and item.get("type") == "function_call_output":
+                samples.append((at - sent[item["call_id"]]) * 1000)
+    if not samples:
+        raise RuntimeError("no function call was answered: did the wake word fire?")
+    return samples
+
+
 # --- upload ratio and lost speech ------------------------------------------------------------
 
 
