@@ -15,6 +15,11 @@ it, so every transition, including stale and out-of-order events, is a plain uni
 
 A turn whose transcript is only a stop phrase ("stop", "never mind", `stop_phrases.py`)
 silences its answer and ends the conversation; `_on_stop_phrase` says why it works that way.
+
+A response may call functions: each call is run by the shell (`RunTool`, its result comes back
+as `ToolFinished`), and once the response is done and every result has been sent the machine
+asks for the answer; the state stays RESPONDING meanwhile. `end_conversation` is not run but
+decided here: the conversation ends once the farewell has played.
 """
 
 from __future__ import annotations
