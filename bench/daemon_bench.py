@@ -498,7 +498,8 @@ def measure_tool_calls(conversations: int) -> list[float]:
         builder.silence(WAKE_TO_COMMAND_PAUSE_SECONDS)
         builder.phrase("command", _say("what time is it", voice, speed))
         builder.silence(4.0)  # the answer, then the follow-up time runs out
-    server, thread = start_service(cycle_reply, pace_factor=1.5, seed=RUN_SEED)
+    server, thread = start_service(lambda turn: synthetic_reply_pcm(1000, turn), pace_factor=1.5,
+                                   seed=RUN_SEED)
     server.function_calls = [[("get_current_time", "{}")] for _ in range(conversations)]
     try:
         drive_daemon(thread.url_base, builder.build(), follow_up_seconds=1.0,
