@@ -11,8 +11,10 @@
 # /opt/talkbox, with PyAudio). It boots that tree with talkbox.service masked and runs
 # tests/system/vm/alsa_abort_guest.sh inside; settings (see alsa_abort_guest.py) pass through:
 # ALSA_ABORT_CONFIGS ("24000:1 48000:1 48000:2"), ALSA_ABORT_SLOT_S (300), ALSA_ABORT_ROUNDS
-# (2), ALSA_ABORT_PLAYERS (3), ALSA_ABORT_LOAD (2). Prints the guest's counts; the scratch
-# directory (players' stderr, guest log) is kept when TALKBOX_VM_KEEP=1.
+# (2), ALSA_ABORT_PLAYERS (3), ALSA_ABORT_LOAD (2), and ALSA_ABORT_CHAIN=plug-dmix for plug
+# straight over dmix (as a USB card has) instead of the HDA card's plug -> softvol -> dmix.
+# Prints the guest's counts; the scratch directory (players' stderr, guest log) is kept when
+# TALKBOX_VM_KEEP=1.
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -77,6 +79,7 @@ install -m 644 "$VM_DIR/alsa_abort_guest.py" "$VM_DIR/alsa_abort_play.py" "$SHAR
     printf 'ALSA_ABORT_ROUNDS=%q\n' "$rounds"
     printf 'ALSA_ABORT_PLAYERS=%q\n' "${ALSA_ABORT_PLAYERS:-3}"
     printf 'ALSA_ABORT_LOAD=%q\n' "${ALSA_ABORT_LOAD:-2}"
+    printf 'ALSA_ABORT_CHAIN=%q\n' "${ALSA_ABORT_CHAIN:-}"
 } >"$SHARE/env"
 
 phase "VM run (TCG, at most $budget s)"

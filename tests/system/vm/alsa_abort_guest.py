@@ -23,6 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PYTHON = "/opt/talkbox/venv/bin/python"
 PLAYER = str(HERE / "alsa_abort_play.py")
+_SPAWN_GAP_S = 5.0
 
 
 def say(line: str, results: Path) -> None:
@@ -49,7 +50,12 @@ def run_slot(rate: int, channels: int, slot_s: float, players: int, load: int, l
             text=True,
         )
 
-    running = [spawn() for _ in range(players)]
+    # One at a time: PortAudio's device scan opens the card's hw device for a moment, and a
+    # dmix that starts then cannot open it ("unable to open slave").
+    running = []
+    for _ in range(players):
+        running.append(spawn())
+        time.sleep(_SPAWN_GAP_S)
     while time.monotonic() < deadline:
         time.sleep(0.5)
         for i, proc in enumerate(running):
@@ -66,6 +72,7 @@ def run_slot(rate: int, channels: int, slot_s: float, players: int, load: int, l
                 assertions[tail[0]] += 1
             else:
                 other += 1
+                time.sleep(_SPAWN_GAP_S)  # a failed open: let the others' scans end
             running[i] = spawn()
     for proc in running:
         proc.send_signal(signal.SIGTERM)
