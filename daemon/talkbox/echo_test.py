@@ -126,6 +126,10 @@ async def _record(cfg: Config, seconds: float) -> EchoTestRun:
     open_device(capture.start, "input", audio.input_device, socket)
     try:
         open_device(playback.start, "output", audio.output_device, socket)
+        # The device's own rate when it does not take the configured one (audio/alsa.py):
+        # the reference holds what was handed over, at that rate.
+        played_rate = playback.output_rate
+        played_length = len(signal) * played_rate // audio.output_rate
         try:
             while True:
                 chunk = await capture.read()
@@ -149,7 +153,7 @@ async def _record(cfg: Config, seconds: float) -> EchoTestRun:
                         queued_at = now
                     continue
                 if signal_span is None:
-                    signal_span = _signal_span(reference.blocks(), audio.output_rate, len(signal))
+                    signal_span = _signal_span(reference.blocks(), played_rate, played_length)
                     if signal_span is None and now - queued_at > _START_TIMEOUT_S:
                         raise AudioDeviceError(
                             f"output device {audio.output_device!r} did not start playing "
@@ -168,15 +172,15 @@ async def _record(cfg: Config, seconds: float) -> EchoTestRun:
     finally:
         capture.stop()
     # Placed again on all the blocks' stamps, as `played` is, now that they are all in.
-    signal_span = _signal_span(reference.blocks(), audio.output_rate, len(signal))
+    signal_span = _signal_span(reference.blocks(), played_rate, played_length)
     assert signal_span is not None
     played, played_start = join_stream(
-        [(at, pcm) for at, pcm, _ in reference.blocks()], audio.output_rate
+        [(at, pcm) for at, pcm, _ in reference.blocks()], played_rate
     )
     raw, captured_start = join_stream(captured, audio.input_rate)
     recording = Recording(
         played=played,
-        played_rate=audio.output_rate,
+        played_rate=played_rate,
         played_start=played_start,
         signal=signal_span,
         captured=raw,

@@ -32,6 +32,7 @@ from support.alsa import (
     playback_pcm,
     write_capture_file,
 )
+from talkbox.audio.alsa import alsa_name, native_rate, playback_rate
 from talkbox.audio.capture import Capture
 from talkbox.audio.chimes import chime
 from talkbox.audio.devices import find_device, format_device_table, list_devices
@@ -45,6 +46,7 @@ pytestmark = pytest.mark.audio
 
 SPEAKER_RATE = 48000
 REPLY_RATE = 24000
+NATIVE_RATE = 48000  # the only rate of a device like dmix
 PIPE_BYTES = 4096  # the drained FIFO's size (F_SETPIPE_SZ)
 
 
@@ -653,7 +655,7 @@ async def test_a_chime_plays_at_once_exactly_and_is_not_counted(
 ) -> None:
     _, drainer = speaker
     drained: list[bool] = []
-    wake = chime("wake", SPEAKER_RATE, 0.5)
+    wake = chime("wake", REPLY_RATE, 0.5)  # at the replies' rate, converted as they are
     playback = Playback("speaker", SPEAKER_RATE, REPLY_RATE,
                         on_drained=lambda: drained.append(True))
     async with playback:
@@ -661,10 +663,101 @@ async def test_a_chime_plays_at_once_exactly_and_is_not_counted(
         await asyncio.wait_for(playback.wait_drained(), timeout=3)
         assert playback.played_samples == 0
         await asyncio.sleep(0.2)
+    resampler = Resampler(REPLY_RATE, SPEAKER_RATE)
+    played = resampler.process(wake) + resampler.flush()
     # The chime starts and ends with zero samples, so look for its sounding part exactly.
-    sounding = np.flatnonzero(as_samples(wake))
-    assert drainer.data().find(wake[sounding[0] * 2:(sounding[-1] + 1) * 2]) >= 0
+    sounding = np.flatnonzero(as_samples(played))
+    assert drainer.data().find(played[sounding[0] * 2:(sounding[-1] + 1) * 2]) >= 0
     assert drained == []  # only end_of_stream() marks the end of a reply
+
+
+# ----- a device that runs at one rate only, behind ALSA's plug (as `default` is: plug -> dmix)
+
+
+@pytest.fixture
+def dmix_like_speaker(tmp_path: Path) -> Iterator[tuple[AlsaSandbox, FifoDrainer]]:
+    """pcm.speaker48k: plug in front of a card that runs at 48 kHz only, drained in real time."""
+    directory = tmp_path / "alsa"
+    fixed = {"speaker48k": playback_pcm(directory / "playback.raw", rate=NATIVE_RATE)}
+    with alsa_sandbox(directory, playback_fifo=True, extra_pcms=fixed) as sandbox:
+        drainer = FifoDrainer(sandbox.playback_path, rate=NATIVE_RATE)
+        drainer.start()
+        try:
+            yield sandbox, drainer
+        finally:
+            drainer.stop()
+
+
+def test_alsa_tells_the_rate_a_device_takes_without_converting(tmp_path: Path) -> None:
+    directory = tmp_path / "alsa"
+    fixed = {"speaker48k": playback_pcm(directory / "x.raw", rate=NATIVE_RATE)}
+    with alsa_sandbox(directory, extra_pcms=fixed):
+        assert native_rate("speaker48k", REPLY_RATE) == NATIVE_RATE
+        assert native_rate("speaker48k", NATIVE_RATE) == NATIVE_RATE
+        assert native_rate("speaker", REPLY_RATE) == REPLY_RATE  # the file takes any rate
+        assert native_rate("no_such_pcm", REPLY_RATE) is None
+        with open_pyaudio() as pa:
+            index = find_device(pa, "speaker48k", "output")
+            assert alsa_name(pa, index) == "speaker48k"
+            assert alsa_name(pa, None) == "default"
+            assert playback_rate(pa, index, REPLY_RATE) == NATIVE_RATE
+            assert playback_rate(pa, find_device(pa, "speaker", "output"), 22050) == 22050
+
+
+async def test_a_reply_is_resampled_here_not_by_alsa_when_the_device_runs_at_another_rate(
+    dmix_like_speaker: tuple[AlsaSandbox, FifoDrainer], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Configured for 24 kHz, on a device that runs at 48 kHz: the stream opens at 48 kHz
+    and what the card gets is soxr's conversion, sample for sample (ALSA's plug would have
+    converted with its own filter); counts stay in reply samples, the echo reference and
+    the chimes follow the device's rate."""
+    caplog.set_level(logging.INFO, logger="talkbox.audio.playback")
+    _, drainer = dmix_like_speaker
+    reference = SpeakerReference()
+    reply = noise_pcm(0.5, REPLY_RATE, seed=7)
+    wake = chime("wake", REPLY_RATE, 0.5)
+    drained: list[bool] = []
+    playback = Playback("speaker48k", REPLY_RATE, REPLY_RATE, reference=reference,
+                        on_drained=lambda: drained.append(True))
+    assert playback.output_rate == REPLY_RATE  # nothing asked of ALSA before start()
+    blocks = []
+    async with playback:
+        assert playback.output_rate == NATIVE_RATE
+        assert playback.period_frames == NATIVE_RATE // 50  # still 20 ms periods
+        assert reference.rate == NATIVE_RATE
+        for offset in range(0, len(reply), 4800):
+            playback.write(reply[offset:offset + 4800])
+        playback.end_of_stream()
+        await asyncio.wait_for(playback.wait_drained(), timeout=5)
+        assert drained == [True]
+        assert playback.played_samples == len(reply) // 2  # in the reply's 24 kHz samples
+        blocks += reference.take()
+        playback.reset_count()
+        playback.play_chime(wake)
+        await asyncio.wait_for(playback.wait_drained(), timeout=5)
+        assert playback.played_samples == 0
+        blocks += reference.take()
+        await asyncio.sleep(0.2)  # the tail is still in the pipe
+    resampler = Resampler(REPLY_RATE, NATIVE_RATE)
+    expected = resampler.process(reply) + resampler.flush()
+    heard = drainer.data()
+    assert heard.count(expected) == 1
+    assert b"".join(pcm for _, pcm, audible in blocks if audible).find(expected) >= 0
+    resampler = Resampler(REPLY_RATE, NATIVE_RATE)
+    chimed = resampler.process(wake) + resampler.flush()
+    sounding = np.flatnonzero(as_samples(chimed))
+    assert heard.find(chimed[sounding[0] * 2:(sounding[-1] + 1) * 2]) >= 0
+    assert any("playing at its 48000 Hz" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_device_that_takes_the_configured_rate_is_opened_at_it(
+    dmix_like_speaker: tuple[AlsaSandbox, FifoDrainer],
+) -> None:
+    del dmix_like_speaker
+    async with Playback("speaker48k", NATIVE_RATE, REPLY_RATE) as playback:
+        assert playback.output_rate == NATIVE_RATE
+    async with Playback("speaker", 22050, REPLY_RATE) as playback:  # the file takes any rate
+        assert playback.output_rate == 22050
 
 
 async def test_an_idle_stream_does_not_spin(speaker: tuple[AlsaSandbox, FifoDrainer]) -> None:

@@ -29,7 +29,7 @@ import numpy.typing as npt
 import pytest
 import soxr
 
-from support.alsa import AlsaSandbox, FifoDrainer, FifoFeeder, alsa_sandbox
+from support.alsa import AlsaSandbox, FifoDrainer, FifoFeeder, alsa_sandbox, playback_pcm
 from support.cli import CliRun, RunningTalkbox, environment
 from talkbox.audio.echo_test import make_signal
 
@@ -66,9 +66,11 @@ class EchoLoop(FifoFeeder):
         gain_db: float,
         response: npt.NDArray[np.float64],
         noise_dbfs: float,
+        speaker_rate: int = SPEAKER_RATE,
     ) -> None:
         super().__init__(fifo, b"", rate=MIC_RATE, period_frames=MIC_PERIOD)
         self.speaker = speaker
+        self.speaker_rate = speaker_rate
         self.delay_s = delay_s
         self.response = response * 10 ** (gain_db / 20)
         self.noise_rms = 32768 * 10 ** (noise_dbfs / 20)
@@ -77,7 +79,7 @@ class EchoLoop(FifoFeeder):
         # `_origin + (i + _dropped) / MIC_RATE`.
         self._seen = 0  # drainer records taken
         self._drained = 0  # speaker-rate samples taken
-        self._to_mic_rate = soxr.ResampleStream(SPEAKER_RATE, MIC_RATE, 1, dtype="float64")
+        self._to_mic_rate = soxr.ResampleStream(speaker_rate, MIC_RATE, 1, dtype="float64")
         self._played = np.zeros(0)
         self._dropped = 0
         self._origin: float | None = None
@@ -120,7 +122,7 @@ class EchoLoop(FifoFeeder):
             self._drained += len(samples)
             pieces.append(self._to_mic_rate.resample_chunk(samples))
             # A read takes what the DAC played since the last one, ending now.
-            self._recent_origins.append(drained_at - self._drained / SPEAKER_RATE)
+            self._recent_origins.append(drained_at - self._drained / self.speaker_rate)
         self._played = np.concatenate(pieces)
         if len(self._recent_origins) >= 20:
             origin = float(np.median(self._recent_origins))
@@ -147,20 +149,23 @@ def room_response(rt60_s: float = 0.2, seed: int = 3) -> npt.NDArray[np.float64]
     return response
 
 
-def echo_test(sandbox: AlsaSandbox, *, gain_db: float, seconds: float) -> tuple[CliRun, float]:
-    """Run `talkbox echo-test --json` in the room; (the run, when the drainer first heard the
-    signal)."""
-    drainer = FifoDrainer(sandbox.playback_path, rate=SPEAKER_RATE)
+def echo_test(
+    sandbox: AlsaSandbox, *, gain_db: float, seconds: float, output_device: str = "speaker",
+    speaker_rate: int = SPEAKER_RATE,
+) -> tuple[CliRun, float]:
+    """Run `talkbox echo-test --json` in the room, the speaker's card running at
+    `speaker_rate`; (the run, when the drainer first heard the signal)."""
+    drainer = FifoDrainer(sandbox.playback_path, rate=speaker_rate)
     loop = EchoLoop(
         sandbox.capture_path, drainer, delay_s=ROOM_DELAY_MS / 1000, gain_db=gain_db,
-        response=room_response(), noise_dbfs=ROOM_NOISE_DBFS,
+        response=room_response(), noise_dbfs=ROOM_NOISE_DBFS, speaker_rate=speaker_rate,
     )  # fmt: skip
     drainer.start()
     loop.start()
     env = environment(ENV_NOT_INHERITED, base=sandbox.env)
     running = RunningTalkbox(
         "echo-test", "--json", "--seconds", str(seconds),
-        "--input-device", "mic", "--output-device", "speaker", env=env,
+        "--input-device", "mic", "--output-device", output_device, env=env,
     )  # fmt: skip
     try:
         run = running.finish()
@@ -169,16 +174,16 @@ def echo_test(sandbox: AlsaSandbox, *, gain_db: float, seconds: float) -> tuple[
             running.kill()
         loop.stop()
         drainer.stop()
-    return run, first_sound(drainer)
+    return run, first_sound(drainer, speaker_rate)
 
 
-def first_sound(drainer: FifoDrainer) -> float:
+def first_sound(drainer: FifoDrainer, rate: int) -> float:
     """When the drain took the first sample that was not silence (NaN: it never did)."""
     for drained_at, pcm in drainer.records:
         samples = np.frombuffer(pcm, dtype="<i2")
         loud = np.flatnonzero(samples)
         if len(loud):
-            return drained_at - (len(samples) - 1 - loud[0]) / SPEAKER_RATE
+            return drained_at - (len(samples) - 1 - loud[0]) / rate
     return float("nan")
 
 
@@ -233,6 +238,28 @@ def first_sound_offset(seconds: float) -> float:
     """Where the test signal's first sample that is not silence is, in seconds."""
     signal = make_signal(SPEAKER_RATE, seconds)
     return float(np.flatnonzero(signal)[0]) / SPEAKER_RATE
+
+
+def test_on_a_card_that_runs_at_another_rate_it_measures_what_was_played(
+    tmp_path: Path,
+) -> None:
+    """A speaker behind plug whose card runs at 48 kHz only (as dmix does): the signal is
+    made at output_rate (24 kHz) and played at 48 kHz, converted by talkbox; the report's
+    levels and delay are measured on what the device was really handed."""
+    directory = tmp_path / "alsa"
+    fixed = {"speaker48k": playback_pcm(directory / "playback.raw", rate=48000)}
+    with alsa_sandbox(directory, capture_fifo=True, playback_fifo=True, extra_pcms=fixed) as box:
+        run, heard = echo_test(
+            box, gain_db=ROOM_GAIN_DB, seconds=5.0, output_device="speaker48k", speaker_rate=48000
+        )
+
+    assert run.exit_code == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert heard == heard, "the speaker did play"  # not NaN
+    assert result["played_dbfs"] == pytest.approx(-20, abs=1)
+    assert result["echo_relative_db"] == pytest.approx(ROOM_GAIN_DB, abs=1.5)
+    assert result["delay_ms"] is not None
+    assert abs(result["delay_ms"] - ROOM_DELAY_MS) <= 2 * DELAY_TOLERANCE_MS, result
 
 
 def test_a_microphone_that_hears_nothing_of_the_speaker_says_so(tmp_path: Path) -> None:

@@ -65,9 +65,10 @@ def capture_pcm(infile: Path | str) -> str:
     return _file_pcm(infile=infile, outfile="/dev/null")
 
 
-def playback_pcm(outfile: Path | str) -> str:
+def playback_pcm(outfile: Path | str, rate: int | None = None) -> str:
     """A playback device writing into `outfile` as a sound card takes audio: one period at a
     time, every period (read it with `FifoDrainer`, which turns it back into PCM16 mono).
+    With `rate`, the card runs at that rate only, as dmix does: `plug` converts any other.
 
     ALSA's `plug` widens each PCM16 mono frame to S32 stereo (exactly: shifted, duplicated),
     so a 20 ms period at 24 kHz is 3840 bytes. A FIFO shrunk to one page then holds a single
@@ -75,7 +76,10 @@ def playback_pcm(outfile: Path | str) -> str:
     periods fit in the page and the callbacks came in bursts of four every 80 ms.
     """
     wide = _file_pcm(infile=None, outfile=outfile)
-    return f"{{ type plug slave {{ pcm {wide} format S32_LE channels {WIDE_CHANNELS} }} }}"
+    fixed_rate = "" if rate is None else f" rate {rate}"
+    return (
+        f"{{ type plug slave {{ pcm {wide} format S32_LE channels {WIDE_CHANNELS}{fixed_rate} }} }}"
+    )
 
 
 def playback_only_pcm(outfile: Path | str) -> str:

@@ -77,9 +77,9 @@ class FakeSpeaker:
     def end_of_stream(self) -> None:
         self._check()
 
-    def play_chime(self, pcm_output_rate: bytes) -> None:
+    def play_chime(self, pcm_source_rate: bytes) -> None:
         self._check()
-        self.chimes.append(pcm_output_rate)
+        self.chimes.append(pcm_source_rate)
 
     def flush(self) -> None:
         self._check()

@@ -2,9 +2,12 @@
 
 This module owns the speaker side of the data path: replies arrive as 24 kHz PCM16 deltas,
 are resampled to the device rate on the event loop (`write()`), queued, and handed to
-PortAudio period by period from its callback thread. The queue and counters are shared with
-that thread under one lock, held only for list operations; the callback never allocates
-more than its output buffer and never waits on the event loop.
+PortAudio period by period from its callback thread. The device rate is the configured one
+unless ALSA would have to convert it (its `plug` in front of dmix, say): then `start()` opens
+the device at the rate it takes as it is (audio/alsa.py) and the resampling is done here,
+never by ALSA's rate plugin, which has aborted the process under load. The queue and
+counters are shared with that thread under one lock, held only for list operations; the
+callback never allocates more than its output buffer and never waits on the event loop.
 
 The stream is opened by `start()` and kept RUNNING, writing silence when the queue is empty,
 rather than stopped between replies: with the stream running, a chime or a reply starts
@@ -47,6 +50,7 @@ from typing import Any, NamedTuple
 
 import pyaudio
 
+from talkbox.audio.alsa import playback_rate
 from talkbox.audio.devices import find_device
 from talkbox.audio.echo_cancel import SpeakerReference
 from talkbox.audio.pa import (
@@ -87,7 +91,9 @@ _END_MARK = _Segment(b"", _Kind.END)
 
 
 class Playback:
-    """Play PCM16 mono written at `source_rate` on the output device named `device`.
+    """Play PCM16 mono written at `source_rate` on the output device named `device`, at
+    `output_rate` or, if ALSA would convert that, at the device's own rate (`output_rate`
+    says which once `start()` has opened it).
 
     `start()`, `write()`, `end_of_stream()`, `flush()`, `play_chime()`, `wait_drained()` and
     `close()` belong to the event loop's thread (`start()` binds to the running loop).
@@ -106,23 +112,19 @@ class Playback:
         reference: SpeakerReference | None = None,
     ) -> None:
         self.device = device
-        self.output_rate = output_rate
         self.source_rate = source_rate
-        # 20 ms by default: flush() silences output within this, at 50 callbacks a second.
-        self.period_frames = period_frames or output_rate // 50
         self.on_drained = on_drained
         # Every block handed to the device goes here too, for the echo canceller.
         self.reference = reference
-        if reference is not None:
-            reference.rate = output_rate
-        self._prebuffer_bytes = round(prebuffer_ms * output_rate / 1000) * BYTES_PER_SAMPLE
+        self._prebuffer_ms = prebuffer_ms
+        self._period_ms: float | None = (
+            None if period_frames is None else period_frames * 1000 / output_rate
+        )
+        self._use_output_rate(output_rate)
         # The prebuffer absorbs network jitter, but must not hold a small first delta back
         # until more arrives: after this long, whatever is queued starts playing.
         self._prebuffer_wait_s = prebuffer_wait_ms / 1000
         self._prebuffer_timer: asyncio.TimerHandle | None = None
-        self._resampler = Resampler(source_rate, output_rate)
-        self._silence = bytes(self.period_frames * BYTES_PER_SAMPLE)
-        self._coalesce_bytes = output_rate * _COALESCE_MS // 1000 * BYTES_PER_SAMPLE
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pa: Any = None
         self._stream: Any = None
@@ -158,6 +160,16 @@ class Playback:
         self._pa = create_pyaudio()
         try:
             index = find_device(self._pa, self.device, "output")
+            native = playback_rate(self._pa, index, self.output_rate)
+            if native != self.output_rate:
+                log.info(
+                    "output device %r does not take %d Hz without ALSA converting it: "
+                    "playing at its %d Hz, resampled here",
+                    self.device,
+                    self.output_rate,
+                    native,
+                )
+                self._use_output_rate(native)
             self._stream = self._pa.open(
                 format=pyaudio.paInt16,
                 channels=1,
@@ -175,6 +187,19 @@ class Playback:
             self._release()
             raise
         log.info("playback started: output device %r at %d Hz", self.device, self.output_rate)
+
+    def _use_output_rate(self, output_rate: int) -> None:
+        # Before start() opens the stream, nothing is queued yet: all that depends on the rate.
+        self.output_rate = output_rate
+        # 20 ms by default: flush() silences output within this, at 50 callbacks a second.
+        period_ms = 20 if self._period_ms is None else self._period_ms
+        self.period_frames = round(output_rate * period_ms / 1000)
+        if self.reference is not None:
+            self.reference.rate = output_rate
+        self._prebuffer_bytes = round(self._prebuffer_ms * output_rate / 1000) * BYTES_PER_SAMPLE
+        self._resampler = Resampler(self.source_rate, output_rate)
+        self._silence = bytes(self.period_frames * BYTES_PER_SAMPLE)
+        self._coalesce_bytes = output_rate * _COALESCE_MS // 1000 * BYTES_PER_SAMPLE
 
     def close(self) -> None:
         """Stop the stream and release the device (idempotent)."""
@@ -224,12 +249,17 @@ class Playback:
             self._enqueue(_Segment(tail, _Kind.SPEECH))
         self._enqueue(_END_MARK)
 
-    def play_chime(self, pcm_output_rate: bytes) -> None:
-        """Queue a chime, already at output_rate (see chimes.chime()); it plays at once."""
-        if len(pcm_output_rate) % BYTES_PER_SAMPLE:
-            raise ValueError(f"PCM16 chime has an odd length ({len(pcm_output_rate)} bytes)")
+    def play_chime(self, pcm_source_rate: bytes) -> None:
+        """Queue a chime (PCM16 at source_rate, see chimes.chime()); it plays at once."""
+        if len(pcm_source_rate) % BYTES_PER_SAMPLE:
+            raise ValueError(f"PCM16 chime has an odd length ({len(pcm_source_rate)} bytes)")
         self._raise_if_unhealthy()
-        self._enqueue(_Segment(pcm_output_rate, _Kind.CHIME))
+        pcm = pcm_source_rate
+        if self.source_rate != self.output_rate:
+            # A resampler of its own: the reply's may be in the middle of a delta.
+            resampler = Resampler(self.source_rate, self.output_rate)
+            pcm = resampler.process(pcm) + resampler.flush()
+        self._enqueue(_Segment(pcm, _Kind.CHIME))
 
     def _enqueue(self, segment: _Segment) -> None:
         self._cancel_drain_timer()

@@ -117,7 +117,7 @@ class Speaker(Protocol):
     def played_samples(self) -> int: ...
     def write(self, pcm_source_rate: bytes) -> None: ...
     def end_of_stream(self) -> None: ...
-    def play_chime(self, pcm_output_rate: bytes) -> None: ...
+    def play_chime(self, pcm_source_rate: bytes) -> None: ...
     def flush(self) -> None: ...
     def reset_count(self) -> None: ...
 
@@ -201,11 +201,12 @@ def front_end_builder(reference: SpeakerReference) -> Callable[[Config], FrontEn
 
 
 def make_chimes(cfg: Config) -> dict[str, bytes]:
-    """The chimes at the speaker's rate; none at all with [audio] chimes = false."""
+    """The chimes at the replies' rate (the speaker converts both alike); none at all with
+    [audio] chimes = false."""
     if not cfg.audio.chimes:
         return {}
-    rate, volume = cfg.audio.output_rate, cfg.audio.volume
-    return {kind: chime(kind, rate, volume) for kind in get_args(ChimeKind)}
+    volume = cfg.audio.volume
+    return {kind: chime(kind, REALTIME_RATE, volume) for kind in get_args(ChimeKind)}
 
 
 def tool_runner(cfg: Config) -> ToolRunner:
