@@ -145,7 +145,9 @@ def conversation(run: Run) -> None:
     ready = "READY=1" in run.notify.lines()
     if not report(ready, f"READY=1 came ({since(run.started)} after the start)"):
         return
-    report("talkbox ready" in run.log(), "the log says 'talkbox ready'")
+    # The daemon logs "talkbox ready" just after it tells systemd; emulated, that is a moment.
+    logged = waited(lambda: "talkbox ready" in run.log(), 30, "the 'talkbox ready' log line")
+    report(logged, "the log says 'talkbox ready'")
 
     # espeak-ng and sox here, on the host: the root has neither.
     wake, command = speak(WAKE_PHRASE, pad=(0.0, 0.0)), speak(COMMAND_PHRASE, pad=(0.0, 0.0))
