@@ -107,14 +107,12 @@ async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> N
 @pytest.fixture
 def speaker(tmp_path: Path) -> Iterator[tuple[AlsaSandbox, FifoDrainer]]:
     """pcm.speaker plays into a FIFO drained in real time at 48 kHz."""
-    with alsa_sandbox(tmp_path / "alsa", playback_fifo=True,
-                      extra_pcms={"dead_speaker": failing_playback_pcm()}) as sandbox:
-        drainer = FifoDrainer(sandbox.playback_path, rate=SPEAKER_RATE)
-        drainer.start()
-        try:
-            yield sandbox, drainer
-        finally:
-            drainer.stop()
+    with (
+        alsa_sandbox(tmp_path / "alsa", playback_fifo=True,
+                     extra_pcms={"dead_speaker": failing_playback_pcm()}) as sandbox,
+        FifoDrainer(sandbox.playback_path, rate=SPEAKER_RATE) as drainer,
+    ):
+        yield sandbox, drainer
 
 
 # ----- the harness itself, and device lookup
@@ -679,13 +677,11 @@ def dmix_like_speaker(tmp_path: Path) -> Iterator[tuple[AlsaSandbox, FifoDrainer
     """pcm.speaker48k: plug in front of a card that runs at 48 kHz only, drained in real time."""
     directory = tmp_path / "alsa"
     fixed = {"speaker48k": playback_pcm(directory / "playback.raw", rate=NATIVE_RATE)}
-    with alsa_sandbox(directory, playback_fifo=True, extra_pcms=fixed) as sandbox:
-        drainer = FifoDrainer(sandbox.playback_path, rate=NATIVE_RATE)
-        drainer.start()
-        try:
-            yield sandbox, drainer
-        finally:
-            drainer.stop()
+    with (
+        alsa_sandbox(directory, playback_fifo=True, extra_pcms=fixed) as sandbox,
+        FifoDrainer(sandbox.playback_path, rate=NATIVE_RATE) as drainer,
+    ):
+        yield sandbox, drainer
 
 
 def test_alsa_tells_the_rate_a_device_takes_without_converting(tmp_path: Path) -> None:

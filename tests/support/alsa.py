@@ -365,3 +365,11 @@ class FifoDrainer(threading.Thread):
         os.close(self._fd)
         if self.room is not None:
             self.room.close()  # nothing more will play: the microphone need not wait for it
+
+    def __enter__(self) -> FifoDrainer:
+        """Draining until the `with` ends."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
