@@ -56,6 +56,8 @@ _FEATURE_MODEL_STEMS = ("melspectrogram", "embedding_model")
 _FEATURE_CONTEXT_CHUNKS = 8
 # Raw samples before a chunk that its mel frames read (3 hops of 10 ms).
 _MEL_CONTEXT_SAMPLES = 480
+# What the melspectrogram model reads for one chunk: the chunk and that context.
+_MEL_INPUT_SAMPLES = CHUNK_SAMPLES + _MEL_CONTEXT_SAMPLES
 
 Int16Array = npt.NDArray[np.int16]
 
@@ -174,17 +176,17 @@ def _size_feature_models_for_one_chunk(features: Any, melspec_path: Path, embedd
     allocated for the one chunk at a time talkbox feeds. Its start runs them on 4 s of noise
     in one batch, which leaves their tensor arenas sized for that batch for good: 36 MiB of
     the daemon's resident memory, against about 8 for interpreters sized for a chunk. The
-    models, and so every score, are the same (tests/unit/test_wake.py)."""
+    models, and so every score, are the same (tests/integration/test_wake.py)."""
     import tflite_runtime.interpreter as tflite
 
     melspec = tflite.Interpreter(model_path=str(melspec_path), num_threads=1)
-    melspec.resize_tensor_input(0, [1, CHUNK_SAMPLES + _MEL_CONTEXT_SAMPLES], strict=True)
+    melspec.resize_tensor_input(0, [1, _MEL_INPUT_SAMPLES], strict=True)
     melspec.allocate_tensors()
     embedding = tflite.Interpreter(model_path=str(embedding_path), num_threads=1)
     embedding.allocate_tensors()  # one window of mel frames: the model's own input shape
     # openWakeWord's predict functions look these attributes up on every call.
     features.melspec_model = melspec
-    features._tflite_current_melspec_input_size = CHUNK_SAMPLES + _MEL_CONTEXT_SAMPLES
+    features._tflite_current_melspec_input_size = _MEL_INPUT_SAMPLES
     features.embedding_model = embedding
     features._tflite_current_embedding_batch_size = 1
 
@@ -236,7 +238,7 @@ class WakeWordDetector:
         # just those saves about a third of its CPU and changes no score (tested).
         features = self._model.preprocessor
         features.raw_data_buffer = deque(
-            features.raw_data_buffer, maxlen=CHUNK_SAMPLES + _MEL_CONTEXT_SAMPLES
+            features.raw_data_buffer, maxlen=_MEL_INPUT_SAMPLES
         )
         _size_feature_models_for_one_chunk(features, melspec_path, embedding_path)
         self.model_names = names
