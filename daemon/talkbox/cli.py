@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     echo_test.set_defaults(handler=_echo_test)
 
     ctl = command("ctl", "control the running daemon")
-    ctl.add_argument("action", choices=["status", "mute", "unmute", "wake", "stop"])
+    ctl.add_argument("action", choices=["status", "mute", "unmute", "wake", "stop", "timers"])
     ctl.add_argument("--socket", help="control socket (default: [control] socket of the config)")
     ctl.set_defaults(handler=_ctl)
     return parser

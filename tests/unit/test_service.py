@@ -121,6 +121,8 @@ async def test_control_before_the_devices_come_reports_waits_and_holds_mute(
         "muted": False,
         "conversations": 0,
         "last_error": "none",
+        "ringing": False,
+        "next_timer": "none",
     }
     assert wake == {"ok": False, "error": f"talkbox is not ready: {status['status']}"}
     assert stop == {"ok": True, "state": "starting"}

@@ -14,6 +14,8 @@ import pytest
 from talkbox.config import ToolsConfig
 from talkbox.config.loading import parse_config
 from talkbox.errors import ConfigError
+from talkbox.tools.alarms import DECLARATIONS as TIMER_DECLARATIONS
+from talkbox.tools.alarms import AlarmStore, AlarmTools
 from talkbox.tools.builtin import CURRENT_TIME, END_CONVERSATION, LocalTool, current_time, toolbox
 from talkbox.tools.runner import ToolRunner
 
@@ -90,10 +92,13 @@ def test_current_time_is_the_local_time_date_and_zone() -> None:
 
 
 def test_the_config_switches_each_tool_on_and_off() -> None:
-    everything = toolbox(ToolsConfig())
-    assert everything.declarations == (END_CONVERSATION, CURRENT_TIME)
-    assert set(everything.local) == {CURRENT_TIME.name}, "goodbye is the core's, not run here"
-    nothing = toolbox(ToolsConfig(end_conversation=False, time=False))
+    store = AlarmTools(AlarmStore(None))
+    everything = toolbox(ToolsConfig(), store)
+    assert everything.declarations == (END_CONVERSATION, CURRENT_TIME, *TIMER_DECLARATIONS)
+    assert set(everything.local) == {CURRENT_TIME.name} | {d.name for d in TIMER_DECLARATIONS}, (
+        "goodbye is the core's, not run here")
+    assert set(toolbox(ToolsConfig()).local) == {CURRENT_TIME.name}, "timers need the store"
+    nothing = toolbox(ToolsConfig(end_conversation=False, time=False, timers=False), store)
     assert nothing.declarations == () and not nothing.local
 
 

@@ -1,7 +1,9 @@
-"""The three chimes the speaker uses to talk without words, generated with numpy.
+"""The chimes the speaker uses to talk without words, generated with numpy.
 
 This module owns their sound: `wake` (rising two-tone: "I'm listening"), `done` (the same
-two tones falling: "going back to sleep"), and `error` (a low double buzz: "that failed").
+two tones falling: "going back to sleep"), `error` (a low double buzz: "that failed"),
+`working` (two soft ticks: a tool takes a while) and `alarm` (four bright beeps: a timer or
+alarm is due).
 Each note is shaped by a raised-cosine attack and release so no chime starts, ends or joins
 with a click, and the whole chime is scaled so its peak is `volume` of full scale.
 Pure: same arguments, same bytes; nothing is read from disk.
@@ -33,12 +35,17 @@ class Note:
 
 # A bright, soft timbre for the friendly chimes; odd harmonics make the error note buzz.
 _BUZZ = ((1, 1.0), (3, 0.35), (5, 0.15))
+_BEEP = ((1, 1.0), (3, 0.2))
 CHIME_NOTES: dict[ChimeKind, tuple[Note, ...]] = {
     "wake": (Note(659.25, 0.09, 0.01), Note(987.77, 0.14)),  # E5 then B5
     "done": (Note(987.77, 0.09, 0.01), Note(659.25, 0.14)),  # B5 then E5
     "error": (Note(220.0, 0.12, 0.06, _BUZZ), Note(220.0, 0.12, 0.0, _BUZZ)),  # A3, twice
     # A tool is taking a while: two soft, low ticks, unlike the wake and done chimes.
     "working": (Note(523.25, 0.05, 0.12), Note(523.25, 0.05)),  # C5, twice
+    # A timer or alarm is due: four quick, bright beeps, as an alarm clock; the machine
+    # repeats it until the ring is stopped. Higher than every other chime, and with odd
+    # harmonics it cuts through a room.
+    "alarm": (Note(1046.5, 0.09, 0.06, _BEEP),) * 3 + (Note(1046.5, 0.09, 0.0, _BEEP),),  # C6
 }
 
 

@@ -455,6 +455,8 @@ class ToolsConfig(_Section):
     end_conversation: bool = True
     time: bool = True
     timeout_seconds: Annotated[float, _between(1, 120)] = 10.0
+    timers: bool = True
+    alarm_ring_seconds: Annotated[float, _between(5, 1800)] = 180.0
 
 
 class LogConfig(_Section):

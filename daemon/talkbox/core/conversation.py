@@ -20,6 +20,11 @@ A response may call functions: each call is run by the shell (`RunTool`, its res
 as `ToolFinished`), and once the response is done and every result has been sent the machine
 asks for the answer; the state stays RESPONDING meanwhile. `end_conversation` is not run but
 decided here: the conversation ends once the farewell has played.
+
+Timers and alarms (`alarms.py`) are decided here too: the shell tells the machine what is
+pending (`AlarmsChanged`) and the wall-clock time (`AlarmClockTick`, at the moment the machine
+asked for with `ArmAlarmCheck`); the machine rings those due and has them removed
+(`RemoveAlarms`). `_ring` says what a ring does to a conversation and how it stops.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from typing import Literal, assert_never
 
 from talkbox.audio_format import BYTES_PER_SAMPLE, REALTIME_RATE
+from talkbox.core.alarms import Alarm, due_now, seconds_until_check
 from talkbox.core.events import (
     AppendAudio,
     AudioCleared,
@@ -68,6 +74,9 @@ from talkbox.core.failures import (
 )
 from talkbox.core.inputs import (
     Action,
+    AlarmClockTick,
+    AlarmsChanged,
+    ArmAlarmCheck,
     CancelTimer,
     ChimeKind,
     CloseConnection,
@@ -87,6 +96,7 @@ from talkbox.core.inputs import (
     PlayAudio,
     PlaybackDrained,
     PlayChime,
+    RemoveAlarms,
     RunTool,
     Send,
     ServerEventReceived,
@@ -122,6 +132,15 @@ TIMER_FOLLOW_UP = "follow_up"
 TIMER_MAX_CONVERSATION = "max_conversation"
 TIMER_RESPONSE = "response"
 TIMER_TOOL = "tool"
+# While a timer or alarm rings: the chime again every ALARM_REPEAT_SECONDS, until the ring's
+# bound. A conversation's end leaves both running.
+TIMER_ALARM_REPEAT = "alarm_repeat"
+TIMER_ALARM_RING = "alarm_ring"
+ALARM_TIMERS = (TIMER_ALARM_REPEAT, TIMER_ALARM_RING)
+ALARM_REPEAT_SECONDS = 1.5
+# One missed while talkbox was off rings this long at most: it tells whoever is there that
+# something was missed, without a full ring for a moment long gone.
+MISSED_RING_SECONDS = 30.0
 
 # The one function the device does not run: the model calls it when the person says goodbye,
 # and the conversation ends once the farewell has played (the tool adapters declare it).
@@ -156,6 +175,8 @@ class MachineConfig:
     min_command_ms: int = 250
     sample_rate: int = REALTIME_RATE
     max_reply_seconds: float = MAX_REPLY_SECONDS
+    # A ringing timer or alarm stops by itself after this long ([tools] alarm_ring_seconds).
+    alarm_ring_seconds: float = 180.0
 
 
 @dataclass(slots=True)
@@ -180,6 +201,11 @@ class ConversationMachine:
         self._now = 0.0  # the time of the input being handled
         self._timer_tokens: dict[str, int] = {}
         self._next_token = 0
+        # Timers and alarms pending (as the shell last said), those already rung or reported
+        # whose removal from the file is not confirmed yet, and whether one rings now.
+        self.alarms: tuple[Alarm, ...] = ()
+        self.rung_alarms: set[str] = set()
+        self.ringing = False
         self._reset_conversation()
         self.in_segment = False  # the mic gate is inside a speech segment
         self._wake_enabled_said = self.wake_enabled
@@ -255,7 +281,8 @@ class ConversationMachine:
         return not self.muted and (self.state is State.IDLE or barge_in_by_wake)
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.state, self.muted, self.conversations_ended, self.last_error)
+        return Snapshot(self.state, self.muted, self.conversations_ended, self.last_error,
+                        self.ringing)
 
     # --- entry point --------------------------------------------------------------------------
 
@@ -288,6 +315,8 @@ class ConversationMachine:
             case TimerFired():
                 self._on_timer(event, now, out)
             case StopRequested():
+                if event.stop_ringing:
+                    self._stop_ringing(event.reason, out)
                 if self.state is not State.IDLE:
                     self._end(out, reason=event.reason, interrupt=True)
             case MuteChanged():
@@ -301,6 +330,13 @@ class ConversationMachine:
             case ToolFinished():
                 if event.conversation == self.conversation and self.session_ready:
                     self._on_tool_finished(event, out)
+            case AlarmsChanged():
+                # Forget the rung ones once the file no longer holds them.
+                self.rung_alarms &= {alarm.id for alarm in event.alarms}
+                self.alarms = tuple(a for a in event.alarms if a.id not in self.rung_alarms)
+                self._check_alarms(event.wall_now, out, at_start=event.at_start)
+            case AlarmClockTick():
+                self._check_alarms(event.wall_now, out)
             case _:
                 assert_never(event)
         self._say_wake_enabled(out)
@@ -327,6 +363,10 @@ class ConversationMachine:
     # --- microphone ---------------------------------------------------------------------------
 
     def _on_wake(self, event: WakeWord, now: float, out: list[Action]) -> None:
+        if self.ringing:
+            # The wake word only silences the ring; the next one opens a conversation.
+            self._stop_ringing("wake word", out)
+            return
         if self.state is State.IDLE:
             wait = self.backoff.remaining(now)
             if wait > 0:
@@ -796,6 +836,14 @@ class ConversationMachine:
         if self._timer_tokens.get(event.name) != event.token:
             return  # cancelled or restarted since
         del self._timer_tokens[event.name]
+        if event.name == TIMER_ALARM_REPEAT:
+            if self.ringing:
+                self._chime("alarm", out)
+                self._start_timer(TIMER_ALARM_REPEAT, ALARM_REPEAT_SECONDS, out)
+            return
+        if event.name == TIMER_ALARM_RING:
+            self._stop_ringing("it rang for its time", out)
+            return
         if self.state is State.IDLE:
             return
         if event.name == TIMER_FOLLOW_UP:
@@ -844,7 +892,8 @@ class ConversationMachine:
         if failure is not None or interrupt:
             out.append(FlushPlayback())
         for name in list(self._timer_tokens):
-            self._cancel_timer(name, out)
+            if name not in ALARM_TIMERS:
+                self._cancel_timer(name, out)
         out.append(CloseConnection(self.conversation))
         self._chime("error" if failure is not None else "done", out)
         # The error itself is logged once, from ConversationEnded; the state line stays short.
@@ -860,6 +909,64 @@ class ConversationMachine:
         self._reset_conversation()
         # A reload waited for this conversation to end; its outcome above was of the old settings.
         self._apply_pending_config(out)
+
+    # --- timers and alarms ---------------------------------------------------------------------
+
+    def _check_alarms(self, wall_now: float, out: list[Action], *, at_start: bool = False
+                      ) -> None:
+        """Ring those due at `wall_now` (all at once: one ring), have them removed, and ask
+        to be told the time again when the next is due."""
+        due = due_now(self.alarms, wall_now)
+        if due.all:
+            # At start every one due came due while talkbox was not running.
+            on_time, missed = ((), due.on_time + due.missed) if at_start else (
+                due.on_time, due.missed)
+            how = "while talkbox was off" if at_start else "(the clock jumped past it)"
+            for alarm in on_time:
+                out.append(Notice("info", f"{alarm.name} rings (due at {alarm.clock_time})"))
+            for alarm in missed:
+                out.append(Notice("warning", f"{alarm.name} due at {alarm.clock_time} was "
+                                             f"missed {how}"))
+            for alarm in due.too_old:
+                out.append(Notice("warning", f"{alarm.name} due at {alarm.due_local} was "
+                                             f"missed {how}, more than 12 hours ago: not rung"))
+            ids = tuple(alarm.id for alarm in due.all)
+            self.rung_alarms.update(ids)
+            self.alarms = tuple(a for a in self.alarms if a.id not in self.rung_alarms)
+            out.append(RemoveAlarms(ids))
+            if on_time:
+                self._ring(self.config.alarm_ring_seconds, out)
+            elif missed:
+                self._ring(min(MISSED_RING_SECONDS, self.config.alarm_ring_seconds), out)
+        out.append(ArmAlarmCheck(seconds_until_check(self.alarms, wall_now)))
+
+    def _ring(self, seconds: float, out: list[Action]) -> None:
+        """Ring for at most `seconds` (more come due meanwhile: the ring goes on, its bound
+        starts again).
+
+        A conversation is ended first (as by `talkbox ctl stop`: its answer is cut, the done
+        chime plays): an owner set a timer or alarm to be interrupted by it, and a pasta timer
+        that waits for the end of a story is a burnt pasta. Ringing over the answer would mix
+        the two, and the wake word would have to mean both "stop ringing" and "I interrupt
+        you". So the ring always sounds with the device idle, and the wake word, `talkbox
+        ctl stop` and the bound are its three ends, the same in every case.
+        """
+        if self.state is not State.IDLE:
+            self._end(out, reason="a timer or alarm rings", interrupt=True)
+        if not self.ringing:
+            self.ringing = True
+            self._chime("alarm", out)
+            self._start_timer(TIMER_ALARM_REPEAT, ALARM_REPEAT_SECONDS, out)
+        self._start_timer(TIMER_ALARM_RING, seconds, out)
+
+    def _stop_ringing(self, reason: str, out: list[Action]) -> None:
+        if not self.ringing:
+            return
+        self.ringing = False
+        for name in ALARM_TIMERS:
+            self._cancel_timer(name, out)
+        out.append(FlushPlayback())  # the chime stops now, not at its end
+        out.append(Notice("info", f"ringing stopped: {reason}"))
 
     # --- helpers ------------------------------------------------------------------------------
 

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
+from talkbox.core.alarms import Alarm
 from talkbox.core.events import ClientEvent, ServerEvent, Usage
 from talkbox.core.failures import Failure
 
 if TYPE_CHECKING:
     from talkbox.core.conversation import MachineConfig
 
-ChimeKind = Literal["wake", "done", "error", "working"]
+ChimeKind = Literal["wake", "done", "error", "working", "alarm"]
 
 
 class State(Enum):
@@ -91,9 +92,11 @@ class TimerFired:
 
 @dataclass(frozen=True)
 class StopRequested:
-    """`talkbox ctl stop`, mute, shutdown or reload: end any conversation now, politely."""
+    """`talkbox ctl stop`, mute, shutdown or reload: end any conversation now, politely;
+    and a ringing timer or alarm, unless `stop_ringing` is false (a failed microphone)."""
 
     reason: str = "stop"
+    stop_ringing: bool = True
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,24 @@ class ToolFinished:
     output: str
 
 
+@dataclass(frozen=True)
+class AlarmsChanged:
+    """The timers and alarms pending, as kept (loaded at start, or after a change), and the
+    wall-clock time (epoch seconds) when they were read. At start, one already due was
+    missed while talkbox was off."""
+
+    alarms: tuple[Alarm, ...]
+    wall_now: float
+    at_start: bool = False
+
+
+@dataclass(frozen=True)
+class AlarmClockTick:
+    """The shell's one alarm timer fired (see ArmAlarmCheck): the wall-clock time now."""
+
+    wall_now: float
+
+
 Input = (
     WakeWord
     | MicSpeechStarted
@@ -132,6 +153,8 @@ Input = (
     | MuteChanged
     | ConfigChanged
     | ToolFinished
+    | AlarmsChanged
+    | AlarmClockTick
 )
 
 
@@ -256,6 +279,21 @@ class TurnFinished:
     status: str
 
 
+@dataclass(frozen=True)
+class ArmAlarmCheck:
+    """Post AlarmClockTick after `seconds` (replacing the one armed before); None: none is
+    pending, disarm it."""
+
+    seconds: float | None
+
+
+@dataclass(frozen=True)
+class RemoveAlarms:
+    """These came due (rung or reported): take them out of the kept file."""
+
+    ids: tuple[str, ...]
+
+
 Action = (
     OpenConnection
     | CloseConnection
@@ -275,6 +313,8 @@ Action = (
     | SetWakeEnabled
     | ConfigApplied
     | Notice
+    | ArmAlarmCheck
+    | RemoveAlarms
 )
 
 
@@ -286,3 +326,4 @@ class Snapshot:
     muted: bool
     conversations: int  # ended since start
     last_error: str  # "" when none yet
+    ringing: bool = False  # a timer or alarm is ringing

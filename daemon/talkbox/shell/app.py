@@ -44,6 +44,9 @@ from talkbox.core.conversation import ConversationMachine, MachineConfig
 from talkbox.core.events import ClientEvent, ServerEvent
 from talkbox.core.inputs import (
     Action,
+    AlarmClockTick,
+    AlarmsChanged,
+    ArmAlarmCheck,
     CancelTimer,
     ChimeKind,
     CloseConnection,
@@ -63,6 +66,7 @@ from talkbox.core.inputs import (
     PlayAudio,
     PlaybackDrained,
     PlayChime,
+    RemoveAlarms,
     RunTool,
     Send,
     ServerEventReceived,
@@ -82,6 +86,7 @@ from talkbox.core.inputs import (
 )
 from talkbox.errors import AudioDeviceError, ConnectionDropped, RealtimeError
 from talkbox.realtime.connection import failure_of
+from talkbox.tools.alarms import AlarmStore, AlarmTools
 from talkbox.tools.builtin import toolbox
 from talkbox.tools.runner import ToolRunner
 
@@ -138,6 +143,7 @@ def machine_config(cfg: Config) -> MachineConfig:
         barge_in=cfg.conversation.barge_in,
         follow_up_seconds=cfg.conversation.follow_up_seconds,
         max_conversation_seconds=cfg.conversation.max_conversation_seconds,
+        alarm_ring_seconds=cfg.tools.alarm_ring_seconds,
         silence_duration_ms=cfg.turn.silence_duration_ms,
         sample_rate=REALTIME_RATE,
     )
@@ -202,16 +208,16 @@ def front_end_builder(reference: SpeakerReference) -> Callable[[Config], FrontEn
 
 def make_chimes(cfg: Config) -> dict[str, bytes]:
     """The chimes at the replies' rate (the speaker converts both alike); none at all with
-    [audio] chimes = false."""
-    if not cfg.audio.chimes:
-        return {}
+    [audio] chimes = false but the alarm's (a timer must ring)."""
     volume = cfg.audio.volume
+    if not cfg.audio.chimes:
+        return {"alarm": chime("alarm", REALTIME_RATE, volume)}
     return {kind: chime(kind, REALTIME_RATE, volume) for kind in get_args(ChimeKind)}
 
 
-def tool_runner(cfg: Config) -> ToolRunner:
+def tool_runner(cfg: Config, alarms: AlarmTools | None = None) -> ToolRunner:
     """Runs the tools [tools] switches on (the session offers the same: `toolbox`)."""
-    return ToolRunner(toolbox(cfg.tools).local, cfg.tools.timeout_seconds)
+    return ToolRunner(toolbox(cfg.tools, alarms).local, cfg.tools.timeout_seconds)
 
 
 class Daemon:
@@ -232,6 +238,8 @@ class Daemon:
         on_state: Callable[[State, str], None] | None = None,
         on_speaker_error: Callable[[AudioDeviceError], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        alarm_store: AlarmStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
         self._make_opener = open_session
@@ -242,7 +250,12 @@ class Daemon:
         self._on_speaker_error = on_speaker_error
         self._clock = clock
         self.chimes = make_chimes(cfg)
-        self.tools = tool_runner(cfg)
+        # Timers and alarms: kept by the store (a file under StateDirectory=, or memory).
+        self.alarms = alarm_store if alarm_store is not None else AlarmStore(None)
+        self._alarm_tools = AlarmTools(self.alarms)
+        self._wall_clock = wall_clock
+        self._alarm_check: asyncio.TimerHandle | None = None
+        self.tools = tool_runner(cfg, self._alarm_tools)
         self._running_tools: set[asyncio.Task[None]] = set()
         self.machine = ConversationMachine(machine_config(cfg))
         self._connection: _Connection | None = None
@@ -304,8 +317,13 @@ class Daemon:
     def on_playback_drained(self) -> None:
         self.step(PlaybackDrained(self.speaker.played_samples))
 
-    def stop_conversation(self, reason: str) -> None:
-        self.step(StopRequested(reason))
+    def stop_conversation(self, reason: str, *, stop_ringing: bool = True) -> None:
+        self.step(StopRequested(reason, stop_ringing))
+
+    def start_alarms(self) -> None:
+        """Read the kept timers and alarms (once, at start): those due ring now."""
+        pending = self.alarms.load()
+        self.step(AlarmsChanged(pending, self._wall_clock(), at_start=True))
 
     def set_muted(self, muted: bool) -> None:
         self.step(MuteChanged(muted))
@@ -332,9 +350,7 @@ class Daemon:
                 ):
                     self._connection.outgoing.put_nowait(action.event)
             case RunTool():
-                task = asyncio.create_task(self._run_tool(action))
-                self._running_tools.add(task)
-                task.add_done_callback(self._running_tools.discard)
+                self._spawn_task(self._run_tool(action))
             case PlayAudio():
                 self.speaker.write(action.pcm)
             case FlushPlayback():
@@ -378,14 +394,39 @@ class Daemon:
                 self._apply_pending_config()
             case Notice():
                 log.log(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
+            case ArmAlarmCheck():
+                self._arm_alarm_check(action.seconds)
+            case RemoveAlarms():
+                self._spawn_task(self._remove_alarms(action.ids))
             case _:
                 assert_never(action)
 
+    def _spawn_task(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._running_tools.add(task)
+        task.add_done_callback(self._running_tools.discard)
+
     async def _run_tool(self, call: RunTool) -> None:
         started = self._clock()
+        alarms_before = self.alarms.pending()
         output = await self.tools.run(call.name, call.arguments)
         log.info("tool %s answered in %.0f ms", call.name, (self._clock() - started) * 1000)
+        if self.alarms.pending() is not alarms_before:  # set or cancelled one
+            self.step(AlarmsChanged(self.alarms.pending(), self._wall_clock()))
         self.step(ToolFinished(call.conversation, call.call_id, output))
+
+    async def _remove_alarms(self, ids: tuple[str, ...]) -> None:
+        await asyncio.to_thread(self.alarms.remove, ids)  # a file written and fsync'ed
+        self.step(AlarmsChanged(self.alarms.pending(), self._wall_clock()))
+
+    def _arm_alarm_check(self, seconds: float | None) -> None:
+        """The one loop timer for timers and alarms: none while none is pending."""
+        if self._alarm_check is not None:
+            self._alarm_check.cancel()
+            self._alarm_check = None
+        if seconds is not None:
+            self._alarm_check = asyncio.get_running_loop().call_later(
+                seconds, lambda: self.step(AlarmClockTick(self._wall_clock())))
 
     def _play_chime(self, kind: str) -> None:
         pcm = self.chimes.get(kind)
@@ -519,7 +560,7 @@ class Daemon:
         self.cfg = cfg
         self._open_session = self._make_opener(cfg)
         self.chimes = make_chimes(cfg)
-        self.tools = tool_runner(cfg)
+        self.tools = tool_runner(cfg, self._alarm_tools)
         if front_end_settings(old) != front_end_settings(cfg):
             self.front_end = front_end or build_front_end(cfg)
         if (old.audio.input_device, old.audio.output_device, old.audio.output_rate) != (
@@ -538,6 +579,7 @@ class Daemon:
             task.cancel()  # their results would go to no conversation
         for name in list(self._timers):
             self._cancel_timer(name)
+        self._arm_alarm_check(None)
         pending = list(self._closing)
         if self._connection is not None and self._connection.task is not None:
             pending.append(self._connection.task)

@@ -37,6 +37,7 @@ from talkbox.audio.frontend import FrontEnd
 from talkbox.audio.playback import Playback
 from talkbox.audio_format import CAPTURE_PERIOD_MS, REALTIME_RATE
 from talkbox.config import Config, load_config
+from talkbox.core.alarms import describe_due
 from talkbox.core.inputs import State
 from talkbox.core.retry import Backoff, is_retryable
 from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxError
@@ -56,6 +57,7 @@ from talkbox.shell.hooks import StateHook, hook_program_warning
 from talkbox.shell.loop_lag import LoopLagProbe
 from talkbox.shell.startup_signals import StartupSignals
 from talkbox.shell.systemd import Notifier, WatchdogGate, setup_logging
+from talkbox.tools.alarms import ALARMS_FILE, AlarmStore, local_now, state_directory_file
 from talkbox.tools.builtin import toolbox
 
 log = logging.getLogger("talkbox")
@@ -301,6 +303,7 @@ class Service:
             front_end=front_end,
             on_state=self._state_changed,
             on_speaker_error=self._speaker_failed,
+            alarm_store=AlarmStore(state_directory_file(ALARMS_FILE)),
         )
         if self.muted_at_start:
             self.daemon.set_muted(True)
@@ -328,6 +331,7 @@ class Service:
         self.notifier.ready()
         self._state_changed(State.IDLE, "ready")
         log.info("talkbox ready: %s", self._describe_service())
+        daemon.start_alarms()  # after READY: those missed meanwhile ring on open devices
         await self.stopping.wait()
 
         log.info("stopping")
@@ -424,7 +428,8 @@ class Service:
                 self.capture.check_health()
             except AudioDeviceError as error:
                 # The watchdog is withheld meanwhile: systemd sees a daemon without ears.
-                self.daemon.stop_conversation("microphone failed")
+                # A ringing alarm goes on: it needs no microphone.
+                self.daemon.stop_conversation("microphone failed", stop_ringing=False)
                 if self.capture is not None:
                     self.capture.stop()
                     self.capture = None
@@ -579,7 +584,11 @@ class Service:
                 "uptime_seconds": round(time.monotonic() - self.started_monotonic),
                 "conversations": 0 if snapshot is None else snapshot.conversations,
                 "last_error": (snapshot.last_error if snapshot else "") or "none",
+                "ringing": bool(snapshot and snapshot.ringing),
+                "next_timer": self._timers_text(first_only=True),
             }
+        if command == "timers":
+            return {"ok": True, "timers": self._timers_text()}
         if command in ("mute", "unmute"):
             muted = command == "mute"
             if daemon is None:
@@ -602,6 +611,14 @@ class Service:
             daemon.stop_conversation("talkbox ctl stop")
             return {"ok": True, "state": daemon.snapshot().state.value}
         return {"ok": False, "error": f"unknown command {safe_line(command)!r}"}
+
+    def _timers_text(self, *, first_only: bool = False) -> str:
+        """The pending timers and alarms in words, soonest first ("none" if none)."""
+        pending = () if self.daemon is None else self.daemon.alarms.pending()
+        ordered = sorted(pending, key=lambda alarm: alarm.due)[: 1 if first_only else None]
+        now = local_now()
+        return "; ".join(f"{a.name} (id {a.id}) rings {describe_due(a, now)}"
+                         for a in ordered) or "none"
 
     def _mute_path(self) -> Path | None:
         state_dir = os.environ.get("STATE_DIRECTORY", "")

@@ -16,6 +16,8 @@ from typing import Any
 from talkbox.config import ToolsConfig
 from talkbox.core.conversation import END_CONVERSATION_TOOL
 from talkbox.core.events import ToolDeclaration
+from talkbox.tools.alarms import DECLARATIONS as TIMER_DECLARATIONS
+from talkbox.tools.alarms import AlarmTools
 
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
@@ -69,7 +71,9 @@ class Toolbox:
     local: Mapping[str, LocalTool]
 
 
-def toolbox(cfg: ToolsConfig) -> Toolbox:
+def toolbox(cfg: ToolsConfig, alarms: AlarmTools | None = None) -> Toolbox:
+    """The tools `cfg` switches on; the timer tools run only with `alarms` (the daemon's
+    store), though they are declared either way."""
     declarations: list[ToolDeclaration] = []
     local: dict[str, LocalTool] = {}
     if cfg.end_conversation:
@@ -77,4 +81,10 @@ def toolbox(cfg: ToolsConfig) -> Toolbox:
     if cfg.time:
         declarations.append(CURRENT_TIME)
         local[CURRENT_TIME.name] = LocalTool(CURRENT_TIME, lambda _arguments: current_time())
+    if cfg.timers:
+        declarations.extend(TIMER_DECLARATIONS)
+        if alarms is not None:
+            runs = (alarms.set_timer, alarms.set_alarm, alarms.list_timers, alarms.cancel_timer)
+            for declaration, run in zip(TIMER_DECLARATIONS, runs, strict=True):
+                local[declaration.name] = LocalTool(declaration, run)
     return Toolbox(tuple(declarations), local)
