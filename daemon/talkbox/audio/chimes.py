@@ -45,7 +45,7 @@ CHIME_NOTES: dict[ChimeKind, tuple[Note, ...]] = {
     # A timer or alarm is due: four quick, bright beeps, as an alarm clock; the machine
     # repeats it until the ring is stopped. Higher than every other chime, and with odd
     # harmonics it cuts through a room.
-    "alarm": (Note(1046.5, 0.09, 0.06, _BEEP),) * 3 + (Note(1046.5, 0.09, 0.0, _BEEP),),  # C6
+    "alarm": (Note(1046.5, 0.1, 0.06, _BEEP),) * 3 + (Note(1046.5, 0.1, 0.0, _BEEP),),  # C6
 }
 
 
