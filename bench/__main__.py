@@ -162,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"whole process idle CPU beside always-on openWakeWord ({plan.process_idle_seconds:g} s "
         "a scene)")
     idle = process_idle(plan.process_idle_seconds)
-    quiet, speech = (next(s for s in idle["scenes"] if s["scene"] == key)
-                     for key in ("quiet", "speech"))
-    log(f"  quiet room {_process_idle_note(quiet)}, speech {_process_idle_note(speech)}")
+    quiet, speech, alarm = (next(s for s in idle["scenes"] if s["scene"] == key)
+                            for key in ("quiet", "speech", "alarm"))
+    log(f"  quiet room {_process_idle_note(quiet)}, speech {_process_idle_note(speech)}, "
+        f"timer pending {_process_idle_note(alarm)}")
     log("openWakeWord alone: resident memory")
     openwakeword_rss = openwakeword_alone_rss_mb(plan.openwakeword_processes)
     log("speaker harness calibration")
@@ -214,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                f"{_process_idle_note(quiet)}"),
         single("process_idle_speech_ratio", idle["process_idle_speech_ratio"], "ratio",
                f"same, continuous speech without the wake word: {_process_idle_note(speech)}"),
+        single("process_idle_alarm_ratio", idle["process_idle_alarm_ratio"], "ratio",
+               f"same, quiet room with a timer pending 6 h away: {_process_idle_note(alarm)}; "
+               f"x{idle['process_idle_alarm_vs_quiet']:.2f} the quiet room's"),
         repeated("rss_mb", startups.rss_mb, "MiB", "talkbox run, idle after start"),
         repeated("rss_mb_openwakeword_alone", openwakeword_rss, "MiB",
                  "python + openwakeword + hey_jarvis, idle"),

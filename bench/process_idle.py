@@ -11,10 +11,15 @@ PyAudio reads, `predict` on every 80 ms chunk, no voice activity gate) on a card
 Both microphones are FIFOs fed the same audio in real time, one 40 ms period at a time (the
 daemon's capture buffer, at 16 kHz), so whatever else loads the machine falls on both alike.
 
-Two scenes, each measured for `--seconds` (30) after `--warm-up` (5) seconds of feeding:
+Three scenes, each measured for `--seconds` (30) after `--warm-up` (5) seconds of feeding
+(`--scenes quiet,alarm` runs only those):
 - a quiet room: low rumble (pink noise below 150 Hz) at -60 dBFS;
 - continuous speech without the wake word (espeak-ng, four voices, short pauses, over quiet
-  noise), the speech `bench.frontend_cpu` uses.
+  noise), the speech `bench.frontend_cpu` uses;
+- the quiet room with a timer pending 6 hours away in the daemon's state directory (issue 15:
+  idle CPU unchanged). Every scene's daemon has a state directory; only this one's holds a
+  timer, so the difference from the quiet room is the pending timer alone: one timer on the
+  event loop, woken once a minute to re-read the wall clock.
 The daemon's log must show no wake word, no state change and no error.
 
 Per process: CPU seconds per second of wall time (CPU-s/s) from /proc/PID/stat. Per thread:
@@ -31,6 +36,7 @@ Prints a table and writes bench/results/process_idle.json; `process_idle_quiet_r
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
@@ -63,6 +69,8 @@ from support.room import rms_dbfs
 from support.speech import Pcm, ordinary_speech_stretch, pink_noise, sox_effects
 from talkbox.audio.front_end_thread import THREAD_NAME
 from talkbox.audio.wake import available_models
+from talkbox.core.alarms import new_timer
+from talkbox.tools.alarms import ALARMS_FILE, AlarmStore
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS = REPOSITORY / "bench" / "results" / "process_idle.json"
@@ -71,7 +79,9 @@ WARM_UP_SECONDS = 5.0
 QUIET_ROOM_DBFS = -60.0
 RUMBLE_BELOW_HZ = 150
 WAIT_SAMPLE_INTERVAL_S = 0.25
-GOALS = {"quiet": 0.15, "speech": 1.0}  # talkbox run / always-on openWakeWord (issue 14)
+# talkbox run / always-on openWakeWord (issue 14; the pending alarm: issue 15).
+GOALS = {"quiet": 0.15, "speech": 1.0, "alarm": 0.15}
+ALARM_PENDING_HOURS = 6.0
 MODEL = "hey_jarvis"
 # In the daemon's log: it did not stay idle (a wake word, a state change), or the run was
 # disturbed (an error, such as a microphone reopened).
@@ -88,9 +98,10 @@ POOL_THREAD = "pool or worker thread (waits on a futex)"
 
 @dataclass(frozen=True)
 class Scene:
-    key: str  # "quiet" or "speech": the figure is process_idle_<key>_ratio
+    key: str  # "quiet", "speech" or "alarm": the figure is process_idle_<key>_ratio
     description: str
     audio: Pcm
+    pending_alarm: bool = False
 
 
 def quiet_room(seconds: float) -> Pcm:
@@ -102,12 +113,28 @@ def quiet_room(seconds: float) -> Pcm:
     return quiet
 
 
-def scenes(seconds: float) -> list[Scene]:
-    return [
-        Scene("quiet", f"quiet room (rumble, {QUIET_ROOM_DBFS:.0f} dBFS)", quiet_room(seconds)),
-        Scene("speech", "continuous speech, no wake word",
-              ordinary_speech_stretch(MIC_RATE, seconds, pauses=(0.3, 0.5, 0.4))),
-    ]
+def scenes(seconds: float, keys: tuple[str, ...] = tuple(GOALS)) -> list[Scene]:
+    made = {
+        "quiet": lambda: Scene("quiet", f"quiet room (rumble, {QUIET_ROOM_DBFS:.0f} dBFS)",
+                               quiet_room(seconds)),
+        "speech": lambda: Scene("speech", "continuous speech, no wake word",
+                                ordinary_speech_stretch(MIC_RATE, seconds,
+                                                        pauses=(0.3, 0.5, 0.4))),
+        "alarm": lambda: Scene("alarm", f"quiet room, a timer due in {ALARM_PENDING_HOURS:g} h",
+                               quiet_room(seconds), pending_alarm=True),
+    }
+    return [made[key]() for key in keys]
+
+
+def state_directory(directory: Path, pending_alarm: bool) -> dict[str, str]:
+    """The daemon's StateDirectory=, holding a timer ALARM_PENDING_HOURS away if asked (as
+    the daemon's own store writes it)."""
+    directory.mkdir()
+    if pending_alarm:
+        store = AlarmStore(directory / ALARMS_FILE)
+        now = dt.datetime.now().astimezone()
+        store.add(lambda pending: new_timer(ALARM_PENDING_HOURS * 3600, "bench", now, pending))
+    return {"STATE_DIRECTORY": str(directory)}
 
 
 # --- the two processes ------------------------------------------------------------------------
@@ -278,7 +305,8 @@ def measure_scene(scene: Scene, url_base: str, seconds: float, warm_up_seconds: 
     ):
         # The baseline first: the daemon reopens a microphone that is silent for 3 s.
         always_on_run.baseline.wait_ready()
-        with run_daemon(Path(tmp), config, api_key=API_KEY) as run:
+        state = state_directory(Path(tmp) / "state", scene.pending_alarm)
+        with run_daemon(Path(tmp), config, api_key=API_KEY, extra_env=state) as run:
             run.wait_ready(timeout=60)
             daemon = Watched(run.process.pid, DAEMON_MAIN, run.sandbox.capture_path,
                              run.sandbox.playback_path)
@@ -372,6 +400,13 @@ def threads_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def main_wakeups(report: dict[str, Any]) -> float:
+    """The daemon's main thread (the event loop, where the alarm timer lives): wake-ups/s."""
+    [main_thread] = [t for t in report["threads"] if t["tid"] == report["pid"]]
+    wakeups: float = main_thread["wakeups_per_second"]
+    return wakeups
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.process_idle",
                                      description=__doc__.split("\n\n")[0])
@@ -381,14 +416,19 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"seconds fed before measuring (default {WARM_UP_SECONDS:g})")
     parser.add_argument("--without-echo-canceller", action="store_true",
                         help="run the daemon with echo_cancellation = false")
+    parser.add_argument("--scenes", default=",".join(GOALS),
+                        help=f"which, comma-separated (default all: {','.join(GOALS)})")
     args = parser.parse_args(argv)
+    keys = tuple(key.strip() for key in args.scenes.split(",") if key.strip())
+    if not keys or set(keys) - set(GOALS):
+        parser.error(f"--scenes takes some of {', '.join(GOALS)}")
     echo_cancellation = not args.without_echo_canceller
 
     audio_seconds = args.warm_up + args.seconds + 2.0  # the feeders go on with silence after it
     _, service = start_service(lambda turn: b"", pace_factor=10.0)
     try:
         results = []
-        for scene in scenes(audio_seconds):
+        for scene in scenes(audio_seconds, keys):
             log(f"process idle CPU: {scene.description}, {args.seconds:g} s after "
                 f"{args.warm_up:g} s of warm-up (load average {os.getloadavg()[0]:.2f})")
             results.append(measure_scene(scene, service.url_base, args.seconds, args.warm_up,
@@ -408,9 +448,19 @@ def main(argv: list[str] | None = None) -> int:
     print(threads_table(results))
 
     by_scene = {result["scene"]: result for result in results}
-    report = {
-        "process_idle_quiet_ratio": by_scene["quiet"]["ratio"],
-        "process_idle_speech_ratio": by_scene["speech"]["ratio"],
+    report: dict[str, Any] = {
+        f"process_idle_{key}_ratio": result["ratio"] for key, result in by_scene.items()}
+    if "quiet" in by_scene and "alarm" in by_scene:
+        # The pending timer's own cost: the same quiet room, with and without it.
+        with_alarm, without = (by_scene[key]["daemon"] for key in ("alarm", "quiet"))
+        report["process_idle_alarm_vs_quiet"] = (with_alarm["cpu_per_second"]
+                                                 / without["cpu_per_second"])
+        factor = report["process_idle_alarm_vs_quiet"]
+        print(f"\nA timer pending {ALARM_PENDING_HOURS:g} h away: talkbox run "
+              f"{with_alarm['cpu_per_second']:.4f} CPU-s/s, without it "
+              f"{without['cpu_per_second']:.4f} CPU-s/s (x{factor:.2f}); main thread "
+              f"wake-ups/s {main_wakeups(with_alarm):.1f} and {main_wakeups(without):.1f}")
+    report.update({
         "goals": {f"process_idle_{key}_ratio": goal for key, goal in GOALS.items()},
         "seconds": args.seconds,
         "warm_up_seconds": args.warm_up,
@@ -421,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "machine": platform.machine(),
                     "cpus": os.cpu_count(), "python": platform.python_version()},
         "scenes": results,
-    }
+    })
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(REPOSITORY)}")

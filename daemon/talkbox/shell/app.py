@@ -321,9 +321,12 @@ class Daemon:
         self.step(StopRequested(reason, stop_ringing))
 
     def start_alarms(self) -> None:
-        """Read the kept timers and alarms (once, at start): those due ring now."""
+        """Read the kept timers and alarms (once, at start): those due ring now. With
+        [tools] timers = false they are read (a timer set after a reload must not write
+        over them) but not rung."""
         pending = self.alarms.load()
-        self.step(AlarmsChanged(pending, self._wall_clock(), at_start=True))
+        if self.cfg.tools.timers:
+            self.step(AlarmsChanged(pending, self._wall_clock(), at_start=True))
 
     def set_muted(self, muted: bool) -> None:
         self.step(MuteChanged(muted))
