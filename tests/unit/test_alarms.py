@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from support.machine_driver import Driver, of
+from talkbox.config.loading import parse_config
 from talkbox.core.alarms import (
     CLOCK_RECHECK_SECONDS,
     MAX_PENDING,
@@ -45,6 +46,7 @@ from talkbox.core.inputs import (
     StopRequested,
     WakeWord,
 )
+from talkbox.errors import ConfigError
 from talkbox.tools.alarms import AlarmStore, AlarmTools
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
@@ -290,3 +292,11 @@ def test_tool_answers_for_bad_values_lists_and_cancels(tmp_path: Path) -> None:
     cancelled = json.loads(tools.cancel_timer({"id": "", "label": "EGGS"}))
     assert cancelled == {"result": "cancelled timer 'eggs'", "cancelled": ["1"]}
     assert AlarmStore(tmp_path / "alarms.json").load() == ()
+
+
+def test_the_ring_time_out_of_range_names_the_key() -> None:
+    shorter = parse_config("[tools]\nalarm_ring_seconds = 60\n", "t.toml")
+    assert shorter.tools.alarm_ring_seconds == 60
+    with pytest.raises(ConfigError) as caught:
+        parse_config("[tools]\nalarm_ring_seconds = 2\n", "t.toml")
+    assert "tools.alarm_ring_seconds" in str(caught.value)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Literal, assert_never
 
 from talkbox.audio_format import BYTES_PER_SAMPLE, REALTIME_RATE
-from talkbox.core.alarms import Alarm, due_now, seconds_until_check
+from talkbox.core.alarms import MISSED_LIMIT_SECONDS, Alarm, due_now, seconds_until_check
 from talkbox.core.events import (
     AppendAudio,
     AudioCleared,
@@ -922,6 +922,7 @@ class ConversationMachine:
             on_time, missed = ((), due.on_time + due.missed) if at_start else (
                 due.on_time, due.missed)
             how = "while talkbox was off" if at_start else "(the clock jumped past it)"
+            hours = MISSED_LIMIT_SECONDS / 3600
             for alarm in on_time:
                 out.append(Notice("info", f"{alarm.name} rings (due at {alarm.clock_time})"))
             for alarm in missed:
@@ -929,7 +930,8 @@ class ConversationMachine:
                                              f"missed {how}"))
             for alarm in due.too_old:
                 out.append(Notice("warning", f"{alarm.name} due at {alarm.due_local} was "
-                                             f"missed {how}, more than 12 hours ago: not rung"))
+                                             f"missed {how}, more than {hours:g} hours ago: "
+                                             "not rung"))
             ids = tuple(alarm.id for alarm in due.all)
             self.rung_alarms.update(ids)
             self.alarms = tuple(a for a in self.alarms if a.id not in self.rung_alarms)
