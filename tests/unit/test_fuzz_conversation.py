@@ -22,7 +22,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from talkbox.core.alarms import Alarm
 from talkbox.core.conversation import (
+    TIMER_ALARM_REPEAT,
+    TIMER_ALARM_RING,
     TIMER_FOLLOW_UP,
     TIMER_MAX_CONVERSATION,
     TIMER_RESPONSE,
@@ -32,6 +35,8 @@ from talkbox.core.conversation import (
 from talkbox.core.events import AppendAudio, AudioDelta, CreateResponse, TruncateItem
 from talkbox.core.failures import Failure
 from talkbox.core.inputs import (
+    AlarmClockTick,
+    AlarmsChanged,
     ConfigChanged,
     ConnectionFailed,
     Input,
@@ -53,6 +58,9 @@ from talkbox.core.inputs import (
 from talkbox.realtime.protocol import Dialect, ServerEventDecoder
 
 RESPONSE_IDS = ["resp_a", "resp_b", "resp_c"]
+ALARMS = [Alarm(str(n), "timer", f"t{n}", 1000.0 * n, "2026-01-01T00:00:00+00:00", 60.0)
+          for n in (1, 2, 3)]
+WALL_TIMES = [0.0, 1500.0, 2500.0, 3500.0, 60_000.0]
 ITEM_IDS = ["item_a", "item_b", "item_c"]
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=12),
@@ -154,7 +162,8 @@ def inputs(draw: st.DrawFn, machine: ConversationMachine, dialect: Dialect) -> I
         SessionReady(conversation),
         PlaybackDrained(played),
         TimerFired(
-            draw(st.sampled_from([TIMER_FOLLOW_UP, TIMER_MAX_CONVERSATION, TIMER_RESPONSE])),
+            draw(st.sampled_from([TIMER_FOLLOW_UP, TIMER_MAX_CONVERSATION, TIMER_RESPONSE,
+                                  TIMER_ALARM_REPEAT, TIMER_ALARM_RING])),
             draw(st.integers(0, 40)),
         ),
         StopRequested(),
@@ -177,6 +186,10 @@ def inputs(draw: st.DrawFn, machine: ConversationMachine, dialect: Dialect) -> I
                 barge_in=draw(st.sampled_from(["wake", "speech", "off"])),
             )
         ),
+        # Timers and alarms coming due at any moment of a conversation, stale lists too.
+        AlarmsChanged(tuple(draw(st.lists(st.sampled_from(ALARMS), max_size=3, unique=True))),
+                      draw(st.sampled_from(WALL_TIMES)), at_start=draw(st.booleans())),
+        AlarmClockTick(draw(st.sampled_from(WALL_TIMES))),
     ]
     return draw(st.sampled_from(options))
 
