@@ -83,7 +83,7 @@ from talkbox.core.inputs import (
 from talkbox.errors import AudioDeviceError, ConnectionDropped, RealtimeError
 from talkbox.realtime.connection import failure_of
 from talkbox.tools.builtin import toolbox
-from talkbox.tools.runner import ToolRunner
+from talkbox.tools.runner import RemoteTool, ToolRunner, no_remote_tool
 
 log = logging.getLogger("talkbox")
 
@@ -209,9 +209,12 @@ def make_chimes(cfg: Config) -> dict[str, bytes]:
     return {kind: chime(kind, REALTIME_RATE, volume) for kind in get_args(ChimeKind)}
 
 
-def tool_runner(cfg: Config) -> ToolRunner:
-    """Runs the tools [tools] switches on (the session offers the same: `toolbox`)."""
-    return ToolRunner(toolbox(cfg.tools).local, cfg.tools.timeout_seconds)
+def tool_runner(
+    cfg: Config, remote: Callable[[str], RemoteTool | None] = no_remote_tool
+) -> ToolRunner:
+    """Runs the tools [tools] switches on (the session offers the same: `toolbox`), and those
+    offered from elsewhere that `remote` finds (an MCP server's)."""
+    return ToolRunner(toolbox(cfg.tools).local, cfg.tools.timeout_seconds, remote)
 
 
 class Daemon:
@@ -232,6 +235,7 @@ class Daemon:
         on_state: Callable[[State, str], None] | None = None,
         on_speaker_error: Callable[[AudioDeviceError], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        remote_tools: Callable[[str], RemoteTool | None] = no_remote_tool,
     ) -> None:
         self.cfg = cfg
         self._make_opener = open_session
@@ -242,7 +246,8 @@ class Daemon:
         self._on_speaker_error = on_speaker_error
         self._clock = clock
         self.chimes = make_chimes(cfg)
-        self.tools = tool_runner(cfg)
+        self._remote_tools = remote_tools
+        self.tools = tool_runner(cfg, remote_tools)
         self._running_tools: set[asyncio.Task[None]] = set()
         self.machine = ConversationMachine(machine_config(cfg))
         self._connection: _Connection | None = None
@@ -519,7 +524,7 @@ class Daemon:
         self.cfg = cfg
         self._open_session = self._make_opener(cfg)
         self.chimes = make_chimes(cfg)
-        self.tools = tool_runner(cfg)
+        self.tools = tool_runner(cfg, self._remote_tools)
         if front_end_settings(old) != front_end_settings(cfg):
             self.front_end = front_end or build_front_end(cfg)
         if (old.audio.input_device, old.audio.output_device, old.audio.output_rate) != (
