@@ -229,7 +229,11 @@ def read_token_file(token_file: Path, what: str, environ: Mapping[str, str]) -> 
         raise ConfigError([f"{source}: no such file"]) from None
     except PermissionError:
         raise ConfigError(
-            [f"{source}: permission denied; make it readable by the user talkbox runs as"]
+            [
+                f"{source}: permission denied; let the service read it as a credential "
+                f"(LoadCredential={token_file.name}:{token_file} in a drop-in, see README.md) "
+                "or make it readable by the user talkbox runs as"
+            ]
         ) from None
     except FileRefused as refusal:
         raise ConfigError([f"{source}: cannot read it: it {refusal}"]) from None
