@@ -18,7 +18,7 @@ import pytest
 from support.event_schema import check_client_event
 from support.mcp_server import HttpMcpServer, server_command, silent_command
 from talkbox.config import McpServerConfig
-from talkbox.core.events import SessionSettings, SessionUpdate
+from talkbox.core.events import SessionSettings, SessionUpdate, ToolDeclaration
 from talkbox.realtime.protocol import Dialect, client_event_message
 from talkbox.tools import mcp_servers
 from talkbox.tools.mcp_servers import McpServers
@@ -80,6 +80,30 @@ def test_the_declarations_pass_the_realtime_checks_in_both_dialects() -> None:
     for dialect in Dialect:
         message = client_event_message(update, dialect)
         assert check_client_event(dialect.value, message) == []
+
+
+# Shapes Home Assistant's Assist API and SDK-built servers give their tools' arguments: enums,
+# arrays, optional fields as anyOf with null, $defs references, no properties at all.
+TYPICAL_SCHEMAS = [
+    {"type": "object", "properties": {
+        "name": {"type": "string"}, "area": {"type": "string"},
+        "domain": {"type": "array", "items": {"type": "string", "enum": ["light", "switch"]}},
+        "brightness": {"type": "integer", "minimum": 0, "maximum": 100}}, "required": []},
+    {"type": "object", "properties": {}},
+    {"type": "object"},
+    {"type": "object", "$defs": {"Color": {"type": "string", "enum": ["red", "blue"]}},
+     "properties": {"color": {"$ref": "#/$defs/Color"},
+                    "note": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}},
+     "required": ["color"], "additionalProperties": False, "title": "paintArguments"},
+]
+
+
+@pytest.mark.parametrize("schema", TYPICAL_SCHEMAS)
+def test_typical_input_schemas_pass_the_realtime_checks(schema: dict[str, object]) -> None:
+    declaration = ToolDeclaration("home__HassTurnOn", "Turns on a device", schema)
+    update = SessionUpdate(SessionSettings(tools=(declaration,)))
+    for dialect in Dialect:
+        assert check_client_event(dialect.value, client_event_message(update, dialect)) == []
 
 
 async def test_a_wrong_token_costs_one_line_naming_the_server_and_never_shows_the_token(
