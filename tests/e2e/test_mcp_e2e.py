@@ -65,6 +65,9 @@ def test_mcp_tools_are_offered_and_their_calls_answered_by_the_real_servers(
         tmp_path, mcp_config(fake_service, http.url, token_file), api_key=API_KEY
     ) as run:
         run.wait_ready()
+        # Listed as the daemon starts: the first conversation need not wait for them.
+        run.wait_for_log("MCP server home offers 4 tools", timeout=30)
+        run.wait_for_log("MCP server local offers 4 tools", timeout=30)
         run.say(concat(silence(1.5), spoken, silence(1.0)).tobytes())
         run.wait_for_log("state idle (", timeout=40)
         time.sleep(1.0)
@@ -87,6 +90,7 @@ def test_mcp_tools_are_offered_and_their_calls_answered_by_the_real_servers(
                        "local__add": {"result": 42}}
     assert reply_speech in heard
     assert "tool home__turn_on answered in" in log and "tool local__add answered in" in log
+    assert "has not listed its tools" not in log, "nothing was waited for"
 
 
 def test_a_server_gone_mid_conversation_is_answered_with_an_error_and_the_talk_goes_on(
@@ -99,9 +103,9 @@ def test_a_server_gone_mid_conversation_is_answered_with_an_error_and_the_talk_g
         tmp_path, mcp_config(fake_service, http.url, token_file, stdio=False), api_key=API_KEY
     ) as run:
         run.wait_ready()
-        run.say(concat(silence(1.5), spoken, silence(1.0)).tobytes())
-        run.wait_for_log("MCP server home offers 4 tools", timeout=20)
+        run.wait_for_log("MCP server home offers 4 tools", timeout=30)
         http.process.kill()  # listed, then gone before the model's call
+        run.say(concat(silence(1.5), spoken, silence(1.0)).tobytes())
         run.wait_for_log("state idle (", timeout=40)
         time.sleep(1.0)
         code, _ = run.terminate()

@@ -49,6 +49,7 @@ async def main():
     source = McpServers(environ={})
     servers = (McpServerConfig(name="local", command=tuple(stdio_command)),
                McpServerConfig(name="home", url=url))
+    await source.list_now(servers)
     names = [d.name for d in await source.declarations(servers)]
     local = await source.tool("local__add").call({"a": 1, "b": 2})
     home = await source.tool("home__turn_on").call({"entity": "porch"})

@@ -35,6 +35,7 @@ async def main():
     source = McpServers(environ={})
     servers = (McpServerConfig(name="local", command=tuple(json.loads(sys.argv[2]))),
                McpServerConfig(name="home", url=sys.argv[3]))
+    await source.list_now(servers)
     print(len(await source.declarations(servers)), "tools listed")
     print(await source.tool("local__add").call({"a": 1, "b": 2}))
     print(await source.tool("home__add").call({"a": 3, "b": 4}))

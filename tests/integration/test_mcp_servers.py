@@ -55,6 +55,7 @@ async def test_stdio_and_http_tools_are_offered_prefixed_and_calls_reach_their_s
     source = McpServers(environ={})
     servers = (stdio("local"), McpServerConfig(name="home", url=http_server.url,
                                               token_file=str(token_file)))
+    await source.list_now(servers)
     declarations = await source.declarations(servers)
 
     names = [d.name for d in declarations]
@@ -73,8 +74,12 @@ async def test_stdio_and_http_tools_are_offered_prefixed_and_calls_reach_their_s
 
 
 def test_the_declarations_pass_the_realtime_checks_in_both_dialects() -> None:
-    source = McpServers(environ={})
-    declarations = asyncio.run(source.declarations((stdio(),)))
+    async def listed() -> tuple[ToolDeclaration, ...]:
+        source = McpServers(environ={})
+        await source.list_now((stdio(),))
+        return await source.declarations((stdio(),))
+
+    declarations = asyncio.run(listed())
     assert len(declarations) == 4
     update = SessionUpdate(SessionSettings(tools=declarations))
     for dialect in Dialect:
@@ -113,6 +118,7 @@ async def test_a_wrong_token_costs_one_line_naming_the_server_and_never_shows_th
     wrong.write_text("not-the-token-9876543210\n")
     source = McpServers(environ={})
     server = McpServerConfig(name="home", url=http_server.url, token_file=str(wrong))
+    await source.list_now((server,))
     assert await source.declarations((server,)) == ()
     [line] = [r.getMessage() for r in caplog.records if "MCP server home" in r.getMessage()]
     assert "cannot list its tools" in line and "401" in line
@@ -125,6 +131,7 @@ async def test_a_missing_token_file_is_named(tmp_path: Path,
     source = McpServers(environ={})
     missing = tmp_path / "nope.token"
     server = McpServerConfig(name="home", url="http://127.0.0.1:9/mcp", token_file=str(missing))
+    await source.list_now((server,))
     assert await source.declarations((server,)) == ()
     assert f"tools.mcp home token_file {missing}: no such file" in caplog.text
 
@@ -138,6 +145,7 @@ async def test_the_token_comes_from_a_systemd_credential_named_like_the_file(
     unreadable_here = tmp_path / "root-only" / "home.token"  # as /etc/talkbox/... is
     source = McpServers(environ={"CREDENTIALS_DIRECTORY": str(credentials)})
     server = McpServerConfig(name="home", url=http_server.url, token_file=str(unreadable_here))
+    await source.list_now((server,))
     assert len(await source.declarations((server,))) == 4
 
 
@@ -145,6 +153,7 @@ async def test_a_tool_that_fails_is_answered_with_its_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     source = McpServers(environ={})
+    await source.list_now((stdio(),))
     await source.declarations((stdio(),))
     output = json.loads(await runner(source).run("local__fail", "{}"))
     assert output["error"].startswith("MCP server local reported an error: ")
@@ -156,6 +165,7 @@ async def test_a_call_that_hangs_is_given_up_at_the_time_limit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     source = McpServers(environ={})
+    await source.list_now((stdio(),))
     await source.declarations((stdio(),))
     started = time.monotonic()
     output = json.loads(await runner(source, timeout=2.0).run("local__hang", "{}"))
@@ -171,8 +181,9 @@ async def test_a_server_that_is_not_there_costs_a_line_and_the_call_an_error(
     gone = McpServerConfig(name="gone", command=(str(tmp_path / "no-such-server"),))
     refused = McpServerConfig(name="down", url="http://127.0.0.1:9/mcp")
     started = time.monotonic()
-    assert await source.declarations((gone, refused)) == ()
+    await source.list_now((gone, refused))
     assert time.monotonic() - started < mcp_servers.FIRST_LISTING_WAIT_SECONDS
+    assert await source.declarations((gone, refused)) == ()
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(lines) == 2, lines
     assert any(line.startswith("MCP server gone: cannot list its tools (FileNotFoundError")
@@ -186,6 +197,7 @@ async def test_a_server_stopped_after_listing_answers_calls_with_an_error(
     source = McpServers(environ={})
     with HttpMcpServer(token=TOKEN) as server:
         config = McpServerConfig(name="home", url=server.url, token_file=str(token_file))
+        await source.list_now((config,))
         assert len(await source.declarations((config,))) == 4
     output = json.loads(await runner(source).run("home__turn_on", '{"entity": "hall"}'))
     assert output["error"].startswith("MCP server home failed: ")
@@ -199,6 +211,7 @@ async def test_a_slow_server_is_not_waited_for_beyond_the_first_listing_wait(
     source = McpServers(environ={})
     mute = McpServerConfig(name="mute", command=tuple(server_command("mute")))
     silent = McpServerConfig(name="silent", command=tuple(silent_command()))
+    await source.list_now((stdio(),))  # its start-up is not what this test times
     started = time.monotonic()
     declarations = await source.declarations((stdio(), mute, silent))
     waited = time.monotonic() - started
@@ -217,6 +230,7 @@ async def test_a_listing_is_reused_while_fresh_and_refreshed_behind_a_stale_one(
     now = [0.0]
     source = McpServers(environ={}, clock=lambda: now[0])
     server = stdio()
+    await source.list_now((server,))
     first = await source.declarations((server,))
     started = time.monotonic()
     assert await source.declarations((server,)) == first
@@ -234,6 +248,7 @@ async def test_a_listing_is_reused_while_fresh_and_refreshed_behind_a_stale_one(
 
 async def test_a_tool_not_offered_is_not_called() -> None:
     source = McpServers(environ={})
+    await source.list_now((stdio(),))
     await source.declarations((stdio(),))
     output = json.loads(await runner(source).run("local__rm_rf", "{}"))
     assert output == {"error": "there is no tool named 'local__rm_rf'"}

@@ -170,7 +170,9 @@ def real_parts() -> ServiceParts:
     mcp = McpServers()
 
     def session_opener(cfg: Config, key: ApiKey | None) -> SessionOpener:
-        servers = cfg.tools.mcp
+        # Called for each config the daemon takes: its servers are listed from then on.
+        servers = cfg.tools.mcp if cfg.realtime.provider != "echo" and key else ()
+        mcp.warm(servers)
         more_tools = (lambda: mcp.declarations(servers)) if servers else None
         return configured_sessions(
             cfg, key, toolbox(cfg.tools).declarations, more_tools

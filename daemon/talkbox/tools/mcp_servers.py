@@ -3,13 +3,14 @@
 Each configured server ([[tools.mcp]]) is a program talkbox starts and talks to over its
 stdin/stdout, or a URL (streamable HTTP) with an optional bearer token read from a file.
 
-Listing. A session asks `McpServers.declarations` for the servers' tools while its WebSocket
-opens. What is known is answered at once: a listing is fresh for `FRESH_SECONDS`, and a stale
-one is still offered while a new one is fetched in the background for the next conversation.
-Only a server's first listing (in the first conversation after a start or a config change) is
-waited for, and for at most `FIRST_LISTING_WAIT_SECONDS`: a slow server misses that
-conversation, not the answer to the wake word; later ones never wait for it. A listing that
-fails keeps the tools listed before it (or none), costs one log line, and is tried again
+Listing. The servers are listed first when the daemon starts or takes a new config (`warm`).
+A session asks `McpServers.declarations` for the servers' tools while its WebSocket opens.
+What is known is answered at once: a listing is fresh for `FRESH_SECONDS`, and a stale one is
+still offered while a new one is fetched in the background for the next conversation. Only a
+server's first listing, if still running at the first conversation after a start or a config
+change, is waited for, and for at most `FIRST_LISTING_WAIT_SECONDS`: a slow server misses
+that conversation, not the answer to the wake word; later ones never wait for it. A listing
+that fails keeps the tools listed before it (or none), costs one log line, and is tried again
 after `RETRY_SECONDS`.
 
 Calls. Each call (and each listing) opens its own connection and closes it after: a stdio
@@ -104,14 +105,10 @@ class McpServers:
         self, servers: tuple[McpServerConfig, ...]
     ) -> tuple[ToolDeclaration, ...]:
         """The tools of `servers` for a session starting now (never raises; see the module)."""
-        for gone in set(self._listings) - set(servers):
-            self._forget(gone)
-        now = self._clock()
+        self._start_listings(servers)
         first = []
         for server in servers:
-            listing = self._listings.setdefault(server, _Listing())
-            if now >= listing.fresh_until and listing.refreshing is None:
-                listing.refreshing = asyncio.ensure_future(self._refresh(server, listing))
+            listing = self._listings[server]
             if not listing.waited:
                 listing.waited = True
                 first.append(asyncio.ensure_future(listing.tried.wait()))
@@ -142,6 +139,30 @@ class McpServers:
                 offered[function_name] = (server, tool_name)
         self._offered = offered
         return tuple(declarations)
+
+    def warm(self, servers: tuple[McpServerConfig, ...]) -> None:
+        """Start listing `servers` now (when the daemon starts, or takes a new config), so
+        that the first conversation finds their tools listed; no-op outside a running loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._start_listings(servers)
+
+    async def list_now(self, servers: tuple[McpServerConfig, ...]) -> None:
+        """List `servers` and wait until each has answered or failed (for a check, a test)."""
+        self._start_listings(servers)
+        await asyncio.gather(*(self._listings[server].tried.wait() for server in servers))
+
+    def _start_listings(self, servers: tuple[McpServerConfig, ...]) -> None:
+        """Forget servers no longer configured; list those never listed or no longer fresh."""
+        for gone in set(self._listings) - set(servers):
+            self._forget(gone)
+        now = self._clock()
+        for server in servers:
+            listing = self._listings.setdefault(server, _Listing())
+            if now >= listing.fresh_until and listing.refreshing is None:
+                listing.refreshing = asyncio.ensure_future(self._refresh(server, listing))
 
     def tool(self, function_name: str) -> RemoteTool | None:
         """The call behind a function name offered in the latest session, if any."""
