@@ -353,7 +353,7 @@ def _load_client_modules() -> None:
     `mcp/client/__init__.py`, which import the SDK's server side (see the module docstring).
     Nothing to do once `mcp` is imported (the tests' own servers import it whole)."""
     # One line per HTTP request and per session id at INFO would bury the daemon's own lines.
-    for chatty in ("httpx2", "mcp"):
+    for chatty in ("httpx2", "httpcore2", "mcp"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     if "mcp" in sys.modules:
         return
