@@ -32,6 +32,15 @@ LEFT_OUT_OF_THE_DAEMON = {
     ("openwakeword", "onnxruntime"),
     ("openwakeword", "scipy"),
     ("openwakeword", "scikit-learn"),
+    # mcp requires the parts of an MCP *server* (an ASGI app and its web server, form parsing,
+    # OAuth tokens); talkbox is only a client, and its client modules import none of them
+    # (talkbox/tools/mcp_servers.py imports them past mcp's package __init__, which would).
+    # The tests' FastMCP servers need them, so dev.txt keeps them.
+    ("mcp", "starlette"),
+    ("mcp", "sse-starlette"),
+    ("mcp", "uvicorn"),
+    ("mcp", "python-multipart"),
+    ("mcp", "pyjwt"),
 }
 
 HEADER = """\

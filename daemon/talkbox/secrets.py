@@ -209,3 +209,40 @@ def _key_from_text(text: str, source: str, described: str) -> ApiKey:
             ]
         )
     return ApiKey(value, source)
+
+
+def read_token_file(token_file: Path, what: str, environ: Mapping[str, str]) -> ApiKey:
+    """A bearer token from a file of its own (an MCP server's `token_file`), for `what` (like
+    "tools.mcp home"). A systemd credential named like the file is read instead when the unit
+    passes one in (`LoadCredential=NAME:/etc/talkbox/NAME` keeps the file root-only). ConfigError
+    says what is wrong with the file, never what is in it."""
+    credentials_directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    path = token_file
+    if credentials_directory:
+        credential = Path(credentials_directory) / token_file.name
+        if credential.is_file():
+            path = credential
+    source = f"{what} token_file {path}"
+    try:
+        data = read_regular_file(path, MAX_KEY_FILE_BYTES)
+    except FileNotFoundError:
+        raise ConfigError([f"{source}: no such file"]) from None
+    except PermissionError:
+        raise ConfigError(
+            [
+                f"{source}: permission denied; let the service read it as a credential "
+                f"(LoadCredential={token_file.name}:{token_file} in a drop-in, see README.md) "
+                "or make it readable by the user talkbox runs as"
+            ]
+        ) from None
+    except FileRefused as refusal:
+        raise ConfigError([f"{source}: cannot read it: it {refusal}"]) from None
+    except OSError as error:
+        raise ConfigError([f"{source}: cannot read it: {error.strerror}"]) from None
+    value = data.decode("utf-8", "replace").strip()
+    if not value or any(not (char.isprintable() and not char.isspace()) for char in value):
+        raise ConfigError(
+            [f"{source}: must hold only the token, on one line"
+             + ("" if value else " (it is empty)")]
+        )
+    return ApiKey(value, source)

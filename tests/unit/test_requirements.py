@@ -75,7 +75,9 @@ def test_the_daemon_runs_on_the_pins_the_tests_run_on() -> None:
 
 def test_the_daemon_leaves_out_only_what_talkbox_never_imports() -> None:
     left_out = {dependency for _, dependency in lock_script().LEFT_OUT_OF_THE_DAEMON}
-    assert left_out == {"onnxruntime", "scipy", "scikit-learn"}
+    assert left_out == {"onnxruntime", "scipy", "scikit-learn",  # test_wake_footprint.py
+                        # the SDK's server side: test_mcp_footprint.py
+                        "starlette", "sse-starlette", "uvicorn", "python-multipart", "pyjwt"}
     assert not left_out & set(read_pins(DAEMON_PINS))
 
 

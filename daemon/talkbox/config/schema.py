@@ -449,6 +449,75 @@ class ConversationConfig(_Section):
     barge_in: Literal["wake", "speech", "off"] = "wake"
 
 
+MCP_SERVER_NAME = re.compile(r"[A-Za-z0-9_-]{1,20}")
+
+
+def _require_mcp_server_name(value: str) -> str:
+    # The name prefixes each of its tools' names, which the Realtime API limits to
+    # ^[a-zA-Z0-9_-]{1,64}$: the short name leaves the tool's own name the rest.
+    if not MCP_SERVER_NAME.fullmatch(value):
+        raise PydanticCustomError(
+            "mcp_name",
+            "must be 1 to 20 letters, digits, _ or -, like \"home\", got {got}",
+            {"got": shown_value(value)},
+        )
+    return value
+
+
+def _require_mcp_url(value: str) -> str:
+    """An MCP server's URL: http or https. Plain http is allowed to any host: Home Assistant
+    on the owner's network speaks it by default (see README.md for https)."""
+    if value == "":
+        return value
+    shown = shown_value(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError:
+        raise PydanticCustomError("url", "is not a valid URL, got {got}", {"got": shown}) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise PydanticCustomError(
+            "url",
+            'must be a URL like "http://homeassistant.local:8123/api/mcp", got {got}',
+            {"got": shown},
+        )
+    if parts.username is not None or parts.password is not None:
+        raise PydanticCustomError(
+            "url", "must not contain credentials; put the token in a file named by token_file"
+        )
+    return value
+
+
+class McpServerConfig(_Section):
+    """One [[tools.mcp]] table: an MCP server whose tools the model may call, either a program
+    talkbox starts (stdio) or a URL (streamable HTTP) with an optional bearer token."""
+
+    name: Annotated[StrictStr, AfterValidator(_require_mcp_server_name)]
+    command: Annotated[StrList, AfterValidator(_require_program)] = ()
+    url: Annotated[StrictStr, AfterValidator(_require_mcp_url)] = ""
+    # The token is never in this file: only where to read it (see tools/mcp_servers.py).
+    token_file: Annotated[StrictStr, AfterValidator(_require_empty_or_absolute_path)] = ""
+
+    def rule_violations(self) -> list[RuleViolation]:
+        if bool(self.command) == bool(self.url):
+            return [
+                RuleViolation(
+                    ("url",) if self.url else ("command",),
+                    "give either command (a program that speaks MCP over stdio, as "
+                    '["/path/to/server", "arg"]) or url (a streamable-HTTP server), not '
+                    + ("both" if self.url else "neither"),
+                    see=("name",),
+                )
+            ]
+        if self.token_file and not self.url:
+            return [
+                RuleViolation(
+                    ("token_file",), "is only for a server reached by url, not by command"
+                )
+            ]
+        return []
+
+
 class ToolsConfig(_Section):
     """[tools]: what the assistant can do on the device besides talking."""
 
@@ -457,6 +526,15 @@ class ToolsConfig(_Section):
     timeout_seconds: Annotated[float, _between(1, 120)] = 10.0
     timers: bool = True
     alarm_ring_seconds: Annotated[float, _between(5, 1800)] = 180.0
+    mcp: Annotated[tuple[McpServerConfig, ...], Field(strict=False)] = ()
+
+    def rule_violations(self) -> list[RuleViolation]:
+        names = [server.name for server in self.mcp]
+        return [
+            RuleViolation(("mcp", index, "name"), f"{json.dumps(name)} is used twice")
+            for index, name in enumerate(names)
+            if name in names[:index]
+        ]
 
 
 class LogConfig(_Section):

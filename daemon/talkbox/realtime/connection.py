@@ -30,8 +30,8 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Mapping
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 from urllib.parse import urlsplit
@@ -56,6 +56,7 @@ from talkbox.core.events import (
     SessionSettings,
     SessionUpdate,
     SessionUpdated,
+    ToolDeclaration,
 )
 from talkbox.core.failures import (
     DIALECT_MISMATCH_CODES,
@@ -210,12 +211,21 @@ class RealtimeSession:
 
     # --- set-up, used once by open_session -------------------------------------------------
 
-    async def _set_up(self, settings: SessionSettings, setup_timeout: float) -> None:
+    async def _set_up(
+        self,
+        settings: SessionSettings,
+        setup_timeout: float,
+        more_tools: Awaitable[tuple[ToolDeclaration, ...]] | None = None,
+    ) -> None:
         waiting_for = "session.created"
         try:
             async with asyncio.timeout(setup_timeout):
                 created = await self._next_setup_event(SessionCreated)
                 self.session_info = _session_info(created.session)
+            if more_tools is not None:
+                # Listed while the socket opened, and bounded by whoever lists them.
+                settings = replace(settings, tools=settings.tools + await more_tools)
+            async with asyncio.timeout(setup_timeout):
                 waiting_for = "session.updated"
                 await self.send(SessionUpdate(settings))
                 await self._next_setup_event(SessionUpdated)
@@ -305,18 +315,25 @@ async def open_session(
     connect_timeout: float,
     setup_timeout: float,
     close_timeout: float = 2.0,
+    more_tools: Awaitable[tuple[ToolDeclaration, ...]] | None = None,
 ) -> RealtimeSession:
     """Connect, configure and return a session ready for audio (see the module docstring).
 
     `ssl_context` is for wss:// only; None means the system trust store with full verification
     (there is deliberately no way to turn verification off). `connect_timeout` bounds TCP, TLS
     and the HTTP upgrade; `setup_timeout` bounds the wait for session.created plus
-    session.updated.
+    session.updated. `more_tools`, when given, are tools found while the socket opened (an MCP
+    server's): they are awaited before session.update and offered after `settings.tools`.
     """
-    websocket = await _connect(endpoint, ssl_context, connect_timeout, close_timeout)
+    try:
+        websocket = await _connect(endpoint, ssl_context, connect_timeout, close_timeout)
+    except BaseException:
+        if more_tools is not None:
+            asyncio.ensure_future(more_tools).cancel()
+        raise
     session = RealtimeSession(websocket, endpoint, close_timeout=close_timeout)
     try:
-        await session._set_up(settings, setup_timeout)
+        await session._set_up(settings, setup_timeout, more_tools)
     except asyncio.CancelledError:
         session.abort()  # no awaiting inside a cancelled task
         raise

@@ -8,7 +8,9 @@ only connects.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from talkbox.config import Config
@@ -19,6 +21,9 @@ from talkbox.realtime.endpoint import Endpoint, endpoint_for, session_settings_f
 from talkbox.secrets import ApiKey
 
 ECHO_DESCRIPTION = "echo provider (each turn is played back; no service is used)"
+
+# Tools found anew for each session (an MCP server's), looked for while its socket opens.
+MoreTools = Callable[[], Awaitable[tuple[ToolDeclaration, ...]]]
 
 
 @dataclass(frozen=True)
@@ -31,18 +36,22 @@ class ServiceSessions:
     timeout: float
     # None: the system trust store, fully verified (see `open_session`).
     ssl_context: ssl.SSLContext | None = None
+    more_tools: MoreTools | None = None
 
     @property
     def description(self) -> str:
         return self.endpoint.description
 
     async def open(self) -> RealtimeSession:
+        # In parallel with the connection: a warm list is there at once, a cold one bounded.
+        listing = None if self.more_tools is None else asyncio.ensure_future(self.more_tools())
         return await open_session(
             self.endpoint,
             self.settings,
             ssl_context=self.ssl_context,
             connect_timeout=self.timeout,
             setup_timeout=self.timeout,
+            more_tools=listing,
         )
 
 
@@ -62,22 +71,27 @@ def service_sessions(
     *,
     ssl_context: ssl.SSLContext | None = None,
     tools: tuple[ToolDeclaration, ...] = (),
+    more_tools: MoreTools | None = None,
 ) -> ServiceSessions:
-    """Sessions with the service `cfg` names, offering `tools` to the model; ConfigError if its
-    endpoint is not usable."""
+    """Sessions with the service `cfg` names, offering `tools` and what `more_tools` finds for
+    each session to the model; ConfigError if its endpoint is not usable."""
     return ServiceSessions(
         endpoint_for(cfg.realtime, key),
         session_settings_for(cfg, tools),
         cfg.realtime.connect_timeout_seconds,
         ssl_context,
+        more_tools,
     )
 
 
 def configured_sessions(
-    cfg: Config, key: ApiKey | None, tools: tuple[ToolDeclaration, ...] = ()
+    cfg: Config,
+    key: ApiKey | None,
+    tools: tuple[ToolDeclaration, ...] = (),
+    more_tools: MoreTools | None = None,
 ) -> ServiceSessions | EchoSessions:
     """The sessions the daemon opens with `cfg`: the echo stand-in (which needs no key and
     calls no tools), or the configured service."""
     if cfg.realtime.provider == "echo" or key is None:
         return EchoSessions()
-    return service_sessions(cfg, key, tools=tools)
+    return service_sessions(cfg, key, tools=tools, more_tools=more_tools)

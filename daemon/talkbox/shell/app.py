@@ -88,7 +88,7 @@ from talkbox.errors import AudioDeviceError, ConnectionDropped, RealtimeError
 from talkbox.realtime.connection import failure_of
 from talkbox.tools.alarms import AlarmStore, AlarmTools
 from talkbox.tools.builtin import toolbox
-from talkbox.tools.runner import ToolRunner
+from talkbox.tools.runner import RemoteTool, ToolRunner, no_remote_tool
 
 log = logging.getLogger("talkbox")
 
@@ -215,9 +215,14 @@ def make_chimes(cfg: Config) -> dict[str, bytes]:
     return {kind: chime(kind, REALTIME_RATE, volume) for kind in get_args(ChimeKind)}
 
 
-def tool_runner(cfg: Config, alarms: AlarmTools | None = None) -> ToolRunner:
-    """Runs the tools [tools] switches on (the session offers the same: `toolbox`)."""
-    return ToolRunner(toolbox(cfg.tools, alarms).local, cfg.tools.timeout_seconds)
+def tool_runner(
+    cfg: Config,
+    alarms: AlarmTools | None = None,
+    remote: Callable[[str], RemoteTool | None] = no_remote_tool,
+) -> ToolRunner:
+    """Runs the tools [tools] switches on (the session offers the same: `toolbox`), and those
+    offered from elsewhere that `remote` finds (an MCP server's)."""
+    return ToolRunner(toolbox(cfg.tools, alarms).local, cfg.tools.timeout_seconds, remote)
 
 
 class Daemon:
@@ -240,6 +245,7 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         alarm_store: AlarmStore | None = None,
         wall_clock: Callable[[], float] = time.time,
+        remote_tools: Callable[[str], RemoteTool | None] = no_remote_tool,
     ) -> None:
         self.cfg = cfg
         self._make_opener = open_session
@@ -255,7 +261,8 @@ class Daemon:
         self._alarm_tools = AlarmTools(self.alarms)
         self._wall_clock = wall_clock
         self._alarm_check: asyncio.TimerHandle | None = None
-        self.tools = tool_runner(cfg, self._alarm_tools)
+        self._remote_tools = remote_tools
+        self.tools = tool_runner(cfg, self._alarm_tools, remote_tools)
         self._running_tools: set[asyncio.Task[None]] = set()
         self.machine = ConversationMachine(machine_config(cfg))
         self._connection: _Connection | None = None
@@ -563,7 +570,7 @@ class Daemon:
         self.cfg = cfg
         self._open_session = self._make_opener(cfg)
         self.chimes = make_chimes(cfg)
-        self.tools = tool_runner(cfg, self._alarm_tools)
+        self.tools = tool_runner(cfg, self._alarm_tools, self._remote_tools)
         if front_end_settings(old) != front_end_settings(cfg):
             self.front_end = front_end or build_front_end(cfg)
         if (old.audio.input_device, old.audio.output_device, old.audio.output_rate) != (

@@ -59,6 +59,8 @@ from talkbox.shell.startup_signals import StartupSignals
 from talkbox.shell.systemd import Notifier, WatchdogGate, setup_logging
 from talkbox.tools.alarms import ALARMS_FILE, AlarmStore, local_now, state_directory_file
 from talkbox.tools.builtin import toolbox
+from talkbox.tools.mcp_servers import McpServers
+from talkbox.tools.runner import RemoteTool, no_remote_tool
 
 log = logging.getLogger("talkbox")
 
@@ -128,6 +130,8 @@ class ServiceParts:
     session_opener: Callable[[Config, ApiKey | None], SessionOpener]
     # Loads the wake models: slow, so the service runs it in a worker thread.
     build_front_end: Callable[[Config], FrontEnd]
+    # The tools offered by name in the current session that are answered elsewhere (MCP).
+    remote_tools: Callable[[str], RemoteTool | None] = no_remote_tool
 
 
 class SoundCard:
@@ -165,14 +169,24 @@ def real_parts() -> ServiceParts:
     """The parts `talkbox run` works through: the sound card, systemd, the control socket, the
     configured service (or the echo provider) and the wake models on disk."""
     reference = SpeakerReference()
+    mcp = McpServers()
+
+    def session_opener(cfg: Config, key: ApiKey | None) -> SessionOpener:
+        # Called for each config the daemon takes: its servers are listed from then on.
+        servers = cfg.tools.mcp if cfg.realtime.provider != "echo" and key else ()
+        mcp.warm(servers)
+        more_tools = (lambda: mcp.declarations(servers)) if servers else None
+        return configured_sessions(
+            cfg, key, toolbox(cfg.tools).declarations, more_tools
+        ).open
+
     return ServiceParts(
         devices=SoundCard(reference),
         notifier=Notifier(),
         control_socket=ControlServer,
-        session_opener=lambda cfg, key: configured_sessions(
-            cfg, key, toolbox(cfg.tools).declarations
-        ).open,
+        session_opener=session_opener,
         build_front_end=front_end_builder(reference),
+        remote_tools=mcp.tool,
     )
 
 
@@ -304,6 +318,7 @@ class Service:
             on_state=self._state_changed,
             on_speaker_error=self._speaker_failed,
             alarm_store=AlarmStore(state_directory_file(ALARMS_FILE)),
+            remote_tools=self._parts.remote_tools,
         )
         if self.muted_at_start:
             self.daemon.set_muted(True)
