@@ -121,13 +121,22 @@ check "the venv is built on Debian's /usr/bin/python3" \
     /opt/talkbox/venv/bin/python -c 'import sys; sys.exit(sys.base_prefix != "/usr")'
 check "the user talkbox can import the package" runuser -u talkbox -- /opt/talkbox/venv/bin/python -c 'import talkbox'
 check "source hash recorded" test -s /opt/talkbox/.source-hash
-# The venv holds the pinned packages and nothing else (pip, setuptools and talkbox aside).
+# The venv holds the pinned packages and nothing else (talkbox aside): not even pip, which
+# only installs (read without it: importlib.metadata).
 installed_packages() {
-    /opt/talkbox/venv/bin/python -m pip list --format=freeze --exclude pip --exclude setuptools \
-        --exclude talkbox 2>/dev/null | tr '[:upper:]_' '[:lower:]-' | LC_ALL=C sort
+    /opt/talkbox/venv/bin/python -c 'import importlib.metadata as m, re
+for d in m.distributions():
+    name = re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower()
+    if name != "talkbox": print(f"{name}=={d.version}")' | LC_ALL=C sort
+}
+pinned_packages() {
+    grep -v '^#' "$COPY/requirements/daemon.txt" | tr '[:upper:]' '[:lower:]' | LC_ALL=C sort
 }
 check "the venv holds exactly requirements/daemon.txt" \
-    test "$(installed_packages)" = "$(grep -v '^#' "$COPY/requirements/daemon.txt" | LC_ALL=C sort)"
+    test "$(installed_packages)" = "$(pinned_packages)"
+check "pip and setuptools are not left in the venv" \
+    test -z "$(ls -d /opt/talkbox/venv/lib/python3.*/site-packages/{pip,setuptools} 2>/dev/null)"
+echo "   installed size: /opt/talkbox $(du -sm /opt/talkbox | cut -f1) MB"
 check "openwakeword's ONNX runtime, SciPy and scikit-learn are not installed" \
     test -z "$(ls -d /opt/talkbox/venv/lib/python3.*/site-packages/{onnxruntime,scipy,sklearn} 2>/dev/null)"
 check "the wake model loads and scores in the installed venv, as the user talkbox" \
@@ -190,12 +199,13 @@ with zipfile.ZipFile(sys.argv[1], "w") as wheel:
     wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: install_test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
     wheel.writestr(f"{info}/RECORD", "")
 PY
+quietly /opt/talkbox/venv/bin/python -m ensurepip --default-pip
 quietly /opt/talkbox/venv/bin/python -m pip install --quiet --no-deps "$leftover_wheel"
 run_install "re-run with new source exits 0" "$SCRATCH/6.log"
 check "a package the pins no longer list is removed" said "$SCRATCH/6.log" \
     "removed packages no longer needed: leftover-from-an-old-install"
 check "the venv holds exactly requirements/daemon.txt again" \
-    test "$(installed_packages)" = "$(grep -v '^#' "$COPY/requirements/daemon.txt" | LC_ALL=C sort)"
+    test "$(installed_packages)" = "$(pinned_packages)"
 check "the package is reinstalled" said "$SCRATCH/6.log" "installed talkbox from"
 check "the new source is what is installed" \
     grep -qF "# changed by the install test" /opt/talkbox/venv/lib/python3.*/site-packages/talkbox/__init__.py
