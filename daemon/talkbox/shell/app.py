@@ -30,6 +30,7 @@ from talkbox.audio.frontend import (
     WakeDetected,
     WakeScores,
 )
+from talkbox.audio.mixer import scaled
 from talkbox.audio.vad import (
     GateSpeechAudio,
     GateSpeechEnded,
@@ -82,6 +83,7 @@ from talkbox.core.inputs import (
 )
 from talkbox.errors import AudioDeviceError, ConnectionDropped, RealtimeError
 from talkbox.realtime.connection import failure_of
+from talkbox.shell.volume import SpeakerVolume
 from talkbox.tools.builtin import toolbox
 from talkbox.tools.runner import ToolRunner
 
@@ -209,9 +211,9 @@ def make_chimes(cfg: Config) -> dict[str, bytes]:
     return {kind: chime(kind, REALTIME_RATE, volume) for kind in get_args(ChimeKind)}
 
 
-def tool_runner(cfg: Config) -> ToolRunner:
+def tool_runner(cfg: Config, volume: SpeakerVolume) -> ToolRunner:
     """Runs the tools [tools] switches on (the session offers the same: `toolbox`)."""
-    return ToolRunner(toolbox(cfg.tools).local, cfg.tools.timeout_seconds)
+    return ToolRunner(toolbox(cfg.tools, volume).local, cfg.tools.timeout_seconds)
 
 
 class Daemon:
@@ -232,8 +234,11 @@ class Daemon:
         on_state: Callable[[State, str], None] | None = None,
         on_speaker_error: Callable[[AudioDeviceError], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        volume: SpeakerVolume | None = None,
     ) -> None:
         self.cfg = cfg
+        # Without one (tests), a volume of its own: software gain, kept in no file.
+        self.volume = volume if volume is not None else SpeakerVolume()
         self._make_opener = open_session
         self._open_session = open_session(cfg)
         self.speaker = speaker
@@ -242,7 +247,7 @@ class Daemon:
         self._on_speaker_error = on_speaker_error
         self._clock = clock
         self.chimes = make_chimes(cfg)
-        self.tools = tool_runner(cfg)
+        self.tools = tool_runner(cfg, self.volume)
         self._running_tools: set[asyncio.Task[None]] = set()
         self.machine = ConversationMachine(machine_config(cfg))
         self._connection: _Connection | None = None
@@ -336,7 +341,7 @@ class Daemon:
                 self._running_tools.add(task)
                 task.add_done_callback(self._running_tools.discard)
             case PlayAudio():
-                self.speaker.write(action.pcm)
+                self.speaker.write(scaled(action.pcm, self.volume.gain))
             case FlushPlayback():
                 self.speaker.flush()
                 self.speaker.reset_count()
@@ -390,7 +395,7 @@ class Daemon:
     def _play_chime(self, kind: str) -> None:
         pcm = self.chimes.get(kind)
         if pcm:
-            self.speaker.play_chime(pcm)
+            self.speaker.play_chime(scaled(pcm, self.volume.gain))
 
     def _cancel_timer(self, name: str) -> None:
         handle = self._timers.pop(name, None)
@@ -519,7 +524,7 @@ class Daemon:
         self.cfg = cfg
         self._open_session = self._make_opener(cfg)
         self.chimes = make_chimes(cfg)
-        self.tools = tool_runner(cfg)
+        self.tools = tool_runner(cfg, self.volume)
         if front_end_settings(old) != front_end_settings(cfg):
             self.front_end = front_end or build_front_end(cfg)
         if (old.audio.input_device, old.audio.output_device, old.audio.output_rate) != (
@@ -528,6 +533,11 @@ class Daemon:
             cfg.audio.output_rate,
         ):
             log.warning("audio device and rate changes take effect after a restart")
+        if (old.audio.mixer_device, old.audio.mixer_control) != (
+            cfg.audio.mixer_device,
+            cfg.audio.mixer_control,
+        ):
+            log.warning("[audio] mixer_control and mixer_device take effect after a restart")
         log.info("new configuration in force")
 
     # --- shutdown -----------------------------------------------------------------------------

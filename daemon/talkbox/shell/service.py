@@ -34,6 +34,7 @@ from talkbox.audio.capture import Capture, Captured
 from talkbox.audio.echo_cancel import SpeakerReference
 from talkbox.audio.front_end_thread import FrontEndThread
 from talkbox.audio.frontend import FrontEnd
+from talkbox.audio.mixer import AlsaMixer
 from talkbox.audio.playback import Playback
 from talkbox.audio_format import CAPTURE_PERIOD_MS, REALTIME_RATE
 from talkbox.config import Config, load_config
@@ -56,7 +57,9 @@ from talkbox.shell.hooks import StateHook, hook_program_warning
 from talkbox.shell.loop_lag import LoopLagProbe
 from talkbox.shell.startup_signals import StartupSignals
 from talkbox.shell.systemd import Notifier, WatchdogGate, setup_logging
+from talkbox.shell.volume import VOLUME_FILE, SpeakerVolume, state_file
 from talkbox.tools.builtin import toolbox
+from talkbox.tools.volume import VolumeArgumentError, level_from_command
 
 log = logging.getLogger("talkbox")
 
@@ -241,6 +244,11 @@ class Service:
         # Mute before the conversation loop exists (while waiting for the devices): as
         # remembered from the last run, then as `talkbox ctl mute`/`unmute` asked.
         self.muted_at_start = cfg.control.persist_mute and self._mute_file_says_muted()
+        # Before the devices: `talkbox ctl volume` works while the daemon waits for them.
+        mixer = cfg.audio.mixer_control
+        self.volume = SpeakerVolume(
+            AlsaMixer(cfg.audio.mixer_device, mixer) if mixer else None, state_file(VOLUME_FILE)
+        )
         self.watchdog_gate = WatchdogGate(max_silence_seconds=5.0, started_at=time.monotonic())
         self._speaker_broken = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -301,6 +309,7 @@ class Service:
             front_end=front_end,
             on_state=self._state_changed,
             on_speaker_error=self._speaker_failed,
+            volume=self.volume,
         )
         if self.muted_at_start:
             self.daemon.set_muted(True)
@@ -576,6 +585,7 @@ class Service:
                 "state": "starting" if snapshot is None else snapshot.state.value,
                 "status": self._status_text(),
                 "muted": self.muted_at_start if snapshot is None else snapshot.muted,
+                "volume": self.volume.level,
                 "uptime_seconds": round(time.monotonic() - self.started_monotonic),
                 "conversations": 0 if snapshot is None else snapshot.conversations,
                 "last_error": (snapshot.last_error if snapshot else "") or "none",
@@ -589,6 +599,8 @@ class Service:
             self._remember_mute(muted)
             self._report_state()
             return {"ok": True, "muted": muted}
+        if command == "volume":
+            return await self._control_volume(args)
         if command == "wake":
             if daemon is None:
                 return {"ok": False, "error": f"talkbox is not ready: {self._status_text()}"}
@@ -603,9 +615,21 @@ class Service:
             return {"ok": True, "state": daemon.snapshot().state.value}
         return {"ok": False, "error": f"unknown command {safe_line(command)!r}"}
 
+    async def _control_volume(self, args: list[str]) -> dict[str, Any]:
+        """`talkbox ctl volume [N|+N|-N]`: the level, after setting it if asked."""
+        if len(args) > 1:
+            return {"ok": False, "error": "volume takes at most one argument: N, +N or -N"}
+        if args:
+            try:
+                wanted = level_from_command(self.volume.level, args[0])
+            except VolumeArgumentError as error:
+                return {"ok": False, "error": safe_line(str(error))}
+            # Off the loop: a mixer and an fsync can take a few ms on an SD card.
+            await asyncio.to_thread(self.volume.set_level, wanted)
+        return {"ok": True, "volume": self.volume.level}
+
     def _mute_path(self) -> Path | None:
-        state_dir = os.environ.get("STATE_DIRECTORY", "")
-        return Path(state_dir.split(":")[0]) / MUTE_FILE if state_dir else None
+        return state_file(MUTE_FILE)
 
     def _mute_file_says_muted(self) -> bool:
         path = self._mute_path()

@@ -16,6 +16,7 @@ from typing import Any
 from talkbox.config import ToolsConfig
 from talkbox.core.conversation import END_CONVERSATION_TOOL
 from talkbox.core.events import ToolDeclaration
+from talkbox.tools.volume import VOLUME, VolumeControl, run_volume_tool
 
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
@@ -69,7 +70,9 @@ class Toolbox:
     local: Mapping[str, LocalTool]
 
 
-def toolbox(cfg: ToolsConfig) -> Toolbox:
+def toolbox(cfg: ToolsConfig, volume: VolumeControl | None = None) -> Toolbox:
+    """The tools `cfg` switches on. Without a `volume` (only the declarations are wanted)
+    the volume tool is declared but not run here."""
     declarations: list[ToolDeclaration] = []
     local: dict[str, LocalTool] = {}
     if cfg.end_conversation:
@@ -77,4 +80,9 @@ def toolbox(cfg: ToolsConfig) -> Toolbox:
     if cfg.time:
         declarations.append(CURRENT_TIME)
         local[CURRENT_TIME.name] = LocalTool(CURRENT_TIME, lambda _arguments: current_time())
+    if cfg.volume:
+        declarations.append(VOLUME)
+        if volume is not None:
+            control = volume
+            local[VOLUME.name] = LocalTool(VOLUME, lambda args: run_volume_tool(control, args))
     return Toolbox(tuple(declarations), local)
