@@ -16,6 +16,7 @@ from talkbox.config.loading import parse_config
 from talkbox.errors import ConfigError
 from talkbox.tools.builtin import CURRENT_TIME, END_CONVERSATION, LocalTool, current_time, toolbox
 from talkbox.tools.runner import ToolRunner
+from talkbox.tools.volume import VOLUME
 
 
 def runner_with(run: Any, timeout: float = 5.0) -> ToolRunner:
@@ -91,9 +92,11 @@ def test_current_time_is_the_local_time_date_and_zone() -> None:
 
 def test_the_config_switches_each_tool_on_and_off() -> None:
     everything = toolbox(ToolsConfig())
-    assert everything.declarations == (END_CONVERSATION, CURRENT_TIME)
-    assert set(everything.local) == {CURRENT_TIME.name}, "goodbye is the core's, not run here"
-    nothing = toolbox(ToolsConfig(end_conversation=False, time=False))
+    assert everything.declarations == (END_CONVERSATION, CURRENT_TIME, VOLUME)
+    assert set(everything.local) == {CURRENT_TIME.name}, (
+        "goodbye is the core's, not run here; the volume only with a volume to set"
+    )
+    nothing = toolbox(ToolsConfig(end_conversation=False, time=False, volume=False))
     assert nothing.declarations == () and not nothing.local
 
 

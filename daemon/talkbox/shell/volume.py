@@ -98,8 +98,8 @@ class SpeakerVolume:
             try:
                 self._level = mixer.get_percent() if kept is None else mixer.set_percent(kept)
             except MixerError as error:
-                log.error("%s; [audio] mixer_control is not used, talkbox scales its own audio "
-                          "instead", error)
+                log.error("%s; [audio] mixer_control (on mixer_device %r) is not used, talkbox "
+                          "scales its own audio instead", error, mixer.device)
                 self.mixer = None
                 self._level = MAX_LEVEL if kept is None else kept
         log.info("volume %d %% (%s)", self._level, self.applied_by)
