@@ -53,7 +53,9 @@ def test_the_time_tool_is_run_and_the_answer_after_it_plays(
     after = datetime.now().astimezone()
 
     [session] = sessions(fake_service)
-    assert [tool["name"] for tool in session.tools] == ["end_conversation", "get_current_time"]
+    assert [tool["name"] for tool in session.tools] == [
+        "end_conversation", "get_current_time", "speaker_volume"
+    ]
     [call] = session.function_calls_made
     [output] = session.function_outputs
     assert output["call_id"] == call["call_id"]
@@ -108,6 +110,7 @@ def test_tools_switched_off_are_not_offered(tmp_path, fake_service, reply_speech
 [tools]
 end_conversation = false
 time = false
+volume = false
 """)
     ask(tmp_path, fake_service, "what time is it", config)
     [session] = sessions(fake_service)
