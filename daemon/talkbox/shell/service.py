@@ -3,8 +3,9 @@
 This module owns the process-level parts: loading the config, opening and re-opening the
 audio devices, sd_notify (READY, STATUS, WATCHDOG only while the front end hears audio,
 RELOADING, STOPPING), signals (SIGTERM/SIGINT stop, SIGHUP reloads), the control socket,
-state hooks, and persisting mute. Each failure of a device or of the service is logged and
-retried; only a bad configuration at start ends the process (exit 78).
+state hooks, persisting mute, and the volume (shell/volume.py). Each failure of a device or
+of the service is logged and retried; only a bad configuration at start ends the process
+(exit 78).
 
 The control socket opens first, before the wake model loads and the devices open: while the
 daemon waits for a microphone or speaker, `talkbox ctl status` says what it waits for, and
@@ -34,7 +35,7 @@ from talkbox.audio.capture import Capture, Captured
 from talkbox.audio.echo_cancel import SpeakerReference
 from talkbox.audio.front_end_thread import FrontEndThread
 from talkbox.audio.frontend import FrontEnd
-from talkbox.audio.mixer import AlsaMixer
+from talkbox.audio.mixer import AlsaMixer, MixerError
 from talkbox.audio.playback import Playback
 from talkbox.audio_format import CAPTURE_PERIOD_MS, REALTIME_RATE
 from talkbox.config import Config, load_config
@@ -624,8 +625,12 @@ class Service:
                 wanted = level_from_command(self.volume.level, args[0])
             except VolumeArgumentError as error:
                 return {"ok": False, "error": safe_line(str(error))}
-            # Off the loop: a mixer and an fsync can take a few ms on an SD card.
-            await asyncio.to_thread(self.volume.set_level, wanted)
+            try:
+                # Off the loop: a mixer and an fsync can take a few ms on an SD card.
+                await asyncio.to_thread(self.volume.set_level, wanted)
+            except MixerError as error:
+                log.warning("%s", error)
+                return {"ok": False, "error": str(error)}
         return {"ok": True, "volume": self.volume.level}
 
     def _mute_path(self) -> Path | None:
