@@ -216,23 +216,32 @@ def test_the_level_survives_a_new_speaker_volume(tmp_path: Path) -> None:
 
 
 class FakeCardMixer(AlsaMixer):
-    """AlsaMixer with the card replaced by a number: SpeakerVolume's side of the mixer."""
+    """AlsaMixer with the card replaced by a control of 74 steps, too few for every percent (its
+    40 % reads back as 41 %, as the VM's emulated card's did): SpeakerVolume's side."""
+
+    STEPS = 74
 
     def __init__(self, percent: int) -> None:
         super().__init__("hw:9", "PCM")
-        self.percent = percent
+        self.raw = round(self.STEPS * percent / 100)
+
+    @property
+    def percent(self) -> int:
+        return round(self.raw * 100 / self.STEPS)
 
     def _act(self, percent: int | None) -> int:
         if percent is not None:
-            self.percent = percent
+            self.raw = round(self.STEPS * percent / 100)
         return self.percent
 
 
 def test_with_a_mixer_the_level_is_the_mixers_and_the_audio_is_not_scaled(tmp_path: Path) -> None:
-    mixer = FakeCardMixer(64)
+    mixer = FakeCardMixer(90)
     volume = SpeakerVolume(mixer, tmp_path / "volume")
-    assert volume.level == 64, "no level kept yet: the card's own"
+    assert volume.level == 91, "no level kept yet: the card's own (its nearest step to 90 %)"
     assert volume.gain == 1.0
+    assert volume.set_level(40) == 40, "the level asked for, though the card holds 41 %"
+    assert mixer.percent == 41 and read_level(tmp_path / "volume") == 40
     volume.set_level(30)
     assert mixer.percent == 30 and read_level(tmp_path / "volume") == 30
     restarted_card = FakeCardMixer(90)

@@ -3,7 +3,9 @@
 `AlsaMixer` moves a playback volume control of ALSA's simple mixer (what `amixer` and
 `alsamixer` show: "Master", "PCM", "Speaker", ...) through libasound, loaded with ctypes like
 audio/alsa.py. Percent maps linearly onto the control's own range, as `amixer set NAME 40%`
-does, so `amixer` shows the same percentage. Each call opens the mixer, acts and closes it: a
+does. A control with fewer than 100 steps cannot hold every percentage (qemu's emulated HDA
+card, set to 40 %, reads back 41 %), so the level set is the one asked for, and `amixer` may
+show one off. Each call opens the mixer, acts and closes it: a
 card that went away is an error for that call, not a stale handle.
 
 `scaled` is the software way: PCM16 times a gain, clipped; nothing is done at gain 1.
@@ -91,9 +93,9 @@ class AlsaMixer:
         """The control's level in percent of its range (its first channel). MixerError."""
         return self._act(None)
 
-    def set_percent(self, percent: int) -> int:
-        """Set every channel to `percent` of the range; returns the level read back."""
-        return self._act(max(0, min(100, percent)))
+    def set_percent(self, percent: int) -> None:
+        """Set every channel to the step nearest `percent` of the range. MixerError."""
+        self._act(max(0, min(100, percent)))
 
     def _act(self, percent: int | None) -> int:
         lib = _library()

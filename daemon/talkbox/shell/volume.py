@@ -96,7 +96,10 @@ class SpeakerVolume:
         self._level = MAX_LEVEL if kept is None else kept
         if mixer is not None:
             try:
-                self._level = mixer.get_percent() if kept is None else mixer.set_percent(kept)
+                if kept is None:
+                    self._level = mixer.get_percent()
+                else:
+                    mixer.set_percent(kept)
             except MixerError as error:
                 log.error("%s; [audio] mixer_control (on mixer_device %r) is not used, talkbox "
                           "scales its own audio instead", error, mixer.device)
@@ -123,7 +126,7 @@ class SpeakerVolume:
         level = checked_level(level)
         with self._lock:
             if self.mixer is not None:
-                level = self.mixer.set_percent(level)
+                self.mixer.set_percent(level)
             self._level = level
             log.info("volume %d %% (%s)", level, self.applied_by)
             if self.path is not None:
