@@ -131,7 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     echo_test.set_defaults(handler=_echo_test)
 
     ctl = command("ctl", "control the running daemon")
-    ctl.add_argument("action", choices=["status", "mute", "unmute", "wake", "stop", "timers"])
+    ctl.add_argument(
+        "action", choices=["status", "mute", "unmute", "wake", "stop", "timers", "volume"]
+    )
+    ctl.add_argument(
+        "value", nargs="?", help="volume only: N sets the level (0-100), +N / -N change it by N"
+    )
     ctl.add_argument("--socket", help="control socket (default: [control] socket of the config)")
     ctl.set_defaults(handler=_ctl)
     return parser
@@ -330,7 +335,10 @@ def _ctl(args: argparse.Namespace) -> int:
     socket_path = args.socket
     if socket_path is None:
         socket_path = _load(args).control.socket
-    reply = send_command_sync(socket_path, args.action)
+    if args.value is not None and args.action != "volume":
+        print(f"talkbox: ctl {args.action} takes no value", file=sys.stderr)
+        return EXIT_FAILURE
+    reply = send_command_sync(socket_path, args.action, [] if args.value is None else [args.value])
     if not reply.get("ok"):
         print(f"talkbox: {reply.get('error', 'the daemon refused')}", file=sys.stderr)
         return EXIT_FAILURE

@@ -5,13 +5,16 @@ against the openai type models (tool declarations and function_call_output items
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime
 
+import numpy as np
 import pytest
 
 from e2e.conftest import API_KEY, one_breath, service_config
-from support.daemon import run_daemon
+from support.audio_match import as_pcm, locate
+from support.daemon import DaemonRun, run_daemon
 from support.fake_realtime import ServerThread
 from support.service import sessions
 from support.speech import concat, silence
@@ -51,8 +54,8 @@ def test_the_time_tool_is_run_and_the_answer_after_it_plays(
 
     [session] = sessions(fake_service)
     assert [tool["name"] for tool in session.tools] == [
-        "end_conversation", "get_current_time", "set_timer", "set_alarm", "list_timers",
-        "cancel_timer"]
+        "end_conversation", "get_current_time", "speaker_volume", "set_timer", "set_alarm",
+        "list_timers", "cancel_timer"]
     [call] = session.function_calls_made
     [output] = session.function_outputs
     assert output["call_id"] == call["call_id"]
@@ -108,8 +111,77 @@ def test_tools_switched_off_are_not_offered(tmp_path, fake_service, reply_speech
 end_conversation = false
 time = false
 timers = false
+volume = false
 """)
     ask(tmp_path, fake_service, "what time is it", config)
     [session] = sessions(fake_service)
     assert session.tools == []
     assert "tools" not in session.client_events_of("session.update")[0]["session"]
+
+
+def level_db_of_answer(run: DaemonRun, since: float, answer: bytes) -> float:
+    """How loud `answer` played on the speaker after `since`, in dB against the answer as
+    the service sent it (found by correlation, which does not care about its level)."""
+    heard = as_pcm(run.heard(since)).astype(np.float64)
+    sent = as_pcm(answer).astype(np.float64)
+    offset, match = locate(heard, sent)
+    assert match > 0.99, f"the answer is not among what the speaker played (match {match:.3f})"
+    played = heard[offset: offset + len(sent)]
+    return 20 * math.log10(np.sqrt(np.mean(played**2)) / np.sqrt(np.mean(sent**2)))
+
+
+def converse(run: DaemonRun, microphone, command: str, conversations_before: int) -> float:
+    """Say the wake word and `command`; wait until the conversation is over; its start."""
+    spoken, _ = one_breath("hey jarvis", command)
+    started = time.monotonic()
+    microphone.speak(concat(spoken, silence(1.0)).tobytes())
+    run.wait_for_log("state idle", timeout=30, count=conversations_before + 1)
+    return started
+
+
+def test_the_volume_tool_and_ctl_volume_make_the_answer_quieter_and_a_restart_keeps_it(
+    tmp_path, fake_service, reply_speech
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    fake_service.server.reply_pcm = reply_speech
+    config = service_config(fake_service.url_base, follow_up=1.0)
+    env = {"STATE_DIRECTORY": str(state)}
+    with run_daemon(tmp_path / "first", config, api_key=API_KEY, extra_env=env) as run:
+        run.wait_ready()
+        microphone = run.microphone()
+        full = level_db_of_answer(run, converse(run, microphone, "what is the capital", 0),
+                                  reply_speech)
+        fake_service.server.function_calls = [[("speaker_volume",
+                                                '{"action": "set", "level": 50}')]]
+        by_the_tool = level_db_of_answer(
+            run, converse(run, microphone, "speak at half volume", 1), reply_speech)
+        assert run.ctl("volume").stdout == "volume: 50\n"
+        set_by_ctl = run.ctl("volume", "30")
+        assert (set_by_ctl.returncode, set_by_ctl.stdout) == (0, "volume: 30\n")
+        by_ctl = level_db_of_answer(run, converse(run, microphone, "what is the capital", 2),
+                                    reply_speech)
+        refused = run.ctl("volume", "130")
+        assert refused.returncode != 0 and "from 0 to 100" in refused.stderr
+        code, _ = run.terminate()
+        log = run.log()
+    assert code == 0, log
+    [session_with_call] = [s for s in sessions(fake_service) if s.function_calls_made]
+    [output] = session_with_call.function_outputs
+    assert json.loads(output["output"]) == {"volume": 50, "previous": 100}
+    assert "volume 50 % (software gain)" in log
+    assert full == pytest.approx(0.0, abs=0.1)
+    assert by_the_tool == pytest.approx(20 * math.log10(0.5), abs=0.3)  # -6.0 dB
+    assert by_ctl == pytest.approx(20 * math.log10(0.3), abs=0.3)  # -10.5 dB
+    assert (state / "volume").read_text() == "30\n"
+
+    with run_daemon(tmp_path / "restarted", config, api_key=API_KEY, extra_env=env) as run:
+        run.wait_ready()
+        assert "volume: 30" in run.ctl("status").stdout.splitlines()
+        microphone = run.microphone()
+        after_restart = level_db_of_answer(
+            run, converse(run, microphone, "what is the capital", 0), reply_speech)
+        code, _ = run.terminate()
+        log = run.log()
+    assert code == 0, log
+    assert after_restart == pytest.approx(20 * math.log10(0.3), abs=0.3)

@@ -200,10 +200,12 @@ class DaemonRun:
         microphone.start()
         return microphone
 
-    def ctl(self, action: str, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
-        """`talkbox ctl ACTION --socket ...` as a separate process, as a user would run it."""
+    def ctl(
+        self, action: str, *args: str, timeout: float = 15.0
+    ) -> subprocess.CompletedProcess[str]:
+        """`talkbox ctl ACTION [ARGS] --socket ...` as a separate process, as a user would."""
         return subprocess.run(
-            [TALKBOX, "ctl", action, "--socket", str(self.control_socket)],
+            [TALKBOX, "ctl", action, *args, "--socket", str(self.control_socket)],
             env=self.sandbox.env,
             stdin=subprocess.DEVNULL,
             capture_output=True,

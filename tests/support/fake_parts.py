@@ -175,10 +175,10 @@ class FakeControlSocket:
     async def close(self) -> None:
         self.closed = True
 
-    async def ask(self, command: str) -> dict[str, Any]:
-        """The daemon's reply to `talkbox ctl COMMAND`."""
+    async def ask(self, command: str, *args: str) -> dict[str, Any]:
+        """The daemon's reply to `talkbox ctl COMMAND [ARGS]`."""
         assert self.handler is not None and self.started, "the control socket is not open"
-        return await self.handler(command, [])
+        return await self.handler(command, list(args))
 
 
 class FakeFrontEnd:

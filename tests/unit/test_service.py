@@ -119,6 +119,7 @@ async def test_control_before_the_devices_come_reports_waits_and_holds_mute(
         "state": "starting",
         "status": f"waiting for the speaker: {NO_SPEAKER}",
         "muted": False,
+        "volume": 100,
         "conversations": 0,
         "last_error": "none",
         "ringing": False,
@@ -323,3 +324,42 @@ async def test_a_front_end_that_dies_stops_the_daemon_with_a_failure_status(
     assert await asyncio.wait_for(task, 5) == 70
     assert "the capture front end failed" in caplog.text
     assert fakes.notifier.lines[-1] == "STOPPING=1"
+
+
+async def test_ctl_volume_reads_sets_and_changes_the_level_and_a_restart_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    fakes = FakeParts()
+    fakes.devices.speaker_missing = NO_SPEAKER  # it works while the daemon waits, too
+    service = make_service(tmp_path, fakes)
+    async with running(service):
+        await until(lambda: service.waiting_for != {}, "the wait for the speaker")
+        replies = [
+            await fakes.control.ask("volume"),
+            await fakes.control.ask("volume", "30"),
+            await fakes.control.ask("volume", "+5"),
+            await fakes.control.ask("volume", "-50"),
+            await fakes.control.ask("volume", "120"),
+            await fakes.control.ask("volume", "7", "8"),
+            await fakes.control.ask("volume", "25"),
+        ]
+        status = await fakes.control.ask("status")
+    assert replies[:4] == [
+        {"ok": True, "volume": 100},
+        {"ok": True, "volume": 30},
+        {"ok": True, "volume": 35},
+        {"ok": True, "volume": 0},
+    ]
+    assert replies[4] == {
+        "ok": False,
+        "error": "the volume is an integer from 0 to 100 (percent), or +N / -N to change it "
+        "by N; got '120'",
+    }
+    assert replies[5] == {"ok": False, "error": "volume takes at most one argument: N, +N or -N"}
+    assert status["volume"] == 25
+    assert (tmp_path / "state" / "volume").read_text() == "25\n"
+
+    restarted = make_service(tmp_path, FakeParts())
+    assert restarted.volume.level == 25 and restarted.volume.gain == 0.25

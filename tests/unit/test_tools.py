@@ -14,10 +14,12 @@ import pytest
 from talkbox.config import ToolsConfig
 from talkbox.config.loading import parse_config
 from talkbox.errors import ConfigError
+from talkbox.shell.volume import SpeakerVolume
 from talkbox.tools.alarms import DECLARATIONS as TIMER_DECLARATIONS
 from talkbox.tools.alarms import AlarmStore, AlarmTools
 from talkbox.tools.builtin import CURRENT_TIME, END_CONVERSATION, LocalTool, current_time, toolbox
 from talkbox.tools.runner import ToolRunner
+from talkbox.tools.volume import VOLUME
 
 
 def runner_with(run: Any, timeout: float = 5.0) -> ToolRunner:
@@ -93,12 +95,16 @@ def test_current_time_is_the_local_time_date_and_zone() -> None:
 
 def test_the_config_switches_each_tool_on_and_off() -> None:
     store = AlarmTools(AlarmStore(None))
-    everything = toolbox(ToolsConfig(), store)
-    assert everything.declarations == (END_CONVERSATION, CURRENT_TIME, *TIMER_DECLARATIONS)
-    assert set(everything.local) == {CURRENT_TIME.name} | {d.name for d in TIMER_DECLARATIONS}, (
-        "goodbye is the core's, not run here")
-    assert set(toolbox(ToolsConfig()).local) == {CURRENT_TIME.name}, "timers need the store"
-    nothing = toolbox(ToolsConfig(end_conversation=False, time=False, timers=False), store)
+    volume = SpeakerVolume()
+    everything = toolbox(ToolsConfig(), alarms=store, volume=volume)
+    assert everything.declarations == (
+        END_CONVERSATION, CURRENT_TIME, VOLUME, *TIMER_DECLARATIONS)
+    assert set(everything.local) == {CURRENT_TIME.name, VOLUME.name} | {
+        d.name for d in TIMER_DECLARATIONS}, "goodbye is the core's, not run here"
+    assert set(toolbox(ToolsConfig()).local) == {CURRENT_TIME.name}, (
+        "timers need the store, the volume a volume to set")
+    nothing = toolbox(ToolsConfig(end_conversation=False, time=False, timers=False, volume=False),
+                      alarms=store, volume=volume)
     assert nothing.declarations == () and not nothing.local
 
 

@@ -422,6 +422,9 @@ class AudioConfig(_Section):
     volume: Annotated[float, _between(0, 1)] = 0.6
     chimes: bool = True
     echo_cancellation: bool = True
+    # The ALSA simple mixer control the volume moves ("" = talkbox scales its own audio).
+    mixer_control: StrictStr = ""
+    mixer_device: NonEmptyStr = "default"
 
 
 class WakeConfig(_Section):
@@ -523,6 +526,7 @@ class ToolsConfig(_Section):
 
     end_conversation: bool = True
     time: bool = True
+    volume: bool = True
     timeout_seconds: Annotated[float, _between(1, 120)] = 10.0
     timers: bool = True
     alarm_ring_seconds: Annotated[float, _between(5, 1800)] = 180.0

@@ -30,6 +30,7 @@ from talkbox.audio.frontend import (
     WakeDetected,
     WakeScores,
 )
+from talkbox.audio.mixer import scaled
 from talkbox.audio.vad import (
     GateSpeechAudio,
     GateSpeechEnded,
@@ -86,6 +87,7 @@ from talkbox.core.inputs import (
 )
 from talkbox.errors import AudioDeviceError, ConnectionDropped, RealtimeError
 from talkbox.realtime.connection import failure_of
+from talkbox.shell.volume import SpeakerVolume
 from talkbox.tools.alarms import AlarmStore, AlarmTools
 from talkbox.tools.builtin import toolbox
 from talkbox.tools.runner import RemoteTool, ToolRunner, no_remote_tool
@@ -217,12 +219,16 @@ def make_chimes(cfg: Config) -> dict[str, bytes]:
 
 def tool_runner(
     cfg: Config,
+    *,
     alarms: AlarmTools | None = None,
+    volume: SpeakerVolume | None = None,
     remote: Callable[[str], RemoteTool | None] = no_remote_tool,
 ) -> ToolRunner:
     """Runs the tools [tools] switches on (the session offers the same: `toolbox`), and those
     offered from elsewhere that `remote` finds (an MCP server's)."""
-    return ToolRunner(toolbox(cfg.tools, alarms).local, cfg.tools.timeout_seconds, remote)
+    return ToolRunner(
+        toolbox(cfg.tools, alarms=alarms, volume=volume).local, cfg.tools.timeout_seconds, remote
+    )
 
 
 class Daemon:
@@ -246,8 +252,11 @@ class Daemon:
         alarm_store: AlarmStore | None = None,
         wall_clock: Callable[[], float] = time.time,
         remote_tools: Callable[[str], RemoteTool | None] = no_remote_tool,
+        volume: SpeakerVolume | None = None,
     ) -> None:
         self.cfg = cfg
+        # Without one (tests), a volume of its own: software gain, kept in no file.
+        self.volume = volume if volume is not None else SpeakerVolume()
         self._make_opener = open_session
         self._open_session = open_session(cfg)
         self.speaker = speaker
@@ -262,7 +271,7 @@ class Daemon:
         self._wall_clock = wall_clock
         self._alarm_check: asyncio.TimerHandle | None = None
         self._remote_tools = remote_tools
-        self.tools = tool_runner(cfg, self._alarm_tools, remote_tools)
+        self.tools = self._tool_runner(cfg)
         self._running_tools: set[asyncio.Task[None]] = set()
         self.machine = ConversationMachine(machine_config(cfg))
         self._connection: _Connection | None = None
@@ -273,6 +282,11 @@ class Daemon:
         self._pending_config: Config | None = None
         self._pending_front_end: FrontEnd | None = None
         self.front_end.wake_enabled = self.machine.wake_enabled
+
+    def _tool_runner(self, cfg: Config) -> ToolRunner:
+        return tool_runner(
+            cfg, alarms=self._alarm_tools, volume=self.volume, remote=self._remote_tools
+        )
 
     def snapshot(self) -> Snapshot:
         """The conversation's state for status readers (control socket, systemd status)."""
@@ -362,7 +376,7 @@ class Daemon:
             case RunTool():
                 self._spawn_task(self._run_tool(action))
             case PlayAudio():
-                self.speaker.write(action.pcm)
+                self.speaker.write(scaled(action.pcm, self.volume.gain))
             case FlushPlayback():
                 self.speaker.flush()
                 self.speaker.reset_count()
@@ -441,7 +455,7 @@ class Daemon:
     def _play_chime(self, kind: str) -> None:
         pcm = self.chimes.get(kind)
         if pcm:
-            self.speaker.play_chime(pcm)
+            self.speaker.play_chime(scaled(pcm, self.volume.gain))
 
     def _cancel_timer(self, name: str) -> None:
         handle = self._timers.pop(name, None)
@@ -570,7 +584,7 @@ class Daemon:
         self.cfg = cfg
         self._open_session = self._make_opener(cfg)
         self.chimes = make_chimes(cfg)
-        self.tools = tool_runner(cfg, self._alarm_tools, self._remote_tools)
+        self.tools = self._tool_runner(cfg)
         if front_end_settings(old) != front_end_settings(cfg):
             self.front_end = front_end or build_front_end(cfg)
         if (old.audio.input_device, old.audio.output_device, old.audio.output_rate) != (
@@ -579,6 +593,11 @@ class Daemon:
             cfg.audio.output_rate,
         ):
             log.warning("audio device and rate changes take effect after a restart")
+        if (old.audio.mixer_device, old.audio.mixer_control) != (
+            cfg.audio.mixer_device,
+            cfg.audio.mixer_control,
+        ):
+            log.warning("[audio] mixer_control and mixer_device take effect after a restart")
         log.info("new configuration in force")
 
     # --- shutdown -----------------------------------------------------------------------------

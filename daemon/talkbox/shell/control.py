@@ -1,4 +1,5 @@
-"""The local control socket: `talkbox ctl status|mute|unmute|wake|stop|timers` talks to the daemon.
+"""The local control socket: `talkbox ctl status|mute|unmute|wake|stop|timers|volume` talks to
+the daemon.
 
 Owns the wire format and both ends of it. A client connects to a unix stream socket, sends
 one JSON line `{"command": "...", "args": [...]}` and gets one JSON line back:

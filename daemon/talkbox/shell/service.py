@@ -3,8 +3,9 @@
 This module owns the process-level parts: loading the config, opening and re-opening the
 audio devices, sd_notify (READY, STATUS, WATCHDOG only while the front end hears audio,
 RELOADING, STOPPING), signals (SIGTERM/SIGINT stop, SIGHUP reloads), the control socket,
-state hooks, and persisting mute. Each failure of a device or of the service is logged and
-retried; only a bad configuration at start ends the process (exit 78).
+state hooks, persisting mute, and the volume (shell/volume.py). Each failure of a device or
+of the service is logged and retried; only a bad configuration at start ends the process
+(exit 78).
 
 The control socket opens first, before the wake model loads and the devices open: while the
 daemon waits for a microphone or speaker, `talkbox ctl status` says what it waits for, and
@@ -34,6 +35,7 @@ from talkbox.audio.capture import Capture, Captured
 from talkbox.audio.echo_cancel import SpeakerReference
 from talkbox.audio.front_end_thread import FrontEndThread
 from talkbox.audio.frontend import FrontEnd
+from talkbox.audio.mixer import AlsaMixer, MixerError
 from talkbox.audio.playback import Playback
 from talkbox.audio_format import CAPTURE_PERIOD_MS, REALTIME_RATE
 from talkbox.config import Config, load_config
@@ -57,10 +59,13 @@ from talkbox.shell.hooks import StateHook, hook_program_warning
 from talkbox.shell.loop_lag import LoopLagProbe
 from talkbox.shell.startup_signals import StartupSignals
 from talkbox.shell.systemd import Notifier, WatchdogGate, setup_logging
-from talkbox.tools.alarms import ALARMS_FILE, AlarmStore, local_now, state_directory_file
+from talkbox.shell.volume import VOLUME_FILE, SpeakerVolume
+from talkbox.state_files import state_file
+from talkbox.tools.alarms import ALARMS_FILE, AlarmStore, local_now
 from talkbox.tools.builtin import toolbox
 from talkbox.tools.mcp_servers import McpServers
 from talkbox.tools.runner import RemoteTool, no_remote_tool
+from talkbox.tools.volume import VolumeArgumentError, level_from_command
 
 log = logging.getLogger("talkbox")
 
@@ -257,6 +262,11 @@ class Service:
         # Mute before the conversation loop exists (while waiting for the devices): as
         # remembered from the last run, then as `talkbox ctl mute`/`unmute` asked.
         self.muted_at_start = cfg.control.persist_mute and self._mute_file_says_muted()
+        # Before the devices: `talkbox ctl volume` works while the daemon waits for them.
+        mixer = cfg.audio.mixer_control
+        self.volume = SpeakerVolume(
+            AlsaMixer(cfg.audio.mixer_device, mixer) if mixer else None, state_file(VOLUME_FILE)
+        )
         self.watchdog_gate = WatchdogGate(max_silence_seconds=5.0, started_at=time.monotonic())
         self._speaker_broken = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -317,8 +327,9 @@ class Service:
             front_end=front_end,
             on_state=self._state_changed,
             on_speaker_error=self._speaker_failed,
-            alarm_store=AlarmStore(state_directory_file(ALARMS_FILE)),
+            alarm_store=AlarmStore(state_file(ALARMS_FILE)),
             remote_tools=self._parts.remote_tools,
+            volume=self.volume,
         )
         if self.muted_at_start:
             self.daemon.set_muted(True)
@@ -596,6 +607,7 @@ class Service:
                 "state": "starting" if snapshot is None else snapshot.state.value,
                 "status": self._status_text(),
                 "muted": self.muted_at_start if snapshot is None else snapshot.muted,
+                "volume": self.volume.level,
                 "uptime_seconds": round(time.monotonic() - self.started_monotonic),
                 "conversations": 0 if snapshot is None else snapshot.conversations,
                 "last_error": (snapshot.last_error if snapshot else "") or "none",
@@ -613,6 +625,8 @@ class Service:
             self._remember_mute(muted)
             self._report_state()
             return {"ok": True, "muted": muted}
+        if command == "volume":
+            return await self._control_volume(args)
         if command == "wake":
             if daemon is None:
                 return {"ok": False, "error": f"talkbox is not ready: {self._status_text()}"}
@@ -635,9 +649,25 @@ class Service:
         return "; ".join(f"{a.name} (id {a.id}) rings {describe_due(a, now)}"
                          for a in ordered) or "none"
 
+    async def _control_volume(self, args: list[str]) -> dict[str, Any]:
+        """`talkbox ctl volume [N|+N|-N]`: the level, after setting it if asked."""
+        if len(args) > 1:
+            return {"ok": False, "error": "volume takes at most one argument: N, +N or -N"}
+        if args:
+            try:
+                wanted = level_from_command(self.volume.level, args[0])
+            except VolumeArgumentError as error:
+                return {"ok": False, "error": safe_line(str(error))}
+            try:
+                # Off the loop: a mixer and an fsync can take a few ms on an SD card.
+                await asyncio.to_thread(self.volume.set_level, wanted)
+            except MixerError as error:
+                log.warning("%s", error)
+                return {"ok": False, "error": str(error)}
+        return {"ok": True, "volume": self.volume.level}
+
     def _mute_path(self) -> Path | None:
-        state_dir = os.environ.get("STATE_DIRECTORY", "")
-        return Path(state_dir.split(":")[0]) / MUTE_FILE if state_dir else None
+        return state_file(MUTE_FILE)
 
     def _mute_file_says_muted(self) -> bool:
         path = self._mute_path()

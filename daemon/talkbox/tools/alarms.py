@@ -37,6 +37,7 @@ from talkbox.core.alarms import (
 )
 from talkbox.core.events import ToolDeclaration
 from talkbox.safe_text import safe_line
+from talkbox.state_files import write_atomically
 
 log = logging.getLogger("talkbox.alarms")
 
@@ -60,12 +61,6 @@ def local_now() -> dt.datetime:
     except (OSError, ValueError, zoneinfo.ZoneInfoNotFoundError):
         zone = None
     return dt.datetime.now(zone) if zone is not None else dt.datetime.now().astimezone()
-
-
-def state_directory_file(name: str) -> Path | None:
-    """`name` in systemd's StateDirectory= (its first entry), or None outside systemd."""
-    state_dir = os.environ.get("STATE_DIRECTORY", "")
-    return Path(state_dir.split(":")[0]) / name if state_dir else None
 
 
 class AlarmStore:
@@ -145,7 +140,7 @@ class AlarmStore:
         if self.path is None:
             return
         try:
-            _write_atomically(self.path, _serialise(alarms))
+            write_atomically(self.path, _serialise(alarms))
         except OSError as error:
             log.error("cannot save the timers and alarms to %s: %s; they are kept until "
                       "talkbox stops", self.path, error.strerror)
@@ -197,20 +192,6 @@ def _typed(value: Any, kind: type) -> Any:
     if kind is str and isinstance(value, str):
         return value
     raise TypeError(f"expected {kind.__name__}")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
 
 
 # --- the tools the model calls ----------------------------------------------------------------

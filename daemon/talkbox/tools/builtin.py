@@ -18,6 +18,7 @@ from talkbox.core.conversation import END_CONVERSATION_TOOL
 from talkbox.core.events import ToolDeclaration
 from talkbox.tools.alarms import DECLARATIONS as TIMER_DECLARATIONS
 from talkbox.tools.alarms import AlarmTools
+from talkbox.tools.volume import VOLUME, VolumeControl, run_volume_tool
 
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
@@ -71,9 +72,12 @@ class Toolbox:
     local: Mapping[str, LocalTool]
 
 
-def toolbox(cfg: ToolsConfig, alarms: AlarmTools | None = None) -> Toolbox:
-    """The tools `cfg` switches on; the timer tools run only with `alarms` (the daemon's
-    store), though they are declared either way."""
+def toolbox(
+    cfg: ToolsConfig, *, alarms: AlarmTools | None = None, volume: VolumeControl | None = None
+) -> Toolbox:
+    """The tools `cfg` switches on, every one declared; the timer tools run here only with
+    `alarms` (the daemon's store), the volume tool only with a `volume` to set (without them
+    only the declarations are wanted)."""
     declarations: list[ToolDeclaration] = []
     local: dict[str, LocalTool] = {}
     if cfg.end_conversation:
@@ -81,6 +85,11 @@ def toolbox(cfg: ToolsConfig, alarms: AlarmTools | None = None) -> Toolbox:
     if cfg.time:
         declarations.append(CURRENT_TIME)
         local[CURRENT_TIME.name] = LocalTool(CURRENT_TIME, lambda _arguments: current_time())
+    if cfg.volume:
+        declarations.append(VOLUME)
+        if volume is not None:
+            control = volume
+            local[VOLUME.name] = LocalTool(VOLUME, lambda args: run_volume_tool(control, args))
     if cfg.timers:
         declarations.extend(TIMER_DECLARATIONS)
         if alarms is not None:

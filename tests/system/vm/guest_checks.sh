@@ -149,6 +149,56 @@ check "and the service keeps running with the same MainPID" \
 cp -p /root/config.toml.good "$CONFIG"
 show
 
+# --- c2. the volume on the sound card's mixer -----------------------------------------------------
+log "c2. volume through the ALSA mixer"
+# The first simple control (index 0) of the card with a playback volume: qemu's HDA codec's.
+playback_control() {
+    amixer scontents | awk '
+        /^Simple mixer control / { name = $0; sub(/^Simple mixer control \047/, "", name)
+                                   index0 = sub(/\047,0$/, "", name) }
+        /Capabilities:.*pvolume/ && index0 { print name; exit }'
+}
+# The control's level as amixer shows it (its first channel), e.g. 40.
+mixer_percent() { amixer sget "$1" | grep -o '\[[0-9]*%\]' | head -n 1 | tr -d '[]%'; }
+# mixer_near CONTROL PERCENT: amixer shows PERCENT, or one off (a control with fewer than 100
+# steps cannot hold every percentage: qemu's card set to 40 % shows 41 %).
+mixer_near() {
+    local shown
+    shown=$(mixer_percent "$1")
+    [[ -n $shown ]] && ((shown - $2 <= 1 && $2 - shown <= 1))
+}
+# ctl_says TEXT ARGS...: `talkbox ctl ARGS` printed exactly TEXT.
+ctl_says() { [[ $(ctl "${@:2}") == "$1" ]]; }
+echo "the card's simple controls: $(amixer scontrols | tr '\n' '|')"
+mixer_control=$(playback_control)
+check "the VM's sound card has a playback volume control (amixer: '${mixer_control:-none}')" \
+    test -n "$mixer_control"
+if [[ -n $mixer_control ]]; then
+    sed -i "s/^\[audio\]$/[audio]\nmixer_control = \"$mixer_control\"/" "$CONFIG"
+    amixer -q sset "$mixer_control" 90%
+    card_level=$(mixer_percent "$mixer_control")
+    mark=$(now)
+    # --no-block: the control socket and the mixer come long before READY=1 under emulation.
+    systemctl restart --no-block "$UNIT"
+    check "with no level kept yet, talkbox starts at the card's own level ($card_level % in amixer)" \
+        until_ok 300 said_since "$mark" "volume $card_level % (ALSA mixer control '$mixer_control' on 'default')"
+    check "talkbox ctl volume 40 answers volume: 40" until_ok 300 ctl_says "volume: 40" volume 40
+    check "and amixer shows the control at 40 % (or one off)" mixer_near "$mixer_control" 40
+    check "talkbox ctl volume -15 answers volume: 25" ctl_says "volume: 25" volume -15
+    check "amixer shows 25 % (or one off)" mixer_near "$mixer_control" 25
+    check "ctl status shows the volume" test "$(status_field volume)" = 25
+    check "the level is kept under StateDirectory= (/var/lib/talkbox/volume)" \
+        test "$(cat /var/lib/talkbox/volume)" = 25
+    amixer -q sset "$mixer_control" 90%  # someone else turns it up meanwhile
+    systemctl restart --no-block "$UNIT"
+    check "after a restart talkbox puts the kept 25 % back on the card" \
+        until_ok 300 mixer_near "$mixer_control" 25
+    # Not waiting for READY=1 (minutes under emulation): d. restarts it anyway. These were two
+    # more starts than the rest of this script counts on (StartLimitBurst=5).
+    systemctl reset-failed "$UNIT"
+fi
+journal_since "$mark" | grep -E 'volume|mixer' | head -n 10
+
 # --- d. watchdog ----------------------------------------------------------------------------------
 log "d. watchdog (WatchdogSec=5s by a runtime drop-in, to keep the test short)"
 mkdir -p "$(dirname "$WATCHDOG_DROPIN")"
