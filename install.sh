@@ -38,9 +38,10 @@ readonly FOREGROUND_COMMAND="sudo -u $APP_USER $VENV/bin/talkbox run --config $C
 readonly SYSTEM_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev pkg-config
                           portaudio19-dev libsystemd-dev alsa-utils)
 # For the test suite: speech synthesis for wake-word clips, systemd-analyze, strace for the
-# system-call filter check.
+# system-call filter check, mosquitto (a real MQTT broker the tests start on loopback; its
+# system service is never used).
 readonly DEV_PACKAGES=(python3-venv python3-dev gcc libc6-dev pkg-config portaudio19-dev
-                       libsystemd-dev espeak-ng sox alsa-utils systemd strace)
+                       libsystemd-dev espeak-ng sox alsa-utils systemd strace mosquitto)
 
 changes=0
 

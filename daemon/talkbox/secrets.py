@@ -18,6 +18,10 @@ from talkbox.config import (
     API_KEY_CREDENTIAL,
     API_KEY_ENV_VAR,
     INSTALLED_KEY_FILE,
+    INSTALLED_MQTT_PASSWORD_FILE,
+    MQTT_PASSWORD_CREDENTIAL,
+    MQTT_PASSWORD_PLACES,
+    MqttConfig,
     RealtimeConfig,
 )
 from talkbox.errors import ConfigError
@@ -208,4 +212,61 @@ def _key_from_text(text: str, source: str, described: str) -> ApiKey:
                 "inside the key; it must hold only the key, on one line"
             ]
         )
+    return ApiKey(value, source)
+
+
+def resolve_mqtt_password(
+    cfg: MqttConfig,
+    environ: Mapping[str, str],
+    *,
+    installed_file: Path = INSTALLED_MQTT_PASSWORD_FILE,
+) -> ApiKey | None:
+    """The broker password, held like the API key (masked, remembered for masking); None when
+    no username is set or none of MQTT_PASSWORD_PLACES holds one (a broker may take a user
+    without a password). A file named in mqtt.password_file must exist and hold it."""
+    if not cfg.username:
+        return None
+    credentials_directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if credentials_directory:
+        credential = Path(credentials_directory) / MQTT_PASSWORD_CREDENTIAL
+        if _exists(credential, f"the systemd credential {MQTT_PASSWORD_CREDENTIAL}"):
+            text = _read_password_file(credential, f"systemd credential {credential}")
+            if text.strip():
+                return _password_from_text(text, f"systemd credential {MQTT_PASSWORD_CREDENTIAL}")
+    if cfg.password_file:
+        source = f"mqtt.password_file {cfg.password_file}"
+        return _password_from_text(_read_password_file(Path(cfg.password_file), source), source)
+    if _exists(installed_file, f"the password file {installed_file}"):
+        source = f"the password file {installed_file}"
+        text = _read_password_file(installed_file, source)
+        if text.strip():
+            return _password_from_text(text, source)
+    return None
+
+
+def _read_password_file(path: Path, source: str) -> str:
+    try:
+        data = read_regular_file(path, MAX_KEY_FILE_BYTES)
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{source}: no such file; the password may be in {MQTT_PASSWORD_PLACES}"]
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            [f"{source}: permission denied; make it readable by the user talkbox runs as"]
+        ) from None
+    except FileRefused as refusal:
+        raise ConfigError([f"{source}: cannot read it: it {refusal}"]) from None
+    except OSError as error:
+        raise ConfigError([f"{source}: cannot read it: {error.strerror}"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([f"{source}: not text; the file must hold only the password"]) from None
+
+
+def _password_from_text(text: str, source: str) -> ApiKey:
+    value = text.strip("\r\n")
+    if not value or "\n" in value:
+        raise ConfigError([f"{source} must hold the broker password on one line"])
     return ApiKey(value, source)

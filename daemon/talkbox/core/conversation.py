@@ -68,6 +68,7 @@ from talkbox.core.failures import (
 )
 from talkbox.core.inputs import (
     Action,
+    Announce,
     CancelTimer,
     ChimeKind,
     CloseConnection,
@@ -301,6 +302,8 @@ class ConversationMachine:
             case ToolFinished():
                 if event.conversation == self.conversation and self.session_ready:
                     self._on_tool_finished(event, out)
+            case Announce():
+                self._on_announce(event, out)
             case _:
                 assert_never(event)
         self._say_wake_enabled(out)
@@ -350,6 +353,15 @@ class ConversationMachine:
         elif self.state is State.LISTENING and not self.turn_open:
             # Wake word said again as a follow-up: just treat it as the start of a turn.
             self._begin_wake_turn(event, out)
+
+    def _on_announce(self, event: Announce, out: list[Action]) -> None:
+        # For now a chime and the owner's log, with every provider; the text is not spoken.
+        if self.muted:
+            out.append(Notice("info", f"announcement not made (muted): {event.text}"))
+            return
+        if self.state is State.IDLE:
+            self._chime("wake", out)
+        out.append(Notice("info", f"announcement: {event.text}"))
 
     def _begin_wake_turn(self, event: WakeWord, out: list[Action]) -> None:
         self._reset_turn()

@@ -118,6 +118,13 @@ class ToolFinished:
     output: str
 
 
+@dataclass(frozen=True)
+class Announce:
+    """Say this text (Home Assistant's announce entity, or the house's announce topic)."""
+
+    text: str
+
+
 Input = (
     WakeWord
     | MicSpeechStarted
@@ -132,6 +139,7 @@ Input = (
     | MuteChanged
     | ConfigChanged
     | ToolFinished
+    | Announce
 )
 
 
