@@ -230,5 +230,7 @@ class HouseLink:
         if topic == self.topics.stop:
             return Command("stop")
         if topic in (self.topics.announce, HOUSE_ANNOUNCE_TOPIC) and text:
-            return Announcement(text[:MAX_ANNOUNCE_CHARS], house=topic == HOUSE_ANNOUNCE_TOPIC)
+            # Outside text: one clean line, as everything from outside (safe_text).
+            spoken = safe_line(text, MAX_ANNOUNCE_CHARS)
+            return Announcement(spoken, house=topic == HOUSE_ANNOUNCE_TOPIC)
         return None

@@ -1,0 +1,207 @@
+"""The MQTT link (mqtt/link.py) against a real Mosquitto broker on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import aiomqtt
+import pytest
+
+from support.ha_discovery import problems
+from support.mosquitto import Broker
+from talkbox.config import MqttConfig
+from talkbox.core.arbitration import Claim
+from talkbox.mqtt.link import (
+    Announcement,
+    Command,
+    HouseLink,
+    HouseMessage,
+    PeerClaim,
+    StateReport,
+)
+from talkbox.mqtt.topics import CLAIMS_TOPIC, HOUSE_ANNOUNCE_TOPIC
+
+
+@pytest.fixture
+def broker(tmp_path) -> Broker:
+    running = Broker(tmp_path / "broker")
+    running.start()
+    yield running
+    running.stop()
+
+
+class Running:
+    def __init__(self, link: HouseLink, task: asyncio.Task[None]) -> None:
+        self.link = link
+        self.task = task
+        self.messages: list[HouseMessage] = []
+        self.connections: list[bool] = []
+
+
+async def start_link(port: int, device: str, **settings: object) -> Running:
+    cfg = MqttConfig(enabled=True, host="127.0.0.1", port=port, device=device, **settings)
+    holder: list[Running] = []
+    link = HouseLink(
+        cfg,
+        None,
+        version="0.1.0",
+        on_message=lambda m: holder[0].messages.append(m),
+        on_connected=lambda c: holder[0].connections.append(c),
+    )
+    running = Running(link, asyncio.create_task(link.run()))
+    holder.append(running)
+    return running
+
+
+async def stop_link(running: Running) -> None:
+    running.task.cancel()
+    await asyncio.wait({running.task}, timeout=3)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def retained(port: int, pattern: str, settle: float = 0.5) -> dict[str, bytes]:
+    """What the broker holds retained under `pattern`, as a new subscriber (Home Assistant
+    starting up) gets it."""
+    got: dict[str, bytes] = {}
+    async with aiomqtt.Client("127.0.0.1", port, identifier="observer") as client:
+        await client.subscribe(pattern)
+
+        async def collect() -> None:
+            async for message in client.messages:
+                if message.retain:
+                    got[str(message.topic)] = bytes(message.payload)  # type: ignore[arg-type]
+
+        with __import__("contextlib").suppress(TimeoutError):
+            await asyncio.wait_for(collect(), settle)
+    return got
+
+
+async def test_discovery_is_retained_valid_and_the_speaker_online(broker: Broker) -> None:
+    kitchen = await start_link(broker.port, "kitchen")
+    await until(lambda: kitchen.link.connected, what="connected")
+    kitchen.link.publish_state(StateReport("idle", False, ""))
+    await asyncio.sleep(0.2)
+    configs = await retained(broker.port, "homeassistant/#")
+    assert sorted(configs) == [
+        "homeassistant/button/kitchen/stop/config",
+        "homeassistant/button/kitchen/wake/config",
+        "homeassistant/notify/kitchen/announce/config",
+        "homeassistant/sensor/kitchen/last_error/config",
+        "homeassistant/sensor/kitchen/state/config",
+        "homeassistant/switch/kitchen/muted/config",
+    ]
+    unique_ids = set()
+    for topic, payload in configs.items():
+        config = json.loads(payload)
+        assert problems(topic.split("/")[1], config) == [], topic
+        assert config["device"]["identifiers"] == ["talkbox_kitchen"]
+        assert config["availability_topic"] == "talkbox/kitchen/availability"
+        unique_ids.add(config["unique_id"])
+    assert len(unique_ids) == len(configs)
+    own = await retained(broker.port, "talkbox/kitchen/#")
+    assert own["talkbox/kitchen/availability"] == b"online"
+    assert json.loads(own["talkbox/kitchen/state"]) == {
+        "state": "idle", "muted": False, "last_error": ""
+    }
+    await stop_link(kitchen)
+    # A clean stop says offline itself.
+    assert (await retained(broker.port, "talkbox/kitchen/availability")) == {
+        "talkbox/kitchen/availability": b"offline"
+    }
+
+
+async def test_commands_announcements_and_peer_claims_arrive(broker: Broker) -> None:
+    kitchen = await start_link(broker.port, "kitchen")
+    hall = await start_link(broker.port, "hall")
+    await until(lambda: kitchen.link.connected and hall.link.connected, what="both connected")
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="home-assistant") as ha:
+        await ha.publish("talkbox/kitchen/muted/set", "ON")
+        await ha.publish("talkbox/kitchen/wake", "PRESS")
+        await ha.publish("talkbox/kitchen/stop", "PRESS")
+        await ha.publish("talkbox/kitchen/muted/set", "OFF")
+        await ha.publish("talkbox/kitchen/announce", "dinner is ready\x1b[2J")
+        await ha.publish(HOUSE_ANNOUNCE_TOPIC, "the door is open")
+        await ha.publish(CLAIMS_TOPIC, b"{not json")
+    hall.link.publish_claim(Claim("hall", level_db=-31.5, score=0.97))
+    await until(lambda: len(kitchen.messages) >= 7, what="kitchen's messages")
+    commands = [m for m in kitchen.messages if isinstance(m, Command)]
+    assert [c.name for c in commands] == ["mute", "wake", "stop", "unmute"]
+    announcements = [m for m in kitchen.messages if isinstance(m, Announcement)]
+    assert announcements == [
+        Announcement("dinner is ready [2J", house=False),
+        Announcement("the door is open", house=True),
+    ]
+    claims = [m.claim for m in kitchen.messages if isinstance(m, PeerClaim)]
+    assert claims == [Claim("hall", level_db=-31.5, score=0.97)]
+    # The hall got the house's announcement, not the kitchen's own.
+    await until(lambda: any(isinstance(m, Announcement) for m in hall.messages), what="hall")
+    assert [m for m in hall.messages if isinstance(m, Announcement)] == [
+        Announcement("the door is open", house=True)
+    ]
+    await stop_link(kitchen)
+    await stop_link(hall)
+
+
+async def test_a_broker_that_is_down_is_one_warning_then_found_again(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="talkbox.mqtt")
+    broker = Broker(tmp_path / "broker")  # not started
+    kitchen = await start_link(broker.port, "kitchen")
+    await asyncio.sleep(3.5)  # several attempts
+    assert kitchen.connections == []
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "answers alone" in warnings[0].getMessage()
+    # Publishing meanwhile neither waits nor piles up.
+    for _ in range(1000):
+        kitchen.link.publish_claim(Claim("kitchen"))
+    kitchen.link.publish_state(StateReport("listening", True, "the service said no"))
+    broker.start()
+    try:
+        await until(lambda: kitchen.link.connected, timeout=12, what="reconnected")
+        await asyncio.sleep(0.3)
+        state = await retained(broker.port, "talkbox/kitchen/state")
+        assert json.loads(state["talkbox/kitchen/state"])["muted"] is True
+    finally:
+        await stop_link(kitchen)
+        broker.stop()
+
+
+async def test_a_restarted_broker_gets_the_entities_and_state_again(
+    tmp_path,
+) -> None:
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    kitchen = await start_link(broker.port, "kitchen")
+    try:
+        await until(lambda: kitchen.link.connected, what="connected")
+        kitchen.link.publish_state(StateReport("listening", False, ""))
+        broker.stop()
+        # Its memory is lost too: only the speaker can bring the entities back.
+        for stored in (tmp_path / "broker").glob("mosquitto.db*"):
+            stored.unlink()
+        await until(lambda: not kitchen.link.connected, what="disconnected")
+        kitchen.link.publish_state(StateReport("responding", False, ""))
+        broker.start()
+        await until(lambda: kitchen.link.connected, timeout=12, what="reconnected")
+        await asyncio.sleep(0.3)
+        configs = await retained(broker.port, "homeassistant/#")
+        assert len(configs) == 6
+        own = await retained(broker.port, "talkbox/kitchen/#")
+        assert own["talkbox/kitchen/availability"] == b"online"
+        assert json.loads(own["talkbox/kitchen/state"])["state"] == "responding"
+        assert kitchen.connections == [True, False, True]
+    finally:
+        await stop_link(kitchen)
+        broker.stop()
