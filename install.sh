@@ -443,6 +443,15 @@ uninstall() {
         systemctl daemon-reload
         systemctl reset-failed "$UNIT_NAME" 2>/dev/null || true
     fi
+    step "Home Assistant (MQTT)"
+    # With the service stopped, nothing publishes the entities again. A broker that cannot be
+    # reached is a note, never a failed uninstall.
+    if [[ -x $VENV/bin/python && -f $CONFIG ]]; then
+        timeout 60 "$VENV/bin/python" -m talkbox.mqtt.forget --config "$CONFIG" ||
+            note "could not clear this speaker's retained MQTT messages (left on the broker)"
+    else
+        unchanged "no installed talkbox to remove from the broker"
+    fi
     step "Files"
     if [[ -L $COMMAND_LINK && $(readlink -- "$COMMAND_LINK") == "$VENV/bin/talkbox" ]]; then
         remove_path "$COMMAND_LINK"

@@ -5,7 +5,7 @@ Each entity is one retained config message on `<prefix>/<component>/<device>/<ob
 (Home Assistant's per-entity discovery). Every entity shares the device block and the
 availability topic, whose "offline" is the connection's last will: Home Assistant greys the
 speaker out when the daemon dies. An empty retained message on the same topic removes it
-(`removals`, which `install.sh --uninstall` publishes through `talkbox mqtt-forget`).
+(`removals`, which `install.sh --uninstall` publishes through `mqtt/forget.py`).
 
 More entities plug in at `entities`: the volume (a `number` commanding
 `talkbox/<device>/volume/set`) and the next timer or alarm (a `sensor` with device_class

@@ -122,7 +122,9 @@ class HouseLink:
 
     # --- the connection -----------------------------------------------------------------------
 
-    def _client(self) -> aiomqtt.Client:
+    def client(self, *, identifier: str = "", will: bool = True) -> aiomqtt.Client:
+        """A client for these settings (not connected); with `will`, the broker says
+        "offline" for this speaker when the connection dies."""
         s = self.settings
         tls_context = None
         if s.tls:
@@ -132,8 +134,10 @@ class HouseLink:
             s.port,
             username=s.username or None,
             password=None if self._password is None else self._password.reveal(),
-            identifier=f"talkbox-{s.device}",
-            will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
+            identifier=identifier or f"talkbox-{s.device}",
+            will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True)
+            if will
+            else None,
             timeout=CONNECT_TIMEOUT_SECONDS,
             keepalive=KEEPALIVE_SECONDS,
             tls_context=tls_context,
@@ -145,7 +149,7 @@ class HouseLink:
         where = f"{self.settings.host}:{self.settings.port}"
         while True:
             try:
-                async with self._client() as client:
+                async with self.client() as client:
                     log.info("MQTT: connected to %s as %s", where, self.settings.device)
                     complained = False
                     pause = RETRY_FIRST_SECONDS
