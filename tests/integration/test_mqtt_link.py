@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 
 import aiomqtt
 import pytest
 
 from support.ha_discovery import problems
-from support.mosquitto import Broker
+from support.mosquitto import Broker, free_port, read_retained
 from talkbox.config import MqttConfig
 from talkbox.core.arbitration import Claim
 from talkbox.mqtt.link import (
@@ -69,29 +71,12 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str =
         await asyncio.sleep(0.01)
 
 
-async def retained(port: int, pattern: str, settle: float = 0.5) -> dict[str, bytes]:
-    """What the broker holds retained under `pattern`, as a new subscriber (Home Assistant
-    starting up) gets it."""
-    got: dict[str, bytes] = {}
-    async with aiomqtt.Client("127.0.0.1", port, identifier="observer") as client:
-        await client.subscribe(pattern)
-
-        async def collect() -> None:
-            async for message in client.messages:
-                if message.retain:
-                    got[str(message.topic)] = bytes(message.payload)  # type: ignore[arg-type]
-
-        with __import__("contextlib").suppress(TimeoutError):
-            await asyncio.wait_for(collect(), settle)
-    return got
-
-
 async def test_discovery_is_retained_valid_and_the_speaker_online(broker: Broker) -> None:
     kitchen = await start_link(broker.port, "kitchen")
     await until(lambda: kitchen.link.connected, what="connected")
     kitchen.link.publish_state(StateReport("idle", False, ""))
     await asyncio.sleep(0.2)
-    configs = await retained(broker.port, "homeassistant/#")
+    configs = await read_retained(broker.port, "homeassistant/#")
     assert sorted(configs) == [
         "homeassistant/button/kitchen/stop/config",
         "homeassistant/button/kitchen/wake/config",
@@ -108,14 +93,14 @@ async def test_discovery_is_retained_valid_and_the_speaker_online(broker: Broker
         assert config["availability_topic"] == "talkbox/kitchen/availability"
         unique_ids.add(config["unique_id"])
     assert len(unique_ids) == len(configs)
-    own = await retained(broker.port, "talkbox/kitchen/#")
+    own = await read_retained(broker.port, "talkbox/kitchen/#")
     assert own["talkbox/kitchen/availability"] == b"online"
     assert json.loads(own["talkbox/kitchen/state"]) == {
         "state": "idle", "muted": False, "last_error": ""
     }
     await stop_link(kitchen)
     # A clean stop says offline itself.
-    assert (await retained(broker.port, "talkbox/kitchen/availability")) == {
+    assert (await read_retained(broker.port, "talkbox/kitchen/availability")) == {
         "talkbox/kitchen/availability": b"offline"
     }
 
@@ -171,7 +156,7 @@ async def test_a_broker_that_is_down_is_one_warning_then_found_again(
     try:
         await until(lambda: kitchen.link.connected, timeout=12, what="reconnected")
         await asyncio.sleep(0.3)
-        state = await retained(broker.port, "talkbox/kitchen/state")
+        state = await read_retained(broker.port, "talkbox/kitchen/state")
         assert json.loads(state["talkbox/kitchen/state"])["muted"] is True
     finally:
         await stop_link(kitchen)
@@ -196,12 +181,43 @@ async def test_a_restarted_broker_gets_the_entities_and_state_again(
         broker.start()
         await until(lambda: kitchen.link.connected, timeout=12, what="reconnected")
         await asyncio.sleep(0.3)
-        configs = await retained(broker.port, "homeassistant/#")
+        configs = await read_retained(broker.port, "homeassistant/#")
         assert len(configs) == 6
-        own = await retained(broker.port, "talkbox/kitchen/#")
+        own = await read_retained(broker.port, "talkbox/kitchen/#")
         assert own["talkbox/kitchen/availability"] == b"online"
         assert json.loads(own["talkbox/kitchen/state"])["state"] == "responding"
         assert kitchen.connections == [True, False, True]
     finally:
         await stop_link(kitchen)
         broker.stop()
+
+
+def forget(tmp_path, port: int) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "talkbox.toml"
+    config.write_text(
+        f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\ndevice = "kitchen"\n'
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "talkbox.mqtt.forget", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+async def test_uninstalling_takes_the_speaker_out_of_home_assistant(tmp_path, broker) -> None:
+    kitchen = await start_link(broker.port, "kitchen")
+    await until(lambda: kitchen.link.connected, what="connected")
+    kitchen.link.publish_state(StateReport("idle", False, ""))
+    await asyncio.sleep(0.2)
+    await stop_link(kitchen)
+    assert len(await read_retained(broker.port, "homeassistant/#")) == 6
+    done = await asyncio.to_thread(forget, tmp_path, broker.port)
+    assert done.returncode == 0, done.stderr
+    assert "removed kitchen from the broker (8 retained messages)" in done.stdout
+    assert await read_retained(broker.port, "homeassistant/#") == {}
+    assert await read_retained(broker.port, "talkbox/#") == {}
+
+
+def test_uninstalling_with_the_broker_out_of_reach_does_not_fail(tmp_path) -> None:
+    done = forget(tmp_path, free_port())
+    assert done.returncode == 0
+    assert "could not reach the MQTT broker" in done.stderr

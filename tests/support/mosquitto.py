@@ -3,6 +3,8 @@ by its pid (never the system's mosquitto service)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -85,3 +87,27 @@ def broker(directory: Path) -> Iterator[Broker]:
         yield running
     finally:
         running.stop()
+
+
+async def read_retained(port: int, pattern: str, settle: float = 0.5) -> dict[str, bytes]:
+    """What the broker holds retained under `pattern`, as a new subscriber (Home Assistant
+    starting up) gets it: topic -> payload."""
+    import aiomqtt
+
+    got: dict[str, bytes] = {}
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.subscribe(pattern)
+
+        async def collect() -> None:
+            async for message in client.messages:
+                if message.retain and isinstance(message.payload, bytes | bytearray):
+                    got[str(message.topic)] = bytes(message.payload)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(collect(), settle)
+    return got
+
+
+def retained(port: int, pattern: str, settle: float = 0.5) -> dict[str, bytes]:
+    """`read_retained`, from synchronous code."""
+    return asyncio.run(read_retained(port, pattern, settle))

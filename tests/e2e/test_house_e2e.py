@@ -1,0 +1,135 @@
+"""A house of three real `talkbox run` processes on one real Mosquitto broker: each has its
+own FIFO microphone and hears the same "hey jarvis" at its own level; exactly one of them
+opens a session with the fake service, the one that heard it loudest. With the broker gone
+each answers alone; a daemon killed with SIGKILL shows offline (its last will)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from e2e.conftest import API_KEY, phrase, service_config
+from support.daemon import DaemonRun, LiveMicrophone, run_daemon, wait_until
+from support.fake_realtime import ServerThread
+from support.mosquitto import Broker, retained
+from support.service import sessions
+from support.speech import concat, silence
+
+pytestmark = pytest.mark.slow
+
+NAMES = ("attic", "hall", "kitchen")
+# The loudest, and the others 6 and 12 dB below it: speakers in other rooms.
+GAINS = (1.0, 0.5, 0.25)
+TRIALS = 4
+
+
+def config(service: ServerThread, port: int, device: str) -> str:
+    return service_config(
+        service.url_base,
+        follow_up=1.0,
+        extra=f"""
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+device = "{device}"
+arbitration_ms = 150
+""",
+    )
+
+
+def availability(port: int, device: str) -> bytes | None:
+    """The retained availability of `device`, as Home Assistant reads it."""
+    topic = f"talkbox/{device}/availability"
+    return retained(port, topic).get(topic)
+
+
+Speakers = dict[str, tuple[DaemonRun, LiveMicrophone]]
+
+
+@contextlib.contextmanager
+def house(tmp_path: Path, service: ServerThread, broker: Broker) -> Iterator[Speakers]:
+    with contextlib.ExitStack() as stack:
+        runs = {}
+        for name in NAMES:
+            (tmp_path / name).mkdir()
+            runs[name] = stack.enter_context(
+                run_daemon(tmp_path / name, config(service, broker.port, name), api_key=API_KEY)
+            )
+        speakers = {}
+        for name, run in runs.items():
+            run.wait_ready(timeout=90)
+            speakers[name] = (run, run.microphone())
+        for run, _ in speakers.values():
+            run.wait_for_log("MQTT: connected", timeout=15)
+        yield speakers
+
+
+def say_everywhere(speakers: Speakers, loudest: str, wake: np.ndarray) -> None:
+    others = [name for name in NAMES if name != loudest]
+    for name, gain in zip([loudest, *others], GAINS, strict=True):
+        pcm = (wake.astype(np.float64) * gain).astype(np.int16)
+        speakers[name][1].speak(pcm.tobytes())
+
+
+def connecting(run: DaemonRun) -> int:
+    return run.log().count("state connecting")
+
+
+def test_only_the_loudest_speaker_answers_and_each_alone_without_a_broker(
+    tmp_path, fake_service
+) -> None:
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    wake = concat(silence(1.0), phrase("hey jarvis"), silence(0.5))
+    try:
+        with house(tmp_path, fake_service, broker) as speakers:
+            for trial in range(TRIALS):
+                loudest = NAMES[trial % len(NAMES)]
+                before = {name: connecting(run) for name, (run, _) in speakers.items()}
+                winner = speakers[loudest][0]
+                idle_before = winner.log().count("state idle")
+                say_everywhere(speakers, loudest, wake)
+                winner.wait_for_log("state connecting", count=before[loudest] + 1, timeout=15)
+                # Its conversation is over (no command: the follow-up ran out); the others
+                # decided within the window long before.
+                winner.wait_for_log("state idle", count=idle_before + 1, timeout=15)
+                after = {name: connecting(run) for name, (run, _) in speakers.items()}
+                opened = [name for name in NAMES if after[name] > before[name]]
+                assert opened == [loudest], f"trial {trial}: {opened} answered"
+                time.sleep(2.0)  # past the wake word's refractory time
+            assert len(sessions(fake_service)) == TRIALS
+
+            # The broker is gone: each one hears the wake word and answers, alone, at once.
+            broker.stop()
+            for run, _ in speakers.values():
+                run.wait_for_log("unreachable or lost", timeout=15)
+            before = {name: connecting(run) for name, (run, _) in speakers.items()}
+            say_everywhere(speakers, "kitchen", wake)
+            for name, (run, _) in speakers.items():
+                run.wait_for_log("state connecting", count=before[name] + 1, timeout=15)
+                assert "alone" in run.log().split("answering the wake")[-1].splitlines()[0]
+            wait_until(lambda: len(sessions(fake_service)) == TRIALS + 3, 15, "three sessions")
+
+            # Back again; then a daemon killed outright is shown offline by its last will.
+            broker.start()
+            for run, _ in speakers.values():
+                run.wait_for_log("MQTT: connected", count=2, timeout=30)
+            assert availability(broker.port, "hall") == b"online"
+            hall = speakers["hall"][0]
+            os.kill(hall.process.pid, signal.SIGKILL)
+            hall.process.wait(timeout=5)
+            wait_until(
+                lambda: availability(broker.port, "hall") == b"offline",
+                10, "the hall offline",
+            )
+            assert availability(broker.port, "kitchen") == b"online"
+    finally:
+        broker.stop()
