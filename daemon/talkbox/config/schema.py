@@ -511,7 +511,7 @@ class MqttConfig(_Section):
         if not self.enabled:
             return []
         return [
-            RuleViolation(("mqtt", key), f"must be set when mqtt.enabled = true ({what})")
+            RuleViolation((key,), f"must be set when mqtt.enabled = true ({what})")
             for key, value, what in (
                 ("host", self.host, "the broker's name or address"),
                 ("device", self.device, 'the name of this speaker in the house, e.g. "kitchen"'),
