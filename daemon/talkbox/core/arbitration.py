@@ -52,8 +52,9 @@ class Claim:
     """One speaker's bid to answer: who, for what, and how well it heard.
 
     level_db: the wake phrase's speech level at this speaker's microphone (dBFS; the nearest
-    speaker hears it loudest: `docs/benchmarks.md` shows it predicts the nearest speaker
-    better than the score). score: the wake model's score (0..1), the tie-break after it.
+    speaker hears it loudest). score: the wake model's score (0..1), the tie-break after it.
+    Level first is a choice not yet measured in simulated rooms: in the three-speaker test
+    the quieter speakers' scores sometimes came out higher than the loudest one's.
     """
 
     speaker: str
