@@ -7,6 +7,7 @@ import random
 
 from talkbox.core.arbitration import (
     ANNOUNCE,
+    SAME_PHRASE_SECONDS,
     WAKE,
     Answered,
     ArbiterAction,
@@ -87,12 +88,36 @@ def test_the_loudest_claim_answers_and_the_others_stand_down() -> None:
     assert answers == {"kitchen": [wakes["kitchen"]], "hall": [], "study": []}
 
 
-def test_a_claim_after_the_window_starts_a_new_round() -> None:
+def test_the_same_phrase_heard_after_the_window_stands_down_without_a_claim() -> None:
+    # The hall's round closed without us; the hall answers it. Hearing the phrase late, even
+    # louder, must not make a second speaker answer.
+    arbiter = connected("kitchen")
+    arbiter.step(PeerClaimed(Claim("hall", level_db=-40.0)), 1.0)
+    mine = OwnClaim(Claim("kitchen", level_db=0.0), WakeWord())
+    actions = arbiter.step(mine, 1.0 + WINDOW + 0.2)
+    assert actions == [StoodDown(mine.claim, Claim("hall", level_db=-40.0))]
+    # A third speaker, later still, finds no claim of ours to join: it stands down as well.
+    third = connected("attic")
+    third.step(PeerClaimed(Claim("hall", level_db=-40.0)), 1.0)
+    late = OwnClaim(Claim("attic", level_db=-10.0), WakeWord())
+    assert isinstance(third.step(late, 1.0 + WINDOW + 0.4)[0], StoodDown)
+
+
+def test_a_wake_after_the_same_phrase_time_starts_a_new_round() -> None:
     arbiter = connected("kitchen")
     arbiter.step(PeerClaimed(Claim("hall", level_db=0.0)), 1.0)
     mine = OwnClaim(Claim("kitchen", level_db=-40.0), WakeWord())
-    window = window_of(arbiter.step(mine, 1.0 + WINDOW + 0.01))
+    window = window_of(arbiter.step(mine, 1.0 + SAME_PHRASE_SECONDS + 0.01))
     assert abs(window.seconds - WINDOW) < 1e-9
+    assert len(delivered(arbiter.step(WindowEnded(WAKE, window.token), 3.0))) == 1
+
+
+def test_asked_after_a_heard_round_is_not_held_back() -> None:
+    # `talkbox ctl wake` (or Home Assistant's button) just after a wake elsewhere: asked for.
+    arbiter = connected("kitchen")
+    arbiter.step(PeerClaimed(Claim("hall", level_db=0.0)), 1.0)
+    asked = OwnClaim(Claim("kitchen", kind="asked"), WakeWord())
+    window = window_of(arbiter.step(asked, 1.0 + WINDOW + 0.1))
     assert len(delivered(arbiter.step(WindowEnded(WAKE, window.token), 2.0))) == 1
 
 

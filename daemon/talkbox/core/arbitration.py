@@ -11,6 +11,13 @@ claims that *arrive* within `window_seconds` of the first one this speaker saw (
 peer's), measured on this speaker's monotonic clock, which comes in as `now`. With no broker
 the speaker answers at once, alone: arbitration never costs more than the window.
 
+Speakers do not detect one phrase at the same moment: in simulated rooms (bench
+house_arbitration) their detections lay up to 412 ms apart (median 101 ms), the nearest
+one's often the later. A wake word of ours heard after a round has closed, but within
+`SAME_PHRASE_SECONDS` of its start, is that phrase heard late: the round's winner already
+answers, so this speaker stands down without a claim. One answer, always, at the price of
+the nearest speaker sometimes losing to an earlier, farther one.
+
 A wake word heard while this speaker is already in a conversation (a barge-in, a follow-up)
 is never held up; it is announced as an "engaged" claim, which outranks every fresh one, so
 the speaker in the next room does not start a second conversation.
@@ -34,8 +41,8 @@ from talkbox.core.inputs import (
     StopRequested,
 )
 
-# Who outranks whom, before anything was measured: a speaker already in a conversation, then
-# one asked by name (`talkbox ctl wake`, Home Assistant's button), then one that heard it.
+# Who outranks whom: a speaker already in a conversation, then one asked by name (`talkbox ctl
+# wake`, Home Assistant's button), then one that heard it (those by level, then score).
 ClaimKind = Literal["engaged", "asked", "heard"]
 KIND_ORDER: dict[ClaimKind, int] = {"engaged": 2, "asked": 1, "heard": 0}
 
@@ -45,6 +52,10 @@ ANNOUNCE: Subject = "announce"
 
 # The quietest level a claim may state (dBFS); silence measures as this.
 FLOOR_DB = -120.0
+# Claims this close after the start of a closed round are the same phrase heard late (over
+# twice the widest spread measured between the speakers' detections, 412 ms); a wake
+# word said again after this is a new wake.
+SAME_PHRASE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,8 +64,9 @@ class Claim:
 
     level_db: the wake phrase's speech level at this speaker's microphone (dBFS; the nearest
     speaker hears it loudest). score: the wake model's score (0..1), the tie-break after it.
-    Level first is a choice not yet measured in simulated rooms: in the three-speaker test
-    the quieter speakers' scores sometimes came out higher than the loudest one's.
+    Level first, as measured in simulated rooms (bench/house_arbitration.py,
+    docs/benchmarks.md): the highest level was the nearest speaker's more often than the
+    highest score was.
     """
 
     speaker: str
@@ -175,6 +187,7 @@ class WakeArbiter:
         self.window_seconds = window_seconds
         self.connected = False
         self._rounds: dict[Subject, _Round] = {}
+        self._closed: dict[Subject, _Round] = {}  # the last round that ended, per subject
         self._next_token = 0
 
     @property
@@ -211,23 +224,40 @@ class WakeArbiter:
         if current is not None and current.mine is not None:
             return current  # ours waits for its WindowEnded, which decides it
         if current is None or now - current.started > self.window_seconds:
+            if current is not None:
+                self._closed[subject] = current
             current = _Round(started=now)
             self._rounds[subject] = current
         return current
+
+    def _answered_just_now(self, subject: Subject, now: float) -> Claim | None:
+        """The winner of a round that closed just before `now` (see SAME_PHRASE_SECONDS)."""
+        closed = self._closed.get(subject)
+        if closed is None or not closed.claims or now - closed.started > SAME_PHRASE_SECONDS:
+            return None
+        return best(closed.claims)
 
     def _own(self, event: OwnClaim, now: float, out: list[ArbiterAction]) -> None:
         claim = event.claim
         if not event.idle:
             claim = Claim(claim.speaker, claim.subject, "engaged", claim.level_db, claim.score)
+        current = self._round(claim.subject, now) if self.connected and event.idle else None
+        if current is not None and current.mine is not None:
+            return  # the same phrase detected twice in one round: the first claim stands
+        if current is not None and not current.claims and claim.kind == "heard":
+            winner = self._answered_just_now(claim.subject, now)
+            if winner is not None:
+                # Heard late: that round's winner answers. No claim: a speaker later still
+                # must find no open round to join, only the closed one.
+                del self._rounds[claim.subject]
+                out.append(StoodDown(claim, winner))
+                return
         if self.connected:
             out.append(PublishClaim(claim))
-        if not self.connected or not event.idle:
+        if current is None:
             out.append(Answered(claim, (), alone=not self.connected))
             out.append(Deliver(event.answer))
             return
-        current = self._round(claim.subject, now)
-        if current.mine is not None:
-            return  # the same phrase detected twice in one round: the first claim stands
         current.mine = OwnClaim(claim, event.answer)
         current.claims.append(claim)
         self._next_token += 1
@@ -244,6 +274,7 @@ class WakeArbiter:
 
     def _decide(self, subject: Subject, out: list[ArbiterAction], *, alone: bool = False) -> None:
         current = self._rounds.pop(subject)
+        self._closed[subject] = current
         mine = current.mine
         if mine is None:
             return
