@@ -27,7 +27,9 @@ def free_port() -> int:
 class Broker:
     """`start()`, `stop()` and `start()` again on the same port (a broker restarted)."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, *, sys_interval: int | None = None
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -44,6 +46,8 @@ class Broker:
             "autosave_interval 1\n"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
+            # $SYS/broker/... counters every this many seconds (bench/house_scale.py).
+            + (f"sys_interval {sys_interval}\n" if sys_interval else "")
         )
 
     def start(self, timeout: float = 5.0) -> None:
