@@ -112,13 +112,16 @@ def test_a_wake_after_the_same_phrase_time_starts_a_new_round() -> None:
     assert len(delivered(arbiter.step(WindowEnded(WAKE, window.token), 3.0))) == 1
 
 
-def test_asked_after_a_heard_round_is_not_held_back() -> None:
-    # `talkbox ctl wake` (or Home Assistant's button) just after a wake elsewhere: asked for.
+def test_asked_just_after_a_round_stands_down_but_an_announcement_does_not() -> None:
+    # `talkbox ctl wake` run on every speaker: one answers. Two announcements: both said.
     arbiter = connected("kitchen")
-    arbiter.step(PeerClaimed(Claim("hall", level_db=0.0)), 1.0)
+    arbiter.step(PeerClaimed(Claim("hall", kind="asked")), 1.0)
     asked = OwnClaim(Claim("kitchen", kind="asked"), WakeWord())
-    window = window_of(arbiter.step(asked, 1.0 + WINDOW + 0.1))
-    assert len(delivered(arbiter.step(WindowEnded(WAKE, window.token), 2.0))) == 1
+    assert isinstance(arbiter.step(asked, 1.0 + WINDOW + 0.1)[0], StoodDown)
+    arbiter.step(PeerClaimed(Claim("hall", ANNOUNCE, "asked")), 2.0)
+    second = OwnClaim(Claim("kitchen", ANNOUNCE, "asked"), WakeWord())
+    window = window_of(arbiter.step(second, 2.0 + WINDOW + 0.1))
+    assert len(delivered(arbiter.step(WindowEnded(ANNOUNCE, window.token), 3.0))) == 1
 
 
 def test_a_late_peer_claim_does_not_change_a_decided_round() -> None:

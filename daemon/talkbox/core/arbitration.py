@@ -13,9 +13,11 @@ the speaker answers at once, alone: arbitration never costs more than the window
 
 Speakers do not detect one phrase at the same moment: in simulated rooms (bench
 house_arbitration) their detections lay up to 412 ms apart (median 101 ms), the nearest
-one's often the later. A wake word of ours heard after a round has closed, but within
-`SAME_PHRASE_SECONDS` of its start, is that phrase heard late: the round's winner already
-answers, so this speaker stands down without a claim. One answer, always, at the price of
+one's often the later. A wake of ours after a round has closed, but within `SAME_PHRASE_SECONDS`
+of its start, is that phrase heard late (or the same request made of several speakers, as
+`talkbox ctl wake` run on each): the round's winner already answers, so this speaker stands
+down without a claim. (Not announcements: the broker hands them to every speaker at once,
+and two of them a moment apart are two texts to say.) One answer, always, at the price of
 the nearest speaker sometimes losing to an earlier, farther one.
 
 A wake word heard while this speaker is already in a conversation (a barge-in, a follow-up)
@@ -244,7 +246,7 @@ class WakeArbiter:
         current = self._round(claim.subject, now) if self.connected and event.idle else None
         if current is not None and current.mine is not None:
             return  # the same phrase detected twice in one round: the first claim stands
-        if current is not None and not current.claims and claim.kind == "heard":
+        if current is not None and not current.claims and claim.subject == WAKE:
             winner = self._answered_just_now(claim.subject, now)
             if winner is not None:
                 # Heard late: that round's winner answers. No claim: a speaker later still
