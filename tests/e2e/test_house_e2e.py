@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ import pytest
 from e2e.conftest import API_KEY, phrase, service_config
 from support.daemon import DaemonRun, LiveMicrophone, run_daemon, wait_until
 from support.fake_realtime import ServerThread
-from support.mosquitto import Broker, retained
+from support.mosquitto import Broker, publish, retained
 from support.service import sessions
 from support.speech import concat, silence
+from talkbox.mqtt.topics import HOUSE_ANNOUNCE_TOPIC
 
 pytestmark = pytest.mark.slow
 
@@ -131,5 +133,113 @@ def test_only_the_loudest_speaker_answers_and_each_alone_without_a_broker(
                 10, "the hall offline",
             )
             assert availability(broker.port, "kitchen") == b"online"
+    finally:
+        broker.stop()
+
+
+def opened_sessions(speakers: Speakers) -> dict[str, int]:
+    return {name: connecting(run) for name, (run, _) in speakers.items()}
+
+
+def only_one_opened(speakers: Speakers, before: dict[str, int], who: str = "") -> str:
+    """One speaker (`who`, if given) opens a session and its conversation ends; no one else
+    opens one. Returns its name."""
+    def newly_opened() -> list[str]:
+        after = opened_sessions(speakers)
+        return [name for name in NAMES if after[name] > before[name]]
+
+    wait_until(lambda: bool(newly_opened()), 15, "a session")
+    [first] = newly_opened()
+    run = speakers[first][0]
+    # Its conversation lasts a second at least (the follow-up time): not idle yet.
+    run.wait_for_log("state idle", count=run.log().count("state idle") + 1, timeout=30)
+    assert newly_opened() == [who or first], f"{newly_opened()} opened a session"
+    return first
+
+
+def test_an_announcement_is_spoken_through_the_service_by_one_speaker(
+    tmp_path, fake_service, reply_speech
+) -> None:
+    fake_service.server.reply_pcm = reply_speech
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    try:
+        with house(tmp_path, fake_service, broker) as speakers:
+            # The house's announce topic: one speaker says it through the service.
+            before = opened_sessions(speakers)
+            publish(broker.port, HOUSE_ANNOUNCE_TOPIC, "Dinner is ready.")
+            wait_until(lambda: sum(opened_sessions(speakers).values()) > sum(before.values()),
+                       15, "an announcement's session")
+            [who] = [n for n, count in opened_sessions(speakers).items() if count > before[n]]
+            speaker = speakers[who][0]
+            speaker.wait_for_log("state idle (announcement made)", timeout=30)
+            [session] = sessions(fake_service)
+            [create] = session.client_events_of("response.create")
+            assert "Dinner is ready." in create["response"]["instructions"]
+            # (Drained by the daemon's count; the FIFO's reader gets the last of it after.)
+            wait_until(lambda: reply_speech in speaker.heard(), 5, "the service's voice played")
+            assert session.client_events_of("input_audio_buffer.commit") == []
+            time.sleep(0.5)
+            assert sum(opened_sessions(speakers).values()) == sum(before.values()) + 1
+            for name, (run, _) in speakers.items():
+                if name != who:
+                    assert f"{who} answers the announce" in run.log()
+                    assert reply_speech not in run.heard()
+
+            # Home Assistant's notify entity of the hall: the hall says it, no one else.
+            before = opened_sessions(speakers)
+            publish(broker.port, "talkbox/hall/announce", "The washing is done.")
+            only_one_opened(speakers, before, "hall")
+            assert "The washing is done." in str(
+                sessions(fake_service)[-1].client_events_of("response.create"))
+
+    finally:
+        broker.stop()
+
+
+def test_asked_wakes_open_one_session_and_a_broker_restart_loses_nothing(
+    tmp_path, fake_service, reply_speech
+) -> None:
+    fake_service.server.reply_pcm = reply_speech
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    try:
+        with house(tmp_path, fake_service, broker) as speakers:
+            # `talkbox ctl wake` on two speakers at once, and Home Assistant's Wake button:
+            # each time one session.
+            before = opened_sessions(speakers)
+            with ThreadPoolExecutor(2) as pool:
+                replies = list(pool.map(lambda n: speakers[n][0].ctl("wake"), ["kitchen", "hall"]))
+            assert all(r.returncode == 0 for r in replies), replies
+            answered = only_one_opened(speakers, before)
+            other = "kitchen" if answered == "hall" else "hall"
+            assert f"{answered} answers the wake" in speakers[other][0].log()
+            before = opened_sessions(speakers)
+            publish(broker.port, "talkbox/kitchen/wake", "PRESS")
+            only_one_opened(speakers, before, "kitchen")
+            count = len(sessions(fake_service))
+            assert count == 2
+
+            # The broker restarted in the middle of a conversation: it goes on, and Home
+            # Assistant gets the entities back.
+            attic, attic_mic = speakers["attic"]
+            idle_before = attic.log().count("state idle")
+            attic_mic.speak(concat(silence(0.5), phrase("hey jarvis"), silence(0.2),
+                                   phrase("what is the capital of france"), silence(1.5)).tobytes())
+            attic.wait_for_log("state connecting", count=before["attic"] + 1, timeout=15)
+            broker.stop()
+            attic.wait_for_log("unreachable or lost", timeout=15)
+            broker.start()
+            attic.wait_for_log("state responding", timeout=20)
+            wait_until(lambda: reply_speech in attic.heard(), 30, "the answer played")
+            attic.wait_for_log("state idle", count=idle_before + 1, timeout=30)
+            for run, _ in speakers.values():
+                run.wait_for_log("MQTT: connected", count=2, timeout=30)
+            assert len(sessions(fake_service)) == count + 1
+            assert sessions(fake_service)[-1].client_events_of("input_audio_buffer.commit")
+            for name in NAMES:
+                assert availability(broker.port, name) == b"online"
+            configs = retained(broker.port, "homeassistant/+/attic/+/config")
+            assert len(configs) == 6
     finally:
         broker.stop()

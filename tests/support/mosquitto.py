@@ -115,3 +115,16 @@ async def read_retained(port: int, pattern: str, settle: float = 0.5) -> dict[st
 def retained(port: int, pattern: str, settle: float = 0.5) -> dict[str, bytes]:
     """`read_retained`, from synchronous code."""
     return asyncio.run(read_retained(port, pattern, settle))
+
+
+async def publish_once(port: int, topic: str, payload: str | bytes, qos: int = 1) -> None:
+    """One message from a client of its own (Home Assistant pressing a button, say)."""
+    import aiomqtt
+
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.publish(topic, payload, qos=qos)
+
+
+def publish(port: int, topic: str, payload: str | bytes) -> None:
+    """`publish_once`, from synchronous code."""
+    asyncio.run(publish_once(port, topic, payload))

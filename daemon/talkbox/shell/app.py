@@ -157,6 +157,7 @@ def machine_config(cfg: Config) -> MachineConfig:
         max_conversation_seconds=cfg.conversation.max_conversation_seconds,
         silence_duration_ms=cfg.turn.silence_duration_ms,
         sample_rate=REALTIME_RATE,
+        speak_announcements=cfg.realtime.provider != "echo",
     )
 
 
