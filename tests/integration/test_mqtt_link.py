@@ -8,9 +8,11 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import aiomqtt
 import pytest
+import trustme
 
 from support.ha_discovery import problems
 from support.mosquitto import Broker, free_port, read_retained
@@ -221,3 +223,50 @@ def test_uninstalling_with_the_broker_out_of_reach_does_not_fail(tmp_path) -> No
     done = forget(tmp_path, free_port())
     assert done.returncode == 0
     assert "could not reach the MQTT broker" in done.stderr
+
+
+@pytest.fixture
+def tls_broker(tmp_path) -> tuple[Broker, Path]:
+    """A broker that speaks TLS only, its certificate for 127.0.0.1 signed by a CA of the
+    test's own; yields it and the CA's PEM file."""
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    issued.cert_chain_pems[0].write_to_path(str(certs / "broker.pem"))
+    issued.private_key_pem.write_to_path(str(certs / "broker.key"))
+    authority.cert_pem.write_to_path(str(certs / "ca.pem"))
+    running = Broker(tmp_path / "broker", tls=(certs / "broker.pem", certs / "broker.key"))
+    running.start()
+    yield running, certs / "ca.pem"
+    running.stop()
+
+
+async def test_tls_with_the_owners_ca_connects_and_a_wrong_ca_file_is_one_clear_line(
+    tls_broker: tuple[Broker, Path], tmp_path, caplog
+) -> None:
+    broker, ca_file = tls_broker
+    kitchen = await start_link(broker.port, "kitchen", tls=True, ca_file=str(ca_file))
+    await until(lambda: kitchen.link.connected, what="connected over TLS")
+    hall = await start_link(broker.port, "hall", tls=True, ca_file=str(ca_file))
+    await until(lambda: hall.link.connected, what="the hall connected over TLS")
+    hall.link.publish_claim(Claim("hall", level_db=-30.0, score=0.9))
+    await until(lambda: any(isinstance(m, PeerClaim) for m in kitchen.messages), what="a claim")
+
+    # The system's CAs do not know the test's CA: refused, named, and no crash.
+    with caplog.at_level(logging.WARNING, logger="talkbox.mqtt"):
+        stranger = await start_link(broker.port, "attic", tls=True)
+        await until(lambda: "unreachable or lost" in caplog.text, what="the refusal")
+        assert "certificate" in caplog.text.lower()
+        assert not stranger.link.connected and not stranger.task.done()
+        missing = await start_link(
+            broker.port, "cellar", tls=True, ca_file=str(tmp_path / "nowhere.pem")
+        )
+        await until(lambda: "ca_file" in caplog.text, what="the CA file named")
+        assert str(tmp_path / "nowhere.pem") in caplog.text and not missing.task.done()
+    # Without TLS, the TLS listener does not answer as a broker.
+    plain = await start_link(broker.port, "garage")
+    await asyncio.sleep(1.0)
+    assert not plain.link.connected
+    for running in (kitchen, hall, stranger, missing, plain):
+        await stop_link(running)

@@ -28,8 +28,14 @@ class Broker:
     """`start()`, `stop()` and `start()` again on the same port (a broker restarted)."""
 
     def __init__(
-        self, directory: Path, port: int | None = None, *, sys_interval: int | None = None
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        sys_interval: int | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """`tls`: (certificate chain, private key) PEM files: the listener speaks TLS only."""
         self.directory = directory
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -40,6 +46,9 @@ class Broker:
         # restart test sees what Home Assistant would.
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
+            # Run as root (a test in a container), it would switch to the mosquitto user and
+            # could then read neither the test's certificates nor write its log.
+            "user root\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {directory}/\n"
@@ -48,6 +57,7 @@ class Broker:
             "log_type error\nlog_type warning\nlog_type notice\n"
             # $SYS/broker/... counters every this many seconds (bench/house_scale.py).
             + (f"sys_interval {sys_interval}\n" if sys_interval else "")
+            + (f"certfile {tls[0]}\nkeyfile {tls[1]}\n" if tls else "")
         )
 
     def start(self, timeout: float = 5.0) -> None:

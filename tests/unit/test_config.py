@@ -783,3 +783,10 @@ def test_mqtt_needs_a_host_and_a_device_name_when_enabled() -> None:
 def test_an_mqtt_device_name_must_be_a_topic_level() -> None:
     problem = only_problem('[mqtt]\ndevice = "kitchen/#"\n')
     assert problem.startswith("mqtt.device (line 2): must be")
+
+
+def test_an_mqtt_ca_file_without_tls_is_a_mistake() -> None:
+    problem = only_problem(
+        '[mqtt]\nenabled = true\nhost = "b"\ndevice = "k"\nca_file = "/etc/talkbox/ca.pem"\n'
+    )
+    assert problem.startswith("mqtt.ca_file") and "tls = true" in problem, problem

@@ -510,7 +510,7 @@ class MqttConfig(_Section):
     def rule_violations(self) -> list[RuleViolation]:
         if not self.enabled:
             return []
-        return [
+        violations = [
             RuleViolation((key,), f"must be set when mqtt.enabled = true ({what})")
             for key, value, what in (
                 ("host", self.host, "the broker's name or address"),
@@ -518,6 +518,11 @@ class MqttConfig(_Section):
             )
             if not value.strip()
         ]
+        if self.ca_file and not self.tls:
+            violations.append(RuleViolation(
+                ("ca_file",), "is only used with tls = true: set tls = true, or remove ca_file"
+            ))
+        return violations
 
 
 class Config(_Section):

@@ -149,7 +149,21 @@ class HouseLink:
         where = f"{self.settings.host}:{self.settings.port}"
         while True:
             try:
-                async with self.client() as client:
+                client = self.client()
+            except (OSError, ssl.SSLError) as error:
+                # The CA file is missing, unreadable or not PEM: the owner can fix it while
+                # this speaker runs alone; it is tried again with the same backoff.
+                if not complained:
+                    log.error(
+                        "MQTT: [mqtt] ca_file %s cannot be used (%s); this speaker answers "
+                        "alone and tries again", self.settings.ca_file, safe_line(str(error))
+                    )
+                    complained = True
+                await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+                pause = min(RETRY_MAX_SECONDS, pause * 2)
+                continue
+            try:
+                async with client:
                     log.info("MQTT: connected to %s as %s", where, self.settings.device)
                     complained = False
                     pause = RETRY_FIRST_SECONDS
