@@ -30,7 +30,15 @@ from pathlib import Path
 import aiomqtt
 
 import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support imports)
-from support.house_sim import WAKE_TOPIC, finish, level_of, names, start_workers, wake_order
+from support.house_sim import (
+    WAKE_TOPIC,
+    answering,
+    finish,
+    level_of,
+    names,
+    start_workers,
+    wake_order,
+)
 from support.mosquitto import Broker
 from talkbox.mqtt.topics import CLAIMS_TOPIC
 
@@ -126,12 +134,13 @@ def main() -> None:
     by_wake = defaultdict(list)
     for decision in decisions:
         by_wake[decision.wake].append(decision)
-    answered = Counter(d.wake for d in decisions if d.answered)
-    exactly_one = sum(answered[w] == 1 for w in range(args.wakes))
+    answered_at_first = Counter(d.wake for d in decisions if d.answered)
+    yields = Counter(d.wake for d in decisions if d.yielded)
+    final = {w: answering(decisions, w) for w in range(args.wakes)}
+    exactly_one = sum(len(final[w]) == 1 for w in range(args.wakes))
     loudest = {w: max(speakers, key=lambda n: (level_of(w, n), [-ord(c) for c in n]))
                for w in range(args.wakes)}
-    best_won = sum(any(d.answered and d.speaker == loudest[w] for d in by_wake[w])
-                   for w in range(args.wakes))
+    best_won = sum(final[w] == [loudest[w]] for w in range(args.wakes))
     in_window = [d.claims_seen for d in decisions if d.answered]
     per_wake = traffic["per_wake"]
     assert isinstance(per_wake, list)
@@ -142,7 +151,10 @@ def main() -> None:
     n = len(speakers)
     print(f"{n} speakers in {args.processes} processes, window {args.window_ms} ms, "
           f"{args.wakes} wakes")
-    print(f"exactly one answered        {exactly_one}/{args.wakes}")
+    print(f"exactly one answered        {exactly_one}/{args.wakes} (after the yields)")
+    false_starts = [answered_at_first[w] - 1 for w in range(args.wakes)]
+    print(f"false starts (yielded)      {sum(yields.values())} in all, at most "
+          f"{max(false_starts)} in one wake")
     print(f"the loudest answered        {best_won}/{args.wakes}")
     print(f"claims in the winner's round median {statistics.median(in_window or [0]):.0f} of {n}")
     print(f"last claim at the monitor   median {statistics.median(last_ms):.0f} ms, "
@@ -156,6 +168,8 @@ def main() -> None:
     RESULTS.write_text(json.dumps({
         "speakers": n, "processes": args.processes, "window_ms": args.window_ms,
         "wakes": args.wakes, "exactly_one": exactly_one, "loudest_answered": best_won,
+        "yields": sum(yields.values()), "answered_at_first": [answered_at_first[w] for w in
+                                                             range(args.wakes)],
         "claims_in_winner_round": in_window, "median_per_wake": median, **traffic,
     }, indent=1) + "\n")
 

@@ -1,9 +1,11 @@
 """Scale: 50 speakers of one house (5 processes x 10, each a real `HouseLink` and
 `WakeArbiter`) on one real Mosquitto broker: every wake, exactly one answers, the best.
 
-The window is wide (0.5 s) so that this is a check of the rule's correctness across many
-connections, not of this machine's speed; bench/house_scale.py measures the default window
-and the broker's traffic."""
+The default window (150 ms) is shorter than what 50 connections in five Python processes
+take to hand each other their claims on a small machine: the check is that the rule holds
+anyway (speakers that answered on part of the claims yield once the better one arrives), not
+this machine's speed. bench/house_scale.py measures how often that happens, and the
+broker's traffic."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 
 from support.house_sim import (
     WAKE_TOPIC,
+    answering,
     finish,
     level_of,
     names,
@@ -27,7 +30,7 @@ from support.mosquitto import Broker
 pytestmark = pytest.mark.slow
 
 PROCESSES, PER_PROCESS, WAKES = 5, 10, 4
-WINDOW_S = 0.5
+WINDOW_S = 0.15
 
 
 def test_fifty_speakers_on_one_broker_pick_exactly_one_the_loudest(tmp_path) -> None:
@@ -49,8 +52,7 @@ def test_fifty_speakers_on_one_broker_pick_exactly_one_the_loudest(tmp_path) -> 
         by_wake[decision.wake].append(decision)
     assert sorted(by_wake) == list(range(WAKES))
     for wake, made in by_wake.items():
-        assert sorted(d.speaker for d in made) == sorted(speakers), f"wake {wake}: not all decided"
-        winners = [d for d in made if d.answered]
+        decided = sorted({d.speaker for d in made})
+        assert decided == sorted(speakers), f"wake {wake}: not all decided"
         loudest = max(speakers, key=lambda name: (level_of(wake, name), [-ord(c) for c in name]))
-        assert [w.speaker for w in winners] == [loudest], f"wake {wake}"
-        assert winners[0].claims_seen == len(speakers)
+        assert answering(decisions, wake) == [loudest], f"wake {wake}"

@@ -45,8 +45,16 @@ def names(processes: int, per_process: int) -> list[list[str]]:
 class Decision:
     wake: int
     speaker: str
-    answered: bool
-    claims_seen: int  # the claims in its round (its own included), when it decided
+    answered: bool  # False: stood down, or (yielded) stopped after answering
+    claims_seen: int  # the claims in its round (its own included), when it answered
+    yielded: bool = False
+
+
+def answering(decisions: list[Decision], wake: int) -> list[str]:
+    """Who answers `wake` in the end: answered, and did not yield after."""
+    made = [d for d in decisions if d.wake == wake]
+    yielded = {d.speaker for d in made if d.yielded}
+    return sorted(d.speaker for d in made if d.answered and d.speaker not in yielded)
 
 
 class SimulatedSpeaker:
@@ -82,6 +90,7 @@ class SimulatedSpeaker:
             StartWindow,
             StoodDown,
             WindowEnded,
+            Yielded,
         )
 
         for action in self.arbiter.step(event, time.monotonic()):
@@ -96,6 +105,8 @@ class SimulatedSpeaker:
                 )
             elif isinstance(action, StoodDown):
                 self.record.append(Decision(self.wake_number, self.name, False, 0))
+            elif isinstance(action, Yielded):
+                self.record.append(Decision(self.wake_number, self.name, False, 0, True))
 
     def wake(self, number: int, seed: int) -> None:
         from talkbox.core.arbitration import WAKE, Claim, OwnClaim

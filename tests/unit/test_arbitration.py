@@ -22,6 +22,7 @@ from talkbox.core.arbitration import (
     StoodDown,
     WakeArbiter,
     WindowEnded,
+    Yielded,
     best,
 )
 from talkbox.core.inputs import (
@@ -124,12 +125,23 @@ def test_asked_just_after_a_round_stands_down_but_an_announcement_does_not() -> 
     assert len(delivered(arbiter.step(WindowEnded(ANNOUNCE, window.token), 3.0))) == 1
 
 
-def test_a_late_peer_claim_does_not_change_a_decided_round() -> None:
+def test_a_better_claim_before_the_decision_counts_even_if_past_the_window() -> None:
+    # Too late for our round, but its speaker answers (the best claim always does).
     arbiter = connected("kitchen")
-    window = window_of(arbiter.step(OwnClaim(Claim("kitchen", level_db=-40.0), WakeWord()), 1.0))
-    # Arrives after the window ended but before its timer fired: too late for this round.
+    mine = OwnClaim(Claim("kitchen", level_db=-40.0), WakeWord())
+    window = window_of(arbiter.step(mine, 1.0))
     arbiter.step(PeerClaimed(Claim("hall", level_db=0.0)), 1.0 + WINDOW + 0.05)
-    assert len(delivered(arbiter.step(WindowEnded(WAKE, window.token), 1.3))) == 1
+    decided = arbiter.step(WindowEnded(WAKE, window.token), 1.3)
+    assert decided == [StoodDown(mine.claim, Claim("hall", level_db=0.0))]
+
+
+def test_a_worse_claim_in_a_round_before_ours_does_not_hold_us_back() -> None:
+    arbiter = connected("kitchen")
+    arbiter.step(PeerClaimed(Claim("hall", level_db=-50.0)), 1.0)
+    arbiter.step(PeerClaimed(Claim("attic", level_db=-45.0)), 1.0 + WINDOW + 0.05)
+    mine = OwnClaim(Claim("kitchen", level_db=-40.0), WakeWord())
+    window = window_of(arbiter.step(mine, 1.0 + WINDOW + 0.1))  # joins the attic's round
+    assert len(delivered(arbiter.step(WindowEnded(WAKE, window.token), 1.5))) == 1
 
 
 def test_ties_are_broken_the_same_way_everywhere() -> None:
@@ -234,3 +246,58 @@ def test_our_own_claim_echoed_by_the_broker_is_not_a_rival() -> None:
     arbiter.step(PeerClaimed(mine), 0.001)
     actions = arbiter.step(WindowEnded(WAKE, window.token), 0.2)
     assert Answered(mine, (), alone=False) in actions
+
+
+def test_a_better_claim_after_our_answer_makes_us_yield_once() -> None:
+    arbiter = connected("kitchen")
+    mine = OwnClaim(Claim("kitchen", level_db=-30.0), WakeWord())
+    window = window_of(arbiter.step(mine, 1.0))
+    assert len(delivered(arbiter.step(WindowEnded(WAKE, window.token), 1.0 + WINDOW))) == 1
+    assert arbiter.step(PeerClaimed(Claim("attic", level_db=-40.0)), 1.3) == []
+    better = Claim("hall", level_db=-20.0)
+    assert arbiter.step(PeerClaimed(better), 1.4) == [Yielded(mine.claim, better)]
+    assert arbiter.step(PeerClaimed(Claim("cellar", level_db=-10.0)), 1.5) == []
+
+
+def test_no_yield_for_a_claim_of_a_later_wake() -> None:
+    arbiter = connected("kitchen")
+    window = window_of(arbiter.step(OwnClaim(Claim("kitchen", level_db=-30.0), WakeWord()), 1.0))
+    arbiter.step(WindowEnded(WAKE, window.token), 1.0 + WINDOW)
+    late = 1.0 + SAME_PHRASE_SECONDS + 0.1
+    later = arbiter.step(PeerClaimed(Claim("hall", level_db=-20.0)), late)
+    assert not any(isinstance(a, Yielded) for a in later)
+
+
+def test_one_speaker_goes_on_answering_whatever_the_delays() -> None:
+    """Speakers detect one phrase up to 0.4 s apart and claims take up to 0.4 s to arrive
+    (windows of 0.15 s cannot hold them all): after the yields, exactly one answers, and it
+    is the best claim that was published."""
+    rng = random.Random(16)
+    for trial in range(400):
+        names = [f"s{i}" for i in range(rng.randint(2, 8))]
+        arbiters = {n: connected(n) for n in names}
+        queue: list[tuple[float, int, str, object]] = []
+        order = itertools.count()
+        for n in names:
+            claim = Claim(n, level_db=round(rng.uniform(-60, -20), 1), score=0.9)
+            queue.append((rng.uniform(0, 0.4), next(order), n, OwnClaim(claim, WakeWord())))
+        answering: set[str] = set()
+        published: list[Claim] = []
+        while queue:
+            queue.sort(key=lambda item: (item[0], item[1]))
+            now, _, who, event = queue.pop(0)
+            for action in arbiters[who].step(event, now):  # type: ignore[arg-type]
+                if isinstance(action, PublishClaim):
+                    published.append(action.claim)
+                    for other in names:
+                        if other != who:
+                            at = now + rng.uniform(0.0, 0.4)
+                            queue.append((at, next(order), other, PeerClaimed(action.claim)))
+                elif isinstance(action, StartWindow):
+                    ended = WindowEnded(action.subject, action.token)
+                    queue.append((now + action.seconds, next(order), who, ended))
+                elif isinstance(action, Answered):
+                    answering.add(who)
+                elif isinstance(action, Yielded):
+                    answering.discard(who)
+        assert answering == {best(published).speaker}, f"trial {trial}: {answering}"

@@ -13,12 +13,24 @@ the speaker answers at once, alone: arbitration never costs more than the window
 
 Speakers do not detect one phrase at the same moment: in simulated rooms (bench
 house_arbitration) their detections lay up to 412 ms apart (median 101 ms), the nearest
-one's often the later. A wake of ours after a round has closed, but within `SAME_PHRASE_SECONDS`
-of its start, is that phrase heard late (or the same request made of several speakers, as
-`talkbox ctl wake` run on each): the round's winner already answers, so this speaker stands
-down without a claim. (Not announcements: the broker hands them to every speaker at once,
-and two of them a moment apart are two texts to say.) One answer, always, at the price of
-the nearest speaker sometimes losing to an earlier, farther one.
+one's often the later; and a claim can reach a speaker late (a busy network or device).
+Claims of one phrase are therefore those within `SAME_PHRASE_SECONDS`, of which a round is
+only the part that decides at once. The best claim of the phrase that was published always
+answers: nothing outranks it, whatever arrived when. Every other speaker must not:
+
+- a wake of ours when a peer's claim of the phrase came before our round began is the
+  phrase heard late (or the same request made of several speakers, as `talkbox ctl wake`
+  run on each): a speaker already answers, so this one stands down without a claim;
+- at the end of our window, a better claim of the phrase that came before our round counts
+  as one in it;
+- a speaker that answered and then receives a claim of the phrase that outranks its own
+  knows that one answers too, and yields: it stops its conversation without a chime.
+
+Whatever the delays within `SAME_PHRASE_SECONDS`, one speaker goes on answering
+(tests/unit/test_arbitration.py drives that with random delays); the price is that the
+nearest speaker sometimes loses to an earlier, farther one. Announcements are not held back
+by earlier claims: the broker hands them to every speaker at once, and two of them a moment
+apart are two texts to say.
 
 A wake word heard while this speaker is already in a conversation (a barge-in, a follow-up)
 is never held up; it is announced as an "engaged" claim, which outranks every fresh one, so
@@ -169,7 +181,16 @@ class StoodDown:
     winner: Claim
 
 
-ArbiterAction = PublishClaim | StartWindow | Deliver | Answered | StoodDown
+@dataclass(frozen=True)
+class Yielded:
+    """This speaker answered, then a better claim of the same round arrived late: that
+    speaker answers too (the best claim always does), so this one stops, quietly."""
+
+    mine: Claim
+    winner: Claim
+
+
+ArbiterAction = PublishClaim | StartWindow | Deliver | Answered | StoodDown | Yielded
 
 
 @dataclass
@@ -189,7 +210,10 @@ class WakeArbiter:
         self.window_seconds = window_seconds
         self.connected = False
         self._rounds: dict[Subject, _Round] = {}
-        self._closed: dict[Subject, _Round] = {}  # the last round that ended, per subject
+        # Peers' wake claims of the last SAME_PHRASE_SECONDS, with when they arrived.
+        self._recent_wakes: list[tuple[float, Claim]] = []
+        # The last round we won, per subject: (its start, our claim), for a late better claim.
+        self._answered: dict[Subject, tuple[float, Claim]] = {}
         self._next_token = 0
 
     @property
@@ -203,17 +227,17 @@ class WakeArbiter:
             case OwnClaim():
                 self._own(event, now, out)
             case PeerClaimed():
-                self._peer(event.claim, now)
+                self._peer(event.claim, now, out)
             case WindowEnded():
                 current = self._rounds.get(event.subject)
                 if current is not None and current.token == event.token:
-                    self._decide(event.subject, out)
+                    self._decide(event.subject, out, now)
             case BrokerChanged():
                 self.connected = event.connected
                 if not event.connected:
                     # Nobody can be asked any more: whoever waits answers now, alone.
                     for subject in list(self._rounds):
-                        self._decide(subject, out, alone=True)
+                        self._decide(subject, out, now, alone=True)
             case Passing():
                 self._passing(event.input, out)
             case _:
@@ -226,18 +250,16 @@ class WakeArbiter:
         if current is not None and current.mine is not None:
             return current  # ours waits for its WindowEnded, which decides it
         if current is None or now - current.started > self.window_seconds:
-            if current is not None:
-                self._closed[subject] = current
             current = _Round(started=now)
             self._rounds[subject] = current
         return current
 
-    def _answered_just_now(self, subject: Subject, now: float) -> Claim | None:
-        """The winner of a round that closed just before `now` (see SAME_PHRASE_SECONDS)."""
-        closed = self._closed.get(subject)
-        if closed is None or not closed.claims or now - closed.started > SAME_PHRASE_SECONDS:
-            return None
-        return best(closed.claims)
+    def _recent(self, subject: Subject, now: float) -> list[Claim]:
+        """Peers' claims for the same phrase that came before this round (wakes only: two
+        announcements a moment apart are two texts)."""
+        if subject != WAKE:
+            return []
+        return [c for at, c in self._recent_wakes if now - at <= SAME_PHRASE_SECONDS]
 
     def _own(self, event: OwnClaim, now: float, out: list[ArbiterAction]) -> None:
         claim = event.claim
@@ -246,13 +268,13 @@ class WakeArbiter:
         current = self._round(claim.subject, now) if self.connected and event.idle else None
         if current is not None and current.mine is not None:
             return  # the same phrase detected twice in one round: the first claim stands
-        if current is not None and not current.claims and claim.subject == WAKE:
-            winner = self._answered_just_now(claim.subject, now)
-            if winner is not None:
+        if current is not None and not current.claims:
+            recent = self._recent(claim.subject, now)
+            if recent:
                 # Heard late: that round's winner answers. No claim: a speaker later still
                 # must find no open round to join, only the closed one.
                 del self._rounds[claim.subject]
-                out.append(StoodDown(claim, winner))
+                out.append(StoodDown(claim, best(recent)))
                 return
         if self.connected:
             out.append(PublishClaim(claim))
@@ -267,21 +289,42 @@ class WakeArbiter:
         remaining = max(0.0, current.started + self.window_seconds - now)
         out.append(StartWindow(claim.subject, remaining, current.token))
 
-    def _peer(self, claim: Claim, now: float) -> None:
+    def _peer(self, claim: Claim, now: float, out: list[ArbiterAction]) -> None:
         if claim.speaker == self.me:
             return  # our own claim, back from the broker
+        answered = self._answered.get(claim.subject)
+        if (
+            answered is not None
+            and now - answered[0] <= SAME_PHRASE_SECONDS
+            and rank(claim) > rank(answered[1])
+        ):
+            del self._answered[claim.subject]
+            out.append(Yielded(answered[1], claim))
+            return
+        if claim.subject == WAKE:
+            self._recent_wakes = [
+                (at, c) for at, c in self._recent_wakes if now - at <= SAME_PHRASE_SECONDS
+            ]
+            self._recent_wakes.append((now, claim))
         current = self._round(claim.subject, now)
         if now - current.started <= self.window_seconds:
             current.claims.append(claim)  # (a later one is too late for a round we decide)
 
-    def _decide(self, subject: Subject, out: list[ArbiterAction], *, alone: bool = False) -> None:
+    def _decide(
+        self, subject: Subject, out: list[ArbiterAction], now: float, *, alone: bool = False
+    ) -> None:
+        """The round's best claim answers; a better one of the same phrase that came before
+        the round (a round of peers that ended while ours began) counts too: its speaker,
+        or one better still, answers."""
         current = self._rounds.pop(subject)
-        self._closed[subject] = current
         mine = current.mine
         if mine is None:
             return
-        winner = mine.claim if alone else best(current.claims)
+        earlier = [c for c in self._recent(subject, now) if c not in current.claims]
+        winner = mine.claim if alone else best(current.claims + earlier)
         if winner == mine.claim:
+            if not alone:  # (alone: nobody else could hear of it)
+                self._answered[subject] = (current.started, mine.claim)
             rivals = tuple(c for c in current.claims if c is not mine.claim)
             out.append(Answered(mine.claim, rivals, alone))
             out.append(Deliver(mine.answer))

@@ -302,7 +302,7 @@ class ConversationMachine:
                 self._on_timer(event, now, out)
             case StopRequested():
                 if self.state is not State.IDLE:
-                    self._end(out, reason=event.reason, interrupt=True)
+                    self._end(out, reason=event.reason, interrupt=True, chime=event.chime)
             case MuteChanged():
                 self.muted = event.muted
                 if event.muted and self.state is not State.IDLE:
@@ -893,13 +893,15 @@ class ConversationMachine:
         reason: str = "",
         failure: Failure | None = None,
         interrupt: bool = False,
+        chime: bool = True,
     ) -> None:
         if failure is not None or interrupt:
             out.append(FlushPlayback())
         for name in list(self._timer_tokens):
             self._cancel_timer(name, out)
         out.append(CloseConnection(self.conversation))
-        self._chime("error" if failure is not None else "done", out)
+        if chime or failure is not None:
+            self._chime("error" if failure is not None else "done", out)
         # The error itself is logged once, from ConversationEnded; the state line stays short.
         self._set_state(State.IDLE, "conversation failed" if failure is not None else reason, out)
         self.conversations_ended += 1

@@ -91,9 +91,11 @@ class TimerFired:
 
 @dataclass(frozen=True)
 class StopRequested:
-    """`talkbox ctl stop`, mute, shutdown or reload: end any conversation now, politely."""
+    """`talkbox ctl stop`, mute, shutdown or reload: end any conversation now, politely.
+    `chime` False: without the done chime (another speaker of the house took over)."""
 
     reason: str = "stop"
+    chime: bool = True
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from talkbox.core.arbitration import (
     StoodDown,
     WakeArbiter,
     WindowEnded,
+    Yielded,
 )
 from talkbox.core.conversation import ConversationMachine, MachineConfig
 from talkbox.core.events import ClientEvent, ServerEvent
@@ -332,6 +333,17 @@ class Daemon:
                         action.mine.level_db,
                         action.mine.score,
                     )
+                case Yielded():
+                    log.info(
+                        "%s answers the %s too, and heard it better (%.1f dB, score %.2f): "
+                        "this speaker stops",
+                        action.winner.speaker,
+                        action.winner.subject,
+                        action.winner.level_db,
+                        action.winner.score,
+                    )
+                    reason = f"{action.winner.speaker} answers"
+                    self._step_machine(StopRequested(reason, chime=False))
                 case _:
                     assert_never(action)
 
