@@ -186,6 +186,21 @@ def test_an_announcement_is_spoken_through_the_service_by_one_speaker(
                     assert f"{who} answers the announce" in run.log()
                     assert reply_speech not in run.heard()
 
+            # The attic is in a conversation: an idle speaker says the next one (hall, the
+            # first name of the idle two), not the attic.
+            attic = speakers["attic"][0]
+            listening = attic.log().count("state listening")
+            assert attic.ctl("wake").returncode == 0
+            attic.wait_for_log("state listening", count=listening + 1, timeout=15)
+            publish(broker.port, HOUSE_ANNOUNCE_TOPIC, "The post has come.")
+            hall = speakers["hall"][0]
+            made = hall.log().count("(announcement made)")
+            hall.wait_for_log("announcement: The post has come.", timeout=15)
+            hall.wait_for_log("(announcement made)", count=made + 1, timeout=30)
+            assert "The post has come." not in attic.log()
+            assert "The post has come." in str(
+                sessions(fake_service)[-1].client_events_of("response.create"))
+
             # Home Assistant's notify entity of the hall: the hall says it, no one else.
             before = opened_sessions(speakers)
             publish(broker.port, "talkbox/hall/announce", "The washing is done.")

@@ -47,6 +47,7 @@ from talkbox.core.arbitration import (
     Answered,
     ArbiterInput,
     Claim,
+    ClaimKind,
     Deliver,
     OwnClaim,
     Passing,
@@ -402,8 +403,9 @@ class Daemon:
         if self.arbiter is None or not house:
             self._step_machine(Announce(text))
             return
-        claim = Claim(self.arbiter.me, ANNOUNCE, "asked")
-        self.arbitrate(OwnClaim(claim, Announce(text)))
+        # A speaker in a conversation would only log it: it bids lowest, below any idle one.
+        kind: ClaimKind = "asked" if self.machine.state is State.IDLE else "heard"
+        self.arbitrate(OwnClaim(Claim(self.arbiter.me, ANNOUNCE, kind), Announce(text)))
 
     def on_playback_drained(self) -> None:
         self.step(PlaybackDrained(self.speaker.played_samples))
