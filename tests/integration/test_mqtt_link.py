@@ -12,10 +12,9 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-import trustme
 
 from support.ha_discovery import problems
-from support.mosquitto import Broker, free_port, read_retained
+from support.mosquitto import Broker, free_port, read_retained, tls_files
 from talkbox.config import MqttConfig
 from talkbox.core.arbitration import Claim
 from talkbox.mqtt.link import (
@@ -229,16 +228,10 @@ def test_uninstalling_with_the_broker_out_of_reach_does_not_fail(tmp_path) -> No
 def tls_broker(tmp_path) -> tuple[Broker, Path]:
     """A broker that speaks TLS only, its certificate for 127.0.0.1 signed by a CA of the
     test's own; yields it and the CA's PEM file."""
-    authority = trustme.CA()
-    issued = authority.issue_cert("127.0.0.1", "localhost")
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    issued.cert_chain_pems[0].write_to_path(str(certs / "broker.pem"))
-    issued.private_key_pem.write_to_path(str(certs / "broker.key"))
-    authority.cert_pem.write_to_path(str(certs / "ca.pem"))
-    running = Broker(tmp_path / "broker", tls=(certs / "broker.pem", certs / "broker.key"))
+    chain, key, ca = tls_files(tmp_path / "certs")
+    running = Broker(tmp_path / "broker", tls=(chain, key))
     running.start()
-    yield running, certs / "ca.pem"
+    yield running, ca
     running.stop()
 
 

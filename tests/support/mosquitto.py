@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -103,13 +104,15 @@ def broker(directory: Path) -> Iterator[Broker]:
         running.stop()
 
 
-async def read_retained(port: int, pattern: str, settle: float = 0.5) -> dict[str, bytes]:
+async def read_retained(
+    port: int, pattern: str, settle: float = 0.5, tls: ssl.SSLContext | None = None
+) -> dict[str, bytes]:
     """What the broker holds retained under `pattern`, as a new subscriber (Home Assistant
     starting up) gets it: topic -> payload."""
     import aiomqtt
 
     got: dict[str, bytes] = {}
-    async with aiomqtt.Client("127.0.0.1", port) as client:
+    async with aiomqtt.Client("127.0.0.1", port, tls_context=tls) as client:
         await client.subscribe(pattern)
 
         async def collect() -> None:
@@ -122,19 +125,40 @@ async def read_retained(port: int, pattern: str, settle: float = 0.5) -> dict[st
     return got
 
 
-def retained(port: int, pattern: str, settle: float = 0.5) -> dict[str, bytes]:
+def retained(
+    port: int, pattern: str, settle: float = 0.5, tls: ssl.SSLContext | None = None
+) -> dict[str, bytes]:
     """`read_retained`, from synchronous code."""
-    return asyncio.run(read_retained(port, pattern, settle))
+    return asyncio.run(read_retained(port, pattern, settle, tls))
 
 
-async def publish_once(port: int, topic: str, payload: str | bytes, qos: int = 1) -> None:
+async def publish_once(
+    port: int, topic: str, payload: str | bytes, tls: ssl.SSLContext | None = None
+) -> None:
     """One message from a client of its own (Home Assistant pressing a button, say)."""
     import aiomqtt
 
-    async with aiomqtt.Client("127.0.0.1", port) as client:
-        await client.publish(topic, payload, qos=qos)
+    async with aiomqtt.Client("127.0.0.1", port, tls_context=tls) as client:
+        await client.publish(topic, payload, qos=1)
 
 
-def publish(port: int, topic: str, payload: str | bytes) -> None:
+def publish(
+    port: int, topic: str, payload: str | bytes, tls: ssl.SSLContext | None = None
+) -> None:
     """`publish_once`, from synchronous code."""
-    asyncio.run(publish_once(port, topic, payload))
+    asyncio.run(publish_once(port, topic, payload, tls))
+
+
+def tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA of the test's own and a certificate it signed for 127.0.0.1, as PEM files in
+    `directory`: (certificate chain, private key, CA certificate)."""
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    chain, key, ca = directory / "broker.pem", directory / "broker.key", directory / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(chain))
+    issued.private_key_pem.write_to_path(str(key))
+    authority.cert_pem.write_to_path(str(ca))
+    return chain, key, ca
