@@ -38,9 +38,10 @@ readonly FOREGROUND_COMMAND="sudo -u $APP_USER $VENV/bin/talkbox run --config $C
 readonly SYSTEM_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev pkg-config
                           portaudio19-dev libsystemd-dev alsa-utils)
 # For the test suite: speech synthesis for wake-word clips, systemd-analyze, strace for the
-# system-call filter check.
+# system-call filter check, mosquitto (a real MQTT broker the tests start on loopback; its
+# system service is never used).
 readonly DEV_PACKAGES=(python3-venv python3-dev gcc libc6-dev pkg-config portaudio19-dev
-                       libsystemd-dev espeak-ng sox alsa-utils systemd strace)
+                       libsystemd-dev espeak-ng sox alsa-utils systemd strace mosquitto)
 
 changes=0
 
@@ -447,6 +448,15 @@ uninstall() {
     if systemd_running; then
         systemctl daemon-reload
         systemctl reset-failed "$UNIT_NAME" 2>/dev/null || true
+    fi
+    step "Home Assistant (MQTT)"
+    # With the service stopped, nothing publishes the entities again. A broker that cannot be
+    # reached is a note, never a failed uninstall.
+    if [[ -x $VENV/bin/python && -f $CONFIG ]]; then
+        timeout 60 "$VENV/bin/python" -m talkbox.mqtt.forget --config "$CONFIG" ||
+            note "could not clear this speaker's retained MQTT messages (left on the broker)"
+    else
+        unchanged "no installed talkbox to remove from the broker"
     fi
     step "Files"
     if [[ -L $COMMAND_LINK && $(readlink -- "$COMMAND_LINK") == "$VENV/bin/talkbox" ]]; then

@@ -18,6 +18,10 @@ from talkbox.config import (
     API_KEY_CREDENTIAL,
     API_KEY_ENV_VAR,
     INSTALLED_KEY_FILE,
+    INSTALLED_MQTT_PASSWORD_FILE,
+    MQTT_PASSWORD_CREDENTIAL,
+    MQTT_PASSWORD_PLACES,
+    MqttConfig,
     RealtimeConfig,
 )
 from talkbox.errors import ConfigError
@@ -223,22 +227,16 @@ def read_token_file(token_file: Path, what: str, environ: Mapping[str, str]) -> 
         if credential.is_file():
             path = credential
     source = f"{what} token_file {path}"
-    try:
-        data = read_regular_file(path, MAX_KEY_FILE_BYTES)
-    except FileNotFoundError:
-        raise ConfigError([f"{source}: no such file"]) from None
-    except PermissionError:
-        raise ConfigError(
-            [
-                f"{source}: permission denied; let the service read it as a credential "
-                f"(LoadCredential={token_file.name}:{token_file} in a drop-in, see README.md) "
-                "or make it readable by the user talkbox runs as"
-            ]
-        ) from None
-    except FileRefused as refusal:
-        raise ConfigError([f"{source}: cannot read it: it {refusal}"]) from None
-    except OSError as error:
-        raise ConfigError([f"{source}: cannot read it: {error.strerror}"]) from None
+    data = _read_secret_file(
+        path,
+        source,
+        missing=f"{source}: no such file",
+        permission=(
+            f"{source}: permission denied; let the service read it as a credential "
+            f"(LoadCredential={token_file.name}:{token_file} in a drop-in, see README.md) "
+            "or make it readable by the user talkbox runs as"
+        ),
+    )
     value = data.decode("utf-8", "replace").strip()
     if not value or any(not (char.isprintable() and not char.isspace()) for char in value):
         raise ConfigError(
@@ -246,3 +244,67 @@ def read_token_file(token_file: Path, what: str, environ: Mapping[str, str]) -> 
              + ("" if value else " (it is empty)")]
         )
     return ApiKey(value, source)
+
+
+def resolve_mqtt_password(
+    cfg: MqttConfig,
+    environ: Mapping[str, str],
+    *,
+    installed_file: Path = INSTALLED_MQTT_PASSWORD_FILE,
+) -> ApiKey | None:
+    """The broker password, held like the API key (masked, remembered for masking); None when
+    no username is set or none of MQTT_PASSWORD_PLACES holds one (a broker may take a user
+    without a password). A file named in mqtt.password_file must exist and hold it."""
+    if not cfg.username:
+        return None
+    credentials_directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if credentials_directory:
+        credential = Path(credentials_directory) / MQTT_PASSWORD_CREDENTIAL
+        if _exists(credential, f"the systemd credential {MQTT_PASSWORD_CREDENTIAL}"):
+            text = _read_password_file(credential, f"systemd credential {credential}")
+            if text.strip():
+                return _password_from_text(text, f"systemd credential {MQTT_PASSWORD_CREDENTIAL}")
+    if cfg.password_file:
+        source = f"mqtt.password_file {cfg.password_file}"
+        return _password_from_text(_read_password_file(Path(cfg.password_file), source), source)
+    if _exists(installed_file, f"the password file {installed_file}"):
+        source = f"the password file {installed_file}"
+        text = _read_password_file(installed_file, source)
+        if text.strip():
+            return _password_from_text(text, source)
+    return None
+
+
+def _read_password_file(path: Path, source: str) -> str:
+    data = _read_secret_file(
+        path,
+        source,
+        missing=f"{source}: no such file; the password may be in {MQTT_PASSWORD_PLACES}",
+        permission=f"{source}: permission denied; make it readable by the user talkbox runs as",
+    )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([f"{source}: not text; the file must hold only the password"]) from None
+
+
+def _password_from_text(text: str, source: str) -> ApiKey:
+    value = text.strip("\r\n")
+    if not value or "\n" in value:
+        raise ConfigError([f"{source} must hold the broker password on one line"])
+    return ApiKey(value, source)
+
+
+def _read_secret_file(path: Path, source: str, *, missing: str, permission: str) -> bytes:
+    """The bytes of a token or password file; ConfigError names the file and what is wrong
+    (`missing`, `permission`: the advice for those two), never what is in it."""
+    try:
+        return read_regular_file(path, MAX_KEY_FILE_BYTES)
+    except FileNotFoundError:
+        raise ConfigError([missing]) from None
+    except PermissionError:
+        raise ConfigError([permission]) from None
+    except FileRefused as refusal:
+        raise ConfigError([f"{source}: cannot read it: it {refusal}"]) from None
+    except OSError as error:
+        raise ConfigError([f"{source}: cannot read it: {error.strerror}"]) from None

@@ -128,13 +128,16 @@ def test_service_settings() -> None:
     assert int(one(settings, "StartLimitIntervalSec")) > 0
 
 
-def test_a_missing_api_key_file_does_not_fail_the_start() -> None:
+def test_a_missing_api_key_or_mqtt_password_file_does_not_fail_the_start() -> None:
     # LoadCredential= with an absolute path fails the start when the file is missing,
     # unless SetCredential= gives the same id a fallback (systemd.exec(5), "Credentials").
     settings = unit_settings(UNIT.read_text())
-    assert one(settings, "LoadCredential") == "api-key:/etc/talkbox/api-key"
-    fallback_id = one(settings, "SetCredential").split(":", 1)[0]
-    assert fallback_id == "api-key"
+    assert settings["LoadCredential"] == [
+        "api-key:/etc/talkbox/api-key",
+        "mqtt-password:/etc/talkbox/mqtt-password",
+    ]
+    fallback_ids = [value.split(":", 1)[0] for value in settings["SetCredential"]]
+    assert fallback_ids == ["api-key", "mqtt-password"]
 
 
 def test_sandbox_keeps_alsa_and_the_network_reachable() -> None:

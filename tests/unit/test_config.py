@@ -261,7 +261,7 @@ def test_an_unknown_key_with_a_close_name_suggests_it() -> None:
 def test_an_unknown_table_lists_the_tables() -> None:
     problem = only_problem("[speaker]\nvolume = 1\n")
     assert problem == "speaker (line 1): unknown table; known tables: audio, control, " \
-                      "conversation, hooks, log, realtime, tools, turn, wake"
+                      "conversation, hooks, log, mqtt, realtime, tools, turn, wake"
 
 
 def test_an_unknown_table_with_a_close_name_suggests_it() -> None:
@@ -769,3 +769,24 @@ def test_any_document_gives_a_config_or_a_config_error_naming_lines(
         assert error.problems
         for problem in error.problems:
             assert re.search(r"\(line \d+\)|\(not set; see .* at line \d+\)", problem), problem
+
+
+def test_mqtt_needs_a_host_and_a_device_name_when_enabled() -> None:
+    problems = problems_of("[mqtt]\nenabled = true\n")
+    assert any(p.startswith("mqtt.host") and "must be set when mqtt.enabled = true" in p
+               for p in problems), problems
+    assert any(p.startswith("mqtt.device") for p in problems), problems
+    cfg = parse_config('[mqtt]\nenabled = true\nhost = "broker"\ndevice = "kitchen"\n', "t")
+    assert (cfg.mqtt.host, cfg.mqtt.device, cfg.mqtt.arbitration_ms) == ("broker", "kitchen", 150)
+
+
+def test_an_mqtt_device_name_must_be_a_topic_level() -> None:
+    problem = only_problem('[mqtt]\ndevice = "kitchen/#"\n')
+    assert problem.startswith("mqtt.device (line 2): must be")
+
+
+def test_an_mqtt_ca_file_without_tls_is_a_mistake() -> None:
+    problem = only_problem(
+        '[mqtt]\nenabled = true\nhost = "b"\ndevice = "k"\nca_file = "/etc/talkbox/ca.pem"\n'
+    )
+    assert problem.startswith("mqtt.ca_file") and "tls = true" in problem, problem

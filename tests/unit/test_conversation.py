@@ -949,3 +949,11 @@ def test_the_snapshot_counts_conversations_and_keeps_the_last_error() -> None:
     assert d.m.snapshot() == Snapshot(State.LISTENING, False, 1, "HTTP 404")
     d(StopRequested())
     assert d.m.snapshot() == Snapshot(State.IDLE, False, 2, "HTTP 404")
+
+
+def test_a_stop_without_a_chime_ends_quietly() -> None:
+    # Another speaker of the house took over (core/arbitration.py, Yielded).
+    d = Driver()
+    d.start_listening()
+    ended = d(StopRequested("hall answers", chime=False))
+    assert d.m.state is State.IDLE and not of(PlayChime, ended)

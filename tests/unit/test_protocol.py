@@ -100,6 +100,7 @@ CLIENT_EVENTS: dict[str, ClientEvent] = {
     "clear": ClearAudio(),
     "user-text": CreateUserText("What time is it? — «quoted» ünïcode"),
     "response.create": CreateResponse(),
+    "response.create-announcement": CreateResponse("Read this aloud: «Dinner is ready.»"),
     "function-output": SendFunctionOutput("call_7", '{"time": "14:05"}'),
     "cancel": CancelResponse(),
     "cancel-id": CancelResponse(response_id="resp_123"),
@@ -134,6 +135,14 @@ def test_a_tool_declaration_with_a_key_the_service_does_not_know_is_caught() -> 
     message = wire(SessionUpdate(SETTINGS_VARIANTS["tools"]), Dialect.GA)
     message["session"]["tools"][0]["strict"] = True
     assert validate_client_event("ga", message) != []
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.value)
+def test_a_response_parameter_the_service_does_not_know_is_caught(dialect: Dialect) -> None:
+    # Guards the validity test for announcements: the validator looks inside `response`.
+    message = wire(CreateResponse("Say hi."), dialect)
+    message["response"]["say"] = "hi"
+    assert validate_client_event(dialect.value, message) != []
 
 
 def test_function_output_is_a_function_call_output_item() -> None:
@@ -260,6 +269,8 @@ def test_simple_client_events(dialect: Dialect) -> None:
     assert wire(CommitAudio(), dialect) == {"type": "input_audio_buffer.commit"}
     assert wire(ClearAudio(), dialect) == {"type": "input_audio_buffer.clear"}
     assert wire(CreateResponse(), dialect) == {"type": "response.create"}
+    assert wire(CreateResponse("Say hi."), dialect) == {
+        "type": "response.create", "response": {"instructions": "Say hi."}}
     assert wire(CancelResponse(), dialect) == {"type": "response.cancel"}
     assert wire(CancelResponse("resp_1"), dialect) == {
         "type": "response.cancel",

@@ -19,3 +19,12 @@ API_KEY_PLACES = (
     f"{API_KEY_ENV_VAR}, the systemd credential {API_KEY_CREDENTIAL}, realtime.api_key_file "
     f"or {INSTALLED_KEY_FILE} (looked up in that order)"
 )
+
+# The MQTT broker's password, looked up the same way as the key (never in the config itself):
+# the systemd credential, then mqtt.password_file, then the file install.sh's README steps make.
+MQTT_PASSWORD_CREDENTIAL = "mqtt-password"
+INSTALLED_MQTT_PASSWORD_FILE = Path("/etc/talkbox/mqtt-password")
+MQTT_PASSWORD_PLACES = (
+    f"the systemd credential {MQTT_PASSWORD_CREDENTIAL}, mqtt.password_file or "
+    f"{INSTALLED_MQTT_PASSWORD_FILE} (looked up in that order)"
+)

@@ -562,6 +562,53 @@ class ControlConfig(_Section):
     persist_mute: bool = False
 
 
+_DEVICE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def _require_device_name(value: str) -> str:
+    # It is an MQTT client id and a topic level: no "/", "+", "#", spaces or capitals.
+    if value and not _DEVICE_NAME_PATTERN.fullmatch(value):
+        raise PydanticCustomError(
+            "device_name",
+            'must be "" or 1 to 32 of a-z, 0-9, "_" and "-", starting with a letter or digit, '
+            "got {got}",
+            {"got": shown_value(value)},
+        )
+    return value
+
+
+class MqttConfig(_Section):
+    """[mqtt]: the house's broker (Home Assistant, and which speaker answers a wake)."""
+
+    enabled: bool = False
+    host: StrictStr = ""
+    port: Annotated[int, _between(1, 65535)] = 1883
+    tls: bool = False
+    ca_file: Annotated[StrictStr, AfterValidator(_require_empty_or_absolute_path)] = ""
+    username: StrictStr = ""
+    password_file: Annotated[StrictStr, AfterValidator(_require_empty_or_absolute_path)] = ""
+    device: Annotated[StrictStr, AfterValidator(_require_device_name)] = ""
+    discovery_prefix: NonEmptyStr = "homeassistant"
+    arbitration_ms: Annotated[int, _between(0, 200)] = 150
+
+    def rule_violations(self) -> list[RuleViolation]:
+        if not self.enabled:
+            return []
+        violations = [
+            RuleViolation((key,), f"must be set when mqtt.enabled = true ({what})")
+            for key, value, what in (
+                ("host", self.host, "the broker's name or address"),
+                ("device", self.device, 'the name of this speaker in the house, e.g. "kitchen"'),
+            )
+            if not value.strip()
+        ]
+        if self.ca_file and not self.tls:
+            violations.append(RuleViolation(
+                ("ca_file",), "is only used with tls = true: set tls = true, or remove ca_file"
+            ))
+        return violations
+
+
 class Config(_Section):
     """The whole file. Every table is optional; missing keys take their defaults."""
 
@@ -587,3 +634,4 @@ class Config(_Section):
     log: LogConfig = Field(default_factory=LogConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)

@@ -76,6 +76,7 @@ from talkbox.core.inputs import (
     Action,
     AlarmClockTick,
     AlarmsChanged,
+    Announce,
     ArmAlarmCheck,
     CancelTimer,
     ChimeKind,
@@ -154,6 +155,11 @@ TOOL_FEEDBACK_REPEAT_SECONDS = 5.0
 MAX_CALLS_PER_RESPONSE = 8
 # What the model is told of a call the person interrupted (its result will not be reported).
 INTERRUPTED_CALL_OUTPUT = '{"error": "interrupted: the person spoke before this finished"}'
+# What the service is asked to say for an announcement (Home Assistant's notify entity).
+ANNOUNCE_INSTRUCTIONS = (
+    "Read this announcement aloud to the people in the room, exactly as written, word for "
+    "word, in the language it is written in; say nothing else: {text}"
+)
 TOO_MANY_CALLS_OUTPUT = (
     f'{{"error": "not run: more than {MAX_CALLS_PER_RESPONSE} function calls in one response"}}'
 )
@@ -177,6 +183,9 @@ class MachineConfig:
     max_reply_seconds: float = MAX_REPLY_SECONDS
     # A ringing timer or alarm stops by itself after this long ([tools] alarm_ring_seconds).
     alarm_ring_seconds: float = 180.0
+    # A Realtime service is configured: announcements are spoken by it (else a chime and a
+    # log line: the echo provider has nothing to say them with).
+    speak_announcements: bool = False
 
 
 @dataclass(slots=True)
@@ -221,6 +230,10 @@ class ConversationMachine:
         # The service's id of the person's latest turn (its committed audio), for a stop
         # phrase; None while a newer turn is being spoken and its id is not known yet.
         self.latest_user_item: str | None = None
+        # An announcement: its text until the session is ready; then, until someone answers
+        # it, the conversation ends once it has played (no follow-up listening).
+        self.announcement: str | None = None
+        self.announcing = False
         self._reset_turn()
         self._reset_response()
         self._reset_playback()
@@ -318,7 +331,7 @@ class ConversationMachine:
                 if event.stop_ringing:
                     self._stop_ringing(event.reason, out)
                 if self.state is not State.IDLE:
-                    self._end(out, reason=event.reason, interrupt=True)
+                    self._end(out, reason=event.reason, interrupt=True, chime=event.chime)
             case MuteChanged():
                 self.muted = event.muted
                 if event.muted and self.state is not State.IDLE:
@@ -337,6 +350,8 @@ class ConversationMachine:
                 self._check_alarms(event.wall_now, out, at_start=event.at_start)
             case AlarmClockTick():
                 self._check_alarms(event.wall_now, out)
+            case Announce():
+                self._on_announce(event, out)
             case _:
                 assert_never(event)
         self._say_wake_enabled(out)
@@ -391,6 +406,36 @@ class ConversationMachine:
             # Wake word said again as a follow-up: just treat it as the start of a turn.
             self._begin_wake_turn(event, out)
 
+    def _on_announce(self, event: Announce, out: list[Action]) -> None:
+        """Say the text through the service: a conversation of one response, which ends once
+        it has played (nobody asked a question, so the microphone does not listen for one;
+        the wake word still interrupts it, and then the conversation goes on). Without a
+        service, while the service is backing off after failures, or during a conversation,
+        a chime (when idle) and the log."""
+        if self.muted:
+            out.append(Notice("info", f"announcement not made (muted): {event.text}"))
+            return
+        idle = self.state is State.IDLE
+        if idle and self.config.speak_announcements and self.backoff.remaining(self._now) <= 0:
+            self.conversation += 1
+            self._reset_conversation()
+            self.announcement = event.text
+            self.announcing = True
+            self._set_state(State.CONNECTING, "announcement", out)
+            out.append(OpenConnection(self.conversation))
+            self._start_timer(TIMER_MAX_CONVERSATION, self.config.max_conversation_seconds, out)
+            out.append(Notice("info", f"announcement: {event.text}"))
+            return
+        if idle:
+            self._chime("wake", out)
+        busy = "" if idle else " (not spoken: a conversation is going on)"
+        out.append(Notice("info", f"announcement{busy}: {event.text}"))
+
+    def _say_announcement(self, text: str, out: list[Action]) -> None:
+        self._set_state(State.RESPONDING, "announcing", out)
+        self._send(CreateResponse(ANNOUNCE_INSTRUCTIONS.format(text=text)), out)
+        self._expect_response(out)
+
     def _begin_wake_turn(self, event: WakeWord, out: list[Action]) -> None:
         self._reset_turn()
         self._cancel_timer(TIMER_FOLLOW_UP, out)
@@ -407,8 +452,8 @@ class ConversationMachine:
 
     def _on_speech_started(self, event: MicSpeechStarted, out: list[Action]) -> None:
         self.in_segment = True
-        if self.muted or self.state is State.IDLE:
-            return
+        if self.muted or self.state is State.IDLE or self.announcement is not None:
+            return  # (the room talking while an announcement connects is not a turn)
         if self.state is State.RESPONDING or self.playing:
             if not (self.config.barge_in == "speech" and self._assistant_is_talking()):
                 return
@@ -523,6 +568,10 @@ class ConversationMachine:
             out.append(CloseConnection(event.conversation))
             return
         self.session_ready = True
+        if self.announcement is not None:
+            text, self.announcement = self.announcement, None
+            self._say_announcement(text, out)
+            return
         self._set_state(State.LISTENING, "session ready", out)
         pending, self.pending_upload = self.pending_upload, []
         for chunk in pending:
@@ -765,6 +814,7 @@ class ConversationMachine:
         self, played_samples: int, out: list[Action], server_cancels: bool = False
     ) -> None:
         """The user interrupts: silence the answer, then listen to what they say."""
+        self.announcing = False  # someone answers: a conversation now
         self._silence_answer(played_samples, out, server_cancels=server_cancels)
         if self.state is State.RESPONDING:
             self._set_state(State.LISTENING, "interrupted", out)
@@ -871,6 +921,9 @@ class ConversationMachine:
                 self._fail("no_answer", f"the service did not answer within {seconds:g} s", out)
 
     def _to_listening(self, reason: str, out: list[Action]) -> None:
+        if self.announcing:
+            self._end(out, reason="announcement made")
+            return
         if self.ending:
             self._end(out, reason=self.ending)
             return
@@ -888,6 +941,7 @@ class ConversationMachine:
         reason: str = "",
         failure: Failure | None = None,
         interrupt: bool = False,
+        chime: bool = True,
     ) -> None:
         if failure is not None or interrupt:
             out.append(FlushPlayback())
@@ -895,7 +949,8 @@ class ConversationMachine:
             if name not in ALARM_TIMERS:
                 self._cancel_timer(name, out)
         out.append(CloseConnection(self.conversation))
-        self._chime("error" if failure is not None else "done", out)
+        if chime or failure is not None:
+            self._chime("error" if failure is not None else "done", out)
         # The error itself is logged once, from ConversationEnded; the state line stays short.
         self._set_state(State.IDLE, "conversation failed" if failure is not None else reason, out)
         self.conversations_ended += 1

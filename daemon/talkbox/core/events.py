@@ -88,7 +88,8 @@ class SendFunctionOutput:
 
 @dataclass(frozen=True)
 class CreateResponse:
-    pass
+    # Instructions for this response only (an announcement); None: the session's own.
+    instructions: str | None = None
 
 
 @dataclass(frozen=True)

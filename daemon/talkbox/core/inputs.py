@@ -93,10 +93,12 @@ class TimerFired:
 @dataclass(frozen=True)
 class StopRequested:
     """`talkbox ctl stop`, mute, shutdown or reload: end any conversation now, politely;
-    and a ringing timer or alarm, unless `stop_ringing` is false (a failed microphone)."""
+    and a ringing timer or alarm, unless `stop_ringing` is false (a failed microphone).
+    `chime` False: without the done chime (another speaker of the house took over)."""
 
     reason: str = "stop"
     stop_ringing: bool = True
+    chime: bool = True
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,13 @@ class AlarmClockTick:
     wall_now: float
 
 
+@dataclass(frozen=True)
+class Announce:
+    """Say this text (Home Assistant's announce entity, or the house's announce topic)."""
+
+    text: str
+
+
 Input = (
     WakeWord
     | MicSpeechStarted
@@ -155,6 +164,7 @@ Input = (
     | ToolFinished
     | AlarmsChanged
     | AlarmClockTick
+    | Announce
 )
 
 

@@ -128,8 +128,12 @@ def client_event_message(event: ClientEvent, dialect: Dialect) -> dict[str, Any]
                 "type": "conversation.item.create",
                 "item": {"type": "function_call_output", "call_id": call_id, "output": output},
             }
-        case CreateResponse():
+        case CreateResponse(instructions=None):
             return {"type": "response.create"}
+        case CreateResponse(instructions=instructions):
+            # The same in both dialects; in the conversation (not conversation "none"), so a
+            # person who answers an announcement is understood.
+            return {"type": "response.create", "response": {"instructions": instructions}}
         case CancelResponse(response_id=response_id):
             cancel: dict[str, Any] = {"type": "response.cancel"}
             # Without an id the service cancels whatever response is in progress.

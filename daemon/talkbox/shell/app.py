@@ -30,6 +30,7 @@ from talkbox.audio.frontend import (
     WakeDetected,
     WakeScores,
 )
+from talkbox.audio.level import speech_level_db
 from talkbox.audio.mixer import scaled
 from talkbox.audio.vad import (
     GateSpeechAudio,
@@ -41,12 +42,30 @@ from talkbox.audio.vad import (
 from talkbox.audio.wake import GatedWakeDetector, WakeWordDetector
 from talkbox.audio_format import LISTEN_RATE, REALTIME_RATE
 from talkbox.config import Config
+from talkbox.core.arbitration import (
+    ANNOUNCE,
+    WAKE,
+    Answered,
+    ArbiterInput,
+    Claim,
+    ClaimKind,
+    Deliver,
+    OwnClaim,
+    Passing,
+    PublishClaim,
+    StartWindow,
+    StoodDown,
+    WakeArbiter,
+    WindowEnded,
+    Yielded,
+)
 from talkbox.core.conversation import ConversationMachine, MachineConfig
 from talkbox.core.events import ClientEvent, ServerEvent
 from talkbox.core.inputs import (
     Action,
     AlarmClockTick,
     AlarmsChanged,
+    Announce,
     ArmAlarmCheck,
     CancelTimer,
     ChimeKind,
@@ -148,6 +167,7 @@ def machine_config(cfg: Config) -> MachineConfig:
         alarm_ring_seconds=cfg.tools.alarm_ring_seconds,
         silence_duration_ms=cfg.turn.silence_duration_ms,
         sample_rate=REALTIME_RATE,
+        speak_announcements=cfg.realtime.provider != "echo",
     )
 
 
@@ -282,6 +302,16 @@ class Daemon:
         self._pending_config: Config | None = None
         self._pending_front_end: FrontEnd | None = None
         self.front_end.wake_enabled = self.machine.wake_enabled
+        # [mqtt]: the house decides which speaker answers (join_house); None: this one, always.
+        self.arbiter: WakeArbiter | None = None
+        self._publish_claim: Callable[[Claim], None] = lambda claim: None
+
+    def join_house(
+        self, me: str, window_seconds: float, publish_claim: Callable[[Claim], None]
+    ) -> None:
+        """From now on wakes and announcements are claimed on the broker (`shell/house.py`)."""
+        self.arbiter = WakeArbiter(me, window_seconds)
+        self._publish_claim = publish_claim
 
     def _tool_runner(self, cfg: Config) -> ToolRunner:
         return tool_runner(
@@ -295,7 +325,64 @@ class Daemon:
     # --- inputs -------------------------------------------------------------------------------
 
     def step(self, event: Input) -> None:
-        """Feed one input to the machine and carry out what it asks, synchronously."""
+        """Feed one input to the machine (through the house's arbiter, if any, which holds the
+        speech after a wake that waits for its window) and carry out what it asks."""
+        if self.arbiter is None:
+            self._step_machine(event)
+        else:
+            self.arbitrate(Passing(event))
+
+    def arbitrate(self, event: ArbiterInput) -> None:
+        """Feed the house's arbiter (`core/arbitration.py`) and carry out what it decides."""
+        assert self.arbiter is not None
+        for action in self.arbiter.step(event, self._clock()):
+            match action:
+                case Deliver():
+                    self._step_machine(action.input)
+                case PublishClaim():
+                    self._publish_claim(action.claim)
+                case StartWindow():
+                    name = f"arbitration {action.subject}"
+                    self._cancel_timer(name)
+                    ended = WindowEnded(action.subject, action.token)
+                    loop = asyncio.get_running_loop()
+                    self._timers[name] = loop.call_later(action.seconds, self.arbitrate, ended)
+                case Answered():
+                    log.info(
+                        "answering the %s (%s, %.1f dB, score %.2f)%s",
+                        action.mine.subject,
+                        action.mine.kind,
+                        action.mine.level_db,
+                        action.mine.score,
+                        " alone" if action.alone else f" over {len(action.rivals)} other(s)",
+                    )
+                case StoodDown():
+                    log.info(
+                        "%s answers the %s (%s, %.1f dB, score %.2f), not this speaker "
+                        "(%.1f dB, score %.2f)",
+                        action.winner.speaker,
+                        action.winner.subject,
+                        action.winner.kind,
+                        action.winner.level_db,
+                        action.winner.score,
+                        action.mine.level_db,
+                        action.mine.score,
+                    )
+                case Yielded():
+                    log.info(
+                        "%s answers the %s too, and heard it better (%.1f dB, score %.2f): "
+                        "this speaker stops",
+                        action.winner.speaker,
+                        action.winner.subject,
+                        action.winner.level_db,
+                        action.winner.score,
+                    )
+                    reason = f"{action.winner.speaker} answers"
+                    self._step_machine(StopRequested(reason, stop_ringing=False, chime=False))
+                case _:
+                    assert_never(action)
+
+    def _step_machine(self, event: Input) -> None:
         for action in self.machine.step(event, self._clock()):
             self._perform(action)
 
@@ -329,11 +416,30 @@ class Daemon:
 
     def _on_wake(self, event: WakeDetected) -> None:
         log.info("wake word %s (score %.2f)", event.model, event.score)
-        self.wake(event.model, b"".join(self._recent_audio))
+        self.wake(event.model, b"".join(self._recent_audio), event.score)
 
-    def wake(self, model: str = "", recent_audio: bytes = b"") -> None:
-        """The wake word was heard, or `talkbox ctl wake` asked for a conversation."""
-        self.step(WakeWord(model, recent_audio, self.speaker.played_samples))
+    def wake(self, model: str = "", recent_audio: bytes = b"", score: float | None = None) -> None:
+        """The wake word was heard (with its `score`), or `talkbox ctl wake` (or Home
+        Assistant's button) asked for a conversation (`score` None)."""
+        wake = WakeWord(model, recent_audio, self.speaker.played_samples)
+        if self.arbiter is None or self.machine.muted:
+            self._step_machine(wake)
+            return
+        level = speech_level_db(recent_audio)
+        if score is None:
+            claim = Claim(self.arbiter.me, WAKE, "asked", level)
+        else:
+            claim = Claim(self.arbiter.me, WAKE, "heard", level, score)
+        self.arbitrate(OwnClaim(claim, wake, idle=self.machine.state is State.IDLE))
+
+    def announce(self, text: str, *, house: bool) -> None:
+        """Say `text`; one sent to the whole house is claimed, so one speaker says it."""
+        if self.arbiter is None or not house:
+            self._step_machine(Announce(text))
+            return
+        # A speaker in a conversation would only log it: it bids lowest, below any idle one.
+        kind: ClaimKind = "asked" if self.machine.state is State.IDLE else "heard"
+        self.arbitrate(OwnClaim(Claim(self.arbiter.me, ANNOUNCE, kind), Announce(text)))
 
     def on_playback_drained(self) -> None:
         self.step(PlaybackDrained(self.speaker.played_samples))

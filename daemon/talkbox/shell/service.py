@@ -46,7 +46,7 @@ from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxErro
 from talkbox.realtime.endpoint import endpoint_for
 from talkbox.realtime.sessions import configured_sessions
 from talkbox.safe_text import safe_line
-from talkbox.secrets import ApiKey, resolve_api_key
+from talkbox.secrets import ApiKey, resolve_api_key, resolve_mqtt_password
 from talkbox.shell.app import (
     Daemon,
     SessionOpener,
@@ -56,6 +56,7 @@ from talkbox.shell.app import (
 )
 from talkbox.shell.control import ControlHandler, ControlServer
 from talkbox.shell.hooks import StateHook, hook_program_warning
+from talkbox.shell.house import House
 from talkbox.shell.loop_lag import LoopLagProbe
 from talkbox.shell.startup_signals import StartupSignals
 from talkbox.shell.systemd import Notifier, WatchdogGate, setup_logging
@@ -240,6 +241,7 @@ class Service:
         # READY=1 has been sent: from then on a reload announces RELOADING=1 ... READY=1.
         self.ready = False
         self.cfg = cfg
+        self.cfg_at_start = cfg
         self.key = key
         self.notifier = parts.notifier
         self.stopping = asyncio.Event()
@@ -274,6 +276,8 @@ class Service:
         # A reload asked for while another waits adds nothing: the waiting one reads the file
         # as it will then be. So a burst of SIGHUPs costs at most two reloads.
         self._reload_waiting = False
+        # [mqtt]: the house's broker (None when off, or when its password cannot be read).
+        self.house: House | None = None
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a small job in the background, keeping a reference so it is not collected."""
@@ -293,6 +297,7 @@ class Service:
             log.info("SIGHUP arrived during start-up: re-reading the configuration")
             self.reload()
         control = await self._start_control_socket()
+        house_task = self._start_house()
         try:
             if await self._start_up():
                 await self._serve_until_stopped()
@@ -300,6 +305,9 @@ class Service:
                 log.info("stopping before start-up was complete")
                 self.notifier.stopping()
         finally:
+            if house_task is not None:  # says "offline" on its way out
+                house_task.cancel()
+                await asyncio.wait({house_task}, timeout=2.0)
             if control is not None:
                 await control.close()
             self._close_devices()
@@ -333,7 +341,30 @@ class Service:
         )
         if self.muted_at_start:
             self.daemon.set_muted(True)
+        if self.house is not None:
+            self.house.attach(self.daemon)
         return True
+
+    def _start_house(self) -> asyncio.Task[None] | None:
+        """Connect to [mqtt]'s broker in the background; a password that cannot be read is
+        one error line, and this speaker runs alone."""
+        if not self.cfg.mqtt.enabled:
+            return None
+        try:
+            password = resolve_mqtt_password(self.cfg.mqtt, os.environ)
+        except ConfigError as error:
+            log.error("MQTT off: %s", error)
+            return None
+        self.house = House(self.cfg, password, self._house_command)
+        return asyncio.get_running_loop().create_task(self.house.run(), name="mqtt")
+
+    def _house_command(self, command: str) -> None:
+        async def run() -> None:
+            reply = await self._control(command, [])
+            if not reply.get("ok"):
+                log.warning("MQTT %s refused: %s", command, reply.get("error"))
+
+        self._spawn(run())
 
     async def _serve_until_stopped(self) -> None:
         daemon = self.daemon
@@ -549,6 +580,8 @@ class Service:
 
     def _report_state(self) -> None:
         self.notifier.status(self._status_text())
+        if self.house is not None and self.daemon is not None:
+            self.house.report(self.daemon.snapshot())
 
     def reload(self) -> None:
         """SIGHUP: re-read the config in the background (see `reload_config`)."""
@@ -590,6 +623,8 @@ class Service:
                 _warn_about_the_hook(cfg)
                 if self.daemon is not None:
                     self.daemon.reload(cfg, front_end)
+                if cfg.mqtt != self.cfg_at_start.mqtt:
+                    log.warning("[mqtt] changes take effect after a restart")
                 log.info(
                     "configuration %s reloaded; it applies from the next conversation",
                     self.config_path,

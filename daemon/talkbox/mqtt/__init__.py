@@ -1,0 +1,1 @@
+"""The house's MQTT broker: Home Assistant discovery, and which speaker answers (adapter)."""
