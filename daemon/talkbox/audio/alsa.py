@@ -23,6 +23,8 @@ from typing import Any
 
 import pyaudio
 
+from talkbox.audio.asound import libasound
+
 log = logging.getLogger(__name__)
 
 _STREAM_PLAYBACK = 0
@@ -32,42 +34,11 @@ _FORMAT_S16_LE = 2
 # any other ALSA device (default, sysdefault, dmix, a name from asound.conf) is opened by name.
 _HW_SUFFIX = re.compile(r"\((hw:\d+,\d+)\)$")
 
-_asound: ctypes.CDLL | None = None
-_loaded = False
-
-
-def _library() -> ctypes.CDLL | None:
-    global _asound, _loaded
-    if not _loaded:
-        _loaded = True
-        try:
-            lib = ctypes.CDLL("libasound.so.2")
-        except OSError:
-            return None
-        ptr, handle = ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p
-        lib.snd_pcm_open.argtypes = [ptr, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
-        lib.snd_pcm_close.argtypes = [handle]
-        lib.snd_pcm_hw_params_malloc.argtypes = [ptr]
-        lib.snd_pcm_hw_params_free.argtypes = [handle]
-        lib.snd_pcm_hw_params_free.restype = None
-        lib.snd_pcm_hw_params_any.argtypes = [handle, handle]
-        lib.snd_pcm_hw_params_set_rate_resample.argtypes = [handle, handle, ctypes.c_uint]
-        lib.snd_pcm_hw_params_set_format.argtypes = [handle, handle, ctypes.c_int]
-        lib.snd_pcm_hw_params_test_rate.argtypes = [handle, handle, ctypes.c_uint, ctypes.c_int]
-        lib.snd_pcm_hw_params_set_rate_near.argtypes = [
-            handle,
-            handle,
-            ctypes.POINTER(ctypes.c_uint),
-            ctypes.POINTER(ctypes.c_int),
-        ]
-        _asound = lib
-    return _asound
-
 
 def native_rate(pcm_name: str, wanted: int) -> int | None:
     """`wanted` if ALSA's playback PCM `pcm_name` takes it without converting its rate, else
     the nearest rate it does take that way; None if ALSA cannot tell (no such PCM, busy)."""
-    lib = _library()
+    lib = libasound()
     if lib is None:
         return None
     pcm = ctypes.c_void_p()

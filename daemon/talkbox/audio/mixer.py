@@ -18,6 +18,7 @@ import logging
 
 import numpy as np
 
+from talkbox.audio.asound import libasound
 from talkbox.errors import TalkboxError
 
 log = logging.getLogger(__name__)
@@ -37,45 +38,6 @@ def scaled(pcm: bytes, gain: float) -> bytes:
     samples *= gain
     np.rint(samples, out=samples)
     return np.clip(samples, -32768, 32767).astype(np.int16).tobytes()
-
-
-_asound: ctypes.CDLL | None = None
-_loaded = False
-
-
-def _library() -> ctypes.CDLL | None:
-    global _asound, _loaded
-    if not _loaded:
-        _loaded = True
-        try:
-            lib = ctypes.CDLL("libasound.so.2")
-        except OSError:
-            return None
-        ptr, handle, long_ptr = ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.POINTER(
-            ctypes.c_long
-        )
-        lib.snd_mixer_open.argtypes = [ptr, ctypes.c_int]
-        lib.snd_mixer_attach.argtypes = [handle, ctypes.c_char_p]
-        lib.snd_mixer_selem_register.argtypes = [handle, handle, handle]
-        lib.snd_mixer_load.argtypes = [handle]
-        lib.snd_mixer_close.argtypes = [handle]
-        lib.snd_mixer_selem_id_malloc.argtypes = [ptr]
-        lib.snd_mixer_selem_id_free.argtypes = [handle]
-        lib.snd_mixer_selem_id_free.restype = None
-        lib.snd_mixer_selem_id_set_index.argtypes = [handle, ctypes.c_uint]
-        lib.snd_mixer_selem_id_set_index.restype = None
-        lib.snd_mixer_selem_id_set_name.argtypes = [handle, ctypes.c_char_p]
-        lib.snd_mixer_selem_id_set_name.restype = None
-        lib.snd_mixer_find_selem.argtypes = [handle, handle]
-        lib.snd_mixer_find_selem.restype = handle
-        lib.snd_mixer_selem_has_playback_volume.argtypes = [handle]
-        lib.snd_mixer_selem_get_playback_volume_range.argtypes = [handle, long_ptr, long_ptr]
-        lib.snd_mixer_selem_get_playback_volume.argtypes = [handle, ctypes.c_int, long_ptr]
-        lib.snd_mixer_selem_set_playback_volume_all.argtypes = [handle, ctypes.c_long]
-        lib.snd_strerror.argtypes = [ctypes.c_int]
-        lib.snd_strerror.restype = ctypes.c_char_p
-        _asound = lib
-    return _asound
 
 
 class AlsaMixer:
@@ -98,7 +60,7 @@ class AlsaMixer:
         self._act(max(0, min(100, percent)))
 
     def _act(self, percent: int | None) -> int:
-        lib = _library()
+        lib = libasound()
         if lib is None:
             raise MixerError(f"cannot use {self}: libasound.so.2 is not installed")
         mixer = ctypes.c_void_p()

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Annotated, Any, Literal, Self, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -146,18 +146,24 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _require_endpoint_url(value: str) -> str:
-    """An endpoint must be https/wss; plain http/ws only to this machine (fake servers)."""
-    if value == "":
-        return value
-    shown = shown_value(value)
+def _split_url(value: str, error_kind: str) -> SplitResult:
+    """`value`'s parts; a PydanticCustomError of `error_kind` if it is no URL at all."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 -- raises ValueError on a malformed port
     except ValueError:
         raise PydanticCustomError(
-            "endpoint", "is not a valid URL, got {got}", {"got": shown}
+            error_kind, "is not a valid URL, got {got}", {"got": shown_value(value)}
         ) from None
+    return parts
+
+
+def _require_endpoint_url(value: str) -> str:
+    """An endpoint must be https/wss; plain http/ws only to this machine (fake servers)."""
+    if value == "":
+        return value
+    shown = shown_value(value)
+    parts = _split_url(value, "endpoint")
     scheme = parts.scheme.lower()
     host = parts.hostname or ""
     if scheme not in ("https", "wss", "http", "ws") or not host:
@@ -473,11 +479,7 @@ def _require_mcp_url(value: str) -> str:
     if value == "":
         return value
     shown = shown_value(value)
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 -- raises ValueError on a malformed port
-    except ValueError:
-        raise PydanticCustomError("url", "is not a valid URL, got {got}", {"got": shown}) from None
+    parts = _split_url(value, "url")
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise PydanticCustomError(
             "url",
