@@ -11,23 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from integration.test_systemd_unit import KNOWN_REFUSED, syscall_group
+from integration.test_systemd_unit import KNOWN_REFUSED, MDWE_PREAMBLE, syscall_group
 from support.mcp_server import HttpMcpServer, server_command
 
-PROBE = r"""
-import asyncio, ctypes, json, mmap, sys
-if sys.argv[1] == "mdwe":
-    PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
-        sys.exit(f"PR_SET_MDWE failed (errno {ctypes.get_errno()}); the kernel needs >= 6.3")
-    try:
-        mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    except OSError:
-        print("write+execute memory refused")
-    else:
-        sys.exit("PR_SET_MDWE is not in force")
-
+PROBE = MDWE_PREAMBLE + r"""
+import asyncio, json
 from talkbox.config import McpServerConfig
 from talkbox.tools.mcp_servers import McpServers
 

@@ -156,20 +156,24 @@ def test_sandbox_keeps_alsa_and_the_network_reachable() -> None:
 # Exercises what the daemon loads, the way it loads it: the tflite wake models through
 # talkbox.audio.wake (XNNPACK delegate; openwakeword without its ONNX runtime), numpy, soxr,
 # webrtcvad, PyAudio capture and callback playback over ALSA's file plugin, TLS, the journal.
-AUDIO_STACK_PROBE = r"""
-import ctypes, os, sys
+# The start of every probe: with the argument "mdwe", what MemoryDenyWriteExecute=yes sets
+# (PR_SET_MDWE) is put in force first, and shown to be.
+MDWE_PREAMBLE = r"""
+import ctypes, mmap, os, sys
 if sys.argv[1] == "mdwe":
     PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
         sys.exit(f"PR_SET_MDWE failed (errno {ctypes.get_errno()}); the kernel needs >= 6.3")
-    import mmap
     try:
         mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     except OSError:
         print("write+execute memory refused")
     else:
         sys.exit("PR_SET_MDWE is not in force")
+"""
+
+AUDIO_STACK_PROBE = MDWE_PREAMBLE + r"""
 
 import time
 import numpy as np
