@@ -6,6 +6,8 @@ each answers alone; a daemon killed with SIGKILL shows offline (its last will)."
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import os
 import signal
 import time
@@ -16,13 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e2e.conftest import API_KEY, phrase, service_config
+from e2e.conftest import API_KEY, one_breath, phrase, service_config
 from support.daemon import DaemonRun, LiveMicrophone, run_daemon, wait_until
 from support.fake_realtime import ServerThread
 from support.mosquitto import Broker, publish, retained
 from support.service import sessions
 from support.speech import concat, silence
+from talkbox.core.alarms import new_timer
+from talkbox.mqtt.discovery import entities
 from talkbox.mqtt.topics import HOUSE_ANNOUNCE_TOPIC
+from talkbox.tools.alarms import AlarmStore
 
 pytestmark = pytest.mark.slow
 
@@ -256,6 +261,78 @@ def test_asked_wakes_open_one_session_and_a_broker_restart_loses_nothing(
             for name in NAMES:
                 assert availability(broker.port, name) == b"online"
             configs = retained(broker.port, "homeassistant/+/attic/+/config")
-            assert len(configs) == 6
+            assert len(configs) == len(entities("attic"))
     finally:
         broker.stop()
+
+
+def house_state(port: int, device: str) -> dict[str, object]:
+    """The speaker's retained state, as Home Assistant's entities read it."""
+    topic = f"talkbox/{device}/state"
+    payload = retained(port, topic).get(topic)
+    return {} if payload is None else dict(json.loads(payload))
+
+
+def test_home_assistant_sees_and_sets_the_volume_and_sees_timers_and_the_ring(
+    tmp_path, fake_service
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    # A timer that came due while no talkbox ran: it rings as soon as the daemon is ready.
+    store = AlarmStore(state_dir / "alarms.json")
+    missed = dt.datetime.now().astimezone() - dt.timedelta(seconds=90)
+    store.add(lambda pending: new_timer(60, "eggs", missed, pending))
+    fake_service.server.reply_duration_ms = 200
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    try:
+        (tmp_path / "kitchen").mkdir()
+        with run_daemon(tmp_path / "kitchen", config(fake_service, broker.port, "kitchen"),
+                        api_key=API_KEY, extra_env={"STATE_DIRECTORY": str(state_dir)}) as run:
+            microphone = run.microphone()
+            run.wait_ready(timeout=90)
+            run.wait_for_log("MQTT: connected", timeout=15)
+            wait_until(lambda: house_state(broker.port, "kitchen").get("ringing") is True,
+                       10, "ringing on")
+            # Home Assistant's Stop button stops the ring, as `talkbox ctl stop` does.
+            publish(broker.port, "talkbox/kitchen/stop", "PRESS")
+            run.wait_for_log("ringing stopped: talkbox ctl stop", timeout=5)
+            wait_until(lambda: house_state(broker.port, "kitchen").get("ringing") is False,
+                       5, "ringing off")
+
+            publish(broker.port, "talkbox/kitchen/volume/set", "30")
+            wait_until(lambda: house_state(broker.port, "kitchen").get("volume") == 30,
+                       5, "the volume in the state")
+            publish(broker.port, "talkbox/kitchen/volume/set", "loud")
+            run.wait_for_log("ignored 'loud' on talkbox/kitchen/volume/set", timeout=5)
+            status = run.ctl("status")
+
+            fake_service.server.function_calls = [
+                [("set_timer", json.dumps({"duration_seconds": 600, "label": "pasta"}))]]
+            idle_before = run.log().count("state idle")
+            spoken, _ = one_breath("hey jarvis", "set a timer for pasta")
+            microphone.speak(concat(silence(0.5), spoken, silence(1.0)).tobytes())
+            run.wait_for_log("tool set_timer answered", timeout=30)
+            set_at = time.time()
+            wait_until(lambda: house_state(broker.port, "kitchen").get("next_timer"),
+                       5, "the next timer")
+            after_set = house_state(broker.port, "kitchen")
+            run.wait_for_log("state idle", count=idle_before + 1, timeout=30)
+            fake_service.server.function_calls = [
+                [("cancel_timer", json.dumps({"label": "pasta"}))]]
+            spoken, _ = one_breath("hey jarvis", "cancel the pasta timer")
+            microphone.speak(concat(silence(0.5), spoken, silence(1.0)).tobytes())
+            run.wait_for_log("tool cancel_timer answered", timeout=30)
+            wait_until(lambda: house_state(broker.port, "kitchen").get("next_timer") is None,
+                       5, "no next timer")
+            code, _ = run.terminate()
+            log = run.log()
+    finally:
+        broker.stop()
+    assert code == 0, log
+    assert "volume: 30" in status.stdout, status.stdout
+    assert after_set["next_timer_name"] == "timer 'pasta'", after_set
+    due = dt.datetime.fromisoformat(str(after_set["next_timer"]))
+    assert due.utcoffset() is not None, "Home Assistant's timestamp needs an offset"
+    assert abs(due.timestamp() - (set_at + 600)) < 15, (after_set, set_at)
+    assert fake_service.server.protocol_violations == [], log

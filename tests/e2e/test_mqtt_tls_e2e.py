@@ -11,6 +11,7 @@ import pytest
 from e2e.conftest import API_KEY, service_config
 from support.daemon import run_daemon
 from support.mosquitto import Broker, publish, retained, tls_files
+from talkbox.mqtt.discovery import entities
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ ca_file = "{ca}"
             topic = "talkbox/kitchen/availability"
             assert retained(broker.port, topic, tls=home_assistant) == {topic: b"online"}
             configs = retained(broker.port, "homeassistant/+/kitchen/+/config", tls=home_assistant)
-            assert len(configs) == 6
+            assert len(configs) == len(entities("kitchen"))
             publish(broker.port, "talkbox/kitchen/wake", "PRESS", tls=home_assistant)
             run.wait_for_log("state connecting", timeout=15)
             run.wait_for_log("state idle (no follow-up)", timeout=15)

@@ -79,10 +79,13 @@ async def test_discovery_is_retained_valid_and_the_speaker_online(broker: Broker
     await asyncio.sleep(0.2)
     configs = await read_retained(broker.port, "homeassistant/#")
     assert sorted(configs) == [
+        "homeassistant/binary_sensor/kitchen/ringing/config",
         "homeassistant/button/kitchen/stop/config",
         "homeassistant/button/kitchen/wake/config",
         "homeassistant/notify/kitchen/announce/config",
+        "homeassistant/number/kitchen/volume/config",
         "homeassistant/sensor/kitchen/last_error/config",
+        "homeassistant/sensor/kitchen/next_timer/config",
         "homeassistant/sensor/kitchen/state/config",
         "homeassistant/switch/kitchen/muted/config",
     ]
@@ -97,8 +100,14 @@ async def test_discovery_is_retained_valid_and_the_speaker_online(broker: Broker
     own = await read_retained(broker.port, "talkbox/kitchen/#")
     assert own["talkbox/kitchen/availability"] == b"online"
     assert json.loads(own["talkbox/kitchen/state"]) == {
-        "state": "idle", "muted": False, "last_error": ""
+        "state": "idle", "muted": False, "last_error": "", "volume": None, "ringing": False,
+        "next_timer": None, "next_timer_name": "",
     }
+    volume = json.loads(configs["homeassistant/number/kitchen/volume/config"])
+    assert volume["command_topic"] == "talkbox/kitchen/volume/set"
+    assert (volume["min"], volume["max"], volume["step"], volume["mode"]) == (0, 100, 1, "slider")
+    timer = json.loads(configs["homeassistant/sensor/kitchen/next_timer/config"])
+    assert timer["device_class"] == "timestamp"
     await stop_link(kitchen)
     # A clean stop says offline itself.
     assert (await read_retained(broker.port, "talkbox/kitchen/availability")) == {
@@ -136,6 +145,39 @@ async def test_commands_announcements_and_peer_claims_arrive(broker: Broker) -> 
     ]
     await stop_link(kitchen)
     await stop_link(hall)
+
+
+async def test_home_assistants_volume_slider_arrives_and_a_bad_level_is_one_line(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    kitchen = await start_link(broker.port, "kitchen")
+    await until(lambda: kitchen.link.connected, what="connected")
+    bad = ["loud", "101", "-1", "40.5", "nan", "inf", ""]
+    with caplog.at_level(logging.WARNING, logger="talkbox.mqtt"):
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="home-assistant") as ha:
+            for payload in ["30", *bad, "55.0", "0", "100"]:
+                await ha.publish("talkbox/kitchen/volume/set", payload, qos=1)
+        await until(lambda: len(kitchen.messages) >= 4, what="the volume commands")
+        await asyncio.sleep(0.2)
+    assert kitchen.messages == [
+        Command("volume", ("30",)), Command("volume", ("55",)), Command("volume", ("0",)),
+        Command("volume", ("100",)),
+    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == len(bad), warnings
+    assert all("talkbox/kitchen/volume/set" in w and "0 to 100" in w for w in warnings)
+    assert kitchen.link.connected and not kitchen.task.done()
+    # What the daemon then reports: the level, and the next timer as Home Assistant's
+    # timestamp sensor takes it.
+    kitchen.link.publish_state(StateReport(
+        "idle", False, "", volume=30, ringing=True,
+        next_timer="2026-12-04T18:00:00+00:00", next_timer_name="timer 'pasta'"))
+    await asyncio.sleep(0.2)
+    state = json.loads((await read_retained(broker.port, "talkbox/kitchen/state"))[
+        "talkbox/kitchen/state"])
+    assert (state["volume"], state["ringing"], state["next_timer"], state["next_timer_name"]) == (
+        30, True, "2026-12-04T18:00:00+00:00", "timer 'pasta'")
+    await stop_link(kitchen)
 
 
 async def test_a_broker_that_is_down_is_one_warning_then_found_again(
@@ -183,7 +225,7 @@ async def test_a_restarted_broker_gets_the_entities_and_state_again(
         await until(lambda: kitchen.link.connected, timeout=12, what="reconnected")
         await asyncio.sleep(0.3)
         configs = await read_retained(broker.port, "homeassistant/#")
-        assert len(configs) == 6
+        assert len(configs) == 9
         own = await read_retained(broker.port, "talkbox/kitchen/#")
         assert own["talkbox/kitchen/availability"] == b"online"
         assert json.loads(own["talkbox/kitchen/state"])["state"] == "responding"
@@ -210,10 +252,10 @@ async def test_uninstalling_takes_the_speaker_out_of_home_assistant(tmp_path, br
     kitchen.link.publish_state(StateReport("idle", False, ""))
     await asyncio.sleep(0.2)
     await stop_link(kitchen)
-    assert len(await read_retained(broker.port, "homeassistant/#")) == 6
+    assert len(await read_retained(broker.port, "homeassistant/#")) == 9
     done = await asyncio.to_thread(forget, tmp_path, broker.port)
     assert done.returncode == 0, done.stderr
-    assert "removed kitchen from the broker (8 retained messages)" in done.stdout
+    assert "removed kitchen from the broker (11 retained messages)" in done.stdout
     assert await read_retained(broker.port, "homeassistant/#") == {}
     assert await read_retained(broker.port, "talkbox/#") == {}
 

@@ -47,6 +47,14 @@ PLATFORMS: dict[str, dict[str, Any]] = {
         },
         "device_classes": None,  # many; checked below for "enum" and "timestamp"
     },
+    "binary_sensor": {
+        "required": {"state_topic"},
+        "keys": {
+            "state_topic": str, "value_template": str, "payload_on": str, "payload_off": str,
+            "device_class": str, "expire_after": int, "force_update": bool, "off_delay": int,
+        },
+        "device_classes": None,  # many
+    },
     "switch": {
         "required": {"command_topic"},
         "keys": {
@@ -137,6 +145,19 @@ def problems(component: str, payload: dict[str, Any]) -> list[str]:
             found.append("options: required for device_class enum")
         if "unit_of_measurement" in payload or "state_class" in payload:
             found.append("an enum sensor takes no unit_of_measurement nor state_class")
+    if component == "sensor" and device_class == "timestamp" and (
+        "unit_of_measurement" in payload or "state_class" in payload
+    ):
+        found.append("a timestamp sensor takes no unit_of_measurement nor state_class")
+    if component == "number":
+        if payload.get("mode", "auto") not in ("auto", "box", "slider"):
+            found.append("mode: must be auto, box or slider")
+        low, high = payload.get("min", 1), payload.get("max", 100)
+        if isinstance(low, int | float) and isinstance(high, int | float) and low >= high:
+            found.append("min must be below max")
+        step = payload.get("step", 1)
+        if isinstance(step, int | float) and step < 0.001:
+            found.append("step: must be at least 0.001")
     if "options" in payload and device_class != "enum":
         found.append("options: only with device_class enum")
     device = payload.get("device")

@@ -7,9 +7,8 @@ availability topic, whose "offline" is the connection's last will: Home Assistan
 speaker out when the daemon dies. An empty retained message on the same topic removes it
 (`removals`, which `install.sh --uninstall` publishes through `mqtt/forget.py`).
 
-More entities plug in at `entities`: the volume (a `number` commanding
-`talkbox/<device>/volume/set`) and the next timer or alarm (a `sensor` with device_class
-"timestamp") go there once the daemon has them.
+More entities plug in at `entities`. Most read the one state message (`StateReport`) through
+a value_template; a command entity has a topic of its own in `DeviceTopics.commands`.
 """
 
 from __future__ import annotations
@@ -55,6 +54,49 @@ def entities(device: str) -> list[Entity]:
                 "payload_on": "ON",
                 "payload_off": "OFF",
                 "icon": "mdi:microphone-off",
+            },
+        ),
+        Entity(
+            "number",
+            "volume",
+            {
+                "name": "Volume",
+                "command_topic": topics.volume_set,
+                "state_topic": topics.state,
+                "value_template": "{{ value_json.volume }}",
+                "min": 0,
+                "max": 100,
+                "step": 1,
+                "mode": "slider",
+                "unit_of_measurement": "%",
+                "icon": "mdi:volume-high",
+            },
+        ),
+        Entity(
+            "sensor",
+            "next_timer",
+            {
+                "name": "Next timer or alarm",
+                "state_topic": topics.state,
+                # "None" is what makes Home Assistant's sensor "unknown"; an empty payload
+                # would be ignored and leave the last time shown.
+                "value_template": "{{ value_json.next_timer or 'None' }}",
+                "device_class": "timestamp",
+                "json_attributes_topic": topics.state,
+                "json_attributes_template": "{{ {'name': value_json.next_timer_name} | tojson }}",
+                "icon": "mdi:timer-outline",
+            },
+        ),
+        Entity(
+            "binary_sensor",
+            "ringing",
+            {
+                "name": "Ringing",
+                "state_topic": topics.state,
+                "value_template": "{{ 'ON' if value_json.ringing else 'OFF' }}",
+                "payload_on": "ON",
+                "payload_off": "OFF",
+                "icon": "mdi:alarm-bell",
             },
         ),
         Entity(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import ssl
 from collections.abc import Callable
@@ -55,7 +56,8 @@ class PeerClaim:
 class Command:
     """Home Assistant (or anyone on the broker) asks this speaker for something."""
 
-    name: Literal["mute", "unmute", "wake", "stop"]
+    name: Literal["mute", "unmute", "wake", "stop", "volume"]
+    args: tuple[str, ...] = ()  # as `talkbox ctl NAME ARGS...` takes them
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,22 @@ class StateReport:
     state: str
     muted: bool
     last_error: str
+    volume: int | None = None  # percent; None: not known yet
+    ringing: bool = False  # a timer or alarm rings
+    next_timer: str | None = None  # when the next timer or alarm is due: ISO 8601 with offset
+    next_timer_name: str = ""  # how it is named ("timer 'pasta'")
 
     def payload(self) -> bytes:
         return json.dumps(
-            {"state": self.state, "muted": self.muted, "last_error": self.last_error[:250]}
+            {
+                "state": self.state,
+                "muted": self.muted,
+                "last_error": self.last_error[:250],
+                "volume": self.volume,
+                "ringing": self.ringing,
+                "next_timer": self.next_timer,
+                "next_timer_name": self.next_timer_name[:100],
+            }
         ).encode()
 
 
@@ -243,6 +257,8 @@ class HouseLink:
         text = payload.decode("utf-8", errors="replace").strip()
         if topic == self.topics.muted_set:
             return {"ON": Command("mute"), "OFF": Command("unmute")}.get(text.upper())
+        if topic == self.topics.volume_set:
+            return self._volume_command(text, topic)
         if topic == self.topics.wake:
             return Command("wake")
         if topic == self.topics.stop:
@@ -252,3 +268,16 @@ class HouseLink:
             spoken = safe_line(text, MAX_ANNOUNCE_CHARS)
             return Announcement(spoken, house=topic == HOUSE_ANNOUNCE_TOPIC)
         return None
+
+    @staticmethod
+    def _volume_command(text: str, topic: str) -> Command | None:
+        """Home Assistant's number sends "40" (or "40.0"); anything else is one line, ignored."""
+        try:
+            level = float(text)
+        except ValueError:
+            level = math.nan
+        if not (level.is_integer() and 0 <= level <= 100):  # NaN and infinities are not
+            log.warning("MQTT: ignored %r on %s: the volume is a whole number from 0 to 100",
+                        safe_line(text, 40), safe_line(topic))
+            return None
+        return Command("volume", (str(int(level)),))

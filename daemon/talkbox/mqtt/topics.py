@@ -1,8 +1,10 @@
 """The topics a talkbox uses on the broker, and the claims' wire format.
 
     talkbox/<device>/availability   "online" / "offline" (retained; "offline" is the last will)
-    talkbox/<device>/state          {"state", "muted", "last_error"} as JSON (retained)
+    talkbox/<device>/state          {"state", "muted", "last_error", "volume", "ringing",
+                                     "next_timer", "next_timer_name"} as JSON (retained)
     talkbox/<device>/muted/set      "ON" / "OFF"       (Home Assistant's switch)
+    talkbox/<device>/volume/set     0..100             (Home Assistant's number; talkbox ctl volume)
     talkbox/<device>/wake           "PRESS"            (Home Assistant's button; talkbox ctl wake)
     talkbox/<device>/stop           "PRESS"
     talkbox/<device>/announce       text to say        (Home Assistant's notify entity)
@@ -52,6 +54,10 @@ class DeviceTopics:
         return f"{self.base}/muted/set"
 
     @property
+    def volume_set(self) -> str:
+        return f"{self.base}/volume/set"
+
+    @property
     def wake(self) -> str:
         return f"{self.base}/wake"
 
@@ -65,7 +71,7 @@ class DeviceTopics:
 
     @property
     def commands(self) -> tuple[str, ...]:
-        return (self.muted_set, self.wake, self.stop, self.announce)
+        return (self.muted_set, self.volume_set, self.wake, self.stop, self.announce)
 
 
 def encode_claim(claim: Claim) -> bytes:

@@ -267,6 +267,7 @@ class Daemon:
         speaker: Speaker,
         front_end: FrontEnd,
         on_state: Callable[[State, str], None] | None = None,
+        on_status: Callable[[], None] | None = None,
         on_speaker_error: Callable[[AudioDeviceError], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         alarm_store: AlarmStore | None = None,
@@ -282,6 +283,8 @@ class Daemon:
         self.speaker = speaker
         self.front_end = front_end
         self._on_state = on_state
+        # What status readers see beyond the state changed: timers, ringing, the volume.
+        self._on_status = on_status
         self._on_speaker_error = on_speaker_error
         self._clock = clock
         self.chimes = make_chimes(cfg)
@@ -383,8 +386,15 @@ class Daemon:
                     assert_never(action)
 
     def _step_machine(self, event: Input) -> None:
+        ringing = self.machine.ringing
         for action in self.machine.step(event, self._clock()):
             self._perform(action)
+        if self.machine.ringing != ringing:
+            self._status_changed()
+
+    def _status_changed(self) -> None:
+        if self._on_status is not None:
+            self._on_status()
 
     def on_front_end_events(self, events: list[FrontEndEvent]) -> None:
         """What the front end found in captured audio (on its own thread; see
@@ -454,6 +464,7 @@ class Daemon:
         pending = self.alarms.load()
         if self.cfg.tools.timers:
             self.step(AlarmsChanged(pending, self._wall_clock(), at_start=True))
+        self._status_changed()
 
     def set_muted(self, muted: bool) -> None:
         self.step(MuteChanged(muted))
@@ -538,16 +549,19 @@ class Daemon:
 
     async def _run_tool(self, call: RunTool) -> None:
         started = self._clock()
-        alarms_before = self.alarms.pending()
+        alarms_before, volume_before = self.alarms.pending(), self.volume.level
         output = await self.tools.run(call.name, call.arguments)
         log.info("tool %s answered in %.0f ms", call.name, (self._clock() - started) * 1000)
         if self.alarms.pending() is not alarms_before:  # set or cancelled one
             self.step(AlarmsChanged(self.alarms.pending(), self._wall_clock()))
+        if self.alarms.pending() is not alarms_before or self.volume.level != volume_before:
+            self._status_changed()
         self.step(ToolFinished(call.conversation, call.call_id, output))
 
     async def _remove_alarms(self, ids: tuple[str, ...]) -> None:
         await asyncio.to_thread(self.alarms.remove, ids)  # a file written and fsync'ed
         self.step(AlarmsChanged(self.alarms.pending(), self._wall_clock()))
+        self._status_changed()
 
     def _arm_alarm_check(self, seconds: float | None) -> None:
         """The one loop timer for timers and alarms: none while none is pending."""

@@ -1,18 +1,21 @@
 """[mqtt]: this speaker among the others of the house, wired to the daemon.
 
 The link (`mqtt/link.py`) carries messages; this glue turns them into what the daemon already
-does: a peer's claim goes to the arbiter, Home Assistant's buttons and switch go through the
-same commands as `talkbox ctl`, an announcement to `Daemon.announce`. Every state change and
-mute is published as the speaker's state. Nothing here waits on the broker.
+does: a peer's claim goes to the arbiter, Home Assistant's buttons, switch and volume slider
+go through the same commands as `talkbox ctl`, an announcement to `Daemon.announce`. Every
+change of state, mute, volume, ringing or pending timers is published as the speaker's state.
+Nothing here waits on the broker.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 from talkbox.config import Config
+from talkbox.core.alarms import Alarm
 from talkbox.core.arbitration import BrokerChanged, PeerClaimed
 from talkbox.core.inputs import Snapshot
 from talkbox.mqtt.link import (
@@ -39,11 +42,15 @@ def talkbox_version() -> str:
 class House:
     """The link and what it is wired to; `run()` it as a task, `attach` the daemon once made.
 
-    `command` runs a control command ("mute", "unmute", "wake", "stop") as `talkbox ctl` does.
+    `command` runs a control command ("mute", "unmute", "wake", "stop", "volume" with its
+    arguments) as `talkbox ctl` does.
     """
 
     def __init__(
-        self, cfg: Config, password: ApiKey | None, command: Callable[[str], None]
+        self,
+        cfg: Config,
+        password: ApiKey | None,
+        command: Callable[[str, tuple[str, ...]], None],
     ) -> None:
         self.cfg = cfg
         self._command = command
@@ -66,9 +73,21 @@ class House:
         )
         daemon.arbitrate(BrokerChanged(self.link.connected))
 
-    def report(self, snapshot: Snapshot) -> None:
+    def report(self, snapshot: Snapshot, volume: int, pending: tuple[Alarm, ...]) -> None:
+        soonest = min(pending, key=lambda alarm: alarm.due, default=None)
         self.link.publish_state(
-            StateReport(snapshot.state.value, snapshot.muted, snapshot.last_error)
+            StateReport(
+                snapshot.state.value,
+                snapshot.muted,
+                snapshot.last_error,
+                volume=volume,
+                ringing=snapshot.ringing,
+                # In UTC, from the epoch second it is due: unambiguous across a change of
+                # summer time; Home Assistant shows it in its own time zone.
+                next_timer=None if soonest is None else dt.datetime.fromtimestamp(
+                    soonest.due, dt.UTC).isoformat(timespec="seconds"),
+                next_timer_name="" if soonest is None else soonest.name,
+            )
         )
 
     def _on_connected(self, connected: bool) -> None:
@@ -81,8 +100,8 @@ class House:
                 if self.daemon is not None:
                     self.daemon.arbitrate(PeerClaimed(message.claim))
             case Command():
-                log.info("Home Assistant (MQTT): %s", message.name)
-                self._command(message.name)
+                log.info("Home Assistant (MQTT): %s", " ".join((message.name, *message.args)))
+                self._command(message.name, message.args)
             case Announcement():
                 if self.daemon is not None:
                     self.daemon.announce(message.text, house=message.house)

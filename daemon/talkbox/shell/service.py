@@ -334,6 +334,7 @@ class Service:
             speaker=self.playback,
             front_end=front_end,
             on_state=self._state_changed,
+            on_status=self._report_to_house,
             on_speaker_error=self._speaker_failed,
             alarm_store=AlarmStore(state_file(ALARMS_FILE)),
             remote_tools=self._parts.remote_tools,
@@ -358,9 +359,9 @@ class Service:
         self.house = House(self.cfg, password, self._house_command)
         return asyncio.get_running_loop().create_task(self.house.run(), name="mqtt")
 
-    def _house_command(self, command: str) -> None:
+    def _house_command(self, command: str, args: tuple[str, ...]) -> None:
         async def run() -> None:
-            reply = await self._control(command, [])
+            reply = await self._control(command, list(args))
             if not reply.get("ok"):
                 log.warning("MQTT %s refused: %s", command, reply.get("error"))
 
@@ -580,8 +581,15 @@ class Service:
 
     def _report_state(self) -> None:
         self.notifier.status(self._status_text())
+        self._report_to_house()
+
+    def _report_to_house(self) -> None:
+        """The house's retained state (Home Assistant's entities); systemd's STATUS= does not
+        show the volume nor the timers."""
         if self.house is not None and self.daemon is not None:
-            self.house.report(self.daemon.snapshot())
+            self.house.report(
+                self.daemon.snapshot(), self.volume.level, self.daemon.alarms.pending()
+            )
 
     def reload(self) -> None:
         """SIGHUP: re-read the config in the background (see `reload_config`)."""
@@ -699,6 +707,7 @@ class Service:
             except MixerError as error:
                 log.warning("%s", error)
                 return {"ok": False, "error": str(error)}
+            self._report_to_house()
         return {"ok": True, "volume": self.volume.level}
 
     def _mute_path(self) -> Path | None:
