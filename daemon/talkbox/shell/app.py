@@ -440,7 +440,10 @@ class Daemon:
             claim = Claim(self.arbiter.me, WAKE, "asked", level)
         else:
             claim = Claim(self.arbiter.me, WAKE, "heard", level, score)
-        self.arbitrate(OwnClaim(claim, wake, idle=self.machine.state is State.IDLE))
+        # A ringing speaker is engaged: its wake word only silences the ring, at once, and
+        # its claim outranks every fresh one, so no other speaker opens a conversation.
+        idle = self.machine.state is State.IDLE and not self.machine.ringing
+        self.arbitrate(OwnClaim(claim, wake, idle=idle))
 
     def announce(self, text: str, *, house: bool) -> None:
         """Say `text`; one sent to the whole house is claimed, so one speaker says it."""
