@@ -35,6 +35,7 @@ from talkbox.core.conversation import (
 from talkbox.core.inputs import (
     AlarmClockTick,
     AlarmsChanged,
+    Announce,
     ArmAlarmCheck,
     CloseConnection,
     FlushPlayback,
@@ -300,3 +301,12 @@ def test_the_ring_time_out_of_range_names_the_key() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config("[tools]\nalarm_ring_seconds = 2\n", "t.toml")
     assert "tools.alarm_ring_seconds" in str(caught.value)
+
+
+def test_an_announcement_while_a_timer_rings_is_logged_not_spoken_over_it() -> None:
+    d = Driver(speak_announcements=True)
+    pasta = pending_timer(d, 10)
+    d(AlarmClockTick(pasta.due + 0.01))
+    out = d(Announce("Dinner is ready."))
+    assert of(OpenConnection, out) == [] and d.m.ringing and d.m.state is State.IDLE
+    assert "not spoken: a timer rings" in of(Notice, out)[0].text

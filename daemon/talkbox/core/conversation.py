@@ -415,6 +415,9 @@ class ConversationMachine:
         if self.muted:
             out.append(Notice("info", f"announcement not made (muted): {event.text}"))
             return
+        if self.ringing:  # the ring is what must be heard now
+            out.append(Notice("info", f"announcement (not spoken: a timer rings): {event.text}"))
+            return
         idle = self.state is State.IDLE
         if idle and self.config.speak_announcements and self.backoff.remaining(self._now) <= 0:
             self.conversation += 1
