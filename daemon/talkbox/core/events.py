@@ -39,6 +39,12 @@ class ToolDeclaration:
     parameters: Mapping[str, Any]
 
 
+# The parameters of a tool that takes none.
+NO_ARGUMENTS: Mapping[str, Any] = {
+    "type": "object", "properties": {}, "additionalProperties": False
+}
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     voice: str = "alloy"

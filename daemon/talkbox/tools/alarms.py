@@ -35,7 +35,7 @@ from talkbox.core.alarms import (
     new_timer,
     select,
 )
-from talkbox.core.events import ToolDeclaration
+from talkbox.core.events import NO_ARGUMENTS, ToolDeclaration
 from talkbox.safe_text import safe_line
 from talkbox.state_files import write_atomically
 
@@ -240,7 +240,7 @@ SET_ALARM = ToolDeclaration(
 LIST_TIMERS = ToolDeclaration(
     name="list_timers",
     description="The timers and alarms set on the device, with when each rings.",
-    parameters={"type": "object", "properties": {}, "additionalProperties": False},
+    parameters=NO_ARGUMENTS,
 )
 
 CANCEL_TIMER = ToolDeclaration(

@@ -15,12 +15,10 @@ from typing import Any
 
 from talkbox.config import ToolsConfig
 from talkbox.core.conversation import END_CONVERSATION_TOOL
-from talkbox.core.events import ToolDeclaration
+from talkbox.core.events import NO_ARGUMENTS, ToolDeclaration
 from talkbox.tools.alarms import DECLARATIONS as TIMER_DECLARATIONS
 from talkbox.tools.alarms import AlarmTools
 from talkbox.tools.volume import VOLUME, VolumeControl, run_volume_tool
-
-NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
 END_CONVERSATION = ToolDeclaration(
     name=END_CONVERSATION_TOOL,
