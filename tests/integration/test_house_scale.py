@@ -25,7 +25,7 @@ from support.house_sim import (
     start_workers,
     wake_order,
 )
-from support.mosquitto import Broker
+from support.mosquitto import broker as running_broker
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +34,7 @@ WINDOW_S = 0.15
 
 
 def test_fifty_speakers_on_one_broker_pick_exactly_one_the_loudest(tmp_path) -> None:
-    broker = Broker(tmp_path / "broker")
-    broker.start()
-    try:
+    with running_broker(tmp_path / "broker") as broker:
         workers = start_workers(broker.port, PROCESSES, PER_PROCESS, WINDOW_S)
         try:
             for wake in range(WAKES):
@@ -44,8 +42,6 @@ def test_fifty_speakers_on_one_broker_pick_exactly_one_the_loudest(tmp_path) -> 
                 time.sleep(WINDOW_S + 1.5)  # decided, and past the same-phrase time
         finally:
             decisions = finish(broker.port, workers)
-    finally:
-        broker.stop()
     speakers = [name for group in names(PROCESSES, PER_PROCESS) for name in group]
     by_wake = defaultdict(list)
     for decision in decisions:

@@ -7,7 +7,7 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -15,6 +15,7 @@ import pytest
 
 from support.ha_discovery import problems
 from support.mosquitto import Broker, free_port, read_retained, tls_files
+from support.mosquitto import broker as running_broker
 from talkbox.config import MqttConfig
 from talkbox.core.arbitration import Claim
 from talkbox.mqtt.link import (
@@ -29,11 +30,9 @@ from talkbox.mqtt.topics import CLAIMS_TOPIC, HOUSE_ANNOUNCE_TOPIC
 
 
 @pytest.fixture
-def broker(tmp_path) -> Broker:
-    running = Broker(tmp_path / "broker")
-    running.start()
-    yield running
-    running.stop()
+def broker(tmp_path) -> Iterator[Broker]:
+    with running_broker(tmp_path / "broker") as running:
+        yield running
 
 
 class Running:
