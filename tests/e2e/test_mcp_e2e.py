@@ -16,7 +16,7 @@ import pytest
 from e2e.conftest import API_KEY, one_breath, service_config
 from support.daemon import run_daemon
 from support.fake_realtime import ServerThread
-from support.mcp_server import HttpMcpServer, server_command
+from support.mcp_server import HttpMcpServer, server_command, write_token_file
 from support.service import sessions
 from support.speech import concat, silence
 from talkbox.config import ToolsConfig
@@ -49,10 +49,7 @@ command = {json.dumps(server_command())}
 
 @pytest.fixture
 def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "home.token"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
+    return write_token_file(tmp_path, TOKEN)
 
 
 def test_mcp_tools_are_offered_and_their_calls_answered_by_the_real_servers(

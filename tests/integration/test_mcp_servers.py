@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from support.event_schema import check_client_event
-from support.mcp_server import HttpMcpServer, server_command, silent_command
+from support.mcp_server import HttpMcpServer, server_command, silent_command, write_token_file
 from talkbox.config import McpServerConfig
 from talkbox.core.events import SessionSettings, SessionUpdate, ToolDeclaration
 from talkbox.realtime.protocol import Dialect, client_event_message
@@ -29,10 +29,7 @@ TOKEN = "mcp-test-token-0123456789"
 
 @pytest.fixture
 def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "home.token"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
+    return write_token_file(tmp_path, TOKEN)
 
 
 @pytest.fixture

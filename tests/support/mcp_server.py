@@ -22,6 +22,14 @@ from typing import Any
 HERE = Path(__file__).resolve()
 
 
+def write_token_file(directory: Path, token: str) -> Path:
+    """A token file as an owner makes one: the token on one line, readable by its owner only."""
+    path = directory / "home.token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
 def server_command(kind: str = "home") -> list[str]:
     """The argv of a stdio server (absolute program, as [[tools.mcp]] command wants)."""
     return [sys.executable, str(HERE), kind, "stdio"]
