@@ -213,8 +213,17 @@ def confirmation(alarm: Alarm, now: dt.datetime) -> str:
 # --- when ---------------------------------------------------------------------------------
 
 
+def in_due_order(pending: Iterable[Alarm]) -> list[Alarm]:
+    """Soonest first (those due at the same moment by id, so every list agrees)."""
+    return sorted(pending, key=_due_order)
+
+
 def next_due(pending: Iterable[Alarm]) -> Alarm | None:
-    return min(pending, key=lambda alarm: (alarm.due, alarm.id), default=None)
+    return min(pending, key=_due_order, default=None)
+
+
+def _due_order(alarm: Alarm) -> tuple[float, str]:
+    return alarm.due, alarm.id
 
 
 @dataclass(frozen=True)
@@ -232,7 +241,7 @@ class DueNow:
 
 
 def due_now(pending: Iterable[Alarm], now: float) -> DueNow:
-    due = sorted((a for a in pending if a.due <= now), key=lambda a: (a.due, a.id))
+    due = in_due_order(a for a in pending if a.due <= now)
     return DueNow(
         on_time=tuple(a for a in due if now - a.due <= LATE_SECONDS),
         missed=tuple(a for a in due if LATE_SECONDS < now - a.due <= MISSED_LIMIT_SECONDS),

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 from talkbox.config import Config
-from talkbox.core.alarms import Alarm
+from talkbox.core.alarms import Alarm, next_due
 from talkbox.core.arbitration import BrokerChanged, PeerClaimed
 from talkbox.core.inputs import Snapshot
 from talkbox.mqtt.link import (
@@ -74,7 +74,7 @@ class House:
         daemon.arbitrate(BrokerChanged(self.link.connected))
 
     def report(self, snapshot: Snapshot, volume: int, pending: tuple[Alarm, ...]) -> None:
-        soonest = min(pending, key=lambda alarm: alarm.due, default=None)
+        soonest = next_due(pending)
         self.link.publish_state(
             StateReport(
                 snapshot.state.value,

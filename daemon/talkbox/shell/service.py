@@ -39,7 +39,7 @@ from talkbox.audio.mixer import AlsaMixer, MixerError
 from talkbox.audio.playback import Playback
 from talkbox.audio_format import CAPTURE_PERIOD_MS, REALTIME_RATE
 from talkbox.config import Config, load_config
-from talkbox.core.alarms import describe_due
+from talkbox.core.alarms import describe_due, in_due_order
 from talkbox.core.inputs import State
 from talkbox.core.retry import Backoff, is_retryable
 from talkbox.errors import EX_CONFIG, AudioDeviceError, ConfigError, TalkboxError
@@ -687,7 +687,7 @@ class Service:
     def _timers_text(self, *, first_only: bool = False) -> str:
         """The pending timers and alarms in words, soonest first ("none" if none)."""
         pending = () if self.daemon is None else self.daemon.alarms.pending()
-        ordered = sorted(pending, key=lambda alarm: alarm.due)[: 1 if first_only else None]
+        ordered = in_due_order(pending)[: 1 if first_only else None]
         now = local_now()
         return "; ".join(f"{a.name} (id {a.id}) rings {describe_due(a, now)}"
                          for a in ordered) or "none"

@@ -31,6 +31,7 @@ from talkbox.core.alarms import (
     clean_label,
     confirmation,
     describe_due,
+    in_due_order,
     new_alarm,
     new_timer,
     select,
@@ -303,7 +304,7 @@ class AlarmTools:
 
     def list_timers(self, _arguments: dict[str, Any]) -> str:
         now = self.now()
-        pending = sorted(self.store.pending(), key=lambda a: a.due)
+        pending = in_due_order(self.store.pending())
         return json.dumps({"now": now.strftime("%Y-%m-%d %H:%M"),
                            "pending": [_described(alarm, now) for alarm in pending]})
 
