@@ -555,9 +555,10 @@ class Daemon:
         alarms_before, volume_before = self.alarms.pending(), self.volume.level
         output = await self.tools.run(call.name, call.arguments)
         log.info("tool %s answered in %.0f ms", call.name, (self._clock() - started) * 1000)
-        if self.alarms.pending() is not alarms_before:  # set or cancelled one
+        alarms_changed = self.alarms.pending() is not alarms_before  # set or cancelled one
+        if alarms_changed:
             self.step(AlarmsChanged(self.alarms.pending(), self._wall_clock()))
-        if self.alarms.pending() is not alarms_before or self.volume.level != volume_before:
+        if alarms_changed or self.volume.level != volume_before:
             self._status_changed()
         self.step(ToolFinished(call.conversation, call.call_id, output))
 
