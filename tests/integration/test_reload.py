@@ -110,6 +110,8 @@ async def test_a_slow_model_load_on_reload_stalls_nothing(
             pings_meanwhile = [t for t in notify_listener.ping_times() if started < t < finished]
             assert len(pings_meanwhile) >= 3, "the watchdog was pinged during the load"
             assert isinstance(service.capture, Capture) and service.capture.overflows == 0
+            # READY=1 follows the new config a moment later, through the notify socket.
+            await until(lambda: notify_listener.lines().count("READY=1") >= 2, "READY=1 again")
             lines = notify_listener.lines()
             assert "RELOADING=1" in lines and lines.count("READY=1") == 2
             assert service.daemon is not None
