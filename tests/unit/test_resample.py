@@ -7,10 +7,11 @@ import itertools
 import numpy as np
 import numpy.typing as npt
 import pytest
+import soxr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from talkbox.audio.resample import Resampler
+from talkbox.audio.resample import PromptResampler, Resampler
 
 RATE_PAIRS = [(24000, 48000), (48000, 24000), (16000, 24000), (48000, 16000), (24000, 44100),
               (44100, 16000)]
@@ -121,3 +122,72 @@ def test_overshoot_is_clipped_not_wrapped() -> None:
     centres = np.arange(half // 2, len(out) - half, half)
     expected_sign = np.where((centres // half) % 2 == 0, 1, -1)
     assert np.all(np.sign(out[centres]) == expected_sign)
+
+
+# --- PromptResampler: the echo canceller's reference, which must not be held back -----------
+
+REFERENCE_RATE_PAIRS = [(24000, 16000), (48000, 16000), (44100, 16000), (22050, 16000),
+                        (16000, 48000), (24000, 24000)]
+
+
+def tones_below(top_hz: float, rate: int, seconds: float) -> npt.NDArray[np.float64]:
+    """Twenty tones between 100 Hz and `top_hz` at random phases, peaking at half scale."""
+    rng = np.random.default_rng(1)
+    t = np.arange(round(rate * seconds)) / rate
+    frequencies = rng.uniform(100, top_hz, 20)
+    signal = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in frequencies)
+    return np.asarray(signal) / np.max(np.abs(signal)) * 16000
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), REFERENCE_RATE_PAIRS)
+def test_the_prompt_resampler_holds_back_about_a_millisecond(in_rate: int, out_rate: int) -> None:
+    pcm = pcm16(tones_below(3000, in_rate, 1.0))
+    resampler = PromptResampler(in_rate, out_rate)
+    block = in_rate // 50 * 2  # 20 ms periods, as the speaker hands them over
+    fed = out = 0
+    worst_held_ms = 0.0
+    for start in range(0, len(pcm), block):
+        piece = pcm[start : start + block]
+        fed += len(piece) // 2
+        out += len(resampler.process(piece)) // 2
+        worst_held_ms = max(worst_held_ms, (fed * out_rate / in_rate - out) * 1000 / out_rate)
+    # soxr's Resampler held back up to 37 ms here (41 ms from 44.1 kHz).
+    assert worst_held_ms <= 1.2
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), REFERENCE_RATE_PAIRS)
+def test_the_prompt_resampler_matches_soxr_where_speech_is(in_rate: int, out_rate: int) -> None:
+    signal = tones_below(6000, in_rate, 1.0)
+    resampler = PromptResampler(in_rate, out_rate)
+    pcm = pcm16(signal)
+    out = b"".join(resampler.process(pcm[i : i + 1000]) for i in range(0, len(pcm), 1000))
+    expected = soxr.resample(signal / 32768, in_rate, out_rate, quality="VHQ") * 32768
+    got = samples_of(out)
+    # Sample for sample, with no delay: soxr's output also starts at the input's first sample.
+    n = min(len(got), len(expected)) - 100
+    assert n > 0.9 * out_rate
+    assert snr_db(expected[100:n], got[100:n]) > 70
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=4800), max_size=12))
+def test_the_prompt_resampler_gives_the_same_samples_for_any_chunking(cuts: list[int]) -> None:
+    pcm = pcm16(tones_below(5000, 24000, 0.2))
+    edges = [0, *sorted(2 * c for c in cuts), len(pcm)]
+    one_shot = PromptResampler(24000, 16000).process(pcm)
+    chunked = PromptResampler(24000, 16000)
+    assert b"".join(chunked.process(pcm[a:b]) for a, b in itertools.pairwise(edges)) == one_shot
+
+
+def test_the_prompt_resampler_starts_afresh_after_reset_and_refuses_odd_chunks() -> None:
+    first = tapered_sine(300.0, 24000, 0.1, 9000.0)
+    second = tapered_sine(700.0, 24000, 0.1, 9000.0)
+    expected = PromptResampler(24000, 16000).process(second)
+    reused = PromptResampler(24000, 16000)
+    reused.process(first)
+    reused.reset()
+    assert reused.process(second) == expected
+    with pytest.raises(ValueError, match="odd length"):
+        reused.process(b"\x00\x01\x02")
+    with pytest.raises(ValueError, match="positive"):
+        PromptResampler(24000, 0)

@@ -49,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 import pywebrtc_audio
 
-from talkbox.audio.resample import Resampler
+from talkbox.audio.resample import PromptResampler
 from talkbox.audio_format import BYTES_PER_SAMPLE
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class EchoCanceller:
             noise_suppression=True,
             ns_level=1,
         )
-        self._resampler: Resampler | None = None
+        self._resampler: PromptResampler | None = None
         self._speaker_clock: _StreamClock | None = None
         self._microphone_clock = _StreamClock(capture_rate)
         # The reference at the capture rate: samples from `_start_time` on (DAC time).
@@ -227,7 +227,9 @@ class EchoCanceller:
         for dac_time, pcm, audible in self.reference.take():
             if self._speaker_clock is None or self._speaker_clock.rate != rate:
                 self._speaker_clock = _StreamClock(rate)
-                self._resampler = Resampler(rate, self.capture_rate)
+                # Not soxr: it holds back up to 37 ms, and the chunk's reference then ended
+                # in zeros (see PromptResampler).
+                self._resampler = PromptResampler(rate, self.capture_rate)
                 self._forget_reference()
             samples = len(pcm) // BYTES_PER_SAMPLE
             dac_time, jumped = self._speaker_clock.place(dac_time, samples)
@@ -242,8 +244,8 @@ class EchoCanceller:
     def _append_reference(self, dac_time: float, pcm: bytes) -> None:
         assert self._resampler is not None
         if not self._streaming:
-            # soxr hands out nothing for the first few ms, but its output starts at its input's
-            # first sample: the history's first sample is this block's.
+            # The resampler's output starts at its input's first sample: the history's first
+            # sample is this block's.
             self._streaming = True
             self._resampler.reset()
             self._start_time = dac_time
