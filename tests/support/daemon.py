@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from support.alsa import AlsaSandbox, FifoDrainer, FifoFeeder, alsa_sandbox
@@ -31,6 +32,7 @@ MIC_RATE = 16000
 CAPTURE_PERIOD_FRAMES = MIC_RATE * CAPTURE_PERIOD_MS // 1000
 SPEAKER_RATE = 24000
 TALKBOX = str(Path(sys.executable).with_name("talkbox"))
+SPEAKER_STANDBY_HOOK = Path(__file__).with_name("speaker_standby")
 # The tables of a daemon on the test sound card with its own control socket (run_daemon fills
 # in {control_socket}); the echo provider answers unless a test adds a [realtime] table.
 SOUND_CARD_CONFIG = """
@@ -228,6 +230,20 @@ class DaemonRun:
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=timeout)
         return code, time.monotonic() - started
+
+
+def log_monotonic(log: str, text: str) -> float:
+    """time.monotonic() of the first log line containing `text` (lines carry wall-clock time)."""
+    [line] = [line for line in log.splitlines() if text in line][:1]
+    wall = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    return wall - (time.time() - time.monotonic())
+
+
+def short_speaker_standby(seconds: float) -> dict[str, str]:
+    """`extra_env` for `run_daemon`: the daemon's speaker stands by after `seconds` of
+    nothing played instead of 30 (see speaker_standby/sitecustomize.py)."""
+    path = os.pathsep.join(filter(None, (str(SPEAKER_STANDBY_HOOK), os.environ.get("PYTHONPATH"))))
+    return {"PYTHONPATH": path, "TALKBOX_TEST_SPEAKER_STANDBY_SECONDS": str(seconds)}
 
 
 @contextmanager
