@@ -430,7 +430,8 @@ class Playback:
         # Called whenever the queue has gone idle (drained or flushed): the count starts now.
         if self._standby_after_s is None or self._in_standby or self._closed:
             return
-        assert self._loop is not None
+        if self._loop is None:  # flushed before start(): the stream is not open yet
+            return
         self._cancel_standby_timer()
         self._standby_timer = self._loop.call_later(self._standby_after_s, self._stand_by)
 
