@@ -36,7 +36,7 @@ from talkbox.audio.alsa import alsa_name, native_rate, playback_rate
 from talkbox.audio.capture import Capture
 from talkbox.audio.chimes import chime
 from talkbox.audio.devices import find_device, format_device_table, list_devices
-from talkbox.audio.echo_cancel import SpeakerReference
+from talkbox.audio.echo_cancel import EchoCanceller, SpeakerReference
 from talkbox.audio.pa import create_pyaudio, open_pyaudio
 from talkbox.audio.playback import Playback
 from talkbox.audio.resample import Resampler
@@ -903,3 +903,38 @@ async def test_a_speaker_that_died_in_standby_fails_on_the_next_sound(
                 await asyncio.sleep(0.05)
     finally:
         playback.close()
+
+
+async def test_the_echo_canceller_meets_a_restart_after_standby_as_a_gap(
+    speaker: tuple[AlsaSandbox, FifoDrainer],
+) -> None:
+    # A linger shorter than the canceller's STAY_ON_S, so it is still pairing the reference
+    # with the microphone when the stream stops and starts again (the daemon's 30 s is longer:
+    # there the canceller rests first, and the restart only meets a resting canceller).
+    reference = SpeakerReference()
+    canceller = EchoCanceller(reference, capture_rate=16000)
+    chunk = bytes(640 * 2)  # 40 ms of a silent microphone at 16 kHz
+
+    async def microphone() -> None:
+        while True:
+            await asyncio.sleep(0.04)
+            canceller.process(chunk, time.monotonic() - 0.04)
+
+    playback = Playback("speaker", SPEAKER_RATE, REPLY_RATE, reference=reference,
+                        standby_after_s=STANDBY_S)
+    listening = asyncio.create_task(microphone())
+    try:
+        async with playback:
+            playback.play_chime(chime("wake", REPLY_RATE, 0.5))
+            await asyncio.wait_for(playback.wait_drained(), timeout=5)
+            await asyncio.sleep(STANDBY_S + 0.5)  # standing by, the canceller still on
+            assert canceller.last_chunk_cleaned
+            before = canceller.stats.resyncs
+            playback.play_chime(chime("wake", REPLY_RATE, 0.5))
+            await asyncio.wait_for(playback.wait_drained(), timeout=5)
+            await asyncio.sleep(0.2)
+    finally:
+        listening.cancel()
+    # The first sound started the reference stream; the restart started it afresh.
+    assert before >= 1
+    assert canceller.stats.resyncs == before + 1, (before, canceller.stats)
