@@ -105,6 +105,9 @@ class Playback:
     `output_rate` or, if ALSA would convert that, at the device's own rate (`output_rate`
     says which once `start()` has opened it).
 
+    With `standby_after_s`, the stream stands by until the first sound and again once nothing
+    has played for that long (None: it runs from `start()` to `close()`).
+
     `start()`, `write()`, `end_of_stream()`, `flush()`, `play_chime()`, `wait_drained()` and
     `close()` belong to the event loop's thread (`start()` binds to the running loop).
     """
