@@ -77,12 +77,13 @@ CAPTURE_PROVEN_SECONDS = 2.0
 # itself never passes through the event loop: see audio/front_end_thread.py).
 MICROPHONE_CHECK_SECONDS = 0.5
 # With [audio] keep_speaker_running = false, the speaker's stream stands by once nothing has
-# played for this long (audio/playback.py). Longer than the gaps within a conversation (the
-# person's turn, the service's answer), so a conversation runs on one stream; and longer than
-# echo_cancel.STAY_ON_S (10 s), after which the canceller rests anyway: standby never takes
-# away a reference it is using, and the restarted stream is met as any gap is (the speaker
-# clock jumps, the reference starts afresh). The wake chime restarts it, so the clock has the
-# person's turn to settle before the answer plays.
+# played for this long (audio/playback.py). Longer than a conversation's pauses (the person's
+# turn within follow_up_seconds, 8 s by default; the service's thinking), so a conversation
+# runs on one stream; and, what matters for barge-in, longer than echo_cancel.STAY_ON_S (10 s):
+# a pause long enough to stand by has already put the canceller to rest, so standby never
+# takes away a reference it is pairing, and the restarted stream is met as any gap is (the
+# speaker clock jumps, the reference starts afresh). The wake chime restarts the stream, so
+# the speaker clock has the person's turn to settle before the answer plays.
 SPEAKER_STANDBY_SECONDS = 30.0
 # The exit status when the front end died of a bug: systemd restarts the daemon (on-failure).
 EX_SOFTWARE = 70
