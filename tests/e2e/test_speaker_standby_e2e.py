@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from e2e.conftest import one_breath
-from support.audio_match import locate, resample
+from support.audio_match import locate, resample, voiced_seconds
 from support.daemon import DaemonRun, log_monotonic, run_daemon, short_speaker_standby
 from support.speech import concat, silence
 from talkbox.audio.chimes import chime
@@ -109,6 +109,10 @@ def test_an_idle_daemon_writes_nothing_to_the_speaker_and_wakes_it_for_a_chime(
     command_24k = resample(command, 16000, SPEAKER_RATE)
     _, match = locate(heard, command_24k)
     assert match > 0.9, f"the command was not played back whole (correlation {match:.2f})"
+    chimes_voice = voiced_seconds(
+        b"".join(chime(kind, SPEAKER_RATE, 0.6) for kind in ("wake", "done")), SPEAKER_RATE)
+    echoed_voice = voiced_seconds(heard, SPEAKER_RATE) - chimes_voice
+    assert echoed_voice >= voiced_seconds(command_24k, SPEAKER_RATE) - 0.1, echoed_voice
     assert heard.index(wake_chime) < heard.index(chime("done", SPEAKER_RATE, 0.6))
 
 

@@ -3,7 +3,10 @@
 The microphone is a capture FIFO fed in real time by the test (`FifoFeeder`), the speaker a
 playback FIFO drained in real time (`FifoDrainer`: what it read is what the room heard, and
 when), systemd is a NOTIFY_SOCKET bound here, and the service is the fake Realtime server on
-loopback (or the echo provider). Nothing in the daemon is replaced. With `room=RoomSpec(...)`
+loopback (or the echo provider). Nothing in the daemon is replaced. Its speaker stands by
+while idle ([audio] keep_speaker_running = false): the speaker FIFO gets nothing from READY
+until the first sound, and again from 30 s after the last (`short_speaker_standby()`
+shortens that). With `room=RoomSpec(...)`
 the microphone also hears the speaker (support.room): one `EchoRoom` listens to the drain and
 is mixed into whatever the feeder writes.
 """
