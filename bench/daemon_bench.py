@@ -76,7 +76,8 @@ def log(message: str) -> None:
 
 
 def config_text(url_base: str, follow_up_seconds: float, *, barge_in: str = "wake",
-                echo_cancellation: bool = False, log_level: str = "info") -> str:
+                echo_cancellation: bool = False, log_level: str = "info",
+                keep_speaker_running: bool = False) -> str:
     """The daemon's config on the harness's sound card. Without a room (support.room) its
     microphone does not hear the speaker, so there is nothing to cancel: bench.echo_room and
     bench.barge_in_live measure the canceller in rooms that echo."""
@@ -98,6 +99,7 @@ output_device = "speaker"
 input_rate = {MIC_RATE}
 output_rate = {SPEAKER_RATE}
 echo_cancellation = {str(echo_cancellation).lower()}
+keep_speaker_running = {str(keep_speaker_running).lower()}
 
 [conversation]
 follow_up_seconds = {follow_up_seconds}

@@ -26,8 +26,9 @@ Per process: CPU seconds per second of wall time (CPU-s/s) from /proc/PID/stat. 
 its CPU-s/s and wake-ups (voluntary context switches) from /proc/PID/task, and where it
 sleeps, sampled four times a second, which tells the threads apart: the main thread;
 PortAudio's capture callback thread (sleeps reading the microphone FIFO); PortAudio's output
-callback thread (sleeps writing the speaker FIFO: the daemon's speaker stream runs, playing
-silence, while nothing plays); threads of a pool waiting on a futex.
+callback thread (sleeps writing the speaker FIFO; with the shipped keep_speaker_running =
+false the idle daemon's speaker stream stands by and this thread is not there at all, with
+`--keep-speaker-running` it runs, playing silence); threads of a pool waiting on a futex.
 
 Prints a table and writes bench/results/process_idle.json; `process_idle_quiet_ratio` and
 `process_idle_speech_ratio` are talkbox run / always-on openWakeWord (goals <= 0.15, <= 1.0).
@@ -295,10 +296,12 @@ def cpu_line() -> list[int]:
 
 
 def measure_scene(scene: Scene, url_base: str, seconds: float, warm_up_seconds: float,
-                  echo_cancellation: bool) -> dict[str, Any]:
+                  echo_cancellation: bool, keep_speaker_running: bool = False
+                  ) -> dict[str, Any]:
     """The daemon and the baseline side by side on `scene.audio`, measured for `seconds`."""
     load_before = os.getloadavg()
-    config = config_text(url_base, 1.0, echo_cancellation=echo_cancellation)
+    config = config_text(url_base, 1.0, echo_cancellation=echo_cancellation,
+                         keep_speaker_running=keep_speaker_running)
     with (
         tempfile.TemporaryDirectory(prefix="talkbox-process-idle-") as tmp,
         baseline_on_own_card(Path(tmp) / "baseline", scene.audio) as always_on_run,
@@ -416,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"seconds fed before measuring (default {WARM_UP_SECONDS:g})")
     parser.add_argument("--without-echo-canceller", action="store_true",
                         help="run the daemon with echo_cancellation = false")
+    parser.add_argument("--keep-speaker-running", action="store_true",
+                        help="run the daemon with keep_speaker_running = true (its speaker "
+                             "stream writes silence while idle instead of standing by)")
     parser.add_argument("--scenes", default=",".join(GOALS),
                         help=f"which, comma-separated (default all: {','.join(GOALS)})")
     args = parser.parse_args(argv)
@@ -432,12 +438,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"process idle CPU: {scene.description}, {args.seconds:g} s after "
                 f"{args.warm_up:g} s of warm-up (load average {os.getloadavg()[0]:.2f})")
             results.append(measure_scene(scene, service.url_base, args.seconds, args.warm_up,
-                                         echo_cancellation))
+                                         echo_cancellation, args.keep_speaker_running))
     finally:
         service.stop()
 
     print(f"Idle CPU of whole processes, CPU-s/s (1.0 = one core busy): talkbox run "
-          f"(echo_cancellation = {str(echo_cancellation).lower()}) beside always-on "
+          f"(echo_cancellation = {str(echo_cancellation).lower()}, keep_speaker_running = "
+          f"{str(args.keep_speaker_running).lower()}) beside always-on "
           f"openWakeWord,\nthe same audio fed to both in real time ({MIC_RATE} Hz, "
           f"{CAPTURE_PERIOD_FRAMES}-frame periods); {args.seconds:g} s a scene after "
           f"{args.warm_up:g} s of warm-up")
@@ -465,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "warm_up_seconds": args.warm_up,
         "echo_cancellation": echo_cancellation,
+        "keep_speaker_running": args.keep_speaker_running,
         "input_rate": MIC_RATE,
         "capture_period_frames": CAPTURE_PERIOD_FRAMES,
         "model": MODEL,

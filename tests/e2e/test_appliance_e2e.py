@@ -14,14 +14,13 @@ import os
 import signal
 import stat
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from e2e.conftest import API_KEY, phrase, service_config
 from support.alsa import capture_pcm, playback_only_pcm
-from support.daemon import DaemonRun, NotifyListener, run_daemon, wait_until
+from support.daemon import DaemonRun, NotifyListener, log_monotonic, run_daemon, wait_until
 from support.fake_realtime import RecordedSession, ServerThread
 from support.speech import concat, silence
 
@@ -100,13 +99,6 @@ def wait_for_message(
         f"{line_start!r} after message {after}",
     )
     return message_index(notify, line_start, after)
-
-
-def log_monotonic(log: str, text: str) -> float:
-    """time.monotonic() of the first log line containing `text` (lines carry wall-clock time)."""
-    [line] = [line for line in log.splitlines() if text in line][:1]
-    wall = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
-    return wall - (time.time() - time.monotonic())
 
 
 def statuses(notify: NotifyListener) -> list[str]:

@@ -36,7 +36,7 @@ from talkbox.audio.alsa import alsa_name, native_rate, playback_rate
 from talkbox.audio.capture import Capture
 from talkbox.audio.chimes import chime
 from talkbox.audio.devices import find_device, format_device_table, list_devices
-from talkbox.audio.echo_cancel import SpeakerReference
+from talkbox.audio.echo_cancel import EchoCanceller, SpeakerReference
 from talkbox.audio.pa import create_pyaudio, open_pyaudio
 from talkbox.audio.playback import Playback
 from talkbox.audio.resample import Resampler
@@ -784,3 +784,157 @@ async def test_a_failed_speaker_raises_audio_device_error(
     finally:
         playback.close()
         playback.close()  # idempotent
+
+
+# ----- standby: the stream stops while nothing plays
+
+STANDBY_S = 0.4
+# From queuing a chime to its first sound in the drained FIFO: a running stream needs up to a
+# period and the one-page pipe (~35 ms); starting it adds well under a millisecond. Generous
+# for a loaded machine, far below a linger that would mean "it waited for something".
+PROMPT_S = 0.25
+
+
+async def quiet_for(drainer: FifoDrainer, reference: SpeakerReference, seconds: float,
+                    timeout_s: float = 5.0) -> None:
+    """Until nothing was drained and no reference block came for `seconds` (the pipe's last
+    page and the stream's last periods drain after it ends)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reference.take()
+        before = drainer.drained
+        await asyncio.sleep(seconds)
+        if drainer.drained == before and not reference.take():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the speaker went on playing for {timeout_s} s")
+
+
+async def test_a_speaker_in_standby_writes_nothing_and_the_next_sound_plays_at_once(
+    speaker: tuple[AlsaSandbox, FifoDrainer],
+) -> None:
+    _, drainer = speaker
+    reference = SpeakerReference()
+    wake = chime("wake", REPLY_RATE, 0.5)
+    reply = sine_pcm(330.0, REPLY_RATE, 0.8)
+    playback = Playback("speaker", SPEAKER_RATE, REPLY_RATE, reference=reference,
+                        standby_after_s=STANDBY_S)
+    async with playback:
+        # Opened, not started: nothing written, no callback, and that is not a failure.
+        await asyncio.sleep(0.3)
+        assert drainer.drained == 0 and reference.take() == []
+        await asyncio.wait_for(playback.wait_drained(), timeout=1)
+
+        for round_ in range(2):  # the first start, then a restart after standing by
+            queued_at = time.monotonic()
+            playback.play_chime(wake)
+            await asyncio.wait_for(playback.wait_drained(), timeout=5)
+            first_sound = nonzero_after(drainer, queued_at)
+            assert first_sound and first_sound[0] - queued_at < PROMPT_S, (round_, first_sound)
+            assert any(audible for _, _, audible in reference.take())
+            # Shorter gaps than the linger (a conversation's) keep it running, writing silence.
+            drained = drainer.drained
+            await asyncio.sleep(STANDBY_S / 2)
+            assert drainer.drained - drained > 0.1 * STANDBY_S * SPEAKER_RATE * 2
+            # After the linger it stops: nothing more reaches the speaker or the canceller.
+            await asyncio.sleep(STANDBY_S / 2)
+            await quiet_for(drainer, reference, 0.3)
+
+        # A reply after that plays whole, and is counted as before.
+        written_at = time.monotonic()
+        playback.write(reply)
+        playback.end_of_stream()
+        await asyncio.wait_for(playback.wait_drained(), timeout=5)
+        assert playback.played_samples == len(reply) // 2
+        await asyncio.sleep(0.2)  # the tail is still in the pipe
+        assert nonzero_after(drainer, written_at)[0] - written_at < PROMPT_S + 0.1  # prebuffer
+    resampler = Resampler(REPLY_RATE, SPEAKER_RATE)
+    expected = resampler.process(reply) + resampler.flush()
+    assert drainer.data(written_at).count(expected) == 1
+
+
+async def test_without_a_standby_the_stream_keeps_writing_silence(
+    speaker: tuple[AlsaSandbox, FifoDrainer],
+) -> None:
+    _, drainer = speaker
+    reference = SpeakerReference()
+    async with Playback("speaker", SPEAKER_RATE, REPLY_RATE, reference=reference) as playback:
+        playback.play_chime(chime("wake", REPLY_RATE, 0.5))
+        await asyncio.wait_for(playback.wait_drained(), timeout=5)
+        await asyncio.sleep(2 * STANDBY_S)
+        reference.take()
+        drained = drainer.drained
+        await asyncio.sleep(0.5)
+        # About 0.5 s of silence at 48 kHz: at least half of it, on a loaded machine.
+        assert drainer.drained - drained > 0.25 * SPEAKER_RATE * 2
+        blocks = reference.take()
+        assert len(blocks) > 10 and not any(audible for _, _, audible in blocks)
+
+
+async def test_a_speaker_that_cannot_start_again_after_standby_is_a_device_error(
+    speaker: tuple[AlsaSandbox, FifoDrainer],
+) -> None:
+    _, drainer = speaker
+    reference = SpeakerReference()
+    playback = Playback("speaker", SPEAKER_RATE, REPLY_RATE, reference=reference,
+                        standby_after_s=STANDBY_S)
+    async with playback:
+        playback.play_chime(chime("wake", REPLY_RATE, 0.5))
+        await asyncio.wait_for(playback.wait_drained(), timeout=5)
+        await asyncio.sleep(STANDBY_S)
+        await quiet_for(drainer, reference, 0.3)
+        # The device went away in standby: PortAudio's stream is gone (the file plugin cannot
+        # be unplugged, so it is closed behind the playback's back) and cannot start.
+        playback._stream.close()
+        with pytest.raises(AudioDeviceError, match=r"output device 'speaker' could not start"):
+            playback.play_chime(chime("wake", REPLY_RATE, 0.5))
+
+
+async def test_a_speaker_that_died_in_standby_fails_on_the_next_sound(
+    speaker: tuple[AlsaSandbox, FifoDrainer],
+) -> None:
+    playback = Playback("dead_speaker", SPEAKER_RATE, REPLY_RATE, standby_after_s=STANDBY_S)
+    playback.start()
+    try:
+        await playback.wait_drained()  # in standby: not a failure
+        with pytest.raises(AudioDeviceError, match="'dead_speaker' stopped taking audio"):
+            for _ in range(100):
+                playback.play_chime(chime("wake", REPLY_RATE, 0.5))
+                await asyncio.sleep(0.05)
+    finally:
+        playback.close()
+
+
+async def test_the_echo_canceller_meets_a_restart_after_standby_as_a_gap(
+    speaker: tuple[AlsaSandbox, FifoDrainer],
+) -> None:
+    # A linger shorter than the canceller's STAY_ON_S, so it is still pairing the reference
+    # with the microphone when the stream stops and starts again (the daemon's 30 s is longer:
+    # there the canceller rests first, and the restart only meets a resting canceller).
+    reference = SpeakerReference()
+    canceller = EchoCanceller(reference, capture_rate=16000)
+    chunk = bytes(640 * 2)  # 40 ms of a silent microphone at 16 kHz
+
+    async def microphone() -> None:
+        while True:
+            await asyncio.sleep(0.04)
+            canceller.process(chunk, time.monotonic() - 0.04)
+
+    playback = Playback("speaker", SPEAKER_RATE, REPLY_RATE, reference=reference,
+                        standby_after_s=STANDBY_S)
+    listening = asyncio.create_task(microphone())
+    try:
+        async with playback:
+            playback.play_chime(chime("wake", REPLY_RATE, 0.5))
+            await asyncio.wait_for(playback.wait_drained(), timeout=5)
+            await asyncio.sleep(STANDBY_S + 0.5)  # standing by, the canceller still on
+            assert canceller.last_chunk_cleaned
+            before = canceller.stats.resyncs
+            playback.play_chime(chime("wake", REPLY_RATE, 0.5))
+            await asyncio.wait_for(playback.wait_drained(), timeout=5)
+            await asyncio.sleep(0.2)
+    finally:
+        listening.cancel()
+    # The first sound started the reference stream; the restart started it afresh.
+    assert before >= 1
+    assert canceller.stats.resyncs == before + 1, (before, canceller.stats)

@@ -3,7 +3,10 @@
 The microphone is a capture FIFO fed in real time by the test (`FifoFeeder`), the speaker a
 playback FIFO drained in real time (`FifoDrainer`: what it read is what the room heard, and
 when), systemd is a NOTIFY_SOCKET bound here, and the service is the fake Realtime server on
-loopback (or the echo provider). Nothing in the daemon is replaced. With `room=RoomSpec(...)`
+loopback (or the echo provider). Nothing in the daemon is replaced. Its speaker stands by
+while idle ([audio] keep_speaker_running = false): the speaker FIFO gets nothing from READY
+until the first sound, and again from 30 s after the last (`short_speaker_standby()`
+shortens that). With `room=RoomSpec(...)`
 the microphone also hears the speaker (support.room): one `EchoRoom` listens to the drain and
 is mixed into whatever the feeder writes.
 """
@@ -20,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from support.alsa import AlsaSandbox, FifoDrainer, FifoFeeder, alsa_sandbox
@@ -31,6 +35,7 @@ MIC_RATE = 16000
 CAPTURE_PERIOD_FRAMES = MIC_RATE * CAPTURE_PERIOD_MS // 1000
 SPEAKER_RATE = 24000
 TALKBOX = str(Path(sys.executable).with_name("talkbox"))
+SPEAKER_STANDBY_HOOK = Path(__file__).with_name("speaker_standby")
 # The tables of a daemon on the test sound card with its own control socket (run_daemon fills
 # in {control_socket}); the echo provider answers unless a test adds a [realtime] table.
 SOUND_CARD_CONFIG = """
@@ -228,6 +233,20 @@ class DaemonRun:
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=timeout)
         return code, time.monotonic() - started
+
+
+def log_monotonic(log: str, text: str) -> float:
+    """time.monotonic() of the first log line containing `text` (lines carry wall-clock time)."""
+    [line] = [line for line in log.splitlines() if text in line][:1]
+    wall = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    return wall - (time.time() - time.monotonic())
+
+
+def short_speaker_standby(seconds: float) -> dict[str, str]:
+    """`extra_env` for `run_daemon`: the daemon's speaker stands by after `seconds` of
+    nothing played instead of 30 (see speaker_standby/sitecustomize.py)."""
+    path = os.pathsep.join(filter(None, (str(SPEAKER_STANDBY_HOOK), os.environ.get("PYTHONPATH"))))
+    return {"PYTHONPATH": path, "TALKBOX_TEST_SPEAKER_STANDBY_SECONDS": str(seconds)}
 
 
 @contextmanager

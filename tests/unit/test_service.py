@@ -18,10 +18,11 @@ import pytest
 
 from support.fake_parts import FakeNotifier, FakeParts
 from support.inprocess import until
+from talkbox.audio.echo_cancel import ECHO_TAIL_S, STAY_ON_S
 from talkbox.config import parse_config
 from talkbox.core.retry import Backoff
 from talkbox.errors import AudioDeviceError
-from talkbox.shell.service import Service, _note_stop_phrases
+from talkbox.shell.service import SPEAKER_STANDBY_SECONDS, Service, _note_stop_phrases
 
 CONFIG = """
 [audio]
@@ -363,3 +364,9 @@ async def test_ctl_volume_reads_sets_and_changes_the_level_and_a_restart_keeps_i
 
     restarted = make_service(tmp_path, FakeParts())
     assert restarted.volume.level == 25 and restarted.volume.gain == 0.25
+
+
+def test_the_speaker_stands_by_only_once_the_echo_canceller_rests() -> None:
+    # A reference the canceller still pairs with the microphone is never cut off: it rests
+    # STAY_ON_S after the last sound, and the speaker stands by only after that.
+    assert SPEAKER_STANDBY_SECONDS > STAY_ON_S + ECHO_TAIL_S

@@ -9,13 +9,22 @@ never by ALSA's rate plugin, which has aborted the process under load. The queue
 counters are shared with that thread under one lock, held only for list operations; the
 callback never allocates more than its output buffer and never waits on the event loop.
 
-The stream is opened by `start()` and kept RUNNING, writing silence when the queue is empty,
-rather than stopped between replies: with the stream running, a chime or a reply starts
-within one period (no ALSA prepare/start), and the speaker amplifier is not switched on and
-off around every utterance (the I2S amps on Pi HATs and many USB speakers pop when their
-clock starts or stops). The cost is one callback per period (50 per second at the default
-20 ms), each a lock and a slice; PortAudio waits on the device between them, so there is
-no busy loop.
+The stream is opened by `start()` and, while sounds come and go, kept RUNNING, writing
+silence when the queue is empty, rather than stopped between replies: with the stream
+running, a chime or a reply starts within one period (no ALSA prepare/start), and the speaker
+amplifier is not switched on and off around every utterance (the I2S amps on Pi HATs and many
+USB speakers pop when their clock starts or stops). The cost is one callback per period (50
+per second at the default 20 ms), each a lock and a slice; PortAudio waits on the device
+between them, so there is no busy loop.
+
+Standby: with `standby_after_s`, the stream is opened by `start()` (a wrong device or rate is
+still an error then) but not started; the first sound queued starts it, and once nothing has
+been queued or played for `standby_after_s` it ends again, so an idle daemon runs no output
+callback at all. It ends from inside: the callback returns paComplete at its next period (see
+`_stand_by`), and the next sound's `start_stream()` is preceded by a `stop_stream()` that then
+only marks it stopped. A stream in standby is not a failed device; one that cannot start again
+(unplugged meanwhile) is the same AudioDeviceError as one that stops taking audio. Without
+`standby_after_s` (None) the stream starts at `start()` and runs until `close()`.
 
 Starting: a chime plays at once. A reply waits until `prebuffer_ms` (100) of it is queued,
 so network jitter does not break it up, but never longer than `prebuffer_wait_ms` (50) after
@@ -56,6 +65,7 @@ from talkbox.audio.echo_cancel import SpeakerReference
 from talkbox.audio.pa import (
     ThrottledWarning,
     create_pyaudio,
+    describe_os_error,
     device_error,
     release,
 )
@@ -95,6 +105,9 @@ class Playback:
     `output_rate` or, if ALSA would convert that, at the device's own rate (`output_rate`
     says which once `start()` has opened it).
 
+    With `standby_after_s`, the stream stands by until the first sound and again once nothing
+    has played for that long (None: it runs from `start()` to `close()`).
+
     `start()`, `write()`, `end_of_stream()`, `flush()`, `play_chime()`, `wait_drained()` and
     `close()` belong to the event loop's thread (`start()` binds to the running loop).
     """
@@ -110,6 +123,7 @@ class Playback:
         prebuffer_wait_ms: int = 50,
         on_drained: Callable[[], None] | None = None,
         reference: SpeakerReference | None = None,
+        standby_after_s: float | None = None,
     ) -> None:
         self.device = device
         self.source_rate = source_rate
@@ -133,6 +147,10 @@ class Playback:
         self._idle = asyncio.Event()
         self._idle.set()
         self._drain_timer: asyncio.TimerHandle | None = None
+        # Standby (see the module docstring): None = the stream runs from start() to close().
+        self._standby_after_s = standby_after_s
+        self._standby_timer: asyncio.TimerHandle | None = None
+        self._in_standby = False  # the stream is stopped, or ending, on purpose
         self._underrun_warning = ThrottledWarning(
             log, f"playback on {device!r}: audio arrived too slowly, output ran dry mid-reply"
         )
@@ -144,6 +162,8 @@ class Playback:
         self._playing = False  # False: prebuffering (or idle), the callback plays silence
         self._end_passed = False  # an END mark was handed over since the queue last ran dry
         self._generation = 0  # bumped by every change from the loop; stale drains are dropped
+        self._ending = False  # standby: the callback ends the stream at its next period...
+        self._ended = False  # ...and says here that it did
         self._played_speech_bytes = 0
         self.underruns = 0
         """Times the queue ran dry in the middle of a reply (before its end_of_stream())."""
@@ -151,7 +171,8 @@ class Playback:
     # ----- lifecycle
 
     def start(self) -> None:
-        """Open the device and start the (silent) stream. Raises AudioDeviceError."""
+        """Open the device and start the (silent) stream, or with `standby_after_s` leave it
+        in standby until the first sound. Raises AudioDeviceError."""
         if self._stream is not None:
             return
         if self._closed:
@@ -178,7 +199,9 @@ class Playback:
                 output_device_index=index,
                 frames_per_buffer=self.period_frames,
                 stream_callback=self._fill,
+                start=self._standby_after_s is None,
             )
+            self._in_standby = self._standby_after_s is not None
             self._output_latency_s = float(self._stream.get_output_latency())
         except OSError as exc:
             self._release()
@@ -186,7 +209,12 @@ class Playback:
         except BaseException:
             self._release()
             raise
-        log.info("playback started: output device %r at %d Hz", self.device, self.output_rate)
+        log.info(
+            "playback %s: output device %r at %d Hz",
+            "ready (in standby until the first sound)" if self._in_standby else "started",
+            self.device,
+            self.output_rate,
+        )
 
     def _use_output_rate(self, output_rate: int) -> None:
         # Before start() opens the stream, nothing is queued yet: all that depends on the rate.
@@ -208,6 +236,7 @@ class Playback:
         self._closed = True
         self._cancel_drain_timer()
         self._cancel_prebuffer_timer()
+        self._cancel_standby_timer()
         self._release()
 
     def _release(self) -> None:
@@ -262,6 +291,7 @@ class Playback:
         self._enqueue(_Segment(pcm, _Kind.CHIME))
 
     def _enqueue(self, segment: _Segment) -> None:
+        self._leave_standby()
         self._cancel_drain_timer()
         self._idle.clear()
         with self._lock:
@@ -320,6 +350,7 @@ class Playback:
             self._playing = False
             self._end_passed = False
         self._idle.set()
+        self._schedule_standby()
 
     async def wait_drained(self) -> None:
         """Return once everything written has been played (or flushed).
@@ -362,7 +393,9 @@ class Playback:
     def _raise_if_unhealthy(self) -> None:
         if self._closed or self._stream is None:
             raise AudioDeviceError(f"playback on output device {self.device!r} is not running")
-        if not self._stream.is_active():
+        # In standby the stream is stopped on purpose; whether the device still works is
+        # known when the next sound starts it (_leave_standby).
+        if not self._in_standby and not self._stream.is_active():
             raise AudioDeviceError(
                 f"output device {self.device!r} stopped taking audio (unplugged or failed?)"
             )
@@ -390,8 +423,69 @@ class Playback:
         if generation != self._generation or self._closed:
             return
         self._idle.set()
+        self._schedule_standby()
         if reply_ended and self.on_drained is not None:
             self.on_drained()
+
+    # ----- standby
+
+    def _schedule_standby(self) -> None:
+        # Called whenever the queue has gone idle (drained or flushed): the count starts now.
+        if self._standby_after_s is None or self._in_standby or self._closed:
+            return
+        if self._loop is None:  # flushed before start(): the stream is not open yet
+            return
+        self._cancel_standby_timer()
+        self._standby_timer = self._loop.call_later(self._standby_after_s, self._stand_by)
+
+    def _cancel_standby_timer(self) -> None:
+        if self._standby_timer is not None:
+            self._standby_timer.cancel()
+            self._standby_timer = None
+
+    def _stand_by(self) -> None:
+        # The callback ends the stream itself (paComplete) at its next period: stop_stream()
+        # on a running stream blocked the event loop for 62-79 ms on ALSA's file plugin
+        # (abort_stream 61-71 ms), waiting for the callback thread to leave its device write;
+        # ended from inside, it winds down on PortAudio's thread (~70 ms, the loop not
+        # waiting), and the stop_stream() before the next start takes 0.01 ms.
+        self._standby_timer = None
+        if self._closed or self._in_standby or not self._idle.is_set():
+            return
+        with self._lock:
+            if self._segments:
+                return
+            self._ending = True
+        self._in_standby = True
+        log.debug("playback on %r: nothing played for %g s, standing by",
+                  self.device, self._standby_after_s)
+
+    def _leave_standby(self) -> None:
+        """Start the stream for a sound queued in standby. Raises AudioDeviceError."""
+        self._cancel_standby_timer()
+        if not self._in_standby:
+            return
+        assert self._stream is not None  # the callers checked _raise_if_unhealthy()
+        with self._lock:
+            self._ending = False
+            ended, self._ended = self._ended, False
+        try:
+            if ended:
+                # Marks it stopped (waiting out its last periods if it ended only just now).
+                self._stream.stop_stream()
+                self._stream.start_stream()
+            elif self._stream.is_stopped():  # never started: opened in standby
+                self._stream.start_stream()
+            # else it was still running: the callback never saw `_ending`, and now never will.
+        except OSError as exc:
+            raise AudioDeviceError(
+                f"output device {self.device!r} could not start playing (unplugged or "
+                f"failed?): {describe_os_error(exc)}; check audio.output_device "
+                "(see `talkbox devices`)"
+            ) from exc
+        self._in_standby = False
+        self._raise_if_unhealthy()  # one that failed as it was ending is found here
+        log.debug("playback on %r: started for a sound", self.device)
 
     # ----- PortAudio's callback thread
 
@@ -404,6 +498,9 @@ class Playback:
         ran_dry = reply_ended = underrun = False
         generation = 0
         with self._lock:
+            ending = self._ending
+            if ending:
+                self._ended = True
             if self._playing:
                 segments = self._segments
                 last_kind = _Kind.END
@@ -451,4 +548,5 @@ class Playback:
                 self._loop.call_soon_threadsafe(self._on_ran_dry, generation, reply_ended, underrun)
             except RuntimeError:  # the loop is closed: the daemon is going away
                 return block, pyaudio.paAbort
-        return block, pyaudio.paContinue
+        # Standing by: nothing is queued (a sound queued meanwhile clears `_ending` first).
+        return block, pyaudio.paComplete if ending else pyaudio.paContinue

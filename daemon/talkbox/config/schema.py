@@ -428,6 +428,8 @@ class AudioConfig(_Section):
     volume: Annotated[float, _between(0, 1)] = 0.6
     chimes: bool = True
     echo_cancellation: bool = True
+    # false: the speaker stream stands by while nothing plays (shell/service.py says when).
+    keep_speaker_running: bool = False
     # The ALSA simple mixer control the volume moves ("" = talkbox scales its own audio).
     mixer_control: StrictStr = ""
     mixer_device: NonEmptyStr = "default"

@@ -76,6 +76,15 @@ CAPTURE_PROVEN_SECONDS = 2.0
 # How often the microphone's health and the front end's progress are looked at (the audio
 # itself never passes through the event loop: see audio/front_end_thread.py).
 MICROPHONE_CHECK_SECONDS = 0.5
+# With [audio] keep_speaker_running = false, the speaker's stream stands by once nothing has
+# played for this long (audio/playback.py). Longer than a conversation's pauses (the person's
+# turn within follow_up_seconds, 8 s by default; the service's thinking), so a conversation
+# runs on one stream; and, what matters for barge-in, longer than echo_cancel.STAY_ON_S (10 s):
+# a pause long enough to stand by has already put the canceller to rest, so standby never
+# takes away a reference it is pairing, and the restarted stream is met as any gap is (the
+# speaker clock jumps, the reference starts afresh). The wake chime restarts the stream, so
+# the speaker clock has the person's turn to settle before the answer plays.
+SPEAKER_STANDBY_SECONDS = 30.0
 # The exit status when the front end died of a bug: systemd restarts the daemon (on-failure).
 EX_SOFTWARE = 70
 MUTE_FILE = "muted"
@@ -166,6 +175,7 @@ class SoundCard:
             REALTIME_RATE,
             on_drained=on_drained,
             reference=self.reference,
+            standby_after_s=None if cfg.audio.keep_speaker_running else SPEAKER_STANDBY_SECONDS,
         )
         playback.start()
         return playback
