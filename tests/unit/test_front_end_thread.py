@@ -124,3 +124,31 @@ async def test_chunks_after_stop_are_not_taken_and_cannot_push_out_the_end() -> 
     await until(lambda: not thread.alive, "the thread ended")
 
     assert delivered == [0, 1]
+
+
+async def test_idle_it_hands_chunks_over_in_pairs_and_none_is_lost_when_that_ends() -> None:
+    seen: list[tuple[bytes, float | None]] = []
+
+    def process(pcm: bytes, capture_time: float | None) -> list[Any]:
+        seen.append((pcm, capture_time))
+        return []
+
+    thread = FrontEndThread(process, lambda events: None, asyncio.get_running_loop())
+    thread.start()
+    thread.submit(chunk(1))  # not idle: on its own
+    thread.in_pairs = True
+    thread.submit(chunk(2))  # the second of a pair by count: not held, so pairs stay aligned
+    for number in (3, 4, 5):
+        thread.submit(chunk(number))
+    thread.in_pairs = False  # chunk 5 is held: it goes with the next one
+    thread.submit(chunk(6))
+    thread.submit(chunk(7))
+    await until(lambda: len(seen) == 5, "five hand-overs")
+    thread.stop()
+
+    def pcm(*numbers: int) -> bytes:
+        return b"".join(chunk(number).pcm for number in numbers)
+
+    # A pair keeps the first chunk's capture time: its audio's start.
+    assert seen == [(pcm(1), 1.0), (pcm(2), 2.0), (pcm(3, 4), 3.0), (pcm(5, 6), 5.0),
+                    (pcm(7), 7.0)]

@@ -569,6 +569,9 @@ class Service:
     # --- state, reload, control ---------------------------------------------------------------
 
     def _state_changed(self, state: State, reason: str) -> None:
+        if self.front_end_thread is not None:
+            # Idle, nobody waits on the VAD: half the front end's wake-ups (see the module).
+            self.front_end_thread.in_pairs = state is State.IDLE
         if self.loop_lag is not None:
             log.debug(
                 "event loop lag: worst %.1f ms while %s",
