@@ -12,7 +12,9 @@ RATE = 16000
 CHUNK = 640  # the capture's 40 ms periods
 
 
-def _syllables(rng: np.random.Generator, seconds: float, pitch_hz: float) -> npt.NDArray[np.float64]:
+def _syllables(
+    rng: np.random.Generator, seconds: float, pitch_hz: float
+) -> npt.NDArray[np.float64]:
     """Speech-like: a buzz with formant-ish colour, switched on and off in 100-300 ms bursts."""
     n = int(seconds * RATE)
     t = np.arange(n) / RATE
@@ -34,7 +36,8 @@ def _syllables(rng: np.random.Generator, seconds: float, pitch_hz: float) -> npt
 def _room(far: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.float64]:
     """The echo: 120 ms late, a 0.3 s reverberant tail."""
     delay = int(0.12 * RATE)
-    tail = rng.standard_normal(int(0.3 * RATE)) * np.exp(-np.arange(int(0.3 * RATE)) / (0.05 * RATE))
+    length = int(0.3 * RATE)
+    tail = rng.standard_normal(length) * np.exp(-np.arange(length) / (0.05 * RATE))
     tail[0] = 3.0
     response = np.concatenate((np.zeros(delay), tail / np.sqrt(np.sum(tail**2))))
     return np.convolve(far, response)[: len(far)]
@@ -43,7 +46,7 @@ def _room(far: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray
 def _run(voice_at_s: float | None, seconds: float = 20.0) -> list[float]:
     """Times (s) of the chunks the detector called near end."""
     rng = np.random.default_rng(7)
-    far = _syllables(rng, seconds, 120.0) * 3000.0  # about -21 dBFS
+    far = _syllables(rng, seconds, 120.0) * 6000.0  # about -15 dBFS: a loud speaker
     mic = _room(far, rng) + rng.standard_normal(len(far)) * 20.0  # a noise floor near -64 dBFS
     if voice_at_s is not None:
         voice = _syllables(rng, 2.0, 210.0) * np.sqrt(np.mean(mic**2)) / 2  # 6 dB below
