@@ -56,9 +56,10 @@ OVER_ECHO_START = (4, 10)
 OVER_ECHO_PADDING_MS = 1000
 # ...and while the canceller's double-talk detector (audio/near_end.py) hears someone over
 # the echo, and this many frames after, a frame counts as voiced towards opening a turn, even
-# if AEC3's suppressor muted it. In the simulated loud rooms (bench.echo_room, 4 x 240 s x 2
-# seeds, talked over every ~6 s) the 95th percentile of hearing someone went from 387 to
-# 364 ms (the hall: 661 to 442), with no false barge-in in 40 minutes of echo alone.
+# if AEC3's suppressor muted it. In the simulated loud rooms (bench.echo_room, 240 s x 2
+# seeds a room, talked over every ~6 s) the 95th percentile of hearing someone went from 387
+# to 326 ms (the hall: 661 to 409), with no false barge-in added in 40 minutes of echo alone
+# (docs/benchmarks.md).
 NEAR_END_HOLD_FRAMES = 5
 # The two floors as the mean square of PCM16 samples, which is what a frame is measured in.
 _FLOOR_MEAN_SQUARE = 32768.0**2 * 10 ** (ECHO_SPEECH_FLOOR_DBFS / 10)
