@@ -250,25 +250,61 @@ def simulate_rooms(seconds: float) -> EchoSummary:
     return EchoSummary(rooms, plain.cpu_s / plain.answer_s)
 
 
+def _percentile_ms(latencies_s: list[float], q: float) -> float:
+    lat = sorted(latencies_s) or [float("nan")]
+    return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=120.0)
-    parser.add_argument("--talk-every", type=float, default=8.0)
+    parser.add_argument("--talk-every", type=float, default=8.0,
+                        help="the person talks over the answer every ~this many s (0: never,"
+                             " echo alone)")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds (the talk schedule and the stamps' jitter);"
+                             " each room runs once a seed, and the last rows pool them")
+    parser.add_argument("--rooms", default=",".join(ROOMS),
+                        help=f"comma-separated rooms of {', '.join(ROOMS)}")
     parser.add_argument("--off", action="store_true", help="without echo cancellation")
     parser.add_argument("--wake-word", action="store_true",
                         help='barge_in = "wake": the person says "hey jarvis, ..." over the answer'
                              " (latency: to the wake word's detection, the phrase included)")
     args = parser.parse_args()
-    print(f"{'room':18} {'reduction':>9} {'false/h':>8} {'heard':>7} {'p50 ms':>7} "
-          f"{'p95 ms':>7} {'cpu/s':>7}")
-    for name, spec in ROOMS.items():
-        r = simulate(name, spec, seconds=args.seconds, talk_every_s=args.talk_every,
-                     echo_cancellation=not args.off, wake_word=args.wake_word)
-        lat = sorted(r.latencies_s) or [float("nan")]
-        print(f"{name:18} {r.echo_reduction_db:8.1f}dB {r.false_per_hour:8.0f} "
-              f"{r.heard:3}/{r.interruptions:<3} {lat[len(lat) // 2] * 1000:7.0f} "
-              f"{lat[min(len(lat) - 1, int(0.95 * len(lat)))] * 1000:7.0f} "
-              f"{r.cpu_s / r.answer_s:7.4f}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = args.rooms.split(",")
+    unknown = [n for n in names if n not in ROOMS]
+    if unknown:
+        parser.error(f"unknown room(s) {', '.join(unknown)}; known: {', '.join(ROOMS)}")
+    print(f"{'room':18} {'seed':>4} {'reduction':>9} {'false':>5} {'echo s':>6} {'heard':>7} "
+          f"{'p50 ms':>7} {'p95 ms':>7} {'cpu/s':>7}")
+    pooled: dict[str, list[RoomResult]] = {}
+    for name in names:
+        for seed in seeds:
+            r = simulate(name, ROOMS[name], seconds=args.seconds, talk_every_s=args.talk_every,
+                         echo_cancellation=not args.off, seed=seed, wake_word=args.wake_word)
+            pooled.setdefault(name, []).append(r)
+            print(f"{name:18} {seed:4} {r.echo_reduction_db:8.1f}dB {r.false_barge_ins:5} "
+                  f"{r.echo_only_s:6.0f} {r.heard:3}/{r.interruptions:<3} "
+                  f"{_percentile_ms(r.latencies_s, 0.5):7.0f} "
+                  f"{_percentile_ms(r.latencies_s, 0.95):7.0f} {r.cpu_s / r.answer_s:7.4f}",
+                  flush=True)
+    if len(seeds) > 1 or len(names) > 1:
+        print("pooled over seeds:")
+        everything: list[RoomResult] = []
+        for name, results in pooled.items():
+            everything += results
+            _print_pooled(name, results)
+        _print_pooled("all rooms", everything)
+
+
+def _print_pooled(name: str, results: list[RoomResult]) -> None:
+    latencies = [s for r in results for s in r.latencies_s]
+    print(f"{name:18} {'':4} {'':9} {sum(r.false_barge_ins for r in results):5} "
+          f"{sum(r.echo_only_s for r in results):6.0f} "
+          f"{sum(r.heard for r in results):3}/{sum(r.interruptions for r in results):<3} "
+          f"{_percentile_ms(latencies, 0.5):7.0f} {_percentile_ms(latencies, 0.95):7.0f} "
+          f"{sum(r.cpu_s for r in results) / sum(r.answer_s for r in results):7.4f}")
 
 
 if __name__ == "__main__":

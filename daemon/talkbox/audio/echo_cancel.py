@@ -49,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 import pywebrtc_audio
 
+from talkbox.audio.near_end import NearEndDetector
 from talkbox.audio.resample import PromptResampler
 from talkbox.audio_format import BYTES_PER_SAMPLE
 
@@ -67,6 +68,9 @@ STAY_ON_S = 10.0
 # A new canceller has not learnt the room: for its first seconds of echo, what it leaves is
 # louder (the front end asks more of a voice meanwhile: frontend.WARMING_UP_FLOOR_DBFS).
 WARM_UP_S = 3.0
+# The near-end detector's filter learns from a chunk only if AEC3's output was below this
+# (-55 dBFS: cleaned echo alone is at -70 to -80, a person AEC3 lets through far above).
+_NEAR_END_ECHO_LEFT_SQUARES = 32768.0**2 * 10 ** (-55 / 10)
 # Reference history kept: the lead plus AEC3's longest delay, with room to spare.
 _HISTORY_S = 2.0
 # Larger timing errors are a stall or a reopened device, not drift: start the stream afresh.
@@ -189,6 +193,11 @@ class EchoCanceller:
         """Whether the last chunk may hold echo (the speaker was playing, or its tail)."""
         self.last_cleaned = b""
         """The last chunk AEC3 returned (for `talkbox echo-test` and the benchmark)."""
+        self.near_end = NearEndDetector(capture_rate)
+        """Double talk from the raw microphone and a linear echo filter of its own
+        (audio/near_end.py), fed the same chunks and reference as AEC3."""
+        self.last_chunk_near_end = False
+        """Whether the near-end detector heard a person over the echo in the last chunk."""
 
     @property
     def warming_up(self) -> bool:
@@ -210,15 +219,25 @@ class EchoCanceller:
                 log.debug("echo canceller resting: %s", self.stats)
             self.stats.chunks_passed += 1
             self._forget_reference()
+            self.last_chunk_near_end = False
             return captured
         far = self._reference_for(capture_time + REFERENCE_LEAD_MS / 1000, n)
         near = np.frombuffer(captured, dtype=np.int16, count=n)
         cleaned: npt.NDArray[np.int16] = self._aec.process(near, far)
+        self.last_chunk_near_end = self._detect_near_end(near, far, cleaned)
         self.stats.chunks_cleaned += 1
         if self.last_chunk_may_echo:
             self._echo_s += n / self.capture_rate
         self.last_cleaned = cleaned.astype("<i2", copy=False).tobytes()
         return self.last_cleaned + captured[n * BYTES_PER_SAMPLE :]
+
+    def _detect_near_end(
+        self, near: npt.NDArray[np.int16], far: npt.NDArray[np.int16],
+        cleaned: npt.NDArray[np.int16],
+    ) -> bool:
+        """Double talk, judged beside AEC3 rather than from what its suppressor let through."""
+        left = float(np.mean(cleaned.astype(np.float64) ** 2)) if len(cleaned) else 0.0
+        return self.near_end.feed(near, far, echo_left=left < _NEAR_END_ECHO_LEFT_SQUARES)
 
     # --- the reference stream -----------------------------------------------------------------
 
