@@ -24,6 +24,21 @@ _FULL_SCALE = 32768.0
 _NO_SAMPLES = np.zeros(0, dtype=np.float32)
 
 
+def _require_rates(in_rate: int, out_rate: int) -> None:
+    if in_rate <= 0 or out_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
+
+
+def _require_whole_samples(pcm: bytes) -> None:
+    if len(pcm) % _SAMPLE.itemsize:
+        raise ValueError(f"PCM16 chunk has an odd length ({len(pcm)} bytes)")
+
+
+def _from_pcm16(pcm: bytes) -> npt.NDArray[np.float32]:
+    samples: npt.NDArray[np.float32] = np.frombuffer(pcm, dtype=_SAMPLE).astype(np.float32)
+    return samples / _FULL_SCALE
+
+
 def _to_pcm16(samples: npt.NDArray[np.float32]) -> bytes:
     # Resampling can overshoot full scale slightly (filter ringing): clip, don't wrap.
     scaled = np.clip(np.rint(samples * _FULL_SCALE), -32768, 32767)
@@ -38,8 +53,7 @@ class Resampler:
     """
 
     def __init__(self, in_rate: int, out_rate: int, quality: str = "HQ") -> None:
-        if in_rate <= 0 or out_rate <= 0:
-            raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
+        _require_rates(in_rate, out_rate)
         self.in_rate = in_rate
         self.out_rate = out_rate
         self._stream = (
@@ -54,11 +68,10 @@ class Resampler:
 
     def process(self, pcm: bytes) -> bytes:
         """Resample one chunk; the output lags by the filter delay until `flush()`."""
-        if len(pcm) % _SAMPLE.itemsize:
-            raise ValueError(f"PCM16 chunk has an odd length ({len(pcm)} bytes)")
+        _require_whole_samples(pcm)
         if self._stream is None:
             return pcm
-        samples = np.frombuffer(pcm, dtype=_SAMPLE).astype(np.float32) / _FULL_SCALE
+        samples = _from_pcm16(pcm)
         return _to_pcm16(self._stream.resample_chunk(samples))
 
     def flush(self) -> bytes:
@@ -99,8 +112,7 @@ class PromptResampler:
     """
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
-        if in_rate <= 0 or out_rate <= 0:
-            raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
+        _require_rates(in_rate, out_rate)
         self.in_rate = in_rate
         self.out_rate = out_rate
         cutoff = _PROMPT_CUTOFF * min(1.0, out_rate / in_rate)  # of the input's Nyquist
@@ -128,15 +140,13 @@ class PromptResampler:
 
     def process(self, pcm: bytes) -> bytes:
         """Resample one chunk: every output sample whose kernel the input now covers."""
-        if len(pcm) % _SAMPLE.itemsize:
-            raise ValueError(f"PCM16 chunk has an odd length ({len(pcm)} bytes)")
-        samples = np.frombuffer(pcm, dtype=_SAMPLE).astype(np.float32) / _FULL_SCALE
+        _require_whole_samples(pcm)
+        samples = _from_pcm16(pcm)
         self._held = np.concatenate((self._held, samples))
         held_end = self._held_start + len(self._held)  # one past the last input index
-        # Output k needs inputs up to floor(k * in / out) + half: the last k whose do exist.
-        last = ((held_end - 1 - self._half) * self.out_rate + self.out_rate - 1) // self.in_rate
-        while last * self.in_rate // self.out_rate + self._half > held_end - 1:
-            last -= 1
+        # Output k needs inputs up to floor(k * in / out) + half, so the last k whose inputs
+        # exist has k * in < (held_end - half) * out.
+        last = ((held_end - self._half) * self.out_rate - 1) // self.in_rate
         ks = np.arange(self._next_out, last + 1, dtype=np.int64)
         if len(ks) == 0:
             return b""
