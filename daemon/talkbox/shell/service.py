@@ -506,9 +506,10 @@ class Service:
                 if self.stopping.is_set():
                     return
                 continue
-            if not front_end.alive:
+            if front_end.failure is not None:
                 # A bug, logged by the thread with its traceback: deaf, the daemon is of no
-                # use, and a restart (Restart=on-failure) is the way back.
+                # use, and a restart (Restart=on-failure) is the way back. (Not merely "not
+                # alive": the stop ends the thread before this task is cancelled.)
                 self.exit_status = EX_SOFTWARE
                 self.stopping.set()
                 return
