@@ -31,7 +31,7 @@ import soxr
 
 from support.alsa import AlsaSandbox, FifoDrainer, FifoFeeder, alsa_sandbox, playback_pcm
 from support.cli import CliRun, RunningTalkbox, environment
-from talkbox.audio.echo_test import make_signal
+from talkbox.audio.echo_test import SAFE_DECISION_SHARE, make_signal
 
 MIC_RATE = 16000
 SPEAKER_RATE = 24000
@@ -220,17 +220,24 @@ def test_the_echo_test_measures_the_room_and_calls_it_safe(tmp_path: Path) -> No
     # report says so, in a note; see ADAPTING_S).
     assert result["vad_raw_share"] > 0.7
     assert result["vad_cleaned_share"] < 0.15
-    # On a loaded machine a false start is seen now and then (issue 13 is open on it); the
-    # verdict must then say so.
+    # On a loaded machine a false start is seen now and then (issue 13 is open on it), and in
+    # about one run of 15 to 20 more than SAFE_DECISION_SHARE of the echo's frames are taken
+    # for speech (0-0.015 is usual). The verdict must then say which rule it
+    # broke; the share must stay far below the raw echo's.
     assert result["false_starts"] <= 1, result
     assert result["false_starts_adapting"] <= 1, result
-    if result["false_starts"] == 0:
+    assert result["decision_share"] <= 0.1, result
+    if result["false_starts"]:
+        assert result["verdict"] == "not_safe"
+        assert result["verdict_line"].startswith("speech barge-in: not safe here (1 false start")
+    elif result["decision_share"] > SAFE_DECISION_SHARE:
+        assert result["verdict"] == "not_safe"
+        assert result["verdict_line"].startswith("speech barge-in: not safe here (")
+        assert "of the echo's frames taken for speech" in result["verdict_line"]
+    else:
         assert result["verdict"] == "safe"
         assert result["verdict_line"].startswith("speech barge-in: safe here ")
         assert "echo reduced by " in result["verdict_line"]
-    else:
-        assert result["verdict"] == "not_safe"
-        assert result["verdict_line"].startswith("speech barge-in: not safe here ")
     assert result["canceller"]["short_reference_samples"] == 0
 
 
