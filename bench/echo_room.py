@@ -28,8 +28,9 @@ from support.room import PERSON_DBFS, ROOMS, SPEAKER_DBFS, EchoRoom, RoomSpec, s
 from support.speech import ordinary_speech_stretch, speak
 from talkbox.audio.echo_cancel import SpeakerReference
 from talkbox.audio.frontend import WakeDetected
-from talkbox.audio.vad import GateSpeechStarted
+from talkbox.audio.vad import GateSpeechLikely, GateSpeechStarted
 from talkbox.config import Config
+from talkbox.core.conversation import HOLD_SECONDS
 from talkbox.shell.app import build_front_end
 
 MIC_RATE = 16000
@@ -69,6 +70,11 @@ class RoomResult:
     heard: int = 0
     latencies_s: list[float] = field(default_factory=list)
     false_at: list[float] = field(default_factory=list)
+    # Pauses (HoldPlayback) for a voice over the answer: the time from the person's first
+    # sound to the first pause or barge-in, and pauses while nobody talked (the answer then
+    # plays on after HOLD_SECONDS).
+    paused_s: list[float] = field(default_factory=list)
+    false_holds: int = 0
     talk_starts: list[float] = field(default_factory=list)
     raw_echo_dbfs: float = 0.0
     cleaned_echo_dbfs: float = 0.0
@@ -123,6 +129,8 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
 
     answer_pos = 0  # speaker samples of the answer played so far
     silenced_until = -1.0
+    held_until = -1.0  # the answer is paused (MicSpeechLikely) until then, or a barge-in
+    paused_for: set[int] = set()
     blocks_handed = 0
     block_n = int(BLOCK_S * SPEAKER_RATE)
     chunk_n = int(CAPTURE_S * MIC_RATE)
@@ -138,7 +146,7 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
         # The speaker: blocks handed over until HANDED_AHEAD_S past now.
         while blocks_handed * BLOCK_S <= now + HANDED_AHEAD_S:
             begins = blocks_handed * BLOCK_S
-            playing = begins >= silenced_until
+            playing = begins >= silenced_until and now >= held_until
             pcm = np.zeros(block_n, np.int16)
             if playing:
                 pcm = np.clip(answer[answer_pos : answer_pos + block_n], -32768, 32767).astype(
@@ -173,7 +181,20 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
             cleaned_sq += float(np.mean(cleaned.astype(np.float64) ** 2))
             echo_frames += 1
             result.echo_only_s += CAPTURE_S
+        talker = current if current is not None else (
+            talk_index - 1 if talk_index > 0 and now <= talking_until + 0.3 else None)
         for event in events:
+            if (isinstance(event, GateSpeechLikely) and not wake_word and speaker_on
+                    and now >= held_until):
+                # As the machine does with barge_in = "speech": pause, and play on after
+                # HOLD_SECONDS unless a turn opens.
+                held_until = now + HOLD_SECONDS
+                if talker is None:
+                    result.false_holds += 1
+                elif talker not in paused_for:
+                    paused_for.add(talker)
+                    result.paused_s.append(now - talks[talker][0])
+                continue
             # What barges in: the wake word, or a turn opened by the speech gate.
             if not isinstance(event, WakeDetected if wake_word else GateSpeechStarted):
                 continue
@@ -184,6 +205,10 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                     result.heard += 1
                     result.latencies_s.append(now - talks[index][0])
                     silenced_until = talking_until + RESUME_AFTER_S
+                    held_until = -1.0
+                    if index not in paused_for:
+                        paused_for.add(index)
+                        result.paused_s.append(now - talks[index][0])
             elif speaker_on:
                 result.false_barge_ins += 1
                 result.false_at.append(now)
@@ -276,8 +301,10 @@ def main() -> None:
     unknown = [n for n in names if n not in ROOMS]
     if unknown:
         parser.error(f"unknown room(s) {', '.join(unknown)}; known: {', '.join(ROOMS)}")
+    print("heard p50/p95: from the person's first sound to the turn opening; paused: to the "
+          "answer pausing (or the turn, if sooner); holds: pauses while nobody talked")
     print(f"{'room':18} {'seed':>4} {'reduction':>9} {'false':>5} {'echo s':>6} {'heard':>7} "
-          f"{'p50 ms':>7} {'p95 ms':>7} {'cpu/s':>7}")
+          f"{'p50 ms':>7} {'p95 ms':>7} {'paused':>7} {'p95':>5} {'holds':>5} {'cpu/s':>7}")
     pooled: dict[str, list[RoomResult]] = {}
     for name in names:
         for seed in seeds:
@@ -287,7 +314,9 @@ def main() -> None:
             print(f"{name:18} {seed:4} {r.echo_reduction_db:8.1f}dB {r.false_barge_ins:5} "
                   f"{r.echo_only_s:6.0f} {r.heard:3}/{r.interruptions:<3} "
                   f"{_percentile_ms(r.latencies_s, 0.5):7.0f} "
-                  f"{_percentile_ms(r.latencies_s, 0.95):7.0f} {r.cpu_s / r.answer_s:7.4f}",
+                  f"{_percentile_ms(r.latencies_s, 0.95):7.0f} "
+                  f"{_percentile_ms(r.paused_s, 0.5):7.0f} {_percentile_ms(r.paused_s, 0.95):5.0f} "
+                  f"{r.false_holds:5} {r.cpu_s / r.answer_s:7.4f}",
                   flush=True)
     if len(seeds) > 1 or len(names) > 1:
         print("pooled over seeds:")
@@ -300,10 +329,13 @@ def main() -> None:
 
 def _print_pooled(name: str, results: list[RoomResult]) -> None:
     latencies = [s for r in results for s in r.latencies_s]
+    paused = [s for r in results for s in r.paused_s]
     print(f"{name:18} {'':4} {'':9} {sum(r.false_barge_ins for r in results):5} "
           f"{sum(r.echo_only_s for r in results):6.0f} "
           f"{sum(r.heard for r in results):3}/{sum(r.interruptions for r in results):<3} "
           f"{_percentile_ms(latencies, 0.5):7.0f} {_percentile_ms(latencies, 0.95):7.0f} "
+          f"{_percentile_ms(paused, 0.5):7.0f} {_percentile_ms(paused, 0.95):5.0f} "
+          f"{sum(r.false_holds for r in results):5} "
           f"{sum(r.cpu_s for r in results) / sum(r.answer_s for r in results):7.4f}")
 
 

@@ -594,6 +594,50 @@ async def test_flush_silences_the_speaker_within_a_period(
     assert drained == []  # a flush is not the end of a reply
 
 
+async def test_hold_pauses_the_reply_where_it_is_and_resume_plays_all_of_it(
+    speaker: tuple[AlsaSandbox, FifoDrainer],
+) -> None:
+    _, drainer = speaker
+    drained: list[bool] = []
+    reply = sine_pcm(500.0, REPLY_RATE, 1.0)
+    playback = Playback("speaker", SPEAKER_RATE, REPLY_RATE,
+                        on_drained=lambda: drained.append(True))
+    async with playback:
+        playback.write(reply)
+        playback.end_of_stream()
+        await until(lambda: heard_bytes(drainer) > 0.3 * SPEAKER_RATE * 2, 5, "0.3 s heard")
+        held_at = time.monotonic()
+        playback.hold()
+        played = playback.played_samples
+        await asyncio.sleep(0.5)
+        # Nothing more was handed over, the device went quiet, and the reply is not over.
+        assert playback.played_samples - played <= playback.period_frames  # one in flight
+        assert drained == []
+        period_s = playback.period_frames / SPEAKER_RATE
+        in_pipe_s = PIPE_BYTES / 2 / SPEAKER_RATE
+        quiet_from = held_at + 2 * period_s + in_pipe_s + 0.1
+        assert not nonzero_after(drainer, quiet_from), "still sounding while held"
+        resumed_at = time.monotonic()
+        playback.resume()
+        await asyncio.wait_for(playback.wait_drained(), timeout=3)
+    assert drained == [True]
+    assert playback.played_samples == len(reply) // 2  # every sample, none lost to the pause
+    assert nonzero_after(drainer, resumed_at), "the rest of the reply was not heard"
+
+
+async def test_a_flush_ends_a_hold(speaker: tuple[AlsaSandbox, FifoDrainer]) -> None:
+    async with Playback("speaker", SPEAKER_RATE, REPLY_RATE) as playback:
+        playback.write(sine_pcm(500.0, REPLY_RATE, 0.5))
+        playback.hold()
+        playback.flush()
+        playback.reset_count()
+        # The next reply plays at once: the pause was part of the answer that was silenced.
+        playback.write(sine_pcm(300.0, REPLY_RATE, 0.3))
+        playback.end_of_stream()
+        await asyncio.wait_for(playback.wait_drained(), timeout=3)
+        assert playback.played_samples == 0.3 * REPLY_RATE
+
+
 async def test_a_short_first_delta_waits_for_the_prebuffer_only_briefly(
     speaker: tuple[AlsaSandbox, FifoDrainer],
 ) -> None:

@@ -65,6 +65,7 @@ class FakeSpeaker:
         self.written = bytearray()
         self.broken: AudioDeviceError | None = None
         self.closed = False
+        self.held = False
 
     def _check(self) -> None:
         if self.broken is not None:
@@ -83,6 +84,13 @@ class FakeSpeaker:
 
     def flush(self) -> None:
         self._check()
+        self.held = False
+
+    def hold(self) -> None:
+        self.held = True
+
+    def resume(self) -> None:
+        self.held = False
 
     def reset_count(self) -> None:
         self.played_samples = 0

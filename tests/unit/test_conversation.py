@@ -6,8 +6,10 @@ import pytest
 
 from support.machine_driver import FRAME, RATE, Driver, ms, of, sent
 from talkbox.core.conversation import (
+    HOLD_SECONDS,
     MAX_REPLY_PARTS,
     TIMER_FOLLOW_UP,
+    TIMER_HOLD,
     TIMER_MAX_CONVERSATION,
     TIMER_RESPONSE,
     MachineConfig,
@@ -40,8 +42,10 @@ from talkbox.core.inputs import (
     ConversationEnded,
     EndOfReply,
     FlushPlayback,
+    HoldPlayback,
     MicSpeechAudio,
     MicSpeechEnded,
+    MicSpeechLikely,
     MicSpeechStarted,
     MuteChanged,
     Notice,
@@ -49,6 +53,7 @@ from talkbox.core.inputs import (
     PlayAudio,
     PlaybackDrained,
     PlayChime,
+    ResumePlayback,
     Send,
     ServerEventReceived,
     SessionReady,
@@ -506,6 +511,76 @@ def test_speech_barge_in_with_local_detection_starts_a_new_turn() -> None:
     assert FlushPlayback() in actions
     assert sent(actions) == [CancelResponse("r1"), TruncateItem("i1", 0, 100), AppendAudio(FRAME)]
     assert d.m.state is State.LISTENING
+
+
+def test_a_likely_voice_over_the_answer_pauses_it_and_the_turn_then_interrupts_it() -> None:
+    d = Driver(barge_in="speech")
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1", "i1", samples=24000)
+    actions = d(MicSpeechLikely())
+    assert of(HoldPlayback, actions) == [HoldPlayback()]
+    assert of(StartTimer, actions) == [StartTimer(TIMER_HOLD, HOLD_SECONDS, d.timers[TIMER_HOLD])]
+    assert sent(actions) == [], "nothing is cancelled on a maybe"
+    assert d(MicSpeechLikely()) == [], "said again while paused: nothing more"
+    actions = d(MicSpeechStarted(preroll=FRAME, played_samples=2400))
+    assert FlushPlayback() in actions
+    assert CancelTimer(TIMER_HOLD) in actions
+    assert sent(actions) == [CancelResponse("r1"), TruncateItem("i1", 0, 100), AppendAudio(FRAME)]
+    assert not d.m.held
+
+
+def test_a_likely_voice_that_opens_no_turn_lets_the_answer_play_on() -> None:
+    d = Driver(barge_in="speech")
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1", "i1", samples=24000)
+    d(MicSpeechLikely())
+    actions = d.fire(TIMER_HOLD)
+    assert actions == [ResumePlayback()]
+    assert d.m.state is State.RESPONDING
+    # The next one pauses it again.
+    assert of(HoldPlayback, d(MicSpeechLikely())) == [HoldPlayback()]
+
+
+@pytest.mark.parametrize(
+    ("barge_in", "detection"), [("wake", "local"), ("off", "local"), ("speech", "server_vad")]
+)
+def test_only_local_speech_barge_in_pauses_the_answer_for_a_likely_voice(
+    barge_in: str, detection: str
+) -> None:
+    d = Driver(barge_in=barge_in, detection=detection)
+    d.start_listening()
+    d.speak(500)
+    if detection == "server_vad":
+        d.server(ServerSpeechStarted(0, "u1"))
+        d.server(ServerSpeechStopped(500, "u1"))
+    d.respond("r1", "i1", samples=24000)
+    assert d.m.playing
+    assert d(MicSpeechLikely()) == []
+
+
+def test_no_pause_when_no_answer_is_playing() -> None:
+    d = Driver(barge_in="speech")
+    d.start_listening()
+    assert d(MicSpeechLikely()) == []
+    d.speak(500)  # the answer is asked for, none has come yet
+    assert d(MicSpeechLikely()) == []
+
+
+def test_a_conversation_that_ends_quietly_while_paused_plays_out_what_is_queued() -> None:
+    d = Driver(barge_in="speech")
+    d.start_listening()
+    d.speak(500)
+    d.respond("r1", "i1", samples=24000)
+    d(MicSpeechLikely())
+    # The session's time is up: the conversation ends without silencing the answer...
+    actions = d(ConnectionFailed(1, Failure("session_expired", "60 minutes")))
+    assert FlushPlayback() not in actions
+    # ...so the pause ends too, before the done chime is queued behind the answer.
+    assert actions.index(ResumePlayback()) < actions.index(PlayChime("done"))
+    assert CancelTimer(TIMER_HOLD) in actions
+    assert not d.m.held
 
 
 def test_talking_on_before_the_answer_started_cancels_it_when_it_starts() -> None:

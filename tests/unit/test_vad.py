@@ -12,6 +12,7 @@ from talkbox.audio.vad import (
     GateEvent,
     GateSpeechAudio,
     GateSpeechEnded,
+    GateSpeechLikely,
     GateSpeechStarted,
     SpeechGate,
     VoiceActivity,
@@ -158,18 +159,40 @@ def test_over_echo_a_turn_needs_the_longer_run_and_its_preroll_reaches_further_b
     voiced = pattern("....................  #.#.#  ...#")
     assert run_gate(gate(), voiced)[0][0] == 24
     events = run_gate_over_echo(gate(), voiced)
-    opened_at, started = events[0]
+    # Where 3 of 5 would have opened one, the gate says a turn is likely (the answer pauses).
+    assert [(at, type(event)) for at, event in events[:1]] == [(24, GateSpeechLikely)]
+    opened_at, started = events[1]
     assert opened_at == 28
     assert isinstance(started, GateSpeechStarted)
     # 15 frames (300 ms) before the run's first voiced frame (20), not 5.
     assert frames_of(started.preroll) == list(range(5, 29))
 
 
+def test_over_echo_a_likely_turn_is_said_once_a_run_and_never_without_echo() -> None:
+    gate = make_gate(over_echo_start=(4, 10))
+    # Two short runs of voice, apart: each would open a turn without echo, neither does over
+    # it (3 voiced frames in the last 10, at most); the second is said again.
+    voiced = pattern("...###........###...")
+    events = run_gate_over_echo(gate, voiced)
+    assert [(at, type(event)) for at, event in events] == [
+        (5, GateSpeechLikely), (16, GateSpeechLikely)]
+    # The same runs without echo open turns; nothing is said to be likely.
+    plain = run_gate(make_gate(over_echo_start=(4, 10)), voiced)
+    assert not [event for _, event in plain if isinstance(event, GateSpeechLikely)]
+    assert isinstance(plain[0][1], GateSpeechStarted)
+
+
+def test_a_run_that_opens_the_turn_at_once_is_not_said_to_be_likely_too() -> None:
+    gate = make_gate(over_echo_start=(3, 5))
+    events = run_gate_over_echo(gate, pattern("..###"))
+    assert [type(event) for _, event in events] == [GateSpeechStarted]
+
+
 def test_over_echo_preroll_never_exceeds_the_longest_turn() -> None:
     gate = make_gate(prefix_padding_ms=0, max_turn_ms=400, over_echo_start=(4, 10),
                      over_echo_padding_ms=1000)
     events = run_gate_over_echo(gate, pattern("." * 40 + "####"))
-    started = events[0][1]
+    started = events[-1][1]
     assert isinstance(started, GateSpeechStarted)
     assert len(frames_of(started.preroll)) <= 20
     assert frames_of(started.preroll)[-1] == 43

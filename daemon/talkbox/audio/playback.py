@@ -108,8 +108,9 @@ class Playback:
     With `standby_after_s`, the stream stands by until the first sound and again once nothing
     has played for that long (None: it runs from `start()` to `close()`).
 
-    `start()`, `write()`, `end_of_stream()`, `flush()`, `play_chime()`, `wait_drained()` and
-    `close()` belong to the event loop's thread (`start()` binds to the running loop).
+    `start()`, `write()`, `end_of_stream()`, `flush()`, `hold()`, `resume()`, `play_chime()`,
+    `wait_drained()` and `close()` belong to the event loop's thread (`start()` binds to the
+    running loop).
     """
 
     def __init__(
@@ -160,6 +161,7 @@ class Playback:
         self._head_offset = 0  # bytes of _segments[0] already handed to the device
         self._queued_bytes = 0
         self._playing = False  # False: prebuffering (or idle), the callback plays silence
+        self._held = False  # hold(): the callback plays silence, keeping what is queued
         self._end_passed = False  # an END mark was handed over since the queue last ran dry
         self._generation = 0  # bumped by every change from the loop; stale drains are dropped
         self._ending = False  # standby: the callback ends the stream at its next period...
@@ -348,9 +350,20 @@ class Playback:
             self._head_offset = 0
             self._queued_bytes = 0
             self._playing = False
+            self._held = False
             self._end_passed = False
         self._idle.set()
         self._schedule_standby()
+
+    def hold(self) -> None:
+        """Pause: the device plays silence from its next period on; what is queued stays."""
+        with self._lock:
+            self._held = True
+
+    def resume(self) -> None:
+        """Play on from where hold() paused."""
+        with self._lock:
+            self._held = False
 
     async def wait_drained(self) -> None:
         """Return once everything written has been played (or flushed).
@@ -501,7 +514,7 @@ class Playback:
             ending = self._ending
             if ending:
                 self._ended = True
-            if self._playing:
+            if self._playing and not self._held:
                 segments = self._segments
                 last_kind = _Kind.END
                 # END marks right after the last byte handed over are passed now, too.

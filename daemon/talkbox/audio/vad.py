@@ -70,6 +70,13 @@ class GateSpeechStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class GateSpeechLikely:
+    """Over echo, a run of voice that would open a turn without echo (`start_frames` of
+    `start_window_frames`) was heard; the stricter `over_echo_start` has not opened one yet.
+    Said once per such run: the answer can pause while the gate makes sure."""
+
+
+@dataclass(frozen=True, slots=True)
 class GateSpeechAudio:
     """One frame of audio inside a turn (speech, or silence still within the hangover)."""
 
@@ -86,7 +93,7 @@ class GateSpeechEnded:
     reason: EndReason
 
 
-GateEvent = GateSpeechStarted | GateSpeechAudio | GateSpeechEnded
+GateEvent = GateSpeechStarted | GateSpeechLikely | GateSpeechAudio | GateSpeechEnded
 
 
 class _GateState(Enum):
@@ -162,6 +169,7 @@ class SpeechGate:
         )
         self._turn_frames = 0
         self._silent_run = 0
+        self._likely = False  # over echo, the plain start rule holds (GateSpeechLikely said)
 
     @property
     def in_speech(self) -> bool:
@@ -175,6 +183,7 @@ class SpeechGate:
         self._unsent.clear()
         self._turn_frames = 0
         self._silent_run = 0
+        self._likely = False
 
     def feed(self, frame: bytes, is_speech: bool, *, over_echo: bool = False) -> list[GateEvent]:
         """Take one frame and its VAD decision; return the events it causes.
@@ -183,14 +192,27 @@ class SpeechGate:
         self._recent_voiced.append(is_speech)
         if self._state is _GateState.QUIET:
             if over_echo:
-                return self._feed_quiet(
+                likely = self._likely_over_echo(is_speech)
+                events = self._feed_quiet(
                     frame, is_speech, *self.over_echo_start, self.over_echo_padding_frames
                 )
+                return [GateSpeechLikely()] if likely and not events else events
+            self._likely = False
             return self._feed_quiet(
                 frame, is_speech, self.start_frames, self.start_window_frames,
                 self.prefix_padding_frames,
             )
         return self._feed_speaking(frame, is_speech)
+
+    def _likely_over_echo(self, is_speech: bool) -> bool:
+        """Whether this frame starts a run that the plain start rule would take for a turn."""
+        voiced = sum(islice(reversed(self._recent_voiced), self.start_window_frames))
+        if voiced < self.start_frames:
+            self._likely = False
+            return False
+        starts = is_speech and not self._likely
+        self._likely = self._likely or is_speech
+        return starts
 
     def _feed_quiet(
         self, frame: bytes, is_speech: bool, start_frames: int, window: int, padding: int
@@ -224,6 +246,7 @@ class SpeechGate:
 
     def _end(self, reason: EndReason) -> GateSpeechEnded:
         self._state = _GateState.QUIET
+        self._likely = False
         self._turn_frames = 0
         self._silent_run = 0
         return GateSpeechEnded(reason)

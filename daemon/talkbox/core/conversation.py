@@ -87,9 +87,11 @@ from talkbox.core.inputs import (
     ConversationEnded,
     EndOfReply,
     FlushPlayback,
+    HoldPlayback,
     Input,
     MicSpeechAudio,
     MicSpeechEnded,
+    MicSpeechLikely,
     MicSpeechStarted,
     MuteChanged,
     Notice,
@@ -98,6 +100,7 @@ from talkbox.core.inputs import (
     PlaybackDrained,
     PlayChime,
     RemoveAlarms,
+    ResumePlayback,
     RunTool,
     Send,
     ServerEventReceived,
@@ -133,6 +136,13 @@ TIMER_FOLLOW_UP = "follow_up"
 TIMER_MAX_CONVERSATION = "max_conversation"
 TIMER_RESPONSE = "response"
 TIMER_TOOL = "tool"
+# With barge_in = "speech": a voice heard over the answer (MicSpeechLikely) pauses it for up to
+# this long while the speech gate makes sure it is a person; a turn that opens meanwhile
+# interrupts the answer, and without one it plays on from where it paused. The gate opens
+# within 20-80 ms of the pause for a person talking (the answer's echo is gone from then on);
+# a cough or a door costs the answer this much of a gap.
+TIMER_HOLD = "hold"
+HOLD_SECONDS = 0.4
 # While a timer or alarm rings: the chime again every ALARM_REPEAT_SECONDS, until the ring's
 # bound. A conversation's end leaves both running.
 TIMER_ALARM_REPEAT = "alarm_repeat"
@@ -278,6 +288,7 @@ class ConversationMachine:
         )
         self.playing = False  # reply audio (not just a chime) is queued and not yet played
         self.reply_items: list[_ReplyItem] = []
+        self.held = False  # the answer is paused (HoldPlayback) until TIMER_HOLD
 
     @property
     def server_detects_turns(self) -> bool:
@@ -307,6 +318,8 @@ class ConversationMachine:
                 self._on_wake(event, now, out)
             case MicSpeechStarted():
                 self._on_speech_started(event, out)
+            case MicSpeechLikely():
+                self._on_speech_likely(out)
             case MicSpeechAudio():
                 self._on_speech_audio(event.pcm, out)
             case MicSpeechEnded():
@@ -471,6 +484,20 @@ class ConversationMachine:
         self.latest_user_item = None
         self._cancel_timer(TIMER_FOLLOW_UP, out)
         self._take_turn_audio(event.preroll, out)
+
+    def _on_speech_likely(self, out: list[Action]) -> None:
+        """Maybe a person talking over the answer: pause it while the gate makes sure."""
+        if (
+            self.muted
+            or self.held
+            or not self.playing
+            or self.config.barge_in != "speech"
+            or self.server_detects_turns  # the service decides; it does so later than this
+        ):
+            return
+        self.held = True
+        out.append(HoldPlayback())
+        self._start_timer(TIMER_HOLD, HOLD_SECONDS, out)
 
     def _on_speech_audio(self, pcm: bytes, out: list[Action]) -> None:
         if self.muted or not self.turn_open:
@@ -865,6 +892,7 @@ class ConversationMachine:
         self.awaiting_response = False
         self._cancel_timer(TIMER_RESPONSE, out)
         self._abandon_calls(out)
+        self._cancel_timer(TIMER_HOLD, out)
         self._reset_playback()
 
     def _truncation(self, played_samples: int) -> TruncateItem | None:
@@ -896,6 +924,11 @@ class ConversationMachine:
             return
         if event.name == TIMER_ALARM_RING:
             self._stop_ringing("it rang for its time", out)
+            return
+        if event.name == TIMER_HOLD:
+            if self.held:  # no turn opened: it was not someone talking
+                self.held = False
+                out.append(ResumePlayback())
             return
         if self.state is State.IDLE:
             return
@@ -948,6 +981,9 @@ class ConversationMachine:
     ) -> None:
         if failure is not None or interrupt:
             out.append(FlushPlayback())
+        elif self.held:  # what is queued plays out, as it would have without the pause
+            out.append(ResumePlayback())
+        self.held = False
         for name in list(self._timer_tokens):
             if name not in ALARM_TIMERS:
                 self._cancel_timer(name, out)

@@ -52,6 +52,12 @@ class MicSpeechStarted:
 
 
 @dataclass(frozen=True)
+class MicSpeechLikely:
+    """Over the speaker's echo, the microphone heard what may be a person starting to talk
+    (the speech gate's stricter rule has not opened a turn yet)."""
+
+
+@dataclass(frozen=True)
 class MicSpeechAudio:
     pcm: bytes
 
@@ -151,6 +157,7 @@ class Announce:
 Input = (
     WakeWord
     | MicSpeechStarted
+    | MicSpeechLikely
     | MicSpeechAudio
     | MicSpeechEnded
     | SessionReady
@@ -205,6 +212,16 @@ class PlayAudio:
 @dataclass(frozen=True)
 class FlushPlayback:
     """Silence the speaker now and restart its played-sample count at zero."""
+
+
+@dataclass(frozen=True)
+class HoldPlayback:
+    """Pause the answer where it is (the speaker plays silence; nothing queued is lost)."""
+
+
+@dataclass(frozen=True)
+class ResumePlayback:
+    """Go on playing the answer from where HoldPlayback paused it."""
 
 
 @dataclass(frozen=True)
@@ -311,6 +328,8 @@ Action = (
     | RunTool
     | PlayAudio
     | FlushPlayback
+    | HoldPlayback
+    | ResumePlayback
     | EndOfReply
     | PlayChime
     | StartTimer

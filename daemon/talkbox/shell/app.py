@@ -35,6 +35,7 @@ from talkbox.audio.mixer import scaled
 from talkbox.audio.vad import (
     GateSpeechAudio,
     GateSpeechEnded,
+    GateSpeechLikely,
     GateSpeechStarted,
     SpeechGate,
     VoiceActivity,
@@ -76,9 +77,11 @@ from talkbox.core.inputs import (
     ConversationEnded,
     EndOfReply,
     FlushPlayback,
+    HoldPlayback,
     Input,
     MicSpeechAudio,
     MicSpeechEnded,
+    MicSpeechLikely,
     MicSpeechStarted,
     MuteChanged,
     Notice,
@@ -87,6 +90,7 @@ from talkbox.core.inputs import (
     PlaybackDrained,
     PlayChime,
     RemoveAlarms,
+    ResumePlayback,
     RunTool,
     Send,
     ServerEventReceived,
@@ -145,6 +149,8 @@ class Speaker(Protocol):
     def end_of_stream(self) -> None: ...
     def play_chime(self, pcm_source_rate: bytes) -> None: ...
     def flush(self) -> None: ...
+    def hold(self) -> None: ...
+    def resume(self) -> None: ...
     def reset_count(self) -> None: ...
 
 
@@ -412,6 +418,9 @@ class Daemon:
                     self._recent_audio.clear()
                     self._recent_audio.append(event.preroll)
                     self.step(MicSpeechStarted(event.preroll, self.speaker.played_samples))
+                case GateSpeechLikely():
+                    log.debug("maybe speech over the answer")
+                    self.step(MicSpeechLikely())
                 case GateSpeechAudio():
                     self._recent_audio.append(event.pcm)
                     self.step(MicSpeechAudio(event.pcm))
@@ -500,6 +509,11 @@ class Daemon:
             case FlushPlayback():
                 self.speaker.flush()
                 self.speaker.reset_count()
+            case HoldPlayback():
+                self.speaker.hold()
+            case ResumePlayback():
+                log.debug("no turn opened: the answer plays on")
+                self.speaker.resume()
             case EndOfReply():
                 self.speaker.end_of_stream()
             case PlayChime():
