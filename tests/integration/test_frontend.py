@@ -25,6 +25,7 @@ from talkbox.audio.resample import Resampler
 from talkbox.audio.vad import (
     GateSpeechAudio,
     GateSpeechEnded,
+    GateSpeechLikely,
     GateSpeechStarted,
     SpeechGate,
     VoiceActivity,
@@ -202,3 +203,84 @@ def test_front_end_needs_a_16k_vad_and_matching_frames() -> None:
         frontend.wake_enabled = True
     assert frontend.process(b"\0" * 8821) == []  # 100 ms and an odd byte of silence
     assert frontend.audio_time == pytest.approx(4410 / 44100)
+
+
+class _ScriptedCanceller:
+    """Stands in for the echo canceller (whose own tests are tests/unit/test_echo_cancel.py
+    and test_near_end.py): hands the audio on as it is, with the speaker playing, and says it
+    let echo through (`leaked`) or heard a person over it (`near_end`) in the chunks asked."""
+
+    def __init__(self, leaked_chunks: set[int], near_end_chunks: set[int]) -> None:
+        self.leaked_chunks = leaked_chunks
+        self.near_end_chunks = near_end_chunks
+        self.chunks = 0
+        self.last_chunk_may_echo = True
+        self.last_chunk_near_end = False
+        self.last_chunk_leaked = False
+        self.warming_up = False
+
+    def process(self, captured: bytes, capture_time: float) -> bytes:
+        self.last_chunk_leaked = self.chunks in self.leaked_chunks
+        self.last_chunk_near_end = self.chunks in self.near_end_chunks
+        self.chunks += 1
+        return captured
+
+
+def over_echo(leaked: set[int] = frozenset(), near_end: set[int] = frozenset()
+              ) -> tuple[list[list[FrontEndEvent]], int]:
+    """A request said over the answer's (already cancelled) echo: the events of each capture
+    chunk (40 ms), and the index of the chunk in which the request begins."""
+    rate = 16000
+    clip = concat(silence(1.0, rate), speak("tell me something else", rate=rate, pad=(0.0, 0.5)))
+    gate = SpeechGate(frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300,
+                      max_turn_ms=30000, over_echo_start=(4, 10))
+    canceller = _ScriptedCanceller(set(leaked), set(near_end))
+    frontend = FrontEnd(rate, VoiceActivity(2), gate, None, echo=canceller)  # type: ignore[arg-type]
+    data = clip.tobytes()
+    chunk = rate * 40 // 1000 * 2
+    return [frontend.process(data[start : start + chunk], capture_time=index * 0.04)
+            for index, start in enumerate(range(0, len(data), chunk))], 1000 // 40
+
+
+def first_chunk_with(kind: type, chunks: list[list[FrontEndEvent]]) -> int | None:
+    return next((i for i, events in enumerate(chunks) if any(isinstance(e, kind) for e in events)),
+                None)
+
+
+def test_over_echo_a_likely_voice_is_said_before_the_turn_opens() -> None:
+    chunks, begins = over_echo()
+    likely = first_chunk_with(GateSpeechLikely, chunks)
+    started = first_chunk_with(GateSpeechStarted, chunks)
+    assert likely is not None and started is not None
+    # A voice that goes on is voiced frame after frame: 3 of 5 is one frame before 4 of 10,
+    # often in the same chunk. (Over a real echo, the frames between are what it saves.)
+    assert begins <= likely <= started
+    in_order = [type(e) for chunk in chunks for e in chunk
+                if isinstance(e, GateSpeechLikely | GateSpeechStarted)]
+    assert in_order == [GateSpeechLikely, GateSpeechStarted]
+
+
+def test_where_the_canceller_let_echo_through_no_voice_opens_a_turn() -> None:
+    # Every chunk of the request called a leak: none of its frames counts as a person's.
+    everywhere, begins = over_echo(leaked=set(range(25, 125)))
+    assert begins == 25
+    assert first_chunk_with(GateSpeechLikely, everywhere) is None
+    assert first_chunk_with(GateSpeechStarted, everywhere) is None
+    # A leak in one chunk holds for LEAK_HOLD_FRAMES frames only: the request still opens a
+    # turn, later than without it.
+    plain, _ = over_echo()
+    once, _ = over_echo(leaked={first_chunk_with(GateSpeechStarted, plain) or 0})
+    assert first_chunk_with(GateSpeechStarted, once) is not None
+    assert first_chunk_with(GateSpeechStarted, once) > first_chunk_with(GateSpeechStarted, plain)
+
+
+def test_the_double_talk_detector_opens_a_turn_sooner_and_a_leak_outweighs_it() -> None:
+    plain, begins = over_echo()
+    opened = first_chunk_with(GateSpeechStarted, plain)
+    assert opened is not None and opened > begins
+    # The detector heard the person from their first chunk on (AEC3 may mute them).
+    heard = set(range(begins, opened))
+    helped, _ = over_echo(near_end=heard)
+    assert first_chunk_with(GateSpeechStarted, helped) < opened
+    both, _ = over_echo(near_end=heard, leaked=heard)
+    assert first_chunk_with(GateSpeechStarted, both) >= opened

@@ -43,31 +43,67 @@ def _room(far: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray
     return np.convolve(far, response)[: len(far)]
 
 
-def _run(voice_at_s: float | None, seconds: float = 20.0) -> list[float]:
-    """Times (s) of the chunks the detector called near end."""
+def _run(
+    voice_at_s: float | None,
+    seconds: float = 20.0,
+    *,
+    leak_s: tuple[float, float] | None = None,
+    voice_passes: bool = False,
+) -> tuple[list[float], list[float]]:
+    """Times (s) of the chunks the detector called near end, and of those it called a leak.
+
+    AEC3's output, as the detector is told it: silence (all echo removed, and the person muted
+    as in double talk), or with `voice_passes` the person alone; within `leak_s` the whole
+    microphone (AEC3 let the echo through)."""
     rng = np.random.default_rng(7)
     far = _syllables(rng, seconds, 120.0) * 6000.0  # about -15 dBFS: a loud speaker
     mic = _room(far, rng) + rng.standard_normal(len(far)) * 20.0  # a noise floor near -64 dBFS
+    voice_part = np.zeros(len(mic))
     if voice_at_s is not None:
         voice = _syllables(rng, 2.0, 210.0) * np.sqrt(np.mean(mic**2)) / 2  # 6 dB below
         start = int(voice_at_s * RATE)
-        mic[start : start + len(voice)] += voice[: len(mic) - start]
+        voice_part[start : start + len(voice)] = voice[: len(mic) - start]
+        mic += voice_part
+    cleaned = voice_part if voice_passes else np.zeros(len(mic))
+    if leak_s is not None:
+        span = slice(int(leak_s[0] * RATE), int(leak_s[1] * RATE))
+        cleaned[span] = mic[span]
     detector = NearEndDetector(RATE)
-    heard = []
+    heard, leaked = [], []
     for at in range(0, len(far) - CHUNK + 1, CHUNK):
-        near = np.clip(np.rint(mic[at : at + CHUNK]), -32768, 32767).astype(np.int16)
-        reference = np.clip(np.rint(far[at : at + CHUNK]), -32768, 32767).astype(np.int16)
-        if detector.feed(near, reference):
+        near_pcm, far_pcm, cleaned_pcm = (
+            np.clip(np.rint(signal[at : at + CHUNK]), -32768, 32767).astype(np.int16)
+            for signal in (mic, far, cleaned)
+        )
+        if detector.feed(near_pcm, far_pcm, cleaned_pcm):
             heard.append(at / RATE)
+        if detector.leaked:
+            leaked.append(at / RATE)
     assert detector.ready, "the detector never learnt the room"
-    return heard
+    return heard, leaked
 
 
 def test_echo_alone_is_never_a_person() -> None:
-    assert _run(voice_at_s=None) == []
+    assert _run(voice_at_s=None) == ([], [])
 
 
 def test_a_voice_over_the_echo_is_heard_within_a_few_blocks() -> None:
-    heard = _run(voice_at_s=15.0)
+    heard, leaked = _run(voice_at_s=15.0)
     assert heard, "the voice over the echo was not heard"
     assert 15.0 <= heard[0] <= 15.0 + 0.3, heard[:5]
+    assert leaked == []
+
+
+def test_echo_that_aec3_lets_through_is_a_leak_as_soon_as_it_does() -> None:
+    heard, leaked = _run(voice_at_s=None, leak_s=(15.0, 15.2))
+    assert heard == []
+    assert leaked, "the echo AEC3 let through was not called a leak"
+    # Within a chunk of where it began (the detector's resampling holds back ~2 ms), and
+    # over by a chunk after it ended.
+    assert 15.0 - 0.04 <= leaked[0] <= 15.0 + 0.04, leaked
+    assert leaked[-1] <= 15.2 + 0.04, leaked
+
+
+def test_a_person_that_aec3_lets_through_is_not_a_leak() -> None:
+    _, leaked = _run(voice_at_s=15.0, voice_passes=True)
+    assert leaked == []

@@ -198,6 +198,8 @@ class EchoCanceller:
         (audio/near_end.py), fed the same chunks and reference as AEC3."""
         self.last_chunk_near_end = False
         """Whether the near-end detector heard a person over the echo in the last chunk."""
+        self.last_chunk_leaked = False
+        """Whether AEC3 let echo through in the last chunk (see near_end.LEAK_MARGIN_DB)."""
 
     @property
     def warming_up(self) -> bool:
@@ -219,7 +221,7 @@ class EchoCanceller:
                 log.debug("echo canceller resting: %s", self.stats)
             self.stats.chunks_passed += 1
             self._forget_reference()
-            self.last_chunk_near_end = False
+            self.last_chunk_near_end = self.last_chunk_leaked = False
             return captured
         far = self._reference_for(capture_time + REFERENCE_LEAD_MS / 1000, n)
         near = np.frombuffer(captured, dtype=np.int16, count=n)
@@ -237,7 +239,10 @@ class EchoCanceller:
     ) -> bool:
         """Double talk, judged beside AEC3 rather than from what its suppressor let through."""
         left = float(np.mean(cleaned.astype(np.float64) ** 2)) if len(cleaned) else 0.0
-        return self.near_end.feed(near, far, echo_left=left < _NEAR_END_ECHO_LEFT_SQUARES)
+        echo_left = left < _NEAR_END_ECHO_LEFT_SQUARES
+        present = self.near_end.feed(near, far, cleaned, echo_left=echo_left)
+        self.last_chunk_leaked = self.near_end.leaked
+        return present
 
     # --- the reference stream -----------------------------------------------------------------
 

@@ -61,6 +61,10 @@ OVER_ECHO_PADDING_MS = 1000
 # to 326 ms (the hall: 661 to 409), with no false barge-in added in 40 minutes of echo alone
 # (docs/benchmarks.md).
 NEAR_END_HOLD_FRAMES = 5
+# ...but where AEC3 let the echo through (its output louder than what the detector's linear
+# filter leaves), a frame over echo does not count as voiced, from then until this many frames
+# after: that is echo, not a person.
+LEAK_HOLD_FRAMES = 6
 # The two floors as the mean square of PCM16 samples, which is what a frame is measured in.
 _FLOOR_MEAN_SQUARE = 32768.0**2 * 10 ** (ECHO_SPEECH_FLOOR_DBFS / 10)
 _WARMING_UP_FLOOR_MEAN_SQUARE = 32768.0**2 * 10 ** (WARMING_UP_FLOOR_DBFS / 10)
@@ -131,6 +135,7 @@ class FrontEnd:
         self.monitor = monitor
         self._over_echo = False  # the last chunk may hold echo: the speaker is playing
         self._near_end_frames = 0  # frames for which the double-talk detector's word holds
+        self._leak_frames = 0  # frames for which the canceller's leak holds
         self._to_wake_rate = Resampler(input_rate, LISTEN_RATE)
         self._to_upload_rate = Resampler(input_rate, UPLOAD_RATE)
         self._frame16_bytes = vad.frame_bytes
@@ -175,6 +180,8 @@ class FrontEnd:
             self._over_echo = self.echo.last_chunk_may_echo
             if self.echo.last_chunk_near_end:
                 self._near_end_frames = NEAR_END_HOLD_FRAMES
+            if self.echo.last_chunk_leaked:
+                self._leak_frames = LEAK_HOLD_FRAMES
         data = self._odd_byte + captured
         usable = len(data) & ~1
         self._odd_byte = data[usable:]
@@ -235,6 +242,9 @@ class FrontEnd:
             self._near_end_frames -= 1
             # The double-talk detector heard a person that AEC3's suppressor may be muting.
             is_speech = is_speech or opening_over_echo
+        if self._leak_frames:
+            self._leak_frames -= 1
+            is_speech = is_speech and not opening_over_echo
         self.last_is_speech = is_speech
         self._frames_done += 1
         if self.monitor:
