@@ -39,7 +39,14 @@ from bench.timeline import log_stamps, percentile, wall_to_monotonic
 from support.audio_match import locate, resample
 from support.daemon import DaemonRun, LiveMicrophone, run_daemon, wait_until
 from support.fake_realtime import ServerThread
-from support.room import MIC_RATE, ROOMS, SPEAKER_RATE, long_answer, person
+from support.room import (
+    INTERRUPTING_REQUESTS,
+    MIC_RATE,
+    ROOMS,
+    SPEAKER_RATE,
+    long_answer,
+    person,
+)
 from support.service import serving, sessions
 from support.speech import concat, silence
 
@@ -53,16 +60,6 @@ LIVE_ROOMS = ["kitchen-drift", "living-room"]
 # between otherwise equal runs: a figure of the harness, not of the daemon.
 PACE = 1.5
 
-# Requests without a pause in them: one turn each (a pause of silence_duration_ms would end
-# the turn there, and the rest would interrupt the answer to the first part, rightly).
-REQUESTS = [
-    ("what is the weather like tomorrow", "en-us", 160),
-    ("wait tell me something else", "en-gb", 150),
-    ("how tall is the eiffel tower", "en-us+f3", 170),
-    ("can you speak more slowly please", "en-gb-x-rp", 140),
-    ("who wrote the odyssey", "en-us+m3", 180),
-    ("no I meant the other one", "en-gb+f3", 160),
-]
 
 
 def sounding(records: list[tuple[float, bytes]], since: float) -> list[float]:
@@ -151,7 +148,8 @@ class RoomScript:
             commits = self._wait_for_commit(commits)
             answer_from = self._wait_for_answer()
             time.sleep(max(0.0, rng.uniform(1.5, 3.5) - (time.monotonic() - answer_from)))
-            text, voice, speed = REQUESTS[(index + self.seed) % len(REQUESTS)]
+            requests = INTERRUPTING_REQUESTS
+            text, voice, speed = requests[(index + self.seed) % len(requests)]
             request = person(text, voice, speed)
             spoken = len(mic.utterance_starts)
             mic.speak(request.tobytes())

@@ -24,7 +24,15 @@ import numpy as np
 import numpy.typing as npt
 
 import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support imports)
-from support.room import PERSON_DBFS, ROOMS, SPEAKER_DBFS, EchoRoom, RoomSpec, speech_level_dbfs
+from support.room import (
+    INTERRUPTING_REQUESTS,
+    PERSON_DBFS,
+    ROOMS,
+    SPEAKER_DBFS,
+    EchoRoom,
+    RoomSpec,
+    speech_level_dbfs,
+)
 from support.speech import ordinary_speech_stretch, speak
 from talkbox.audio.echo_cancel import SpeakerReference
 from talkbox.audio.frontend import WakeDetected
@@ -46,9 +54,6 @@ RESUME_AFTER_S = 1.0
 STAMP_JITTER_S = 0.003
 
 
-VOICES = (("wait, what was that", "en-us", 160), ("how tall is the eiffel tower", "en-gb", 150),
-          ("tell me something else", "en-us+f3", 170), ("who wrote the odyssey", "en-gb-x-rp", 140),
-          ("stop and go back", "en-us+m3", 180), ("no, the other one", "en-gb+f3", 160))
 # With barge_in = "wake" (`simulate(wake_word=True)`) the person says the wake word first.
 WAKE_VOICES = (("hey jarvis, what time is it", "en-gb", 150), ("hey jarvis, stop", "en-us", 160),
                ("hey jarvis, tell me something else", "en-us+f3", 170),
@@ -70,9 +75,10 @@ class RoomResult:
     heard: int = 0
     latencies_s: list[float] = field(default_factory=list)
     false_at: list[float] = field(default_factory=list)
-    # Pauses (HoldPlayback) for a voice over the answer: the time from the person's first
-    # sound to the first pause or barge-in, and pauses while nobody talked (the answer then
-    # plays on after HOLD_SECONDS).
+    # Pauses (HoldPlayback) for a voice over the answer: for each one heard, the time from the
+    # person's first sound to the answer's silence (the pause that lasted until the turn
+    # opened, else the turn); and pauses while nobody talked (it then plays on after
+    # HOLD_SECONDS).
     paused_s: list[float] = field(default_factory=list)
     false_holds: int = 0
     talk_starts: list[float] = field(default_factory=list)
@@ -110,7 +116,7 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                                               pauses=(0.3, 0.6, 0.2))[SPEAKER_RATE:],
                       SPEAKER_DBFS)
     voices = [at_level(speak(t, voice=v, speed=s, rate=MIC_RATE, pad=(0.0, 0.0)), PERSON_DBFS)
-              for t, v, s in (WAKE_VOICES if wake_word else VOICES)]
+              for t, v, s in (WAKE_VOICES if wake_word else INTERRUPTING_REQUESTS)]
     result = RoomResult(name, answer_s=seconds)
 
     # The script: when the person starts and what they say.
@@ -130,7 +136,7 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
     answer_pos = 0  # speaker samples of the answer played so far
     silenced_until = -1.0
     held_until = -1.0  # the answer is paused (MicSpeechLikely) until then, or a barge-in
-    paused_for: set[int] = set()
+    hold_began = -1.0
     blocks_handed = 0
     block_n = int(BLOCK_S * SPEAKER_RATE)
     chunk_n = int(CAPTURE_S * MIC_RATE)
@@ -188,12 +194,9 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                     and now >= held_until):
                 # As the machine does with barge_in = "speech": pause, and play on after
                 # HOLD_SECONDS unless a turn opens.
-                held_until = now + HOLD_SECONDS
+                hold_began, held_until = now, now + HOLD_SECONDS
                 if talker is None:
                     result.false_holds += 1
-                elif talker not in paused_for:
-                    paused_for.add(talker)
-                    result.paused_s.append(now - talks[talker][0])
                 continue
             # What barges in: the wake word, or a turn opened by the speech gate.
             if not isinstance(event, WakeDetected if wake_word else GateSpeechStarted):
@@ -205,10 +208,10 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                     result.heard += 1
                     result.latencies_s.append(now - talks[index][0])
                     silenced_until = talking_until + RESUME_AFTER_S
+                    # Silent since the pause, if it lasted until now (else it played on).
+                    silent_since = hold_began if now <= held_until else now
+                    result.paused_s.append(max(0.0, silent_since - talks[index][0]))
                     held_until = -1.0
-                    if index not in paused_for:
-                        paused_for.add(index)
-                        result.paused_s.append(now - talks[index][0])
             elif speaker_on:
                 result.false_barge_ins += 1
                 result.false_at.append(now)
@@ -302,7 +305,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown room(s) {', '.join(unknown)}; known: {', '.join(ROOMS)}")
     print("heard p50/p95: from the person's first sound to the turn opening; paused: to the "
-          "answer pausing (or the turn, if sooner); holds: pauses while nobody talked")
+          "answer's silence (a pause that lasted until the turn, else the turn); holds: pauses "
+          "while nobody talked")
     print(f"{'room':18} {'seed':>4} {'reduction':>9} {'false':>5} {'echo s':>6} {'heard':>7} "
           f"{'p50 ms':>7} {'p95 ms':>7} {'paused':>7} {'p95':>5} {'holds':>5} {'cpu/s':>7}")
     pooled: dict[str, list[RoomResult]] = {}

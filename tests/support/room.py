@@ -167,6 +167,27 @@ def at_speech_level(pcm: Samples, dbfs: float) -> npt.NDArray[np.int16]:
     return np.clip(as_floats(pcm) * gain, -32768, 32767).astype(np.int16)
 
 
+# What people say over an answer, in the benchmarks of speech barge-in (bench.echo_room,
+# bench.barge_in_live): (text, espeak voice, words a minute). Each is one turn: no pause in it
+# as long as the end of a turn. Some begin softly ("how", "who") or with a short word and a
+# gap ("what is the weather": 140 ms, then 60 ms of silence), which the speech gate hears
+# later over an echo.
+INTERRUPTING_REQUESTS = (
+    ("what is the weather like tomorrow", "en-us", 160),
+    ("wait tell me something else", "en-gb", 150),
+    ("how tall is the eiffel tower", "en-us+f3", 170),
+    ("can you speak more slowly please", "en-gb-x-rp", 140),
+    ("who wrote the odyssey", "en-us+m3", 180),
+    ("no I meant the other one", "en-gb+f3", 160),
+    ("wait, what was that", "en-us", 160),
+    ("how tall is the eiffel tower", "en-gb", 150),
+    ("tell me something else", "en-us+f3", 170),
+    ("who wrote the odyssey", "en-gb-x-rp", 140),
+    ("stop and go back", "en-us+m3", 180),
+    ("no, the other one", "en-gb+f3", 160),
+)
+
+
 def person(text: str, voice: str = "en-us", speed: int = 160) -> npt.NDArray[np.int16]:
     """A person at the microphone saying `text`, at the room's reference level."""
     return at_speech_level(speak(text, voice=voice, speed=speed, rate=MIC_RATE, pad=(0.0, 0.0)),
