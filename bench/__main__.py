@@ -246,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         repeated("echo_detect_ms", echo.detect_ms, "ms",
                  f"simulated: start of speech -> turn opens ({echo.heard}/"
                  f"{echo.interruptions} heard)"),
+        repeated("echo_silent_ms", echo.silent_ms, "ms",
+                 "simulated: start of speech -> answer paused or stopped"),
+        single("echo_false_pauses_per_hour", echo.false_holds_per_hour, "/h",
+               "simulated: answer paused 0.8 s for no one, echo alone"),
         single("reply_cpu_with_aec", echo.cpu_with_aec, "CPU-s/s",
                "simulated front end while an answer plays"),
         single("reply_cpu_without_aec", echo.cpu_without_aec, "CPU-s/s",

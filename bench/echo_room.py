@@ -250,6 +250,14 @@ class EchoSummary:
         return [s * 1000 for r in self.rooms for s in r.latencies_s]
 
     @property
+    def silent_ms(self) -> list[float]:
+        return [s * 1000 for r in self.rooms for s in r.paused_s]
+
+    @property
+    def false_holds_per_hour(self) -> float:
+        return sum(r.false_holds for r in self.rooms) / max(1e-9, self.echo_only_s) * 3600
+
+    @property
     def heard(self) -> int:
         return sum(r.heard for r in self.rooms)
 
@@ -266,6 +274,7 @@ class EchoSummary:
             {"room": r.room, "answer_s": r.answer_s, "echo_reduction_db": r.echo_reduction_db,
              "false_barge_ins": r.false_barge_ins, "heard": r.heard,
              "interruptions": r.interruptions, "detect_ms": [s * 1000 for s in r.latencies_s],
+             "silent_ms": [s * 1000 for s in r.paused_s], "false_holds": r.false_holds,
              "cpu_per_s": r.cpu_s / r.answer_s} for r in self.rooms]}
 
 

@@ -210,14 +210,15 @@ class _ScriptedCanceller:
     and test_near_end.py): hands the audio on as it is, with the speaker playing, and says it
     let echo through (`leaked`) or heard a person over it (`near_end`) in the chunks asked."""
 
-    def __init__(self, leaked_chunks: set[int], near_end_chunks: set[int]) -> None:
+    def __init__(self, leaked_chunks: set[int], near_end_chunks: set[int],
+                 warming_up: bool) -> None:
         self.leaked_chunks = leaked_chunks
         self.near_end_chunks = near_end_chunks
         self.chunks = 0
         self.last_chunk_may_echo = True
         self.last_chunk_near_end = False
         self.last_chunk_leaked = False
-        self.warming_up = False
+        self.warming_up = warming_up
 
     def process(self, captured: bytes, capture_time: float) -> bytes:
         self.last_chunk_leaked = self.chunks in self.leaked_chunks
@@ -226,15 +227,15 @@ class _ScriptedCanceller:
         return captured
 
 
-def over_echo(leaked: set[int] = frozenset(), near_end: set[int] = frozenset()
-              ) -> tuple[list[list[FrontEndEvent]], int]:
+def over_echo(leaked: set[int] = frozenset(), near_end: set[int] = frozenset(),
+              warming_up: bool = False) -> tuple[list[list[FrontEndEvent]], int]:
     """A request said over the answer's (already cancelled) echo: the events of each capture
     chunk (40 ms), and the index of the chunk in which the request begins."""
     rate = 16000
     clip = concat(silence(1.0, rate), speak("tell me something else", rate=rate, pad=(0.0, 0.5)))
     gate = SpeechGate(frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300,
                       max_turn_ms=30000, over_echo_start=(4, 10))
-    canceller = _ScriptedCanceller(set(leaked), set(near_end))
+    canceller = _ScriptedCanceller(set(leaked), set(near_end), warming_up)
     frontend = FrontEnd(rate, VoiceActivity(2), gate, None, echo=canceller)  # type: ignore[arg-type]
     data = clip.tobytes()
     chunk = rate * 40 // 1000 * 2
@@ -258,6 +259,12 @@ def test_over_echo_a_likely_voice_is_said_before_the_turn_opens() -> None:
     in_order = [type(e) for chunk in chunks for e in chunk
                 if isinstance(e, GateSpeechLikely | GateSpeechStarted)]
     assert in_order == [GateSpeechLikely, GateSpeechStarted]
+
+
+def test_while_the_canceller_is_new_to_the_room_no_pause_is_asked_for() -> None:
+    chunks, _ = over_echo(warming_up=True)
+    assert first_chunk_with(GateSpeechLikely, chunks) is None
+    assert first_chunk_with(GateSpeechStarted, chunks) is not None
 
 
 def test_where_the_canceller_let_echo_through_no_voice_opens_a_turn() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from talkbox.audio.echo_cancel import EchoCanceller
 from talkbox.audio.resample import Resampler
-from talkbox.audio.vad import GateEvent, SpeechGate, VoiceActivity
+from talkbox.audio.vad import GateEvent, GateSpeechLikely, SpeechGate, VoiceActivity
 from talkbox.audio.wake import GatedWakeDetector
 from talkbox.audio_format import LISTEN_RATE
 
@@ -260,7 +260,13 @@ class FrontEnd:
             else:
                 self.wake.skip(len(frame16) // 2)
         if frame24 is not None:
-            events.extend(self.gate.feed(frame24, is_speech, over_echo=self._over_echo))
+            gate_events = self.gate.feed(frame24, is_speech, over_echo=self._over_echo)
+            if self.echo is not None and self.echo.warming_up:
+                # No pause while the canceller is new to the room: when a pause for no one
+                # ended, the echo came back at once, louder than a new canceller takes out,
+                # and opened a turn (the whole process, kitchen-drift, the first answer).
+                gate_events = [e for e in gate_events if not isinstance(e, GateSpeechLikely)]
+            events.extend(gate_events)
 
 
 def _mean_square(frame: bytes) -> float:
