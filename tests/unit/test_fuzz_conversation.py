@@ -27,6 +27,7 @@ from talkbox.core.conversation import (
     TIMER_ALARM_REPEAT,
     TIMER_ALARM_RING,
     TIMER_FOLLOW_UP,
+    TIMER_HOLD,
     TIMER_MAX_CONVERSATION,
     TIMER_RESPONSE,
     ConversationMachine,
@@ -42,6 +43,7 @@ from talkbox.core.inputs import (
     Input,
     MicSpeechAudio,
     MicSpeechEnded,
+    MicSpeechLikely,
     MicSpeechStarted,
     MuteChanged,
     OpenConnection,
@@ -157,13 +159,14 @@ def inputs(draw: st.DrawFn, machine: ConversationMachine, dialect: Dialect) -> I
     options: list[Input] = [
         WakeWord("hey_jarvis", recent_audio=pcm, played_samples=played),
         MicSpeechStarted(pcm, played),
+        MicSpeechLikely(),
         MicSpeechAudio(pcm),
         MicSpeechEnded(),
         SessionReady(conversation),
         PlaybackDrained(played),
         TimerFired(
             draw(st.sampled_from([TIMER_FOLLOW_UP, TIMER_MAX_CONVERSATION, TIMER_RESPONSE,
-                                  TIMER_ALARM_REPEAT, TIMER_ALARM_RING])),
+                                  TIMER_ALARM_REPEAT, TIMER_ALARM_RING, TIMER_HOLD])),
             draw(st.integers(0, 40)),
         ),
         StopRequested(),
@@ -256,3 +259,4 @@ def test_no_input_sequence_breaks_the_machine(
                 assert 0 <= action.event.audio_end_ms <= received_ms
         if machine.state is State.IDLE:
             assert machine.pending_upload == [] and machine.active_response_id is None
+            assert not machine.held, "an answer left paused after its conversation"

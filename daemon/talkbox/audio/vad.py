@@ -211,7 +211,8 @@ class SpeechGate:
             self._likely = False
             return False
         starts = is_speech and not self._likely
-        self._likely = self._likely or is_speech
+        if is_speech:
+            self._likely = True
         return starts
 
     def _feed_quiet(
