@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{echo.interruptions} heard)"),
         repeated("echo_silent_ms", echo.silent_ms, "ms",
                  "simulated: start of speech -> answer paused or stopped"),
-        single("echo_false_pauses_per_hour", echo.false_holds_per_hour, "/h",
+        single("echo_false_pauses_per_hour", echo.false_pauses_per_hour, "/h",
                "simulated: answer paused 0.8 s for no one, echo alone"),
         single("reply_cpu_with_aec", echo.cpu_with_aec, "CPU-s/s",
                "simulated front end while an answer plays"),

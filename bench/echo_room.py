@@ -79,8 +79,8 @@ class RoomResult:
     # person's first sound to the answer's silence (the pause that lasted until the turn
     # opened, else the turn); and pauses while nobody talked (it then plays on after
     # HOLD_SECONDS).
-    paused_s: list[float] = field(default_factory=list)
-    false_holds: int = 0
+    silent_s: list[float] = field(default_factory=list)
+    false_pauses: int = 0
     talk_starts: list[float] = field(default_factory=list)
     raw_echo_dbfs: float = 0.0
     cleaned_echo_dbfs: float = 0.0
@@ -196,7 +196,7 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                 # HOLD_SECONDS unless a turn opens.
                 hold_began, held_until = now, now + HOLD_SECONDS
                 if talker is None:
-                    result.false_holds += 1
+                    result.false_pauses += 1
                 continue
             # What barges in: the wake word, or a turn opened by the speech gate.
             if not isinstance(event, WakeDetected if wake_word else GateSpeechStarted):
@@ -210,7 +210,7 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                     silenced_until = talking_until + RESUME_AFTER_S
                     # Silent since the pause, if it lasted until now (else it played on).
                     silent_since = hold_began if now <= held_until else now
-                    result.paused_s.append(max(0.0, silent_since - talks[index][0]))
+                    result.silent_s.append(max(0.0, silent_since - talks[index][0]))
                     held_until = -1.0
             elif speaker_on:
                 result.false_barge_ins += 1
@@ -251,11 +251,11 @@ class EchoSummary:
 
     @property
     def silent_ms(self) -> list[float]:
-        return [s * 1000 for r in self.rooms for s in r.paused_s]
+        return [s * 1000 for r in self.rooms for s in r.silent_s]
 
     @property
-    def false_holds_per_hour(self) -> float:
-        return sum(r.false_holds for r in self.rooms) / max(1e-9, self.echo_only_s) * 3600
+    def false_pauses_per_hour(self) -> float:
+        return sum(r.false_pauses for r in self.rooms) / max(1e-9, self.echo_only_s) * 3600
 
     @property
     def heard(self) -> int:
@@ -274,7 +274,7 @@ class EchoSummary:
             {"room": r.room, "answer_s": r.answer_s, "echo_reduction_db": r.echo_reduction_db,
              "false_barge_ins": r.false_barge_ins, "heard": r.heard,
              "interruptions": r.interruptions, "detect_ms": [s * 1000 for s in r.latencies_s],
-             "silent_ms": [s * 1000 for s in r.paused_s], "false_holds": r.false_holds,
+             "silent_ms": [s * 1000 for s in r.silent_s], "false_pauses": r.false_pauses,
              "cpu_per_s": r.cpu_s / r.answer_s} for r in self.rooms]}
 
 
@@ -313,11 +313,11 @@ def main() -> None:
     unknown = [n for n in names if n not in ROOMS]
     if unknown:
         parser.error(f"unknown room(s) {', '.join(unknown)}; known: {', '.join(ROOMS)}")
-    print("heard p50/p95: from the person's first sound to the turn opening; paused: to the "
-          "answer's silence (a pause that lasted until the turn, else the turn); holds: pauses "
-          "while nobody talked")
+    print("heard p50/p95: from the person's first sound to the turn opening; silent: to the "
+          "answer's silence (a pause that lasted until the turn, else the turn); pauses: while "
+          "nobody talked")
     print(f"{'room':18} {'seed':>4} {'reduction':>9} {'false':>5} {'echo s':>6} {'heard':>7} "
-          f"{'p50 ms':>7} {'p95 ms':>7} {'paused':>7} {'p95':>5} {'holds':>5} {'cpu/s':>7}")
+          f"{'p50 ms':>7} {'p95 ms':>7} {'silent':>7} {'p95':>5} {'pauses':>6} {'cpu/s':>7}")
     pooled: dict[str, list[RoomResult]] = {}
     for name in names:
         for seed in seeds:
@@ -328,8 +328,8 @@ def main() -> None:
                   f"{r.echo_only_s:6.0f} {r.heard:3}/{r.interruptions:<3} "
                   f"{_percentile_ms(r.latencies_s, 0.5):7.0f} "
                   f"{_percentile_ms(r.latencies_s, 0.95):7.0f} "
-                  f"{_percentile_ms(r.paused_s, 0.5):7.0f} {_percentile_ms(r.paused_s, 0.95):5.0f} "
-                  f"{r.false_holds:5} {r.cpu_s / r.answer_s:7.4f}",
+                  f"{_percentile_ms(r.silent_s, 0.5):7.0f} {_percentile_ms(r.silent_s, 0.95):5.0f} "
+                  f"{r.false_pauses:6} {r.cpu_s / r.answer_s:7.4f}",
                   flush=True)
     if len(seeds) > 1 or len(names) > 1:
         print("pooled over seeds:")
@@ -342,13 +342,13 @@ def main() -> None:
 
 def _print_pooled(name: str, results: list[RoomResult]) -> None:
     latencies = [s for r in results for s in r.latencies_s]
-    paused = [s for r in results for s in r.paused_s]
+    silent = [s for r in results for s in r.silent_s]
     print(f"{name:18} {'':4} {'':9} {sum(r.false_barge_ins for r in results):5} "
           f"{sum(r.echo_only_s for r in results):6.0f} "
           f"{sum(r.heard for r in results):3}/{sum(r.interruptions for r in results):<3} "
           f"{_percentile_ms(latencies, 0.5):7.0f} {_percentile_ms(latencies, 0.95):7.0f} "
-          f"{_percentile_ms(paused, 0.5):7.0f} {_percentile_ms(paused, 0.95):5.0f} "
-          f"{sum(r.false_holds for r in results):5} "
+          f"{_percentile_ms(silent, 0.5):7.0f} {_percentile_ms(silent, 0.95):5.0f} "
+          f"{sum(r.false_pauses for r in results):6} "
           f"{sum(r.cpu_s for r in results) / sum(r.answer_s for r in results):7.4f}")
 
 
