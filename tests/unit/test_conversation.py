@@ -513,11 +513,21 @@ def test_speech_barge_in_with_local_detection_starts_a_new_turn() -> None:
     assert d.m.state is State.LISTENING
 
 
-def test_a_likely_voice_over_the_answer_pauses_it_and_the_turn_then_interrupts_it() -> None:
-    d = Driver(barge_in="speech")
+def answering(**config: str) -> Driver:
+    """A conversation whose answer (response r1, item i1, 1 s) is playing."""
+    d = Driver(**config)
     d.start_listening()
     d.speak(500)
+    if d.m.server_detects_turns:
+        d.server(ServerSpeechStarted(0, "u1"))
+        d.server(ServerSpeechStopped(500, "u1"))
     d.respond("r1", "i1", samples=24000)
+    assert d.m.playing
+    return d
+
+
+def test_a_likely_voice_over_the_answer_pauses_it_and_the_turn_then_interrupts_it() -> None:
+    d = answering(barge_in="speech")
     actions = d(MicSpeechLikely())
     assert of(HoldPlayback, actions) == [HoldPlayback()]
     assert of(StartTimer, actions) == [StartTimer(TIMER_HOLD, HOLD_SECONDS, d.timers[TIMER_HOLD])]
@@ -531,10 +541,7 @@ def test_a_likely_voice_over_the_answer_pauses_it_and_the_turn_then_interrupts_i
 
 
 def test_a_likely_voice_that_opens_no_turn_lets_the_answer_play_on() -> None:
-    d = Driver(barge_in="speech")
-    d.start_listening()
-    d.speak(500)
-    d.respond("r1", "i1", samples=24000)
+    d = answering(barge_in="speech")
     d(MicSpeechLikely())
     actions = d.fire(TIMER_HOLD)
     assert actions == [ResumePlayback()]
@@ -549,14 +556,7 @@ def test_a_likely_voice_that_opens_no_turn_lets_the_answer_play_on() -> None:
 def test_only_local_speech_barge_in_pauses_the_answer_for_a_likely_voice(
     barge_in: str, detection: str
 ) -> None:
-    d = Driver(barge_in=barge_in, detection=detection)
-    d.start_listening()
-    d.speak(500)
-    if detection == "server_vad":
-        d.server(ServerSpeechStarted(0, "u1"))
-        d.server(ServerSpeechStopped(500, "u1"))
-    d.respond("r1", "i1", samples=24000)
-    assert d.m.playing
+    d = answering(barge_in=barge_in, detection=detection)
     assert d(MicSpeechLikely()) == []
 
 
@@ -569,10 +569,7 @@ def test_no_pause_when_no_answer_is_playing() -> None:
 
 
 def test_a_conversation_that_ends_quietly_while_paused_plays_out_what_is_queued() -> None:
-    d = Driver(barge_in="speech")
-    d.start_listening()
-    d.speak(500)
-    d.respond("r1", "i1", samples=24000)
+    d = answering(barge_in="speech")
     d(MicSpeechLikely())
     # The session's time is up: the conversation ends without silencing the answer...
     actions = d(ConnectionFailed(1, Failure("session_expired", "60 minutes")))
