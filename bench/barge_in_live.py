@@ -36,7 +36,7 @@ import numpy.typing as npt
 import bench._paths  # noqa: F401  (puts tests/ on sys.path for the support imports)
 from bench.daemon_bench import API_KEY, DEPLOYMENT, config_text, wall_minus_monotonic
 from bench.timeline import log_stamps, percentile, wall_to_monotonic
-from support.audio_match import locate, resample
+from support.audio_match import uploaded_share
 from support.daemon import DaemonRun, LiveMicrophone, run_daemon, wait_until
 from support.fake_realtime import ServerThread
 from support.room import (
@@ -190,19 +190,8 @@ def judge(interruption: Interruption, records: list[tuple[float, bytes]],
     interruption.heard_after_s = heard_at[0] - onset if heard_at else None
     silent = silent_from(records, onset)
     interruption.silent_after_s = None if silent is None else silent - onset
-    # The request's second half is found in the upload; where the whole request would begin
-    # then says whether its first syllables were uploaded too.
-    request = resample(interruption.request, MIC_RATE, SPEAKER_RATE)
-    half = len(request) // 2
-    found = [locate(commit, request[half:]) for commit in commits]
-    if not found:
-        return
-    offset, match = max(found, key=lambda item: item[1])
-    if match < 0.5:
-        return
-    voiced = np.abs(request.astype(np.int32)) > 300
-    missing = voiced[: max(0, half - offset)].sum()
-    interruption.uploaded_share = 1.0 - missing / max(1, voiced.sum())
+    interruption.uploaded_share = uploaded_share(interruption.request, commits, MIC_RATE,
+                                                 SPEAKER_RATE)
 
 
 @dataclass

@@ -12,6 +12,7 @@ docs/benchmarks.md (the real process in these rooms, issue 13, still open).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from e2e.conftest import API_KEY, service_config
+from support.audio_match import uploaded_share
 from support.daemon import DaemonRun, run_daemon
 from support.fake_realtime import ServerThread
 from support.room import PERSON_DBFS, ROOMS, long_answer, person, rms_dbfs
@@ -98,3 +100,40 @@ def test_with_server_vad_the_service_never_hears_the_answer_and_is_interrupted(
     [session] = sessions(fake_service)
     assert len(session.commits) >= 2  # the question, then the interrupting request
 
+
+
+# ----- the device detecting turns
+
+
+def test_talking_over_the_answer_stops_it_and_the_request_is_the_next_turn(
+    tmp_path: Path, fake_service: ServerThread
+) -> None:
+    fake_service.server.reply_pcm = long_answer(30.0)
+    config = room_config(fake_service.url_base)  # barge_in = "speech", local detection
+    name = "kitchen-drift"  # the echo as loud as the person, 100 ppm of drift
+    request = person("who wrote the odyssey", "en-gb-x-rp", 140)
+    with rooms_running(tmp_path, fake_service, [name], config) as runs:
+        run = runs[name]
+        mic = run.microphone()
+        mic.speak(concat(silence(0.5), person("hey jarvis, tell me a long story")).tobytes())
+        run.wait_for_log("state responding", timeout=30)
+        time.sleep(6.0)  # the answer plays; the canceller has learnt the room
+        mic.speak(request.tobytes())
+        run.wait_for_log("state listening (interrupted)", timeout=5)
+        spoken_at = mic.utterance_starts[-1]
+        mic.wait_spoken()
+        time.sleep(2.0)
+        log = run.log()
+        sounding = [at for at, pcm in list(run.drainer.records) if at >= spoken_at and any(pcm)]
+    # The answer fell silent soon after the person began (the benchmark measures how soon:
+    # bench.barge_in_live): its last sound before a silence (the answer to the request comes
+    # after the turn's end, more than half a second later).
+    assert sounding, "the answer was not playing when the person spoke"
+    last_sound = next(at for at, after in zip(sounding, [*sounding[1:], math.inf], strict=True)
+                      if after - at >= 0.5)
+    assert last_sound - spoken_at < 1.0, last_sound - spoken_at
+    assert log.count("state listening (interrupted)") == 1, log
+    [session] = sessions(fake_service)
+    assert len(session.commits) == 2  # the question, then the interrupting request
+    # The request, from its first syllable, is the next turn: its voiced samples are in it.
+    assert uploaded_share(request, [bytes(session.commits[1].audio)]) >= 0.95

@@ -45,3 +45,21 @@ def voiced_seconds(pcm: bytes | Pcm, rate: int, threshold: int = 300) -> float:
     usable = len(samples) // block * block
     peaks = np.abs(samples[:usable].reshape(-1, block).astype(np.int32)).max(axis=1)
     return float(np.count_nonzero(peaks > threshold)) / 100.0
+
+
+def uploaded_share(request: Pcm, uploads: list[bytes], request_rate: int = 16000,
+                   upload_rate: int = 24000) -> float:
+    """The share of `request`'s voiced samples that one of `uploads` holds (0 if none holds
+    it). Its second half is found in the upload; where the whole request would begin there
+    then says whether its first syllables were uploaded too."""
+    at_upload_rate = resample(request, request_rate, upload_rate)
+    half = len(at_upload_rate) // 2
+    found = [locate(upload, at_upload_rate[half:]) for upload in uploads]
+    if not found:
+        return 0.0
+    offset, match = max(found, key=lambda item: item[1])
+    if match < 0.5:
+        return 0.0
+    voiced = np.abs(at_upload_rate.astype(np.int32)) > 300
+    missing = voiced[: max(0, half - offset)].sum()
+    return float(1.0 - missing / max(1, voiced.sum()))
