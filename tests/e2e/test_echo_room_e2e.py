@@ -2,7 +2,8 @@
 ALSA file devices, and a simulated room (support.room) in which the microphone hears the
 speaker. With echo cancellation and the service detecting turns (`server_vad`), what the
 service is sent while the answer plays has been through the canceller, and the person still
-interrupts the answer.
+interrupts the answer; with the device detecting turns, talking over the answer stops it and
+the request, whole, is the next turn.
 
 How often speech barge-in is heard, how fast and how often it interrupts itself are
 measurements, not pass/fail tests: `python -m bench.echo_room` (simulated device clock) and
