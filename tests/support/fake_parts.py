@@ -65,7 +65,6 @@ class FakeSpeaker:
         self.written = bytearray()
         self.broken: AudioDeviceError | None = None
         self.closed = False
-        self.held = False
 
     def _check(self) -> None:
         if self.broken is not None:
@@ -84,13 +83,12 @@ class FakeSpeaker:
 
     def flush(self) -> None:
         self._check()
-        self.held = False
 
     def hold(self) -> None:
-        self.held = True
+        """Nothing is played here, so there is nothing to pause."""
 
     def resume(self) -> None:
-        self.held = False
+        """Nothing is played here, so there is nothing to play on."""
 
     def reset_count(self) -> None:
         self.played_samples = 0

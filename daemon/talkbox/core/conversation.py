@@ -292,7 +292,11 @@ class ConversationMachine:
         )
         self.playing = False  # reply audio (not just a chime) is queued and not yet played
         self.reply_items: list[_ReplyItem] = []
-        self.held = False  # the answer is paused (HoldPlayback) until TIMER_HOLD
+
+    @property
+    def held(self) -> bool:
+        """Whether the answer is paused (HoldPlayback): until TIMER_HOLD fires or is cancelled."""
+        return TIMER_HOLD in self._timer_tokens
 
     @property
     def server_detects_turns(self) -> bool:
@@ -499,7 +503,6 @@ class ConversationMachine:
             or self.server_detects_turns  # the service decides; it does so later than this
         ):
             return
-        self.held = True
         out.append(HoldPlayback())
         self._start_timer(TIMER_HOLD, HOLD_SECONDS, out)
 
@@ -930,9 +933,7 @@ class ConversationMachine:
             self._stop_ringing("it rang for its time", out)
             return
         if event.name == TIMER_HOLD:
-            if self.held:  # no turn opened: it was not someone talking
-                self.held = False
-                out.append(ResumePlayback())
+            out.append(ResumePlayback())  # no turn opened: it was not someone talking
             return
         if self.state is State.IDLE:
             return
@@ -987,7 +988,6 @@ class ConversationMachine:
             out.append(FlushPlayback())
         elif self.held:  # what is queued plays out, as it would have without the pause
             out.append(ResumePlayback())
-        self.held = False
         for name in list(self._timer_tokens):
             if name not in ALARM_TIMERS:
                 self._cancel_timer(name, out)
