@@ -7,7 +7,8 @@ is heard, as a PortAudio stream does); the room turns what was heard into the mi
 40 ms periods (both streams' stamps jitter by 3 ms); a person talks over the answer now and
 then. A turn the gate opens while the answer plays and nobody talks is a false barge-in; one
 that opens while the person talks is heard, and the time from the person's first sound to it
-is the detection latency (the speaker then falls silent within one 20 ms block).
+is the detection latency. The answer pauses or stops at once, but what was already handed to
+the speaker (60-80 ms) still plays: the time to silence counts it, as the live bench does.
 What each figure means: docs/benchmarks.md.
 
 `python -m bench.echo_room` prints a table per room; `simulate()` is what bench/__main__.py
@@ -76,9 +77,9 @@ class RoomResult:
     latencies_s: list[float] = field(default_factory=list)
     false_at: list[float] = field(default_factory=list)
     # Pauses (HoldPlayback) for a voice over the answer: for each one heard, the time from the
-    # person's first sound to the answer's silence (the pause that lasted until the turn
-    # opened, else the turn); and pauses while nobody talked (it then plays on after
-    # HOLD_SECONDS).
+    # person's first sound to the answer's last sound (what was handed to the device before
+    # the pause that lasted until the turn opened, else before the turn); and pauses while
+    # nobody talked (it then plays on after HOLD_SECONDS).
     silent_s: list[float] = field(default_factory=list)
     false_pauses: int = 0
     talk_starts: list[float] = field(default_factory=list)
@@ -136,7 +137,8 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
     answer_pos = 0  # speaker samples of the answer played so far
     silenced_until = -1.0
     held_until = -1.0  # the answer is paused (MicSpeechLikely) until then, or a barge-in
-    hold_began = -1.0
+    sounding_until = -1.0  # when the last sound handed to the speaker ends
+    silent_from_hold = -1.0  # ...as it was when the pause began
     blocks_handed = 0
     block_n = int(BLOCK_S * SPEAKER_RATE)
     chunk_n = int(CAPTURE_S * MIC_RATE)
@@ -158,6 +160,8 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                 pcm = np.clip(answer[answer_pos : answer_pos + block_n], -32768, 32767).astype(
                     np.int16)
                 answer_pos += block_n
+                if pcm.any():
+                    sounding_until = begins + BLOCK_S
             reference.played(pcm.tobytes(), begins + STAMP_JITTER_S * jitter.standard_normal(),
                              bool(pcm.any()))
             room.played(pcm.tobytes(), at=begins + BLOCK_S)
@@ -194,7 +198,7 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                     and now >= held_until):
                 # As the machine does with barge_in = "speech": pause, and play on after
                 # HOLD_SECONDS unless a turn opens.
-                hold_began, held_until = now, now + HOLD_SECONDS
+                silent_from_hold, held_until = sounding_until, now + HOLD_SECONDS
                 if talker is None:
                     result.false_pauses += 1
                 continue
@@ -209,8 +213,8 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                     result.latencies_s.append(now - talks[index][0])
                     silenced_until = talking_until + RESUME_AFTER_S
                     # Silent since the pause, if it lasted until now (else it played on).
-                    silent_since = hold_began if now <= held_until else now
-                    result.silent_s.append(max(0.0, silent_since - talks[index][0]))
+                    silent_from = silent_from_hold if now <= held_until else sounding_until
+                    result.silent_s.append(max(0.0, silent_from - talks[index][0]))
                     held_until = -1.0
             elif speaker_on:
                 result.false_barge_ins += 1
