@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from support.speech import (
@@ -15,6 +16,7 @@ from support.speech import (
 )
 from support.wake_clips import SPEEDS, VOICES, on_chunk_grid, with_room_noise
 from talkbox.audio.frontend import (
+    TRACE_FRAMES,
     FrontEnd,
     FrontEndEvent,
     VadFrame,
@@ -231,6 +233,14 @@ def over_echo(leaked: set[int] = frozenset(), near_end: set[int] = frozenset(),
               warming_up: bool = False) -> tuple[list[list[FrontEndEvent]], int]:
     """A request said over the answer's (already cancelled) echo: the events of each capture
     chunk (40 ms), and the index of the chunk in which the request begins."""
+    _, chunks, begins = over_echo_front_end(leaked, near_end, warming_up)
+    return chunks, begins
+
+
+def over_echo_front_end(
+    leaked: set[int] = frozenset(), near_end: set[int] = frozenset(), warming_up: bool = False
+) -> tuple[FrontEnd, list[list[FrontEndEvent]], int]:
+    """`over_echo`, and the front end it ran."""
     rate = 16000
     clip = concat(silence(1.0, rate), speak("tell me something else", rate=rate, pad=(0.0, 0.5)))
     gate = SpeechGate(frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300,
@@ -239,8 +249,8 @@ def over_echo(leaked: set[int] = frozenset(), near_end: set[int] = frozenset(),
     frontend = FrontEnd(rate, VoiceActivity(2), gate, None, echo=canceller)  # type: ignore[arg-type]
     data = clip.tobytes()
     chunk = rate * 40 // 1000 * 2
-    return [frontend.process(data[start : start + chunk], capture_time=index * 0.04)
-            for index, start in enumerate(range(0, len(data), chunk))], 1000 // 40
+    return frontend, [frontend.process(data[start : start + chunk], capture_time=index * 0.04)
+                      for index, start in enumerate(range(0, len(data), chunk))], 1000 // 40
 
 
 def first_chunk_with(kind: type, chunks: list[list[FrontEndEvent]]) -> int | None:
@@ -291,3 +301,46 @@ def test_the_double_talk_detector_opens_a_turn_sooner_and_a_leak_outweighs_it() 
     assert first_chunk_with(GateSpeechStarted, helped) < opened
     both, _ = over_echo(near_end=heard, leaked=heard)
     assert first_chunk_with(GateSpeechStarted, both) >= opened
+
+
+def test_a_turn_opened_over_echo_leaves_the_story_of_its_frames_for_the_debug_log() -> None:
+    frontend, chunks, begins = over_echo_front_end()
+    trace = frontend.opening_trace.split()
+    # The request begins after a second of silence: the trace is full, silence first.
+    assert len(trace) == TRACE_FRAMES
+    assert trace[0] == "-100."
+    # The frame that opened the turn counted, and so did 4 of the last 10 (OVER_ECHO_START).
+    assert trace[-1].endswith("V")
+    assert sum(token[-1] == "V" for token in trace[-10:]) >= 4
+    # The detector's word and a leak are marked as such.
+    helped, _, _ = over_echo_front_end(near_end={begins - 1})
+    assert "n" in {token[-1] for token in helped.opening_trace.split()}
+    opened = first_chunk_with(GateSpeechStarted, chunks)
+    assert opened is not None
+    leaking, _, _ = over_echo_front_end(leaked={opened})
+    assert "x" in {token[-1] for token in leaking.opening_trace.split()}
+
+
+def test_quiet_frames_may_pause_the_answer_only_where_the_echo_seldom_sounds_like_speech() -> None:
+    rate = 16000
+    gate = SpeechGate(frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300,
+                      max_turn_ms=30000, over_echo_start=(4, 10))
+    canceller = _ScriptedCanceller(set(), set(), warming_up=False)
+    frontend = FrontEnd(rate, VoiceActivity(2), gate, None, echo=canceller)  # type: ignore[arg-type]
+    chunk = rate * 40 // 1000 * 2
+
+    def play(pcm: bytes) -> None:
+        for start in range(0, len(pcm), chunk):
+            frontend.process(pcm[start : start + chunk], capture_time=frontend.audio_time)
+
+    play(silence(5.0, rate).tobytes())
+    assert frontend.quiet_frames_may_pause
+    # What AEC3 left of the echo, quiet (-55 dBFS, under the floor), but speech to the VAD.
+    speech = ordinary_speech_stretch(rate, 20.0, noise_volume=0.0, pauses=(0.05, 0.1, 0.05))
+    level = np.sqrt(np.mean(speech.astype(np.float64) ** 2)) / 32768
+    quiet = (speech * (10 ** (-55 / 20) / level)).astype(np.int16)
+    play(quiet.tobytes())
+    assert not frontend.quiet_frames_may_pause
+    # Cleaned echo that the VAD leaves alone earns it back, within minutes.
+    play(silence(120.0, rate).tobytes())
+    assert frontend.quiet_frames_may_pause

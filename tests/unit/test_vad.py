@@ -182,6 +182,28 @@ def test_over_echo_a_likely_turn_is_said_once_a_run_and_never_without_echo() -> 
     assert isinstance(plain[0][1], GateSpeechStarted)
 
 
+def likely_at(marks: str) -> list[int]:
+    """Where the gate says a turn is likely over echo, for frames marked `#` (voiced), `v`
+    (voiced only by the looser decision, `maybe_speech`) or `.` (neither)."""
+    gate = make_gate(over_echo_start=(4, 10))
+    out = []
+    for index, mark in enumerate(marks):
+        events = gate.feed(numbered_frame(index), mark == "#", over_echo=True,
+                           maybe_speech=mark != ".")
+        out += [index for event in events if isinstance(event, GateSpeechLikely)]
+    return out
+
+
+def test_over_echo_a_likely_turn_counts_the_looser_decisions_but_two_must_be_voiced() -> None:
+    # A short first word: a quiet onset, two loud frames, and the rest muted by AEC3.
+    assert likely_at("....v##vvv..........") == [6]
+    assert likely_at("....##v.............") == [6]
+    # Only one loud frame, or none: echo that the VAD takes for speech, not a person.
+    assert likely_at("....vv#vvv....vvvvv.") == []
+    # Without the looser decisions, 3 of 5 voiced, as before.
+    assert likely_at("....#.##............") == [7]
+
+
 def test_a_run_that_opens_the_turn_at_once_is_not_said_to_be_likely_too() -> None:
     gate = make_gate(over_echo_start=(3, 5))
     events = run_gate_over_echo(gate, pattern("..###"))

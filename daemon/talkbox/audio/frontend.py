@@ -13,6 +13,7 @@ benchmark drive it with files, and the daemon, on its front-end thread
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,7 +21,13 @@ import numpy as np
 
 from talkbox.audio.echo_cancel import EchoCanceller
 from talkbox.audio.resample import Resampler
-from talkbox.audio.vad import GateEvent, GateSpeechLikely, SpeechGate, VoiceActivity
+from talkbox.audio.vad import (
+    GateEvent,
+    GateSpeechLikely,
+    GateSpeechStarted,
+    SpeechGate,
+    VoiceActivity,
+)
 from talkbox.audio.wake import GatedWakeDetector
 from talkbox.audio_format import LISTEN_RATE
 
@@ -65,6 +72,17 @@ NEAR_END_HOLD_FRAMES = 5
 # filter leaves), a frame over echo does not count as voiced, from then until this many frames
 # after: that is echo, not a person.
 LEAK_HOLD_FRAMES = 6
+# To pause the answer, a frame over echo that the VAD calls voiced counts even below the
+# floor (SpeechGate.feed's `maybe_speech`: a short first word often has only two frames above
+# it before AEC3 mutes the rest), while the VAD calls at most this share of the frames over
+# echo voiced (averaged over about a minute of echo: ECHO_VOICED_SMOOTHING a frame). In the
+# simulated rooms (bench.echo_room, 300 s of echo alone) the VAD called 10 % of the hall's
+# cleaned echo voiced and 0-0.3 % of the others'; a person talking over every answer adds
+# about 3 %. Without this condition the hall paused for nobody 30 times in 10 minutes.
+LOOSE_PAUSE_MAX_VOICED_SHARE = 0.05
+ECHO_VOICED_SMOOTHING = 1 / 3000
+# For the debug log of a turn opened over echo (`opening_trace`): this many frames before it.
+TRACE_FRAMES = 40
 # The two floors as the mean square of PCM16 samples, which is what a frame is measured in.
 _FLOOR_MEAN_SQUARE = 32768.0**2 * 10 ** (ECHO_SPEECH_FLOOR_DBFS / 10)
 _WARMING_UP_FLOOR_MEAN_SQUARE = 32768.0**2 * 10 ** (WARMING_UP_FLOOR_DBFS / 10)
@@ -136,6 +154,14 @@ class FrontEnd:
         self._over_echo = False  # the last chunk may hold echo: the speaker is playing
         self._near_end_frames = 0  # frames for which the double-talk detector's word holds
         self._leak_frames = 0  # frames for which the canceller's leak holds
+        # Of the frames over echo, before a turn (see above): from the edge, so that a room
+        # whose echo sounds like speech loses the looser pause with its first such frames.
+        self._echo_voiced_share = LOOSE_PAUSE_MAX_VOICED_SHARE
+        self._trace: deque[tuple[float, str]] = deque(maxlen=TRACE_FRAMES)
+        self.opening_trace = ""
+        """How the last turn opened over echo came about, frame by frame (for the debug log):
+        the cleaned frame's level in dBFS, then `.` not voiced, `v` voiced but too quiet,
+        `V` voiced, `n` voiced by the double-talk detector, `x` not voiced for a leak."""
         self._to_wake_rate = Resampler(input_rate, LISTEN_RATE)
         self._to_upload_rate = Resampler(input_rate, UPLOAD_RATE)
         self._frame16_bytes = vad.frame_bytes
@@ -164,6 +190,12 @@ class FrontEnd:
         if enabled and self.wake is None:
             raise ValueError("no wake-word detector configured")
         self._wake_enabled = enabled
+
+    @property
+    def quiet_frames_may_pause(self) -> bool:
+        """Whether, over echo, frames the VAD calls voiced below the floor count towards
+        pausing the answer (LOOSE_PAUSE_MAX_VOICED_SHARE)."""
+        return self._echo_voiced_share <= LOOSE_PAUSE_MAX_VOICED_SHARE
 
     @property
     def in_speech(self) -> bool:
@@ -230,14 +262,22 @@ class FrontEnd:
         self, frame16: bytes, frame24: bytes | None, events: list[FrontEndEvent]
     ) -> None:
         is_speech = self.vad.is_speech(frame16)
+        vad_said = is_speech
         opening_over_echo = self._over_echo and not self.gate.in_speech
+        level = _mean_square(frame16) if opening_over_echo else 0.0
         if is_speech and opening_over_echo:
             # Only to open a turn: once the person has the word, the echo canceller may dull
             # their quieter syllables, and a turn must not end on them.
             warming_up = self.echo is not None and self.echo.warming_up
-            is_speech = _mean_square(frame16) >= (
+            is_speech = level >= (
                 _WARMING_UP_FLOOR_MEAN_SQUARE if warming_up else _FLOOR_MEAN_SQUARE
             )
+        floor_said = is_speech
+        maybe_speech = is_speech  # to pause the answer: see SpeechGate.feed
+        if opening_over_echo:
+            self._echo_voiced_share += ECHO_VOICED_SMOOTHING * (vad_said - self._echo_voiced_share)
+            if self.quiet_frames_may_pause:
+                maybe_speech = vad_said
         if self._near_end_frames:
             self._near_end_frames -= 1
             # The double-talk detector heard a person that AEC3's suppressor may be muting.
@@ -245,6 +285,9 @@ class FrontEnd:
         if self._leak_frames:
             self._leak_frames -= 1
             is_speech = is_speech and not opening_over_echo
+            maybe_speech = maybe_speech and not opening_over_echo
+        if opening_over_echo:
+            self._trace.append((level, _trace_mark(vad_said, floor_said, is_speech)))
         self.last_is_speech = is_speech
         self._frames_done += 1
         if self.monitor:
@@ -260,13 +303,27 @@ class FrontEnd:
             else:
                 self.wake.skip(len(frame16) // 2)
         if frame24 is not None:
-            gate_events = self.gate.feed(frame24, is_speech, over_echo=self._over_echo)
+            gate_events = self.gate.feed(frame24, is_speech, over_echo=self._over_echo,
+                                         maybe_speech=maybe_speech)
             if self.echo is not None and self.echo.warming_up:
                 # No pause while the canceller is new to the room: when a pause for no one
                 # ended, the echo came back at once, louder than a new canceller takes out,
                 # and opened a turn (the whole process, kitchen-drift, the first answer).
                 gate_events = [e for e in gate_events if not isinstance(e, GateSpeechLikely)]
+            if opening_over_echo and any(isinstance(e, GateSpeechStarted) for e in gate_events):
+                self.opening_trace = " ".join(
+                    f"{10 * np.log10(level / 32768.0**2 + 1e-10):.0f}{mark}"
+                    for level, mark in self._trace
+                )
             events.extend(gate_events)
+
+
+def _trace_mark(vad_said: bool, floor_said: bool, counted: bool) -> str:
+    if counted:
+        return "V" if floor_said else "n"
+    if floor_said:
+        return "x"
+    return "v" if vad_said else "."
 
 
 def _mean_square(frame: bytes) -> float:

@@ -72,8 +72,9 @@ class GateSpeechStarted:
 @dataclass(frozen=True, slots=True)
 class GateSpeechLikely:
     """Over echo, a run of voice that would open a turn without echo (`start_frames` of
-    `start_window_frames`) was heard; the stricter `over_echo_start` has not opened one yet.
-    Said once per such run: the answer can pause while the gate makes sure."""
+    `start_window_frames`, counting `maybe_speech`, all but one voiced by `is_speech` too) was
+    heard; the stricter `over_echo_start` has not opened a turn yet. Said once per such run:
+    the answer can pause while the gate makes sure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,8 @@ class SpeechGate:
         # reopens on the next voiced frame instead of waiting for a fresh run.
         longest = max(window, echo_window)
         self._recent_voiced: deque[bool] = deque(maxlen=longest)
+        # The looser decisions (`maybe_speech`) of the last `window` frames, for the likely rule.
+        self._recent_maybe: deque[bool] = deque(maxlen=window)
         # While quiet: the frames not yet sent, enough for the padding plus the window.
         self._unsent: deque[tuple[bytes, bool]] = deque(
             maxlen=self.over_echo_padding_frames + longest
@@ -180,19 +183,27 @@ class SpeechGate:
         """Forget everything: close any open turn silently and drop the pre-roll."""
         self._state = _GateState.QUIET
         self._recent_voiced.clear()
+        self._recent_maybe.clear()
         self._unsent.clear()
         self._turn_frames = 0
         self._silent_run = 0
         self._likely = False
 
-    def feed(self, frame: bytes, is_speech: bool, *, over_echo: bool = False) -> list[GateEvent]:
+    def feed(
+        self, frame: bytes, is_speech: bool, *, over_echo: bool = False,
+        maybe_speech: bool | None = None,
+    ) -> list[GateEvent]:
         """Take one frame and its VAD decision; return the events it causes.
 
-        `over_echo`: the speaker is playing, so a turn needs `over_echo_start` to open."""
+        `over_echo`: the speaker is playing, so a turn needs `over_echo_start` to open.
+        `maybe_speech`: a looser decision for the same frame (over echo: the VAD's, before the
+        echo's floor; default `is_speech`), which only the likely rule uses."""
+        maybe = is_speech if maybe_speech is None else maybe_speech or is_speech
         self._recent_voiced.append(is_speech)
+        self._recent_maybe.append(maybe)
         if self._state is _GateState.QUIET:
             if over_echo:
-                likely = self._likely_over_echo(is_speech)
+                likely = self._likely_over_echo(maybe)
                 events = self._feed_quiet(
                     frame, is_speech, *self.over_echo_start, self.over_echo_padding_frames
                 )
@@ -204,14 +215,17 @@ class SpeechGate:
             )
         return self._feed_speaking(frame, is_speech)
 
-    def _likely_over_echo(self, is_speech: bool) -> bool:
-        """Whether this frame starts a run that the plain start rule would take for a turn."""
+    def _likely_over_echo(self, maybe_speech: bool) -> bool:
+        """Whether this frame starts a run that the plain start rule would take for a turn,
+        counting the looser decisions, all but one of them voiced by the stricter one. (Over
+        echo a short first word, "how", "what", often has just two frames loud enough for the
+        stricter decision before AEC3 mutes the rest of it.)"""
         voiced = sum(islice(reversed(self._recent_voiced), self.start_window_frames))
-        if voiced < self.start_frames:
+        if sum(self._recent_maybe) < self.start_frames or voiced < self.start_frames - 1:
             self._likely = False
             return False
-        starts = is_speech and not self._likely
-        if is_speech:
+        starts = maybe_speech and not self._likely
+        if maybe_speech:
             self._likely = True
         return starts
 

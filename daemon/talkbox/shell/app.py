@@ -412,7 +412,8 @@ class Daemon:
                 case GateSpeechStarted():
                     echo = self.front_end.echo
                     if echo is not None and echo.last_chunk_may_echo:
-                        log.debug("speech started over echo (canceller: %s)", echo.stats)
+                        log.debug("speech started over echo (canceller: %s; frames: %s)",
+                                  echo.stats, self.front_end.opening_trace)
                     else:
                         log.debug("speech started")
                     self._recent_audio.clear()
