@@ -153,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="fewer repetitions (about 5 minutes instead of about 11)")
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR",
+                        help="keep the debug logs of the speech barge-in daemons here (a "
+                             "self-interruption's log shows how its turn opened)")
     args = parser.parse_args(argv)
+    barge_in_logs = ("debug", args.keep_logs) if args.keep_logs else ("info", None)
     plan = QUICK if args.quick else FULL
     began = time.monotonic()
 
@@ -193,10 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     echo = simulate_rooms(plan.echo_room_seconds)
     log(f"speech barge-in, whole process: {plan.self_interruption_seconds:.0f} s of answer "
         f"in each of {len(ROOMS)} rooms, nobody talking")
-    self_interrupted = measure_self_interruptions(list(ROOMS), plan.self_interruption_seconds)
+    self_interrupted = measure_self_interruptions(list(ROOMS), plan.self_interruption_seconds,
+                                                  *barge_in_logs)
     log(f"speech barge-in, whole process: {plan.interruptions_per_room} interruptions in "
         f"each of {', '.join(LIVE_ROOMS)}")
-    talked_over = measure_interruptions(LIVE_ROOMS, plan.interruptions_per_room)
+    talked_over = measure_interruptions(LIVE_ROOMS, plan.interruptions_per_room, *barge_in_logs)
     # Sent -> handed to PortAudio: the drainer's time minus the harness's own delay after the
     # callback (calibrated, tight). Against Playback alone through the same harness: what the
     # daemon adds on top of the wait for PortAudio's next callback (every 20 ms).
