@@ -81,7 +81,7 @@ LEAK_HOLD_FRAMES = 6
 # about 3 %. Without this condition the hall paused for nobody 30 times in 10 minutes.
 LOOSE_PAUSE_MAX_VOICED_SHARE = 0.05
 ECHO_VOICED_SMOOTHING = 1 / 3000
-# For the debug log of a turn opened over echo (`opening_trace`): this many frames before it.
+# For the debug log of a pause or a turn over echo (`opening_trace`): this many frames.
 TRACE_FRAMES = 40
 # The two floors as the mean square of PCM16 samples, which is what a frame is measured in.
 _FLOOR_MEAN_SQUARE = 32768.0**2 * 10 ** (ECHO_SPEECH_FLOOR_DBFS / 10)
@@ -159,8 +159,8 @@ class FrontEnd:
         self._echo_voiced_share = LOOSE_PAUSE_MAX_VOICED_SHARE
         self._trace: deque[tuple[float, str]] = deque(maxlen=TRACE_FRAMES)
         self.opening_trace = ""
-        """How the last turn opened over echo came about, frame by frame (for the debug log):
-        the cleaned frame's level in dBFS, then `.` not voiced, `v` voiced but too quiet,
+        """How the last pause or turn over echo came about, frame by frame (for the debug
+        log): the cleaned frame's level in dBFS, then `.` not voiced, `v` voiced but too quiet,
         `V` voiced, `n` voiced by the double-talk detector, `x` not voiced for a leak."""
         self._to_wake_rate = Resampler(input_rate, LISTEN_RATE)
         self._to_upload_rate = Resampler(input_rate, UPLOAD_RATE)
@@ -310,7 +310,9 @@ class FrontEnd:
                 # ended, the echo came back at once, louder than a new canceller takes out,
                 # and opened a turn (the whole process, kitchen-drift, the first answer).
                 gate_events = [e for e in gate_events if not isinstance(e, GateSpeechLikely)]
-            if opening_over_echo and any(isinstance(e, GateSpeechStarted) for e in gate_events):
+            if opening_over_echo and any(
+                isinstance(e, GateSpeechLikely | GateSpeechStarted) for e in gate_events
+            ):
                 self.opening_trace = " ".join(
                     f"{10 * np.log10(level / 32768.0**2 + 1e-10):.0f}{mark}"
                     for level, mark in self._trace

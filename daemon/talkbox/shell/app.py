@@ -420,7 +420,8 @@ class Daemon:
                     self._recent_audio.append(event.preroll)
                     self.step(MicSpeechStarted(event.preroll, self.speaker.played_samples))
                 case GateSpeechLikely():
-                    log.debug("maybe speech over the answer")
+                    log.debug("maybe speech over the answer (frames: %s)",
+                              self.front_end.opening_trace)
                     self.step(MicSpeechLikely())
                 case GateSpeechAudio():
                     self._recent_audio.append(event.pcm)
