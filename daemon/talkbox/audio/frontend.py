@@ -77,8 +77,9 @@ LEAK_HOLD_FRAMES = 6
 # it before AEC3 mutes the rest), while the VAD calls at most this share of the frames over
 # echo voiced (averaged over about a minute of echo: ECHO_VOICED_SMOOTHING a frame). In the
 # simulated rooms (bench.echo_room, 300 s of echo alone) the VAD called 10 % of the hall's
-# cleaned echo voiced and 0-0.3 % of the others'; a person talking over every answer adds
-# about 3 %. Without this condition the hall paused for nobody 30 times in 10 minutes.
+# cleaned echo voiced and 0-0.3 % of the others'; a person talking over the answer every 6 s
+# adds about 3 % (5-10 voiced frames before each turn). Without this condition the hall
+# paused for nobody 30 times in 10 minutes.
 LOOSE_PAUSE_MAX_VOICED_SHARE = 0.05
 ECHO_VOICED_SMOOTHING = 1 / 3000
 # For the debug log of a pause or a turn over echo (`opening_trace`): this many frames.
