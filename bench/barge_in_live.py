@@ -114,6 +114,7 @@ class Interruption:
     room: str
     onset: float
     request: npt.NDArray[np.int16] = field(repr=False)
+    text: str = ""
     heard: bool = False
     heard_after_s: float | None = None
     silent_after_s: float | None = None
@@ -154,7 +155,7 @@ class RoomScript:
             spoken = len(mic.utterance_starts)
             mic.speak(request.tobytes())
             wait_until(lambda n=spoken: len(mic.utterance_starts) > n, 5, "the request to start")
-            self.results.append(Interruption(self.name, mic.utterance_starts[-1], request))
+            self.results.append(Interruption(self.name, mic.utterance_starts[-1], request, text))
         self._wait_for_commit(commits)
 
     def _wait_for_commit(self, seen: int) -> int:
@@ -221,7 +222,8 @@ class TalkedOver:
         return sum(r.uploaded_share < 0.95 for r in self.heard) / max(1, len(self.heard))
 
     def as_dicts(self) -> list[dict[str, object]]:
-        return [{"room": r.room, "heard": r.heard, "heard_after_s": r.heard_after_s,
+        return [{"room": r.room, "request": r.text, "heard": r.heard,
+                 "heard_after_s": r.heard_after_s,
                  "silent_after_s": r.silent_after_s, "uploaded_share": r.uploaded_share}
                 for r in self.results]
 
