@@ -62,10 +62,6 @@ PACE = 1.5
 
 
 
-def sounding(records: list[tuple[float, bytes]], since: float) -> list[float]:
-    return [at for at, pcm in records if at >= since and any(pcm)]
-
-
 def silent_from(records: list[tuple[float, bytes]], since: float, quiet_s: float = 0.8
                 ) -> float | None:
     """When the speaker last sounded before a silence of `quiet_s` that began after `since`
@@ -166,9 +162,9 @@ class RoomScript:
 
     def _wait_for_answer(self) -> float:
         since = time.monotonic()
-        wait_until(lambda: bool(sounding(self.run.drainer.records[-200:], since)), 20,
+        wait_until(lambda: bool(self.run.drainer.sounding(since)), 20,
                    f"{self.name}: the answer to play")
-        return sounding(self.run.drainer.records[-200:], since)[0]
+        return self.run.drainer.sounding(since)[0]
 
 
 def commit_count(service: ServerThread, index: int) -> int:

@@ -55,9 +55,7 @@ async def _measure(directory: Path, period_ms: int, repetitions: int) -> dict[st
                 else:
                     playback.flush()
                 await asyncio.sleep(0.4)
-                sounding = [at for at, pcm in list(drainer.records) if at >= told - 0.2
-                            and any(pcm)]
-                after[how].append((max(sounding) - told) * 1000)
+                after[how].append((drainer.sounding(told - 0.2)[-1] - told) * 1000)
                 playback.resume()
                 playback.flush()
                 await asyncio.sleep(0.2)

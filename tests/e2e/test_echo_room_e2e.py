@@ -125,7 +125,7 @@ def test_talking_over_the_answer_stops_it_and_the_request_is_the_next_turn(
         mic.wait_spoken()
         time.sleep(2.0)
         log = run.log()
-        sounding = [at for at, pcm in list(run.drainer.records) if at >= spoken_at and any(pcm)]
+        sounding = run.drainer.sounding(spoken_at)
     # The answer fell silent soon after the person began (the benchmark measures how soon:
     # bench.barge_in_live): its last sound before a silence (the answer to the request comes
     # after the turn's end, more than half a second later).

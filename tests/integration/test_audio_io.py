@@ -76,11 +76,6 @@ def as_samples(pcm: bytes) -> npt.NDArray[np.float64]:
     return np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
 
 
-def nonzero_after(drainer: FifoDrainer, since: float) -> list[float]:
-    """Times at which the drain read anything but silence, at or after `since`."""
-    return [at for at, chunk in list(drainer.records) if at >= since and any(chunk)]
-
-
 def heard_bytes(drainer: FifoDrainer) -> int:
     """How much was drained from the first non-silent byte on."""
     sounding = np.flatnonzero(np.frombuffer(drainer.data(), dtype=np.uint8))
@@ -589,7 +584,7 @@ async def test_flush_silences_the_speaker_within_a_period(
     # What had already been handed over still drains: the pipe, a period, and slack (the
     # 2.7 s of the sine that were still queued would sound for far longer).
     latest_allowed = flushed_at + period_s + in_pipe_s + 0.25
-    last_sound = nonzero_after(drainer, flushed_at)[-1]
+    last_sound = drainer.sounding(flushed_at)[-1]
     assert last_sound <= latest_allowed, last_sound - flushed_at
     assert drained == []  # a flush is not the end of a reply
 
@@ -616,13 +611,13 @@ async def test_hold_pauses_the_reply_where_it_is_and_resume_plays_all_of_it(
         period_s = playback.period_frames / SPEAKER_RATE
         in_pipe_s = PIPE_BYTES / 2 / SPEAKER_RATE
         quiet_from = held_at + 2 * period_s + in_pipe_s + 0.1
-        assert not nonzero_after(drainer, quiet_from), "still sounding while held"
+        assert not drainer.sounding(quiet_from), "still sounding while held"
         resumed_at = time.monotonic()
         playback.resume()
         await asyncio.wait_for(playback.wait_drained(), timeout=3)
     assert drained == [True]
     assert playback.played_samples == len(reply) // 2  # every sample, none lost to the pause
-    assert nonzero_after(drainer, resumed_at), "the rest of the reply was not heard"
+    assert drainer.sounding(resumed_at), "the rest of the reply was not heard"
 
 
 async def test_a_flush_ends_a_hold(speaker: tuple[AlsaSandbox, FifoDrainer]) -> None:
@@ -873,7 +868,7 @@ async def test_a_speaker_in_standby_writes_nothing_and_the_next_sound_plays_at_o
             queued_at = time.monotonic()
             playback.play_chime(wake)
             await asyncio.wait_for(playback.wait_drained(), timeout=5)
-            first_sound = nonzero_after(drainer, queued_at)
+            first_sound = drainer.sounding(queued_at)
             assert first_sound and first_sound[0] - queued_at < PROMPT_S, (round_, first_sound)
             assert any(audible for _, _, audible in reference.take())
             # Shorter gaps than the linger (a conversation's) keep it running, writing silence.
@@ -891,7 +886,7 @@ async def test_a_speaker_in_standby_writes_nothing_and_the_next_sound_plays_at_o
         await asyncio.wait_for(playback.wait_drained(), timeout=5)
         assert playback.played_samples == len(reply) // 2
         await asyncio.sleep(0.2)  # the tail is still in the pipe
-        assert nonzero_after(drainer, written_at)[0] - written_at < PROMPT_S + 0.1  # prebuffer
+        assert drainer.sounding(written_at)[0] - written_at < PROMPT_S + 0.1  # prebuffer
     resampler = Resampler(REPLY_RATE, SPEAKER_RATE)
     expected = resampler.process(reply) + resampler.flush()
     assert drainer.data(written_at).count(expected) == 1

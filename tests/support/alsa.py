@@ -358,6 +358,17 @@ class FifoDrainer(threading.Thread):
         with self._lock:
             return b"".join(chunk for at, chunk in self.records if at >= since)
 
+    def sounding(self, since: float) -> list[float]:
+        """The times of the reads at or after `since` that held sound, in order."""
+        with self._lock:
+            times = []
+            for at, chunk in reversed(self.records):  # the newest first: stop at `since`
+                if at < since:
+                    break
+                if any(chunk):
+                    times.append(at)
+        return times[::-1]
+
     def stop(self) -> None:
         self._stop_requested.set()
         if self.is_alive():
