@@ -229,6 +229,23 @@ class _ScriptedCanceller:
         return captured
 
 
+RATE = 16000  # of the capture in the tests over echo
+CHUNK_BYTES = RATE * 40 // 1000 * 2  # the capture's 40 ms periods
+
+
+def front_end_over_echo(canceller: _ScriptedCanceller) -> FrontEnd:
+    """A 16 kHz front end whose canceller says the speaker plays, as `canceller` scripts it."""
+    gate = SpeechGate(frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300,
+                      max_turn_ms=30000, over_echo_start=(4, 10))
+    return FrontEnd(RATE, VoiceActivity(2), gate, None, echo=canceller)  # type: ignore[arg-type]
+
+
+def feed_over_echo(frontend: FrontEnd, pcm: bytes) -> list[list[FrontEndEvent]]:
+    """`pcm` in capture periods, each stamped where it falls; the events of each."""
+    return [frontend.process(pcm[start : start + CHUNK_BYTES], capture_time=frontend.audio_time)
+            for start in range(0, len(pcm), CHUNK_BYTES)]
+
+
 def over_echo(leaked: set[int] = frozenset(), near_end: set[int] = frozenset(),
               warming_up: bool = False) -> tuple[list[list[FrontEndEvent]], int]:
     """A request said over the answer's (already cancelled) echo: the events of each capture
@@ -241,16 +258,9 @@ def over_echo_front_end(
     leaked: set[int] = frozenset(), near_end: set[int] = frozenset(), warming_up: bool = False
 ) -> tuple[FrontEnd, list[list[FrontEndEvent]], int]:
     """`over_echo`, and the front end it ran."""
-    rate = 16000
-    clip = concat(silence(1.0, rate), speak("tell me something else", rate=rate, pad=(0.0, 0.5)))
-    gate = SpeechGate(frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300,
-                      max_turn_ms=30000, over_echo_start=(4, 10))
-    canceller = _ScriptedCanceller(set(leaked), set(near_end), warming_up)
-    frontend = FrontEnd(rate, VoiceActivity(2), gate, None, echo=canceller)  # type: ignore[arg-type]
-    data = clip.tobytes()
-    chunk = rate * 40 // 1000 * 2
-    return frontend, [frontend.process(data[start : start + chunk], capture_time=index * 0.04)
-                      for index, start in enumerate(range(0, len(data), chunk))], 1000 // 40
+    clip = concat(silence(1.0, RATE), speak("tell me something else", rate=RATE, pad=(0.0, 0.5)))
+    frontend = front_end_over_echo(_ScriptedCanceller(set(leaked), set(near_end), warming_up))
+    return frontend, feed_over_echo(frontend, clip.tobytes()), 1000 // 40
 
 
 def first_chunk_with(kind: type, chunks: list[list[FrontEndEvent]]) -> int | None:
@@ -322,25 +332,15 @@ def test_a_turn_opened_over_echo_leaves_the_story_of_its_frames_for_the_debug_lo
 
 
 def test_quiet_frames_may_pause_the_answer_only_where_the_echo_seldom_sounds_like_speech() -> None:
-    rate = 16000
-    gate = SpeechGate(frame_ms=20, start_frames=3, silence_ms=500, prefix_padding_ms=300,
-                      max_turn_ms=30000, over_echo_start=(4, 10))
-    canceller = _ScriptedCanceller(set(), set(), warming_up=False)
-    frontend = FrontEnd(rate, VoiceActivity(2), gate, None, echo=canceller)  # type: ignore[arg-type]
-    chunk = rate * 40 // 1000 * 2
-
-    def play(pcm: bytes) -> None:
-        for start in range(0, len(pcm), chunk):
-            frontend.process(pcm[start : start + chunk], capture_time=frontend.audio_time)
-
-    play(silence(5.0, rate).tobytes())
+    frontend = front_end_over_echo(_ScriptedCanceller(set(), set(), warming_up=False))
+    feed_over_echo(frontend, silence(5.0, RATE).tobytes())
     assert frontend.quiet_frames_may_pause
     # What AEC3 left of the echo, quiet (-55 dBFS, under the floor), but speech to the VAD.
-    speech = ordinary_speech_stretch(rate, 20.0, noise_volume=0.0, pauses=(0.05, 0.1, 0.05))
+    speech = ordinary_speech_stretch(RATE, 20.0, noise_volume=0.0, pauses=(0.05, 0.1, 0.05))
     level = np.sqrt(np.mean(speech.astype(np.float64) ** 2)) / 32768
     quiet = (speech * (10 ** (-55 / 20) / level)).astype(np.int16)
-    play(quiet.tobytes())
+    feed_over_echo(frontend, quiet.tobytes())
     assert not frontend.quiet_frames_may_pause
     # Cleaned echo that the VAD leaves alone earns it back, within minutes.
-    play(silence(120.0, rate).tobytes())
+    feed_over_echo(frontend, silence(120.0, RATE).tobytes())
     assert frontend.quiet_frames_may_pause
