@@ -158,7 +158,8 @@ class FrontEnd:
         # Of the frames over echo, before a turn (see above): from the edge, so that a room
         # whose echo sounds like speech loses the looser pause with its first such frames.
         self._echo_voiced_share = LOOSE_PAUSE_MAX_VOICED_SHARE
-        self._trace: deque[tuple[float, str]] = deque(maxlen=TRACE_FRAMES)
+        # (frame, mark) while opening over echo; levels are taken only when a trace is made.
+        self._trace: deque[tuple[bytes, str]] = deque(maxlen=TRACE_FRAMES)
         self.opening_trace = ""
         """How the last pause or turn over echo came about, frame by frame (for the debug
         log): the cleaned frame's level in dBFS, then `.` not voiced, `v` voiced but too quiet,
@@ -265,12 +266,11 @@ class FrontEnd:
         is_speech = self.vad.is_speech(frame16)
         vad_said = is_speech
         opening_over_echo = self._over_echo and not self.gate.in_speech
-        level = _mean_square(frame16) if opening_over_echo else 0.0
         if is_speech and opening_over_echo:
             # Only to open a turn: once the person has the word, the echo canceller may dull
             # their quieter syllables, and a turn must not end on them.
             warming_up = self.echo is not None and self.echo.warming_up
-            is_speech = level >= (
+            is_speech = _mean_square(frame16) >= (
                 _WARMING_UP_FLOOR_MEAN_SQUARE if warming_up else _FLOOR_MEAN_SQUARE
             )
         floor_said = is_speech
@@ -288,7 +288,7 @@ class FrontEnd:
             is_speech = is_speech and not opening_over_echo
             maybe_speech = maybe_speech and not opening_over_echo
         if opening_over_echo:
-            self._trace.append((level, _trace_mark(vad_said, floor_said, is_speech)))
+            self._trace.append((frame16, _trace_mark(vad_said, floor_said, is_speech)))
         self.last_is_speech = is_speech
         self._frames_done += 1
         if self.monitor:
@@ -315,8 +315,8 @@ class FrontEnd:
                 isinstance(e, GateSpeechLikely | GateSpeechStarted) for e in gate_events
             ):
                 self.opening_trace = " ".join(
-                    f"{10 * np.log10(level / 32768.0**2 + 1e-10):.0f}{mark}"
-                    for level, mark in self._trace
+                    f"{10 * np.log10(_mean_square(frame) / 32768.0**2 + 1e-10):.0f}{mark}"
+                    for frame, mark in self._trace
                 )
             events.extend(gate_events)
 
