@@ -142,12 +142,15 @@ def test_padding_is_cut_short_at_the_start_of_the_stream() -> None:
     assert frames_of(started.preroll) == [0, 1, 2, 3]
 
 
-def run_gate_over_echo(gate: SpeechGate, voiced: list[bool]) -> list[tuple[int, GateEvent]]:
-    """`run_gate` while the speaker plays."""
+def run_gate_over_echo(gate: SpeechGate, voiced: list[bool], maybe: list[bool] | None = None
+                       ) -> list[tuple[int, GateEvent]]:
+    """`run_gate` while the speaker plays; `maybe`: the looser decisions (`maybe_speech`)."""
     out = []
     for index, is_speech in enumerate(voiced):
-        frame = numbered_frame(index)
-        out += [(index, event) for event in gate.feed(frame, is_speech, over_echo=True)]
+        maybe_speech = None if maybe is None else maybe[index]
+        events = gate.feed(numbered_frame(index), is_speech, over_echo=True,
+                           maybe_speech=maybe_speech)
+        out += [(index, event) for event in events]
     return out
 
 
@@ -185,13 +188,9 @@ def test_over_echo_a_likely_turn_is_said_once_a_run_and_never_without_echo() -> 
 def likely_at(marks: str) -> list[int]:
     """Where the gate says a turn is likely over echo, for frames marked `#` (voiced), `v`
     (voiced only by the looser decision, `maybe_speech`) or `.` (neither)."""
-    gate = make_gate(over_echo_start=(4, 10))
-    out = []
-    for index, mark in enumerate(marks):
-        events = gate.feed(numbered_frame(index), mark == "#", over_echo=True,
-                           maybe_speech=mark != ".")
-        out += [index for event in events if isinstance(event, GateSpeechLikely)]
-    return out
+    events = run_gate_over_echo(make_gate(over_echo_start=(4, 10)),
+                                [mark == "#" for mark in marks], [mark != "." for mark in marks])
+    return [index for index, event in events if isinstance(event, GateSpeechLikely)]
 
 
 def test_over_echo_a_likely_turn_counts_the_looser_decisions_but_two_must_be_voiced() -> None:
