@@ -14,7 +14,13 @@ import soxr
 import webrtcvad
 
 from support.speech import ordinary_speech_stretch
-from talkbox.audio.echo_cancel import ECHO_TAIL_S, STAY_ON_S, EchoCanceller, SpeakerReference
+from talkbox.audio.echo_cancel import (
+    ECHO_TAIL_S,
+    STAY_ON_S,
+    WARM_UP_S,
+    EchoCanceller,
+    SpeakerReference,
+)
 
 MIC_RATE = 16000
 SPEAKER_RATE = 24000
@@ -143,3 +149,24 @@ def test_it_runs_from_the_first_sound_and_stays_on_well_after_the_echo_has_ended
     assert cleaned_at[-1] == pytest.approx(sound_at + sound_s + STAY_ON_S, abs=0.06)
     assert len(cleaned_at) == round((cleaned_at[-1] - cleaned_at[0]) * MIC_RATE / CHUNK) + 1
     assert canceller.stats.resyncs == 1
+
+
+def test_it_learns_the_room_from_seconds_of_sound_not_from_the_silence_around_it() -> None:
+    # Two short sounds (a chime, the start of an answer) and the quiet after each: the chunks
+    # near a sound are cleaned, but only the 1 s of sound counts towards the warm-up.
+    speech = reply_audio(WARM_UP_S + 3)[SPEAKER_RATE:]  # past its leading second of silence
+    half_s = SPEAKER_RATE // 2
+    played = np.zeros(5 * SPEAKER_RATE, np.int16)
+    played[:half_s] = speech[:half_s]
+    played[2 * SPEAKER_RATE : 2 * SPEAKER_RATE + half_s] = speech[half_s : 2 * half_s]
+    canceller = new_canceller()
+    run(canceller, played, room_echo(played, 60, 0.0)[: 4 * MIC_RATE])
+    assert canceller.stats.chunks_cleaned * CHUNK / MIC_RATE > 3.5
+    assert 0.7 < canceller.stats.echo_s <= 1.1, canceller.stats
+    assert canceller.warming_up
+    # Then the answer plays on for the warm-up, and the room is learnt.
+    played = np.concatenate([played[: 3 * SPEAKER_RATE], speech[2 * half_s :]])
+    canceller = new_canceller()
+    run(canceller, played, room_echo(played, 60, 0.0))
+    assert canceller.stats.echo_s > WARM_UP_S, canceller.stats
+    assert not canceller.warming_up
