@@ -281,6 +281,15 @@ def test_over_echo_a_likely_voice_is_said_before_the_turn_opens() -> None:
     assert in_order == [GateSpeechLikely, GateSpeechStarted]
 
 
+def request_no_louder_than(dbfs: float) -> bytes:
+    """A request over the answer whose loudest 20 ms frame is at `dbfs`, after 1 s of quiet."""
+    clip = speak("tell me something else", rate=RATE, pad=(0.0, 0.5)).astype(np.float64)
+    frames = clip[: len(clip) // 320 * 320].reshape(-1, 320)
+    loudest = float(np.sqrt(np.max(np.mean(frames**2, axis=1))))
+    scaled = (clip * (32768 * 10 ** (dbfs / 20) / loudest)).astype(np.int16)
+    return concat(silence(1.0, RATE), scaled).tobytes()
+
+
 def test_while_the_canceller_is_new_to_the_room_no_pause_is_asked_for() -> None:
     chunks, _ = over_echo(warming_up=True)
     assert first_chunk_with(GateSpeechLikely, chunks) is None
@@ -343,4 +352,15 @@ def test_quiet_frames_may_pause_the_answer_only_where_the_echo_seldom_sounds_lik
     assert not frontend.quiet_frames_may_pause
     # Cleaned echo that the VAD leaves alone earns it back, within minutes.
     feed_over_echo(frontend, silence(120.0, RATE).tobytes())
+    assert frontend.quiet_frames_may_pause
+
+
+def test_a_person_who_often_talks_over_the_answer_keeps_the_looser_pause() -> None:
+    # The frames before each turn are the person's: they are not the echo's share.
+    frontend = front_end_over_echo(_ScriptedCanceller(set(), set(), warming_up=False))
+    request = request_no_louder_than(-30.0)
+    for _ in range(15):
+        turns = feed_over_echo(frontend, request + silence(1.0, RATE).tobytes())
+        assert first_chunk_with(GateSpeechStarted, turns) is not None
+        assert first_chunk_with(GateSpeechEnded, turns) is not None
     assert frontend.quiet_frames_may_pause

@@ -82,6 +82,11 @@ LEAK_HOLD_FRAMES = 6
 # paused for nobody 30 times in 10 minutes.
 LOOSE_PAUSE_MAX_VOICED_SHARE = 0.05
 ECHO_VOICED_SMOOTHING = 1 / 3000
+# A frame over echo joins that share this many frames late, and the frames before a turn that
+# opens never join it: they were the person's, not the echo's. (Counted at once, the person's
+# own first words took the looser pause away in the whole process, where bench.barge_in_live
+# talks over the answer every 2-4 s: in living-room, after about ten interruptions.)
+ECHO_SHARE_DELAY_FRAMES = 40
 # For the debug log of a pause or a turn over echo (`opening_trace`): this many frames.
 TRACE_FRAMES = 40
 # The two floors as the mean square of PCM16 samples, which is what a frame is measured in.
@@ -158,6 +163,7 @@ class FrontEnd:
         # Of the frames over echo, before a turn (see above): from the edge, so that a room
         # whose echo sounds like speech loses the looser pause with its first such frames.
         self._echo_voiced_share = LOOSE_PAUSE_MAX_VOICED_SHARE
+        self._not_yet_shared: deque[bool] = deque()  # the VAD's word on the latest such frames
         # (frame, mark) while opening over echo; levels are taken only when a trace is made.
         self._trace: deque[tuple[bytes, str]] = deque(maxlen=TRACE_FRAMES)
         self.opening_trace = ""
@@ -276,7 +282,7 @@ class FrontEnd:
         floor_said = is_speech
         maybe_speech = is_speech  # to pause the answer: see SpeechGate.feed
         if opening_over_echo:
-            self._echo_voiced_share += ECHO_VOICED_SMOOTHING * (vad_said - self._echo_voiced_share)
+            self._share_later(vad_said)
             if self.quiet_frames_may_pause:
                 maybe_speech = vad_said
         if self._near_end_frames:
@@ -311,6 +317,8 @@ class FrontEnd:
                 # ended, the echo came back at once, louder than a new canceller takes out,
                 # and opened a turn (the whole process, kitchen-drift, the first answer).
                 gate_events = [e for e in gate_events if not isinstance(e, GateSpeechLikely)]
+            if opening_over_echo and any(isinstance(e, GateSpeechStarted) for e in gate_events):
+                self._not_yet_shared.clear()
             if opening_over_echo and any(
                 isinstance(e, GateSpeechLikely | GateSpeechStarted) for e in gate_events
             ):
@@ -319,6 +327,12 @@ class FrontEnd:
                     for frame, mark in self._trace
                 )
             events.extend(gate_events)
+
+    def _share_later(self, vad_said: bool) -> None:
+        self._not_yet_shared.append(vad_said)
+        if len(self._not_yet_shared) > ECHO_SHARE_DELAY_FRAMES:
+            voiced = self._not_yet_shared.popleft()
+            self._echo_voiced_share += ECHO_VOICED_SMOOTHING * (voiced - self._echo_voiced_share)
 
 
 def _trace_mark(vad_said: bool, floor_said: bool, counted: bool) -> str:
