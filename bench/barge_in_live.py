@@ -8,7 +8,8 @@ Two measurements, each in several rooms at once (one daemon per room):
   request, `--per-room` times. Heard: the daemon logged "interrupted" within 1.5 s of the
   person's first sample. Silent after: from that first sample to the speaker's last sound
   (as the drain took it, so the output buffer is included). Uploaded whole: the request's
-  voiced samples found in what was committed for it.
+  voiced samples found in what was committed for it. A request that is not heard ends its
+  room's round (the answer it should have stopped plays on): it counts as not heard.
 
 bench.echo_room runs the same front end in the same rooms faster than real time, on simulated
 stamps; this one pays for the real devices' timestamps, the event loop and the machine's load.
@@ -140,9 +141,11 @@ class RoomScript:
         rng = random.Random(self.seed)
         mic: LiveMicrophone = self.run.microphone()
         mic.speak(concat(silence(0.5), person("hey jarvis, tell me about rome")).tobytes())
-        commits = 0
+        commits: int | None = 0
         for index in range(self.count):
             commits = self._wait_for_commit(commits)
+            if commits is None:
+                return
             answer_from = self._wait_for_answer()
             time.sleep(max(0.0, rng.uniform(1.5, 3.5) - (time.monotonic() - answer_from)))
             requests = INTERRUPTING_REQUESTS
@@ -154,10 +157,17 @@ class RoomScript:
             self.results.append(Interruption(self.name, mic.utterance_starts[-1], request, text))
         self._wait_for_commit(commits)
 
-    def _wait_for_commit(self, seen: int) -> int:
+    def _wait_for_commit(self, seen: int) -> int | None:
+        """Turns committed, once more than `seen` are; None if no more come: the last request
+        was not heard (it is judged so), and there is no answer to talk over."""
         def committed() -> int:
             return commit_count(self.service, self.session_index)
-        wait_until(lambda: committed() > seen, 20, f"{self.name}: a turn to be committed")
+        try:
+            wait_until(lambda: committed() > seen, 20, f"{self.name}: a turn to be committed")
+        except AssertionError:
+            if not self.results:
+                raise  # the first question was not heard: nothing was measured
+            return None
         return committed()
 
     def _wait_for_answer(self) -> float:
@@ -287,12 +297,12 @@ def measure_interruptions(names: list[str], per_room: int, log_level: str = "inf
     offset = wall_minus_monotonic()
     results: list[Interruption] = []
     for script in scripts:
-        if script.error is not None:
-            raise RuntimeError(f"{script.name}: {script.error!r}") from script.error
         records, log = outcome[script.name]
-        if keep_logs is not None:
+        if keep_logs is not None:  # (a failed room's log too: it says why)
             keep_logs.mkdir(parents=True, exist_ok=True)
             (keep_logs / f"{script.name}.log").write_text(log)
+        if script.error is not None:
+            raise RuntimeError(f"{script.name}: {script.error!r}") from script.error
         commits = [bytes(c.audio) for c in recorded[script.session_index].commits]
         interrupted_at = [wall_to_monotonic(wall, offset)
                           for wall in log_stamps(log, INTERRUPTED)]
