@@ -128,6 +128,18 @@ class SpeakerReference:
 # stamps, the simulated living room kept 41 dB of echo reduction instead of 47, and heard a
 # person at the 95th percentile after 831 ms instead of 253 (bench.echo_room, 90 s a room).
 _CLOCK_SMOOTHING = 0.002
+# A stream whose stamps all come at least this much later than its clock expects, for this
+# many blocks in a row, lost that much time: the device ran dry (an underrun, or the process
+# stalled) and played or captured nothing meanwhile, then went on. Its clock steps, and the
+# canceller puts the gap into the reference (speaker) or skips it (microphone), so that the
+# reference stays where the echo is. Smoothed away instead, as jitter, a 61 ms stall of the
+# whole process left the reference that far behind the echo for the rest of the answer: its
+# newest part was not there when the microphone's chunk needed it, zeros went in, and the
+# answer interrupted itself six times in 40 s (bench.barge_in_live, kitchen-drift).
+_GAP_S = 0.010
+_GAP_BLOCKS = 4
+# ...once the clock has settled (its first stamps are averaged, and can be far off).
+_GAP_AFTER_BLOCKS = 50
 
 
 class _StreamClock:
@@ -138,22 +150,43 @@ class _StreamClock:
         self.rate = rate
         self.next: float | None = None  # when the next block's first sample happens
         self._blocks = 0  # since the clock (re)started
+        self._late: list[float] = []  # how late the latest blocks came, while all were late
+        self.lost_s = 0.0
+        """The time the stream lost just before its last `_GAP_BLOCKS` blocks, if the last
+        `place()` found that (0 otherwise): those blocks, that one included, happen that much
+        later than the clock had placed the ones before."""
 
     def place(self, stamp: float, samples: int) -> tuple[float, bool]:
         """(the smoothed time of a block of `samples` stamped `stamp`, whether it jumped)."""
         jumped = self.next is None or abs(stamp - self.next) > _RESYNC_S
+        self.lost_s = 0.0
         if jumped or self.next is None:
             self.next = stamp
             self._blocks = 1
+            self._late.clear()
         else:
+            self._blocks += 1
+            self._find_gap(stamp - self.next)
             # The mean of the stamps so far at first (a stream's first stamps can be far off:
             # a backlog handed over at once), then a slow loop that follows drift.
-            self._blocks += 1
             weight = max(_CLOCK_SMOOTHING, 1 / self._blocks)
             self.next += weight * (stamp - self.next)
         at = self.next
         self.next += samples / self.rate
         return at, jumped
+
+    def _find_gap(self, late_s: float) -> None:
+        if late_s < _GAP_S or self._blocks <= _GAP_AFTER_BLOCKS:
+            self._late.clear()
+            return
+        self._late.append(late_s)
+        if len(self._late) < _GAP_BLOCKS:
+            return
+        # The least late of them is the gap: a late callback only ever adds to it.
+        self.lost_s = min(self._late)
+        self._late.clear()
+        assert self.next is not None
+        self.next += self.lost_s
 
 
 @dataclass
@@ -166,6 +199,8 @@ class EchoStats:
     """Reference samples not yet played when their capture was cleaned (zeros went in)."""
     resyncs: int = 0
     steered_samples: int = 0
+    gaps: int = 0
+    """Stretches the speaker or the microphone lost (underruns, stalls): see _GAP_S."""
     echo_s: float = 0.0
     """Seconds of the speaker sounding that AEC3 has learnt the room from (WARM_UP_S)."""
 
@@ -195,6 +230,8 @@ class EchoCanceller:
         self._microphone_clock = _StreamClock(capture_rate)
         # The reference at the capture rate: samples from `_start_time` on (DAC time).
         self._history = np.zeros(0, dtype=np.int16)
+        # Samples of the last blocks appended, for a gap found after them (_insert_silence).
+        self._appended: deque[int] = deque(maxlen=_GAP_BLOCKS - 1)
         self._streaming = False  # _history is being filled, from _start_time on
         self._start_time = 0.0
         self._read_at: int | None = None  # index into _history of the next chunk's reference
@@ -227,6 +264,10 @@ class EchoCanceller:
         self._take_reference()
         n = len(captured) // BYTES_PER_SAMPLE
         capture_time, _ = self._microphone_clock.place(capture_time, n)
+        if self._microphone_clock.lost_s:
+            self.stats.gaps += 1
+            if self._read_at is not None:  # nothing was captured meanwhile: skip its reference
+                self._read_at += round(self._microphone_clock.lost_s * self.capture_rate)
         self.last_chunk_may_echo = n > 0 and capture_time < self._sound_ended + ECHO_TAIL_S
         self.last_chunk_cleaned = n > 0 and capture_time < self._sound_ended + STAY_ON_S
         if not self.last_chunk_cleaned:
@@ -272,6 +313,8 @@ class EchoCanceller:
             dac_time, jumped = self._speaker_clock.place(dac_time, samples)
             if jumped:  # a gap in what the speaker was handed (a stall, a reopened device)
                 self._forget_reference()
+            elif self._speaker_clock.lost_s:
+                self._insert_silence(self._speaker_clock.lost_s)
             if audible:
                 self._sound_ended = max(self._sound_ended, dac_time + samples / rate)
             elif dac_time >= self._sound_ended + STAY_ON_S and self._read_at is None:
@@ -289,6 +332,7 @@ class EchoCanceller:
             self.stats.resyncs += 1
         samples = np.frombuffer(self._resampler.process(pcm), dtype=np.int16)
         self._history = np.concatenate((self._history, samples))
+        self._appended.append(len(samples))
         keep = int(_HISTORY_S * self.capture_rate)
         excess = len(self._history) - keep
         if excess > 0:
@@ -297,11 +341,24 @@ class EchoCanceller:
             if self._read_at is not None:
                 self._read_at = max(0, self._read_at - excess)
 
+    def _insert_silence(self, seconds: float) -> None:
+        """The speaker played nothing for `seconds` before the blocks appended since the
+        clock began to find them late (`_StreamClock.lost_s`)."""
+        self.stats.gaps += 1
+        if not self._streaming:
+            return
+        at = len(self._history) - sum(self._appended)
+        if self._read_at is not None:
+            at = max(at, self._read_at)  # what the microphone's chunks took is past
+        silence = np.zeros(round(seconds * self.capture_rate), dtype=np.int16)
+        self._history = np.concatenate((self._history[:at], silence, self._history[at:]))
+
     def _forget_reference(self) -> None:
         if not self._streaming and self._read_at is None:
             return  # idle: every chunk passes through here, and there is nothing to forget
         self._streaming = False
         self._history = np.zeros(0, dtype=np.int16)
+        self._appended.clear()
         self._read_at = None
         self._smoothed_error = 0.0
 
