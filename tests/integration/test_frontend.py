@@ -213,7 +213,7 @@ class _ScriptedCanceller:
     let echo through (`leaked`) or heard a person over it (`near_end`) in the chunks asked."""
 
     def __init__(self, leaked_chunks: set[int], near_end_chunks: set[int],
-                 warming_up: bool) -> None:
+                 warming_up: bool, finding_the_echo: bool = False) -> None:
         self.leaked_chunks = leaked_chunks
         self.near_end_chunks = near_end_chunks
         self.chunks = 0
@@ -221,6 +221,7 @@ class _ScriptedCanceller:
         self.last_chunk_near_end = False
         self.last_chunk_leaked = False
         self.warming_up = warming_up
+        self.finding_the_echo = finding_the_echo
 
     def process(self, captured: bytes, capture_time: float) -> bytes:
         self.last_chunk_leaked = self.chunks in self.leaked_chunks
@@ -294,6 +295,38 @@ def test_while_the_canceller_is_new_to_the_room_no_pause_is_asked_for() -> None:
     chunks, _ = over_echo(warming_up=True)
     assert first_chunk_with(GateSpeechLikely, chunks) is None
     assert first_chunk_with(GateSpeechStarted, chunks) is not None
+
+
+def test_while_the_canceller_is_new_a_turn_over_its_echo_needs_a_voice_that_goes_on() -> None:
+    request = request_no_louder_than(-38.0)
+    new = feed_over_echo(front_end_over_echo(_ScriptedCanceller(set(), set(), True)), request)
+    learnt = feed_over_echo(front_end_over_echo(_ScriptedCanceller(set(), set(), False)), request)
+    opened_new = first_chunk_with(GateSpeechStarted, new)
+    opened_learnt = first_chunk_with(GateSpeechStarted, learnt)
+    assert opened_new is not None and opened_learnt is not None
+    assert opened_new > opened_learnt
+    # Its loudest 80 ms four times, 240 ms apart, as what a new canceller leaves comes.
+    frame = RATE * 20 // 1000 * 2
+    voice = np.frombuffer(request_no_louder_than(-30.0), np.int16)
+    frames = voice[: len(voice) // (frame // 2) * (frame // 2)].reshape(-1, frame // 2)
+    levels = np.mean(frames.astype(np.float64) ** 2, axis=1)
+    loudest = int(np.argmax([min(levels[i : i + 4]) for i in range(len(levels) - 4)]))
+    burst = frames[loudest : loudest + 4].tobytes()
+    bursts = bytes(RATE * 2) + (burst + bytes(12 * frame)) * 4
+    new = feed_over_echo(front_end_over_echo(_ScriptedCanceller(set(), set(), True)), bursts)
+    learnt = feed_over_echo(front_end_over_echo(_ScriptedCanceller(set(), set(), False)), bursts)
+    assert first_chunk_with(GateSpeechStarted, new) is None
+    assert first_chunk_with(GateSpeechStarted, learnt) is not None
+
+
+def test_while_the_canceller_has_not_found_the_echo_only_a_loud_voice_opens_a_turn() -> None:
+    # Under -35 dBFS, above the learnt room's floor, and going on: the echo, for all it knows.
+    canceller = _ScriptedCanceller(set(), set(), True, finding_the_echo=True)
+    quieter = feed_over_echo(front_end_over_echo(canceller), request_no_louder_than(-38.0))
+    assert first_chunk_with(GateSpeechStarted, quieter) is None
+    canceller = _ScriptedCanceller(set(), set(), True, finding_the_echo=True)
+    louder = feed_over_echo(front_end_over_echo(canceller), request_no_louder_than(-20.0))
+    assert first_chunk_with(GateSpeechStarted, louder) is not None
 
 
 def test_where_the_canceller_let_echo_through_no_voice_opens_a_turn() -> None:

@@ -163,13 +163,13 @@ def test_it_learns_the_room_from_seconds_of_sound_not_from_the_silence_around_it
     run(canceller, played, room_echo(played, 60, 0.0)[: 4 * MIC_RATE])
     assert canceller.stats.chunks_cleaned * CHUNK / MIC_RATE > 3.5
     assert 0.7 < canceller.stats.echo_s <= 1.1, canceller.stats
-    assert canceller.warming_up
+    assert canceller.warming_up and canceller.finding_the_echo
     # Then the answer plays on for the warm-up, and the room is learnt.
     played = np.concatenate([played[: 3 * SPEAKER_RATE], speech[2 * half_s :]])
     canceller = new_canceller()
     run(canceller, played, room_echo(played, 60, 0.0))
     assert canceller.stats.echo_s > WARM_UP_S, canceller.stats
-    assert not canceller.warming_up
+    assert not canceller.warming_up and not canceller.finding_the_echo
 
 
 def run_with_a_gap(canceller: EchoCanceller, played: npt.NDArray[np.int16], gap_at_s: float,

@@ -356,3 +356,18 @@ def test_segments_on_speech_silence_speech_match_the_ground_truth() -> None:
         assert expected_end - frame_s - 1e-9 <= segment_end <= expected_end + vad_tail_s
         # The turn's audio is exactly the input over its span: nothing dropped or repeated.
         assert turn_audio == raw24[first * 960 : (last + 1) * 960]
+
+
+def test_over_echo_a_frame_may_ask_for_a_longer_run_within_the_window() -> None:
+    # (A new echo canceller's: frontend.WARMING_UP_START.)
+    voiced = pattern("....#####.......######....")
+    strict = make_gate(over_echo_start=(4, 10))
+    events = [(index, event) for index, is_speech in enumerate(voiced)
+              for event in strict.feed(numbered_frame(index), is_speech, over_echo=True,
+                                       start_over_echo=(6, 10))
+              if isinstance(event, GateSpeechStarted)]
+    assert [index for index, _ in events] == [21]  # the sixth frame of the second run
+    assert run_gate_over_echo(make_gate(over_echo_start=(4, 10)), voiced)[1][0] == 7
+    with pytest.raises(ValueError, match="window"):
+        make_gate(over_echo_start=(4, 10)).feed(b"", True, over_echo=True,
+                                                start_over_echo=(6, 12))

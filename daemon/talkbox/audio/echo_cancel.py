@@ -66,7 +66,8 @@ ECHO_TAIL_S = 1.2
 # two answers of one conversation (the person's turn and the service's reply).
 STAY_ON_S = 10.0
 # A new canceller has not learnt the room: for its first seconds of echo, what it leaves is
-# louder (the front end asks more of a voice meanwhile: frontend.WARMING_UP_FLOOR_DBFS).
+# louder (the front end asks more of a voice meanwhile: frontend.FINDING_ECHO_FLOOR_DBFS,
+# WARMING_UP_START).
 WARM_UP_S = 6.0
 # ...counted only while the speaker sounds (its reference above -50 dBFS): the chime's tail,
 # the person's request after it and the silence an answer may begin with teach AEC3 nothing
@@ -75,6 +76,10 @@ WARM_UP_S = 6.0
 # of 15 runs when 3 s of chunks near a sound made the warm-up, in 1 of 6 after 3 s of sound;
 # after 6 s of sound, in none of 16 runs between 1 and 6 s into the answer.
 _SOUNDING_SQUARES = (32768.0 * 10 ** (-50 / 20)) ** 2
+# ...and for its first 1.5 s of sound it has not found the echo yet and lets it through
+# nearly whole, as loud as a person (-22 to -33 dBFS at the start of a new daemon's first
+# answer, kitchen-drift and the hall): the front end asks for a louder voice meanwhile.
+FINDING_ECHO_S = 1.5
 # The near-end detector's filter learns from a chunk only if AEC3's output was below this
 # (-55 dBFS: cleaned echo alone is at -70 to -80, a person AEC3 lets through far above).
 _NEAR_END_ECHO_LEFT_SQUARES = 32768.0**2 * 10 ** (-55 / 10)
@@ -255,6 +260,11 @@ class EchoCanceller:
     def warming_up(self) -> bool:
         """Whether AEC3 has not yet had `WARM_UP_S` of echo to learn the room from."""
         return self.stats.echo_s < WARM_UP_S
+
+    @property
+    def finding_the_echo(self) -> bool:
+        """Whether AEC3 has had less than `FINDING_ECHO_S` of sound: it lets the echo through."""
+        return self.stats.echo_s < FINDING_ECHO_S
 
     def process(self, captured: bytes, capture_time: float) -> bytes:
         """The chunk with the speaker's echo taken out (unchanged when nothing was played).

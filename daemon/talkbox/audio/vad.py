@@ -191,13 +191,17 @@ class SpeechGate:
 
     def feed(
         self, frame: bytes, is_speech: bool, *, over_echo: bool = False,
-        maybe_speech: bool | None = None,
+        maybe_speech: bool | None = None, start_over_echo: tuple[int, int] | None = None,
     ) -> list[GateEvent]:
         """Take one frame and its VAD decision; return the events it causes.
 
-        `over_echo`: the speaker is playing, so a turn needs `over_echo_start` to open.
+        `over_echo`: the speaker is playing, so a turn needs `over_echo_start` to open, or
+        `start_over_echo` (frames, window; the window no longer) for this frame instead.
         `maybe_speech`: a looser decision for the same frame (over echo: the VAD's, before the
         echo's floor; default `is_speech`), which only the likely rule uses."""
+        start_rule = start_over_echo or self.over_echo_start
+        if start_rule[1] > self.over_echo_start[1]:
+            raise ValueError("start_over_echo's window is longer than over_echo_start's")
         maybe = is_speech if maybe_speech is None else maybe_speech or is_speech
         self._recent_voiced.append(is_speech)
         self._recent_maybe.append(maybe)
@@ -205,7 +209,7 @@ class SpeechGate:
             if over_echo:
                 likely = self._likely_over_echo(maybe)
                 events = self._feed_quiet(
-                    frame, is_speech, *self.over_echo_start, self.over_echo_padding_frames
+                    frame, is_speech, *start_rule, self.over_echo_padding_frames
                 )
                 return [GateSpeechLikely()] if likely and not events else events
             self._likely = False
