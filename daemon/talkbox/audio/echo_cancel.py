@@ -74,7 +74,7 @@ WARM_UP_S = 6.0
 # about the room. In the simulated hall (bench.barge_in_live, a new daemon's first answer),
 # what AEC3 left of the echo 2-3 s into it, at -35 to -43 dBFS, interrupted the answer in 3
 # of 15 runs when 3 s of chunks near a sound made the warm-up, in 1 of 6 after 3 s of sound;
-# after 6 s of sound, in none of 16 runs between 1 and 6 s into the answer.
+# after 6 s of sound, in none of 24 runs between 1 and 6 s into the answer.
 _SOUNDING_SQUARES = (32768.0 * 10 ** (-50 / 20)) ** 2
 # ...and for its first 1.5 s of sound it has not found the echo yet and lets it through
 # nearly whole, as loud as a person (-22 to -33 dBFS at the start of a new daemon's first
@@ -258,7 +258,7 @@ class EchoCanceller:
 
     @property
     def warming_up(self) -> bool:
-        """Whether AEC3 has not yet had `WARM_UP_S` of echo to learn the room from."""
+        """Whether AEC3 has not yet had `WARM_UP_S` of sound to learn the room from."""
         return self.stats.echo_s < WARM_UP_S
 
     @property
