@@ -289,11 +289,9 @@ class FrontEnd:
             )
         floor_said = is_speech
         maybe_speech = is_speech  # to pause the answer: see SpeechGate.feed
-        warming_up = self.echo is not None and self.echo.warming_up
         if opening_over_echo:
             self._share_later(vad_said)
-            # (Not while the canceller learns the room: what it leaves is louder.)
-            if self.quiet_frames_may_pause and not warming_up:
+            if self.quiet_frames_may_pause:
                 maybe_speech = vad_said
         if self._near_end_frames:
             self._near_end_frames -= 1
@@ -320,13 +318,14 @@ class FrontEnd:
             else:
                 self.wake.skip(len(frame16) // 2)
         if frame24 is not None:
+            warming_up = self.echo is not None and self.echo.warming_up
             bursty = warming_up and self.echo is not None and not self.echo.finding_the_echo
             gate_events = self.gate.feed(
                 frame24, is_speech, over_echo=self._over_echo, maybe_speech=maybe_speech,
                 start_over_echo=WARMING_UP_START if bursty else None,
             )
-            if self.echo is not None and self.echo.finding_the_echo:
-                # No pause while the canceller has not found the echo: when a pause for no one
+            if warming_up:
+                # No pause while the canceller is new to the room: when a pause for no one
                 # ended, the echo came back at once, louder than a new canceller takes out,
                 # and opened a turn (the whole process, kitchen-drift, the first answer).
                 gate_events = [e for e in gate_events if not isinstance(e, GateSpeechLikely)]
