@@ -7,6 +7,8 @@ clipping and two clocks is tests/e2e/test_echo_room_e2e.py.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -52,24 +54,43 @@ def room_echo(played: npt.NDArray[np.int16], delay_ms: int, drift_ppm: float,
 
 
 def run(canceller: EchoCanceller, played: npt.NDArray[np.int16],
-        mic: npt.NDArray[np.float64], drift_ppm: float = 0.0
+        mic: npt.NDArray[np.float64], drift_ppm: float = 0.0, *,
+        lost: tuple[str, float, float] | None = None,
         ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]:
-    """Play and capture side by side on the two devices' clocks; (raw, cleaned) capture."""
+    """Play and capture side by side on the two devices' clocks; (raw, cleaned) capture.
+
+    `lost` = (side, at_s, seconds): from `at_s` on, that device goes on `seconds` later (an
+    underrun, or a stall): the speaker's blocks are stamped that much later (`mic` must hold
+    the silence it played meanwhile), or the microphone's chunks are, and hold what it heard
+    that much later (what it missed meanwhile is skipped)."""
+    side, lost_at_s, lost_s = lost or ("", math.inf, 0.0)
     reference = canceller.reference
     mic_period = CHUNK / (MIC_RATE * (1 + drift_ppm * 1e-6))
     raw, cleaned = [], []
     block = 0
-    for k in range(len(mic) // CHUNK):
+    skipped = round(lost_s * MIC_RATE) if side == "microphone" else 0
+
+    def late(at: float, device: str) -> float:
+        return lost_s if side == device and at >= T0 + lost_at_s else 0.0
+
+    for k in range((len(mic) - skipped) // CHUNK):
         captured_at = T0 + k * mic_period
+        mic_late = late(captured_at, "microphone")
         # The speaker's blocks are handed over ahead of when they are heard.
-        while T0 + block * BLOCK / SPEAKER_RATE <= captured_at + 0.1:
+        while True:
+            plays_at = T0 + block * BLOCK / SPEAKER_RATE
+            plays_at += late(plays_at, "speaker")
+            if plays_at > captured_at + mic_late + 0.1:
+                break
             pcm = played[block * BLOCK : (block + 1) * BLOCK]
             pcm = np.concatenate([pcm, np.zeros(BLOCK - len(pcm), np.int16)])
-            reference.played(pcm.tobytes(), T0 + block * BLOCK / SPEAKER_RATE, bool(pcm.any()))
+            reference.played(pcm.tobytes(), plays_at, bool(pcm.any()))
             block += 1
-        chunk = np.clip(mic[k * CHUNK : (k + 1) * CHUNK], -32768, 32767).astype(np.int16)
+        start = k * CHUNK + (skipped if mic_late else 0)
+        chunk = np.clip(mic[start : start + CHUNK], -32768, 32767).astype(np.int16)
         raw.append(chunk)
-        cleaned.append(np.frombuffer(canceller.process(chunk.tobytes(), captured_at), np.int16))
+        cleaned.append(np.frombuffer(canceller.process(chunk.tobytes(), captured_at + mic_late),
+                                     np.int16))
     return np.concatenate(raw), np.concatenate(cleaned)
 
 
@@ -172,46 +193,6 @@ def test_it_learns_the_room_from_seconds_of_sound_not_from_the_silence_around_it
     assert not canceller.warming_up and not canceller.finding_the_echo
 
 
-def run_with_a_gap(canceller: EchoCanceller, played: npt.NDArray[np.int16], gap_at_s: float,
-                   gap_s: float, side: str) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]:
-    """`run`, but at `gap_at_s` one device loses `gap_s` (an underrun, or a stall): the speaker
-    plays nothing meanwhile and then goes on with the next block, stamped that much later; or
-    the microphone captures nothing meanwhile, and its next chunk is stamped that much later."""
-    reference = canceller.reference
-    gap_block = round(gap_at_s * SPEAKER_RATE / BLOCK)
-    if side == "speaker":
-        heard = np.concatenate([played[: gap_block * BLOCK],
-                                np.zeros(round(gap_s * SPEAKER_RATE), np.int16),
-                                played[gap_block * BLOCK :]])
-    else:
-        heard = played
-    echo = room_echo(heard, 60, 0.0)
-    raw, cleaned = [], []
-    block = 0
-    chunks = len(echo) // CHUNK
-    gap_chunk = round(gap_at_s * MIC_RATE / CHUNK)
-    skipped = round(gap_s * MIC_RATE)
-    for k in range(chunks):
-        mic_late = gap_s if side == "microphone" and k >= gap_chunk else 0.0
-        captured_at = T0 + k * CHUNK / MIC_RATE + mic_late
-        start = k * CHUNK + (skipped if mic_late else 0)
-        if start + CHUNK > len(echo):
-            break
-        while True:
-            late = gap_s if side == "speaker" and block >= gap_block else 0.0
-            plays_at = T0 + block * BLOCK / SPEAKER_RATE + late
-            if plays_at > captured_at + 0.1:
-                break
-            pcm = played[block * BLOCK : (block + 1) * BLOCK]
-            pcm = np.concatenate([pcm, np.zeros(BLOCK - len(pcm), np.int16)])
-            reference.played(pcm.tobytes(), plays_at, bool(pcm.any()))
-            block += 1
-        chunk = np.clip(echo[start : start + CHUNK], -32768, 32767).astype(np.int16)
-        raw.append(chunk)
-        cleaned.append(np.frombuffer(canceller.process(chunk.tobytes(), captured_at), np.int16))
-    return np.concatenate(raw), np.concatenate(cleaned)
-
-
 @pytest.mark.parametrize("side", ["speaker", "microphone"])
 def test_a_device_that_loses_time_does_not_leave_the_reference_out_of_step(side: str) -> None:
     # 60 ms lost 8 s into an answer: the echo that follows comes that much later (speaker),
@@ -221,7 +202,12 @@ def test_a_device_that_loses_time_does_not_leave_the_reference_out_of_step(side:
     # microphone, steered back a sample a chunk).
     played = reply_audio(20.0)
     canceller = new_canceller()
-    raw, cleaned = run_with_a_gap(canceller, played, 8.0, 0.06, side)
+    gap_at = round(8.0 * SPEAKER_RATE / BLOCK) * BLOCK  # (where a block begins)
+    heard = played
+    if side == "speaker":  # it played 60 ms of silence there
+        heard = np.concatenate([played[:gap_at], np.zeros(round(0.06 * SPEAKER_RATE), np.int16),
+                                played[gap_at:]])
+    raw, cleaned = run(canceller, played, room_echo(heard, 60, 0.0), lost=(side, 8.0, 0.06))
     assert canceller.stats.gaps == 1, canceller.stats
     # (A few ms short while the gap is being found: four blocks.)
     assert canceller.stats.short_reference_samples < 0.005 * MIC_RATE, canceller.stats
