@@ -142,14 +142,15 @@ def test_padding_is_cut_short_at_the_start_of_the_stream() -> None:
     assert frames_of(started.preroll) == [0, 1, 2, 3]
 
 
-def run_gate_over_echo(gate: SpeechGate, voiced: list[bool], maybe: list[bool] | None = None
-                       ) -> list[tuple[int, GateEvent]]:
-    """`run_gate` while the speaker plays; `maybe`: the looser decisions (`maybe_speech`)."""
+def run_gate_over_echo(gate: SpeechGate, voiced: list[bool], maybe: list[bool] | None = None,
+                       start: tuple[int, int] | None = None) -> list[tuple[int, GateEvent]]:
+    """`run_gate` while the speaker plays; `maybe`: the looser decisions (`maybe_speech`);
+    `start`: every frame's `start_over_echo`."""
     out = []
     for index, is_speech in enumerate(voiced):
         maybe_speech = None if maybe is None else maybe[index]
         events = gate.feed(numbered_frame(index), is_speech, over_echo=True,
-                           maybe_speech=maybe_speech)
+                           maybe_speech=maybe_speech, start_over_echo=start)
         out += [(index, event) for event in events]
     return out
 
@@ -361,12 +362,9 @@ def test_segments_on_speech_silence_speech_match_the_ground_truth() -> None:
 def test_over_echo_a_frame_may_ask_for_a_longer_run_within_the_window() -> None:
     # (A new echo canceller's: frontend.WARMING_UP_START.)
     voiced = pattern("....#####.......######....")
-    strict = make_gate(over_echo_start=(4, 10))
-    events = [(index, event) for index, is_speech in enumerate(voiced)
-              for event in strict.feed(numbered_frame(index), is_speech, over_echo=True,
-                                       start_over_echo=(6, 10))
-              if isinstance(event, GateSpeechStarted)]
-    assert [index for index, _ in events] == [21]  # the sixth frame of the second run
+    events = run_gate_over_echo(make_gate(over_echo_start=(4, 10)), voiced, start=(6, 10))
+    # The sixth frame of the second run.
+    assert [index for index, event in events if isinstance(event, GateSpeechStarted)] == [21]
     assert run_gate_over_echo(make_gate(over_echo_start=(4, 10)), voiced)[1][0] == 7
     with pytest.raises(ValueError, match="window"):
         make_gate(over_echo_start=(4, 10)).feed(b"", True, over_echo=True,
