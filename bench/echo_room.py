@@ -163,7 +163,7 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
                 if pcm.any():
                     sounding_until = begins + BLOCK_S
             reference.played(pcm.tobytes(), begins + STAMP_JITTER_S * jitter.standard_normal(),
-                             bool(pcm.any()))
+                             bool(pcm.any()), reply=True)  # all of it is the answer
             room.played(pcm.tobytes(), at=begins + BLOCK_S)
             blocks_handed += 1
         echo = room.echo(chunk_n, at=now)

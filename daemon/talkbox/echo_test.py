@@ -79,8 +79,8 @@ class _RecordingReference(SpeakerReference):
         self._kept_lock = threading.Lock()
         self.kept: list[tuple[float, bytes, bool]] = []
 
-    def played(self, pcm: bytes, dac_time: float, audible: bool) -> None:
-        super().played(pcm, dac_time, audible)
+    def played(self, pcm: bytes, dac_time: float, audible: bool, reply: bool = False) -> None:
+        super().played(pcm, dac_time, audible, reply)
         with self._kept_lock:
             self.kept.append((dac_time, pcm, audible))
 

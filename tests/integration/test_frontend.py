@@ -213,11 +213,12 @@ class _ScriptedCanceller:
     let echo through (`leaked`) or heard a person over it (`near_end`) in the chunks asked."""
 
     def __init__(self, leaked_chunks: set[int], near_end_chunks: set[int],
-                 warming_up: bool, finding_the_echo: bool = False) -> None:
+                 warming_up: bool, finding_the_echo: bool = False, reply: bool = True) -> None:
         self.leaked_chunks = leaked_chunks
         self.near_end_chunks = near_end_chunks
         self.chunks = 0
         self.last_chunk_may_echo = True
+        self.last_chunk_may_echo_reply = reply  # the answer's echo, or only a chime's
         self.last_chunk_near_end = False
         self.last_chunk_leaked = False
         self.warming_up = warming_up
@@ -320,13 +321,47 @@ def test_while_the_canceller_is_new_a_turn_over_its_echo_needs_a_voice_that_goes
 
 
 def test_while_the_canceller_has_not_found_the_echo_only_a_loud_voice_opens_a_turn() -> None:
-    # Under -35 dBFS, above the learnt room's floor, and going on: the echo, for all it knows.
-    canceller = _ScriptedCanceller(set(), set(), True, finding_the_echo=True)
+    # Over the wake chime's echo (the request after it). Under -35 dBFS, above the learnt
+    # room's floor, and going on: the echo, for all it knows.
+    canceller = _ScriptedCanceller(set(), set(), True, finding_the_echo=True, reply=False)
     quieter = feed_over_echo(front_end_over_echo(canceller), request_no_louder_than(-38.0))
     assert first_chunk_with(GateSpeechStarted, quieter) is None
-    canceller = _ScriptedCanceller(set(), set(), True, finding_the_echo=True)
+    canceller = _ScriptedCanceller(set(), set(), True, finding_the_echo=True, reply=False)
     louder = feed_over_echo(front_end_over_echo(canceller), request_no_louder_than(-20.0))
     assert first_chunk_with(GateSpeechStarted, louder) is not None
+
+
+def test_over_the_answer_whose_echo_the_canceller_has_not_found_no_voice_opens_a_turn() -> None:
+    # The answer's echo comes through as loud as this voice: nothing over it counts, but the
+    # wake word is still listened for.
+    request = request_no_louder_than(-20.0)
+    unfound = _ScriptedCanceller(set(), set(), True, finding_the_echo=True, reply=True)
+    frontend = front_end_over_echo(unfound)
+    fed_to_wake: list[bool] = []
+    frontend.wake = _WakeRecorder(fed_to_wake)  # type: ignore[assignment]
+    frontend.wake_enabled = True
+    chunks = feed_over_echo(frontend, request)
+    assert first_chunk_with(GateSpeechStarted, chunks) is None
+    assert first_chunk_with(GateSpeechLikely, chunks) is None
+    assert sum(fed_to_wake) > 20  # the request's voiced frames, as without the rule
+    # Once it has found the echo (its warm-up's second step), the same voice opens one.
+    found = _ScriptedCanceller(set(), set(), True, finding_the_echo=False, reply=True)
+    assert first_chunk_with(GateSpeechStarted,
+                            feed_over_echo(front_end_over_echo(found), request)) is not None
+
+
+class _WakeRecorder:
+    """Stands in for the gated wake-word detector: records the voice decisions it is fed."""
+
+    def __init__(self, fed: list[bool]) -> None:
+        self.fed = fed
+        self.detector = self
+
+    last_scores_time = None
+
+    def feed(self, frame: bytes, is_speech: bool) -> list[object]:
+        self.fed.append(is_speech)
+        return []
 
 
 def test_where_the_canceller_let_echo_through_no_voice_opens_a_turn() -> None:

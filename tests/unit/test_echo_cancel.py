@@ -172,6 +172,36 @@ def test_it_runs_from_the_first_sound_and_stays_on_well_after_the_echo_has_ended
     assert canceller.stats.resyncs == 1
 
 
+def test_it_tells_the_answers_echo_from_a_chimes() -> None:
+    # A chime at 1 s, the answer from 4 s to 6 s: which chunks may hold the answer's echo.
+    canceller = new_canceller()
+    sound = reply_audio(3.0)[SPEAKER_RATE:]
+    seconds = 9.0
+    played = np.zeros(int(seconds * SPEAKER_RATE), np.int16)
+    played[SPEAKER_RATE : SPEAKER_RATE + SPEAKER_RATE // 2] = sound[: SPEAKER_RATE // 2]
+    played[4 * SPEAKER_RATE : 6 * SPEAKER_RATE] = sound[: 2 * SPEAKER_RATE]
+    reference = canceller.reference
+    echo_at, reply_at = [], []
+    sent = 0
+    for k in range(int(seconds * MIC_RATE) // CHUNK):
+        captured_at = T0 + k * CHUNK / MIC_RATE
+        while T0 + sent * BLOCK / SPEAKER_RATE <= captured_at + 0.1:
+            pcm = played[sent * BLOCK : (sent + 1) * BLOCK]
+            is_reply = sent * BLOCK >= 4 * SPEAKER_RATE
+            reference.played(pcm.tobytes(), T0 + sent * BLOCK / SPEAKER_RATE, bool(pcm.any()),
+                             reply=is_reply)
+            sent += 1
+        canceller.process(bytes(2 * CHUNK), captured_at)
+        if canceller.last_chunk_may_echo:
+            echo_at.append(captured_at - T0)
+        if canceller.last_chunk_may_echo_reply:
+            reply_at.append(captured_at - T0)
+    assert echo_at[0] == pytest.approx(1.0, abs=0.15)  # the chime's echo...
+    assert reply_at[0] == pytest.approx(4.0, abs=0.15)  # ...is not the answer's
+    assert reply_at[-1] == pytest.approx(6.0 + ECHO_TAIL_S, abs=0.06)
+    assert set(reply_at) <= set(echo_at)
+
+
 def test_it_learns_the_room_from_seconds_of_sound_not_from_the_silence_around_it() -> None:
     # Two short sounds (a chime, the start of an answer) and the quiet after each: the chunks
     # near a sound are cleaned, but only the 1 s of sound counts towards the warm-up.

@@ -109,18 +109,19 @@ class SpeakerReference:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._blocks: deque[tuple[float, bytes, bool]] = deque(maxlen=_MAX_PENDING_BLOCKS)
+        self._blocks: deque[tuple[float, bytes, bool, bool]] = deque(maxlen=_MAX_PENDING_BLOCKS)
         self.rate = 0
         """The output device's rate (set by the playback that feeds this reference)."""
 
-    def played(self, pcm: bytes, dac_time: float, audible: bool) -> None:
+    def played(self, pcm: bytes, dac_time: float, audible: bool, reply: bool = False) -> None:
         """A block handed to the device: heard from `dac_time` (time.monotonic()) on.
 
-        `audible` is False for the silence the stream plays between sounds."""
+        `audible` is False for the silence the stream plays between sounds; `reply` is True
+        if the block holds the assistant's answer (not a chime)."""
         with self._lock:
-            self._blocks.append((dac_time, pcm, audible))
+            self._blocks.append((dac_time, pcm, audible, reply))
 
-    def take(self) -> list[tuple[float, bytes, bool]]:
+    def take(self) -> list[tuple[float, bytes, bool, bool]]:
         with self._lock:
             blocks = list(self._blocks)
             self._blocks.clear()
@@ -242,10 +243,13 @@ class EchoCanceller:
         self._read_at: int | None = None  # index into _history of the next chunk's reference
         self._smoothed_error = 0.0
         self._sound_ended = -math.inf  # DAC time when the last sound handed over ends
+        self._reply_ended = -math.inf  # ...and the last block of an answer
         self.last_chunk_cleaned = False
         """Whether the last chunk went through AEC3."""
         self.last_chunk_may_echo = False
         """Whether the last chunk may hold echo (the speaker was playing, or its tail)."""
+        self.last_chunk_may_echo_reply = False
+        """Whether that echo may be the answer's (not only a chime's)."""
         self.last_cleaned = b""
         """The last chunk AEC3 returned (for `talkbox echo-test` and the benchmark)."""
         self.near_end = NearEndDetector(capture_rate)
@@ -279,6 +283,9 @@ class EchoCanceller:
             if self._read_at is not None:  # nothing was captured meanwhile: skip its reference
                 self._read_at += round(self._microphone_clock.lost_s * self.capture_rate)
         self.last_chunk_may_echo = n > 0 and capture_time < self._sound_ended + ECHO_TAIL_S
+        self.last_chunk_may_echo_reply = (
+            self.last_chunk_may_echo and capture_time < self._reply_ended + ECHO_TAIL_S
+        )
         self.last_chunk_cleaned = n > 0 and capture_time < self._sound_ended + STAY_ON_S
         if not self.last_chunk_cleaned:
             if self._read_at is not None:
@@ -293,7 +300,12 @@ class EchoCanceller:
         self.last_chunk_near_end = self._detect_near_end(near, far, cleaned)
         self.stats.chunks_cleaned += 1
         if _sounding(far):
+            finding, warming_up = self.finding_the_echo, self.warming_up
             self.stats.echo_s += n / self.capture_rate
+            if finding != self.finding_the_echo or warming_up != self.warming_up:
+                log.debug("echo canceller: %s after %.1f s of sound",
+                          "warmed up" if not self.warming_up else "found the echo",
+                          self.stats.echo_s)
         self.last_cleaned = cleaned.astype("<i2", copy=False).tobytes()
         return self.last_cleaned + captured[n * BYTES_PER_SAMPLE :]
 
@@ -312,7 +324,7 @@ class EchoCanceller:
 
     def _take_reference(self) -> None:
         rate = self.reference.rate
-        for dac_time, pcm, audible in self.reference.take():
+        for dac_time, pcm, audible, reply in self.reference.take():
             if self._speaker_clock is None or self._speaker_clock.rate != rate:
                 self._speaker_clock = _StreamClock(rate)
                 # Not soxr: it holds back up to 37 ms, and the chunk's reference then ended
@@ -327,6 +339,8 @@ class EchoCanceller:
                 self._insert_silence(self._speaker_clock.lost_s)
             if audible:
                 self._sound_ended = max(self._sound_ended, dac_time + samples / rate)
+                if reply:
+                    self._reply_ended = max(self._reply_ended, dac_time + samples / rate)
             elif dac_time >= self._sound_ended + STAY_ON_S and self._read_at is None:
                 continue  # silence while nothing needs cancelling: not worth resampling
             self._append_reference(dac_time, pcm)

@@ -507,7 +507,7 @@ class Playback:
     ) -> tuple[bytes, int]:
         wanted = frame_count * BYTES_PER_SAMPLE
         pieces: list[bytes | bytearray] = []
-        got = 0
+        got = reply_got = 0
         ran_dry = reply_ended = underrun = False
         generation = 0
         with self._lock:
@@ -532,6 +532,7 @@ class Playback:
                     last_kind = kind
                     if kind is _Kind.SPEECH:
                         self._played_speech_bytes += len(take)
+                        reply_got += len(take)
                     elif kind is _Kind.END:
                         self._end_passed = True
                 self._queued_bytes -= got
@@ -555,7 +556,8 @@ class Playback:
             # Heard once it has crossed the device's buffer: that is when its echo begins.
             # Only a sound makes an echo (a reply may start with silence): count(0) runs in C.
             audible = got > 0 and block.count(0) < len(block)
-            self.reference.played(block, time.monotonic() + self._output_latency_s, audible)
+            self.reference.played(block, time.monotonic() + self._output_latency_s, audible,
+                                  reply=reply_got > 0)
         if ran_dry and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._on_ran_dry, generation, reply_ended, underrun)
