@@ -44,6 +44,7 @@ from bench.receive_path import profile_receive_path
 from bench.report import Figure, repeated, results_document, single, table
 from bench.speaker_calibration import calibrate_speaker
 from support.room import ROOMS
+from talkbox.audio.echo_cancel import WARM_UP_S
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS = REPOSITORY / "bench" / "results.json"
@@ -64,15 +65,17 @@ class Plan:
     cycle_runs: int
     cycles_per_run: int
     echo_room_seconds: float  # of answer per simulated room (bench.echo_room)
-    self_interruption_seconds: float  # of answer per room, nobody talking (real process)
+    # Of answer per room, nobody talking (real process); the answer's pauses are 20 % of it,
+    # so four rooms play the 5 minutes of sound at 95 s a room.
+    self_interruption_seconds: float
     interruptions_per_room: int  # people talking over answers (real process)
     tool_conversations: int  # each answered with one function call (get_current_time)
 
 
 FULL = Plan(cpu_repetitions=5, process_idle_seconds=30, openwakeword_processes=3,
             speaker_calibrations=24, receive_path_deltas=200, startups=3, cycle_runs=6,
-            cycles_per_run=3, echo_room_seconds=120, self_interruption_seconds=75,
-            interruptions_per_room=10, tool_conversations=6)
+            cycles_per_run=3, echo_room_seconds=120, self_interruption_seconds=95,
+            interruptions_per_room=12, tool_conversations=6)
 QUICK = Plan(cpu_repetitions=2, process_idle_seconds=10, openwakeword_processes=1,
              speaker_calibrations=10, receive_path_deltas=50, startups=1, cycle_runs=2,
              cycles_per_run=2, echo_room_seconds=40, self_interruption_seconds=30,
@@ -262,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         single("self_interruptions", sum(self_interrupted.counts.values()), "",
                f"whole process, {sum(self_interrupted.played_s.values()):.0f} s of answer "
                f"played in {len(ROOMS)} rooms: {self_interrupted.counts}"),
-        repeated("speech_barge_in_ms", talked_over.silent_after_ms, "ms",
-                 "whole process: start of speech -> speaker silent (drainer)"),
+        repeated("speech_barge_in_ms", talked_over.after_warm_up.silent_after_ms, "ms",
+                 "whole process: start of speech -> speaker silent (drainer), after the "
+                 "canceller's warm-up"),
+        repeated("speech_barge_in_warm_up_ms", talked_over.in_warm_up.silent_after_ms, "ms",
+                 f"same, in a new daemon's first {WARM_UP_S:g} s of sound (canceller learning)"),
         single("speech_barge_in_missed", talked_over.missed_share, "ratio",
                f"whole process, {len(talked_over.results)} interruptions"),
         single("speech_request_clipped", talked_over.clipped_share, "ratio",

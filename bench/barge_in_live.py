@@ -10,6 +10,9 @@ Two measurements, each in several rooms at once (one daemon per room):
   (as the drain took it, so the output buffer is included). Uploaded whole: the request's
   voiced samples found in what was committed for it. A request that is not heard ends its
   room's round (the answer it should have stopped plays on): it counts as not heard.
+  Each daemon is new, so its first interruptions come while its echo canceller still learns
+  the room (its first WARM_UP_S of sound, counted from what the speaker played): the table
+  shows those apart from the ones after, which are a device that has been running.
 
 bench.echo_room runs the same front end in the same rooms faster than real time, on simulated
 stamps; this one pays for the real devices' timestamps, the event loop and the machine's load.
@@ -50,6 +53,8 @@ from support.room import (
 )
 from support.service import serving, sessions
 from support.speech import concat, silence
+from talkbox.audio.echo_cancel import WARM_UP_S
+from talkbox.audio.near_end import SOUNDING_DBFS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "barge_in_live.json"
 INTERRUPTED = "state listening (interrupted)"
@@ -76,6 +81,20 @@ def silent_from(records: list[tuple[float, bytes]], since: float, quiet_s: float
                 return last
             last = at
     return last if records and records[-1][0] - last >= quiet_s else None
+
+
+def sounded_seconds(records: list[tuple[float, bytes]], until: float) -> float:
+    """How long the speaker sounded before `until`, as the echo canceller counts its warm-up
+    (reads above SOUNDING_DBFS)."""
+    threshold = (32768.0 * 10 ** (SOUNDING_DBFS / 20)) ** 2
+    sounded = 0
+    for at, pcm in records:
+        if at >= until:
+            break
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+        if len(samples) and float(np.dot(samples, samples)) > len(samples) * threshold:
+            sounded += len(samples)
+    return sounded / SPEAKER_RATE
 
 
 @contextlib.contextmanager
@@ -116,6 +135,12 @@ class Interruption:
     heard_after_s: float | None = None
     silent_after_s: float | None = None
     uploaded_share: float = 0.0
+    sounded_before_s: float = 0.0  # the speaker's sound before it, since the daemon started
+
+    @property
+    def in_warm_up(self) -> bool:
+        """Whether the daemon's echo canceller was still learning the room (WARM_UP_S)."""
+        return self.sounded_before_s < WARM_UP_S
 
 
 @dataclass
@@ -199,6 +224,7 @@ def judge(interruption: Interruption, records: list[tuple[float, bytes]],
     interruption.silent_after_s = None if silent is None else silent - onset
     interruption.uploaded_share = uploaded_share(interruption.request, commits, MIC_RATE,
                                                  SPEAKER_RATE)
+    interruption.sounded_before_s = sounded_seconds(records, onset)
 
 
 @dataclass
@@ -210,6 +236,16 @@ class TalkedOver:
     @property
     def heard(self) -> list[Interruption]:
         return [r for r in self.results if r.heard]
+
+    @property
+    def after_warm_up(self) -> TalkedOver:
+        """Those of a device that has learnt its room: after its canceller's warm-up."""
+        return TalkedOver([r for r in self.results if not r.in_warm_up])
+
+    @property
+    def in_warm_up(self) -> TalkedOver:
+        """Those of a daemon just started, while its canceller learnt the room."""
+        return TalkedOver([r for r in self.results if r.in_warm_up])
 
     @property
     def silent_after_ms(self) -> list[float]:
@@ -230,7 +266,8 @@ class TalkedOver:
     def as_dicts(self) -> list[dict[str, object]]:
         return [{"room": r.room, "request": r.text, "heard": r.heard,
                  "heard_after_s": r.heard_after_s,
-                 "silent_after_s": r.silent_after_s, "uploaded_share": r.uploaded_share}
+                 "silent_after_s": r.silent_after_s, "uploaded_share": r.uploaded_share,
+                 "sounded_before_s": r.sounded_before_s, "in_warm_up": r.in_warm_up}
                 for r in self.results]
 
 
@@ -335,8 +372,11 @@ def main() -> None:
           "speaker's last sound (silent)")
     print(f"{'room':18} {'heard':>7} {'heard p50':>9} {'p95':>5} {'silent p50':>10} {'p95':>5} "
           f"{'whole':>7}")
-    for name in [*names, "all"]:
-        mine = TalkedOver([r for r in talked_over.results if name in (r.room, "all")])
+    rows = [(name, TalkedOver([r for r in talked_over.results if r.room == name]))
+            for name in names]
+    rows += [("all", talked_over), ("after warm-up", talked_over.after_warm_up),
+             (f"in warm-up ({WARM_UP_S:g} s)", talked_over.in_warm_up)]
+    for name, mine in rows:
         heard, silent = mine.heard_after_ms, mine.silent_after_ms
         whole = sum(r.uploaded_share >= 0.95 for r in mine.heard)
         print(f"{name:18} {len(mine.heard):3}/{len(mine.results):<3} "

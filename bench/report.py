@@ -69,13 +69,14 @@ FIGURE_KEYS: tuple[str, ...] = (
     "echo_false_barge_ins_per_hour", "echo_detect_ms", "echo_silent_ms",
     "echo_false_pauses_per_hour", "reply_cpu_with_aec",
     "reply_cpu_without_aec", "self_interruptions", "speech_barge_in_ms",
-    "speech_barge_in_missed", "speech_request_clipped", "loop_lag_idle_ms",
-    "loop_lag_conversation_ms", "tool_call_ms",
+    "speech_barge_in_warm_up_ms", "speech_barge_in_missed", "speech_request_clipped",
+    "loop_lag_idle_ms", "loop_lag_conversation_ms", "tool_call_ms",
 )
 # Figures reported as {median, p95, n, min, max}; the others are single numbers.
 DISTRIBUTIONS = frozenset({"tool_call_ms", "ready_seconds", "wake_latency_ms", "first_audio_ms",
                            "commit_latency_ms", "first_sound_ms", "barge_in_ms",
-                           "echo_detect_ms", "echo_silent_ms", "speech_barge_in_ms"})
+                           "echo_detect_ms", "echo_silent_ms", "speech_barge_in_ms",
+                           "speech_barge_in_warm_up_ms"})
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,13 @@ _STEP = 0.5
 _REGULARISER = 1e6
 # After a near-end block, the filter does not adapt for this many blocks (the person talks on).
 _FREEZE_BLOCKS = 15
-# The filter learns only from blocks whose reference is this loud (-50 dBFS) and whose AEC3
-# output was at its floor: after a barge-in the person talks on over the echo's reverberation,
-# and a filter that learnt from them took 3-6 dB of echo out instead of 10-20.
-_ACTIVE_FAR_SQUARES = BLOCK * (32768.0 * 10 ** (-50 / 20)) ** 2
+# A reference this loud is the speaker sounding (quieter is the silence between sounds): the
+# echo canceller counts its warm-up in it, and this filter learns only from it...
+SOUNDING_DBFS = -50.0
+# ...and from blocks whose AEC3 output was at its floor: after a barge-in the person talks on
+# over the echo's reverberation, and a filter that learnt from them took 3-6 dB of echo out
+# instead of 10-20.
+_ACTIVE_FAR_SQUARES = BLOCK * (32768.0 * 10 ** (SOUNDING_DBFS / 20)) ** 2
 # Near end in more than this share of the blocks of the last ~2 s (a speaker falls silent when
 # someone talks over it) is the filter gone wrong: it adapts and learns regardless.
 _MOST_FLAGGED = 0.3
