@@ -80,7 +80,11 @@ def _parser() -> argparse.ArgumentParser:
 
     check = command("check", "validate the config and print the settings in force")
     how = check.add_mutually_exclusive_group()
-    how.add_argument("--connect", action="store_true", help="also open a session and close it")
+    how.add_argument(
+        "--connect",
+        action="store_true",
+        help="also open a session and close it, and list the tools of the [tools] mcp servers",
+    )
     how.add_argument(
         "--quiet",
         action="store_true",
@@ -214,6 +218,8 @@ def _check(args: argparse.Namespace) -> int:
             return 0
         description = asyncio.run(_connect_once(cfg, key))
         print(f"connected: {safe_line(description, MAX_PROSE_CHARS)}")
+        if cfg.tools.mcp:
+            return _list_mcp_tools(cfg)
     return 0
 
 
@@ -224,6 +230,37 @@ def _print_warnings(cfg: Config) -> None:
     hook_warning = hook_program_warning(cfg.hooks.on_state)
     for warning in [*config_warnings(cfg), *([hook_warning] if hook_warning else [])]:
         print(f"warning: {warning}", file=sys.stderr)
+
+
+def _list_mcp_tools(cfg: Config) -> int:
+    """`check --connect`: list each [[tools.mcp]] server's tools as the daemon does; 1 if
+    one of them cannot."""
+    import asyncio
+    import logging
+
+    from talkbox.tools.mcp_servers import McpServers, ServerListing
+
+    async def list_once() -> list[ServerListing]:
+        servers = McpServers()
+        try:
+            return await servers.list_now(cfg.tools.mcp)
+        finally:
+            await servers.aclose()
+
+    # The daemon's log line says it would try again later; here the line below says it all.
+    logging.getLogger("talkbox.tools.mcp_servers").setLevel(logging.ERROR)
+    failed = False
+    for listing in asyncio.run(list_once()):
+        if listing.failure:
+            failed = True
+            print(f"talkbox: MCP server {listing.name}: cannot list its tools "
+                  f"({listing.failure})", file=sys.stderr)
+            continue
+        count = len(listing.tools)
+        names = ", ".join(tool.name for tool in listing.tools) or "none"
+        print(f"MCP server {listing.name}: {count} tool{'' if count == 1 else 's'}: "
+              f"{safe_line(names, MAX_PROSE_CHARS)}")
+    return 1 if failed else 0
 
 
 async def _connect_once(cfg: Config, key: ApiKey) -> str:

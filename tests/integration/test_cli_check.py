@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import CliRun, environment, run_talkbox
+from support.mcp_server import HttpMcpServer, server_command, write_token_file
 from support.service import recorded, serving
 
 API_KEY = "sk-SENTINEL-check-3e8b1f0a6c2d9475"
@@ -245,6 +246,34 @@ def test_check_connect_with_a_wrong_key_fails_with_the_401(tmp_path: Path) -> No
     assert [r.status for r in seen.rejected] == [401]
     assert seen.sessions == []
     assert "connected:" not in run.stdout
+
+
+def test_check_connect_lists_each_mcp_servers_tools_and_names_one_that_cannot(
+    tmp_path: Path,
+) -> None:
+    # A stdio server that lists its tools, and Home Assistant's way (HTTP, a bearer token)
+    # with the wrong token in token_file.
+    mcp_token = "mcp-SENTINEL-0f3b8e2a91c64d57"
+    token_file = write_token_file(tmp_path, "mcp-SENTINEL-wrong-7a21c9e05b3d")
+    command = ", ".join(f'"{part}"' for part in server_command("home"))
+    with serving(API_KEY) as service, HttpMcpServer(token=mcp_token) as home:
+        config = write_config(
+            tmp_path, REALTIME_TABLES["openai"].format(url=service.url_base),
+            extra=("[tools]\nmcp = [\n"
+                   f'  {{ name = "local", command = [{command}] }},\n'
+                   f'  {{ name = "home", url = "{home.url}", token_file = "{token_file}" }},\n]\n'),
+        )
+        run = run_talkbox("check", "--connect", "--config", str(config),
+                          env=environment(ENV_NOT_INHERITED, {"TALKBOX_API_KEY": API_KEY}),
+                          secrets=(API_KEY, mcp_token, token_file.read_text().strip()))
+
+    assert run.exit_code == 1, run.stderr
+    assert run.stdout.splitlines()[-1] == (
+        "MCP server local: 4 tools: turn_on, add, fail, hang"
+    )
+    [line] = run.stderr.strip().splitlines()
+    assert line == ("talkbox: MCP server home: cannot list its tools (it refused the token in "
+                    "token_file (HTTP 401))")
 
 
 # --- text that is not talkbox's -------------------------------------------------------------------

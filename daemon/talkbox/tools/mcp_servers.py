@@ -75,9 +75,19 @@ class ListedTool:
     parameters: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class ServerListing:
+    """How a server's latest listing went: its tools, or why it could not list them."""
+
+    name: str
+    tools: tuple[ListedTool, ...]
+    failure: str  # "" if the latest listing worked
+
+
 @dataclass
 class _Listing:
     tools: tuple[ListedTool, ...] = ()
+    failure: str = ""  # why the latest listing failed ("" if it worked)
     fresh_until: float = 0.0
     refreshing: asyncio.Task[None] | None = None
     # Set once the first listing attempt ended, whatever its outcome.
@@ -149,10 +159,15 @@ class McpServers:
             return
         self._start_listings(servers)
 
-    async def list_now(self, servers: tuple[McpServerConfig, ...]) -> None:
+    async def list_now(self, servers: tuple[McpServerConfig, ...]) -> list[ServerListing]:
         """List `servers` and wait until each has answered or failed (for a check, a test)."""
         self._start_listings(servers)
         await asyncio.gather(*(self._listings[server].tried.wait() for server in servers))
+        return [
+            ServerListing(server.name, self._listings[server].tools,
+                          self._listings[server].failure)
+            for server in servers
+        ]
 
     def _start_listings(self, servers: tuple[McpServerConfig, ...]) -> None:
         """Forget servers no longer configured; list those never listed or no longer fresh."""
@@ -191,6 +206,7 @@ class McpServers:
                 reason = f"no answer within {LISTING_TIMEOUT_SECONDS:g} s"
             else:
                 reason = _reason(error)
+            listing.failure = reason
             log.warning(
                 "MCP server %s: cannot list its tools (%s); %s",
                 server.name,
@@ -208,6 +224,7 @@ class McpServers:
                     ", ".join(safe_line(tool.name) for tool in tools) or "none",
                 )
             listing.tools = tools
+            listing.failure = ""
             listing.fresh_until = self._clock() + FRESH_SECONDS
         finally:
             listing.refreshing = None
