@@ -4,7 +4,11 @@ conversation machine: spoken through the service when there is one, then idle ag
 from __future__ import annotations
 
 from support.machine_driver import Driver, of, sent
-from talkbox.core.conversation import ANNOUNCE_INSTRUCTIONS
+from talkbox.core.conversation import (
+    ANNOUNCE_INSTRUCTIONS,
+    ANNOUNCEMENT_WAIT_SECONDS,
+    MAX_WAITING_ANNOUNCEMENTS,
+)
 from talkbox.core.events import CreateResponse, ResponseDone
 from talkbox.core.inputs import (
     Announce,
@@ -15,6 +19,7 @@ from talkbox.core.inputs import (
     PlaybackDrained,
     PlayChime,
     State,
+    TimerFired,
     WakeWord,
 )
 
@@ -72,8 +77,35 @@ def test_without_a_service_muted_or_busy_it_is_a_chime_or_a_log_line() -> None:
     muted = Driver(speak_announcements=True)
     muted(MuteChanged(True))
     assert not of(OpenConnection, muted(Announce(TEXT)))
-    busy = Driver(speak_announcements=True)
-    busy.start_listening()
-    out = busy(Announce(TEXT))
-    assert not of(OpenConnection, out) and busy.m.state is State.LISTENING
-    assert "not spoken" in of(Notice, out)[0].text
+    echo_busy = Driver(speak_announcements=False)
+    echo_busy.start_listening()
+    out = echo_busy(Announce(TEXT))
+    assert not of(OpenConnection, out) and not of(PlayChime, out)
+    assert echo_busy.m.state is State.LISTENING and of(Notice, out)
+
+
+def test_an_announcement_during_a_conversation_is_made_once_it_has_ended() -> None:
+    d = Driver(speak_announcements=True)
+    d.start_listening()
+    out = d(Announce(TEXT))
+    assert not of(OpenConnection, out) and d.m.state is State.LISTENING
+    assert "after this conversation" in of(Notice, out)[0].text
+    ended = d.fire("follow_up")  # nobody said anything more
+    assert [c.kind for c in of(PlayChime, ended)] == ["done"]
+    assert of(OpenConnection, ended) and d.m.state is State.CONNECTING
+    assert sent(d.ready()) == [CreateResponse(ANNOUNCE_INSTRUCTIONS.format(text=TEXT))]
+
+
+def test_announcements_that_waited_too_long_or_too_many_are_not_made() -> None:
+    d = Driver(speak_announcements=True)
+    d.start_listening()
+    for n in range(MAX_WAITING_ANNOUNCEMENTS + 1):
+        d(Announce(f"{TEXT} {n}"))
+    d(Announce("The washing is done."), advance=ANNOUNCEMENT_WAIT_SECONDS - 10)
+    ended = d(TimerFired("follow_up", d.timers.pop("follow_up")), advance=20)
+    notices = [n.text for n in of(Notice, ended)]
+    # The oldest gave way to newer ones; those from 130 s ago are news no more.
+    assert not any(f"{TEXT} 0" in text for text in notices)
+    assert sum("not made (it came 130 s ago" in text for text in notices) == 2
+    assert sent(d.ready()) == [
+        CreateResponse(ANNOUNCE_INSTRUCTIONS.format(text="The washing is done."))]

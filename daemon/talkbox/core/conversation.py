@@ -174,6 +174,11 @@ ANNOUNCE_INSTRUCTIONS = (
     "Read this announcement aloud to the people in the room, exactly as written, word for "
     "word, in the language it is written in; say nothing else: {text}"
 )
+# An announcement that comes during a conversation is said once it has ended, if that is
+# within this long (news of the doorbell is no news ten minutes on), and at most this many
+# wait (the oldest give way).
+ANNOUNCEMENT_WAIT_SECONDS = 120.0
+MAX_WAITING_ANNOUNCEMENTS = 3
 TOO_MANY_CALLS_OUTPUT = (
     f'{{"error": "not run: more than {MAX_CALLS_PER_RESPONSE} function calls in one response"}}'
 )
@@ -229,6 +234,8 @@ class ConversationMachine:
         self.alarms: tuple[Alarm, ...] = ()
         self.rung_alarms: set[str] = set()
         self.ringing = False
+        # Announcements that came during a conversation: (text, when), said after it.
+        self.waiting_announcements: list[tuple[str, float]] = []
         self._reset_conversation()
         self.in_segment = False  # the mic gate is inside a speech segment
         self._wake_enabled_said = self.wake_enabled
@@ -430,9 +437,9 @@ class ConversationMachine:
     def _on_announce(self, event: Announce, out: list[Action]) -> None:
         """Say the text through the service: a conversation of one response, which ends once
         it has played (nobody asked a question, so the microphone does not listen for one;
-        the wake word still interrupts it, and then the conversation goes on). Without a
-        service, while the service is backing off after failures, or during a conversation,
-        a chime (when idle) and the log."""
+        the wake word still interrupts it, and then the conversation goes on). During a
+        conversation it waits for the end (ANNOUNCEMENT_WAIT_SECONDS at most). Without a
+        service, or while the service is backing off after failures, a chime and the log."""
         if self.muted:
             out.append(Notice("info", f"announcement not made (muted): {event.text}"))
             return
@@ -450,10 +457,28 @@ class ConversationMachine:
             self._start_timer(TIMER_MAX_CONVERSATION, self.config.max_conversation_seconds, out)
             out.append(Notice("info", f"announcement: {event.text}"))
             return
+        if not idle and self.config.speak_announcements:
+            waiting = self.waiting_announcements
+            if len(waiting) == MAX_WAITING_ANNOUNCEMENTS:
+                dropped, _ = waiting.pop(0)
+                out.append(Notice("info", f"announcement not made (newer ones wait): {dropped}"))
+            waiting.append((event.text, self._now))
+            out.append(Notice("info", f"announcement (after this conversation): {event.text}"))
+            return
         if idle:
             self._chime("wake", out)
-        busy = "" if idle else " (not spoken: a conversation is going on)"
-        out.append(Notice("info", f"announcement{busy}: {event.text}"))
+        out.append(Notice("info", f"announcement: {event.text}"))
+
+    def _announce_waiting(self, out: list[Action]) -> None:
+        """The conversation has ended: say the oldest announcement that came during it."""
+        while self.waiting_announcements and self.state is State.IDLE:
+            text, at = self.waiting_announcements.pop(0)
+            if self._now - at > ANNOUNCEMENT_WAIT_SECONDS:
+                out.append(Notice("info", f"announcement not made (it came "
+                                          f"{self._now - at:.0f} s ago, during a conversation): "
+                                          f"{text}"))
+                continue
+            self._on_announce(Announce(text), out)
 
     def _say_announcement(self, text: str, out: list[Action]) -> None:
         self._set_state(State.RESPONDING, "announcing", out)
@@ -1007,6 +1032,7 @@ class ConversationMachine:
         self._reset_conversation()
         # A reload waited for this conversation to end; its outcome above was of the old settings.
         self._apply_pending_config(out)
+        self._announce_waiting(out)
 
     # --- timers and alarms ---------------------------------------------------------------------
 

@@ -461,7 +461,7 @@ class Daemon:
         if self.arbiter is None or not house:
             self._step_machine(Announce(text))
             return
-        # A speaker in a conversation would only log it: it bids lowest, below any idle one.
+        # A speaker in a conversation would say it only once that ends: it bids below any idle one.
         kind: ClaimKind = "asked" if self.machine.state is State.IDLE else "heard"
         self.arbitrate(OwnClaim(Claim(self.arbiter.me, ANNOUNCE, kind), Announce(text)))
 
