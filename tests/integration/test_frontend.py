@@ -300,7 +300,8 @@ def test_while_the_canceller_is_new_to_the_room_no_pause_is_asked_for() -> None:
 
 def test_while_the_canceller_is_new_a_turn_over_its_echo_needs_a_voice_that_goes_on() -> None:
     request = request_no_louder_than(-38.0)
-    new = feed_over_echo(front_end_over_echo(_ScriptedCanceller(set(), set(), True)), request)
+    chime_echo = _ScriptedCanceller(set(), set(), True, reply=False)  # the floor as learnt
+    new = feed_over_echo(front_end_over_echo(chime_echo), request)
     learnt = feed_over_echo(front_end_over_echo(_ScriptedCanceller(set(), set(), False)), request)
     opened_new = first_chunk_with(GateSpeechStarted, new)
     opened_learnt = first_chunk_with(GateSpeechStarted, learnt)
@@ -318,6 +319,21 @@ def test_while_the_canceller_is_new_a_turn_over_its_echo_needs_a_voice_that_goes
     learnt = feed_over_echo(front_end_over_echo(_ScriptedCanceller(set(), set(), False)), bursts)
     assert first_chunk_with(GateSpeechStarted, new) is None
     assert first_chunk_with(GateSpeechStarted, learnt) is not None
+
+
+def test_while_the_canceller_is_new_only_a_louder_voice_opens_a_turn_over_the_answer() -> None:
+    # Over the answer's echo, a voice whose loudest frame is under WARMING_UP_FLOOR_DBFS is
+    # what the new canceller leaves of it, for all it knows; over a chime's, it is a person.
+    quieter, louder = request_no_louder_than(-39.0), request_no_louder_than(-30.0)
+    answer = _ScriptedCanceller(set(), set(), True, reply=True)
+    assert first_chunk_with(GateSpeechStarted,
+                            feed_over_echo(front_end_over_echo(answer), quieter)) is None
+    chime = _ScriptedCanceller(set(), set(), True, reply=False)
+    assert first_chunk_with(GateSpeechStarted,
+                            feed_over_echo(front_end_over_echo(chime), quieter)) is not None
+    answer = _ScriptedCanceller(set(), set(), True, reply=True)
+    assert first_chunk_with(GateSpeechStarted,
+                            feed_over_echo(front_end_over_echo(answer), louder)) is not None
 
 
 def test_while_the_canceller_has_not_found_the_echo_only_a_loud_voice_opens_a_turn() -> None:

@@ -54,11 +54,16 @@ ECHO_SPEECH_FLOOR_DBFS = -45.0
 # 637 ms and still interrupted itself.)
 OVER_ECHO_START = (4, 10)
 # ...and while a new canceller is still learning the room (its first seconds of sound after
-# the daemon starts: echo_cancel.WARM_UP_S), on 6 of 10: what it leaves of the echo comes in
-# louder bursts of 2-5 frames (in the simulated hall, -35 to -43 dBFS 2-3 s into a new
-# daemon's first answer), a request goes on. (A floor of -35 dBFS instead let a quieter
-# person's first request over the new daemon's first answer go unheard: living-room, 2 of 5
-# runs of bench.barge_in_live.)
+# the daemon starts: echo_cancel.WARM_UP_S), what it leaves of the answer's echo comes in
+# louder bursts: in the hall, -35 to -43 dBFS 2-3 s into a new daemon's first answer, up to
+# six frames in a row (bench.barge_in_live, 1.7 and 3.2 s into new daemons' first answers).
+# Over it only frames this loud count, 4 of 10 as always; a person talking over it came
+# through at -22 to -37. (6 of 10 at -45 dBFS let those six frames open a turn in 3 of 20
+# first answers in the hall, and heard the person later: living-room 670-1070 ms against
+# 705-1030. All 6 s at -35 dBFS lost living-room's first request in 2 of 5 runs.)
+WARMING_UP_FLOOR_DBFS = -38.0
+# ...over a chime's echo meanwhile, 6 of 10 at the usual floor: the request after the wake
+# chime goes on, a chime's leak does not.
 WARMING_UP_START = (6, 10)
 # ...but before that, while it has not even found the echo (echo_cancel.FINDING_ECHO_S), the
 # echo comes through continuous and as loud as a person: only frames this loud count (a
@@ -103,6 +108,7 @@ TRACE_FRAMES = 40
 # The floors as the mean square of PCM16 samples, which is what a frame is measured in.
 _FLOOR_MEAN_SQUARE = 32768.0**2 * 10 ** (ECHO_SPEECH_FLOOR_DBFS / 10)
 _FINDING_ECHO_FLOOR_MEAN_SQUARE = 32768.0**2 * 10 ** (FINDING_ECHO_FLOOR_DBFS / 10)
+_WARMING_UP_FLOOR_MEAN_SQUARE = 32768.0**2 * 10 ** (WARMING_UP_FLOOR_DBFS / 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,10 +293,7 @@ class FrontEnd:
         if is_speech and opening_over_echo:
             # Only to open a turn: once the person has the word, the echo canceller may dull
             # their quieter syllables, and a turn must not end on them.
-            finding = self.echo is not None and self.echo.finding_the_echo
-            is_speech = _mean_square(frame16) >= (
-                _FINDING_ECHO_FLOOR_MEAN_SQUARE if finding else _FLOOR_MEAN_SQUARE
-            )
+            is_speech = _mean_square(frame16) >= self._opening_floor()
         floor_said = is_speech
         # The answer's echo that a new canceller has not found yet: no voice counts over it.
         deaf = (
@@ -333,7 +336,8 @@ class FrontEnd:
                 self.wake.skip(len(frame16) // 2)
         if frame24 is not None:
             warming_up = self.echo is not None and self.echo.warming_up
-            bursty = warming_up and self.echo is not None and not self.echo.finding_the_echo
+            bursty = (warming_up and self.echo is not None and not self.echo.finding_the_echo
+                      and not self.echo.last_chunk_may_echo_reply)
             gate_events = self.gate.feed(
                 frame24, is_speech, over_echo=self._over_echo, maybe_speech=maybe_speech,
                 start_over_echo=WARMING_UP_START if bursty else None,
@@ -353,6 +357,17 @@ class FrontEnd:
                     for frame, mark in self._trace
                 )
             events.extend(gate_events)
+
+    def _opening_floor(self) -> float:
+        """How loud a voiced frame over echo must be to count (as a mean square)."""
+        echo = self.echo
+        if echo is None or not echo.warming_up:
+            return _FLOOR_MEAN_SQUARE
+        if echo.finding_the_echo:
+            return _FINDING_ECHO_FLOOR_MEAN_SQUARE
+        if echo.last_chunk_may_echo_reply:
+            return _WARMING_UP_FLOOR_MEAN_SQUARE
+        return _FLOOR_MEAN_SQUARE
 
     def _share_later(self, vad_said: bool) -> None:
         self._not_yet_shared.append(vad_said)
