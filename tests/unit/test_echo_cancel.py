@@ -18,6 +18,7 @@ import webrtcvad
 from support.speech import ordinary_speech_stretch
 from talkbox.audio.echo_cancel import (
     ECHO_TAIL_S,
+    FINDING_ECHO_S,
     STAY_ON_S,
     WARM_UP_S,
     EchoCanceller,
@@ -221,6 +222,20 @@ def test_it_learns_the_room_from_seconds_of_sound_not_from_the_silence_around_it
     run(canceller, played, room_echo(played, 60, 0.0))
     assert canceller.stats.echo_s > WARM_UP_S, canceller.stats
     assert not canceller.warming_up and not canceller.finding_the_echo
+
+
+def test_it_has_found_the_echo_only_once_it_takes_it_out() -> None:
+    # 3 s of sound: time enough to find an echo that follows what was played, but what the
+    # microphone hears here is another sound (as good as a reference far out of step).
+    speech = reply_audio(8.0)[SPEAKER_RATE:]
+    played = speech[: 3 * SPEAKER_RATE]
+    found = new_canceller()
+    run(found, played, room_echo(played, 120, 0.0))
+    assert found.stats.echo_s > FINDING_ECHO_S + 1 and found.warming_up
+    assert not found.finding_the_echo
+    lost = new_canceller()
+    run(lost, played, room_echo(speech[3 * SPEAKER_RATE : 6 * SPEAKER_RATE], 120, 0.0))
+    assert lost.stats.echo_s > FINDING_ECHO_S + 1 and lost.finding_the_echo
 
 
 @pytest.mark.parametrize("side", ["speaker", "microphone"])

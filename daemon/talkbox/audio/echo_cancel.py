@@ -67,7 +67,7 @@ ECHO_TAIL_S = 1.2
 STAY_ON_S = 10.0
 # A new canceller has not learnt the room: for its first seconds of echo, what it leaves is
 # louder (the front end asks more of a voice meanwhile: frontend.FINDING_ECHO_FLOOR_DBFS,
-# WARMING_UP_START).
+# WARMING_UP_FLOOR_DBFS, WARMING_UP_START).
 WARM_UP_S = 6.0
 # ...counted only while the speaker sounds (its reference above SOUNDING_DBFS): the chime's tail,
 # the person's request after it and the silence an answer may begin with teach AEC3 nothing
@@ -80,6 +80,13 @@ _SOUNDING_SQUARES = (32768.0 * 10 ** (SOUNDING_DBFS / 20)) ** 2
 # nearly whole, as loud as a person (-22 to -33 dBFS at the start of a new daemon's first
 # answer, kitchen-drift and the hall): the front end asks for a louder voice meanwhile.
 FINDING_ECHO_S = 1.5
+# ...or longer, until it takes this much of the echo out over FOUND_JUDGED_S of sound (from
+# FINDING_ECHO_S on: before that AEC3 may mute everything while it searches), within its
+# warm-up: after the microphone had restarted just before a new daemon's first answer, its
+# clock's first estimate moved the reference by 6 ms in 2 s, and AEC3 let the echo through
+# at -23 to -30 dBFS 1.7 s in (living-room), with the person not yet talking.
+FOUND_ECHO_REDUCTION_DB = 15.0
+FOUND_JUDGED_S = 0.4
 # The near-end detector's filter learns from a chunk only if AEC3's output was below this
 # (-55 dBFS: cleaned echo alone is at -70 to -80, a person AEC3 lets through far above).
 _NEAR_END_ECHO_LEFT_SQUARES = 32768.0**2 * 10 ** (-55 / 10)
@@ -244,6 +251,10 @@ class EchoCanceller:
         self._smoothed_error = 0.0
         self._sound_ended = -math.inf  # DAC time when the last sound handed over ends
         self._reply_ended = -math.inf  # ...and the last block of an answer
+        # Energy of the microphone and of what AEC3 left over the sound being judged, until it
+        # has found the echo (FOUND_ECHO_REDUCTION_DB).
+        self._raw_energy = self._left_energy = self._judged_s = 0.0
+        self._found_echo = False
         self.last_chunk_cleaned = False
         """Whether the last chunk went through AEC3."""
         self.last_chunk_may_echo = False
@@ -267,8 +278,10 @@ class EchoCanceller:
 
     @property
     def finding_the_echo(self) -> bool:
-        """Whether AEC3 has had less than `FINDING_ECHO_S` of sound: it lets the echo through."""
-        return self.stats.echo_s < FINDING_ECHO_S
+        """Whether AEC3 has not found the echo yet, and lets it through: it has had less than
+        `FINDING_ECHO_S` of sound, or has not yet taken FOUND_ECHO_REDUCTION_DB out of it
+        over FOUND_JUDGED_S of sound since (within its warm-up)."""
+        return not self._found_echo and self.warming_up
 
     def process(self, captured: bytes, capture_time: float) -> bytes:
         """The chunk with the speaker's echo taken out (unchanged when nothing was played).
@@ -302,12 +315,29 @@ class EchoCanceller:
         if _sounding(far):
             finding, warming_up = self.finding_the_echo, self.warming_up
             self.stats.echo_s += n / self.capture_rate
+            if not self._found_echo and self.stats.echo_s > FINDING_ECHO_S:
+                self._judge_echo_reduction(near, cleaned)
             if finding != self.finding_the_echo or warming_up != self.warming_up:
                 log.debug("echo canceller: %s after %.1f s of sound",
                           "warmed up" if not self.warming_up else "found the echo",
                           self.stats.echo_s)
         self.last_cleaned = cleaned.astype("<i2", copy=False).tobytes()
         return self.last_cleaned + captured[n * BYTES_PER_SAMPLE :]
+
+    def _judge_echo_reduction(
+        self, near: npt.NDArray[np.int16], cleaned: npt.NDArray[np.int16]
+    ) -> None:
+        """How much of the echo AEC3 takes out, FOUND_JUDGED_S of sound at a time, until it
+        has found it (for good: a person talking over the answer later is not the echo)."""
+        self._raw_energy += float(np.dot(near.astype(np.float64), near.astype(np.float64)))
+        self._left_energy += float(np.dot(cleaned.astype(np.float64),
+                                          cleaned.astype(np.float64)))
+        self._judged_s += len(near) / self.capture_rate
+        if self._judged_s < FOUND_JUDGED_S:
+            return
+        ratio = 10 ** (FOUND_ECHO_REDUCTION_DB / 10)
+        self._found_echo = self._raw_energy >= self._left_energy * ratio
+        self._raw_energy = self._left_energy = self._judged_s = 0.0
 
     def _detect_near_end(
         self, near: npt.NDArray[np.int16], far: npt.NDArray[np.int16],
