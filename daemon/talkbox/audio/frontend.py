@@ -58,9 +58,9 @@ OVER_ECHO_START = (4, 10)
 # louder bursts: in the hall, -35 to -43 dBFS 2-3 s into a new daemon's first answer, up to
 # six frames in a row (bench.barge_in_live, 1.7 and 3.2 s into new daemons' first answers).
 # Over it only frames this loud count, 4 of 10 as always; a person talking over it came
-# through at -22 to -37. (6 of 10 at -45 dBFS let those six frames open a turn in 3 of 20
-# first answers in the hall, and heard the person later: living-room 670-1070 ms against
-# 705-1030. All 6 s at -35 dBFS lost living-room's first request in 2 of 5 runs.)
+# through at -22 to -37. (6 of 10 at -45 dBFS let those frames open a turn in 4 of 31 of the
+# hall's first answers, and heard a person no sooner: 20 runs of four rooms' first answers.
+# All 6 s at -35 dBFS lost living-room's first request in 2 of 5 runs.)
 WARMING_UP_FLOOR_DBFS = -38.0
 # ...over a chime's echo meanwhile, 6 of 10 at the usual floor: the request after the wake
 # chime goes on, a chime's leak does not.
