@@ -111,6 +111,27 @@ def new_canceller() -> EchoCanceller:
     return EchoCanceller(reference, MIC_RATE)
 
 
+def flags_over_time(canceller: EchoCanceller, played: npt.NDArray[np.int16],
+                    reply_from_s: float = math.inf) -> list[tuple[float, bool, bool, bool]]:
+    """Play `played` (handed over 0.1 s ahead, the answer's blocks from `reply_from_s` on)
+    to a silent microphone: per captured chunk, (its time, cleaned, may echo, may echo the
+    answer)."""
+    reference = canceller.reference
+    flags = []
+    sent = 0
+    for k in range(len(played) * MIC_RATE // SPEAKER_RATE // CHUNK):
+        captured_at = T0 + k * CHUNK / MIC_RATE
+        while T0 + sent * BLOCK / SPEAKER_RATE <= captured_at + 0.1:
+            pcm = played[sent * BLOCK : (sent + 1) * BLOCK]
+            reference.played(pcm.tobytes(), T0 + sent * BLOCK / SPEAKER_RATE, bool(pcm.any()),
+                             reply=sent * BLOCK >= reply_from_s * SPEAKER_RATE)
+            sent += 1
+        canceller.process(bytes(2 * CHUNK), captured_at)
+        flags.append((captured_at - T0, canceller.last_chunk_cleaned,
+                      canceller.last_chunk_may_echo, canceller.last_chunk_may_echo_reply))
+    return flags
+
+
 @pytest.mark.parametrize(("delay_ms", "drift_ppm"), [(20, 0.0), (150, 0.0), (300, 100.0),
                                                      (60, -300.0)])
 def test_the_echo_of_a_long_answer_is_taken_out(delay_ms: int, drift_ppm: float) -> None:
@@ -147,21 +168,9 @@ def test_it_runs_from_the_first_sound_and_stays_on_well_after_the_echo_has_ended
     speech = reply_audio(3.0)[SPEAKER_RATE:]  # past its leading second of silence
     played[start : start + int(sound_s * SPEAKER_RATE)] = speech[: int(sound_s * SPEAKER_RATE)]
     # The silence around the sound is handed over as silence, as the running stream does.
-    reference = canceller.reference
-    cleaned_at = []
-    echo_at = []
-    sent = 0
-    for k in range(int(seconds * MIC_RATE) // CHUNK):
-        captured_at = T0 + k * CHUNK / MIC_RATE
-        while T0 + sent * BLOCK / SPEAKER_RATE <= captured_at + 0.1:
-            pcm = played[sent * BLOCK : (sent + 1) * BLOCK]
-            reference.played(pcm.tobytes(), T0 + sent * BLOCK / SPEAKER_RATE, bool(pcm.any()))
-            sent += 1
-        canceller.process(bytes(2 * CHUNK), captured_at)
-        if canceller.last_chunk_cleaned:
-            cleaned_at.append(captured_at - T0)
-        if canceller.last_chunk_may_echo:
-            echo_at.append(captured_at - T0)
+    flags = flags_over_time(canceller, played)
+    cleaned_at = [at for at, cleaned, _, _ in flags if cleaned]
+    echo_at = [at for at, _, may_echo, _ in flags if may_echo]
     assert cleaned_at, "the canceller never ran"
     # From when the sound is handed to the device (here 0.1 s before it is heard).
     assert sound_at - 0.15 <= cleaned_at[0] <= sound_at + 0.05
@@ -181,22 +190,9 @@ def test_it_tells_the_answers_echo_from_a_chimes() -> None:
     played = np.zeros(int(seconds * SPEAKER_RATE), np.int16)
     played[SPEAKER_RATE : SPEAKER_RATE + SPEAKER_RATE // 2] = sound[: SPEAKER_RATE // 2]
     played[4 * SPEAKER_RATE : 6 * SPEAKER_RATE] = sound[: 2 * SPEAKER_RATE]
-    reference = canceller.reference
-    echo_at, reply_at = [], []
-    sent = 0
-    for k in range(int(seconds * MIC_RATE) // CHUNK):
-        captured_at = T0 + k * CHUNK / MIC_RATE
-        while T0 + sent * BLOCK / SPEAKER_RATE <= captured_at + 0.1:
-            pcm = played[sent * BLOCK : (sent + 1) * BLOCK]
-            is_reply = sent * BLOCK >= 4 * SPEAKER_RATE
-            reference.played(pcm.tobytes(), T0 + sent * BLOCK / SPEAKER_RATE, bool(pcm.any()),
-                             reply=is_reply)
-            sent += 1
-        canceller.process(bytes(2 * CHUNK), captured_at)
-        if canceller.last_chunk_may_echo:
-            echo_at.append(captured_at - T0)
-        if canceller.last_chunk_may_echo_reply:
-            reply_at.append(captured_at - T0)
+    flags = flags_over_time(canceller, played, reply_from_s=4.0)
+    echo_at = [at for at, _, may_echo, _ in flags if may_echo]
+    reply_at = [at for at, _, _, may_echo_reply in flags if may_echo_reply]
     assert echo_at[0] == pytest.approx(1.0, abs=0.15)  # the chime's echo...
     assert reply_at[0] == pytest.approx(4.0, abs=0.15)  # ...is not the answer's
     assert reply_at[-1] == pytest.approx(6.0 + ECHO_TAIL_S, abs=0.06)
