@@ -336,11 +336,12 @@ class FrontEnd:
                 self.wake.skip(len(frame16) // 2)
         if frame24 is not None:
             warming_up = self.echo is not None and self.echo.warming_up
-            bursty = (warming_up and self.echo is not None and not self.echo.finding_the_echo
-                      and not self.echo.last_chunk_may_echo_reply)
+            new_chime_echo = (warming_up and self.echo is not None
+                              and not self.echo.finding_the_echo
+                              and not self.echo.last_chunk_may_echo_reply)
             gate_events = self.gate.feed(
                 frame24, is_speech, over_echo=self._over_echo, maybe_speech=maybe_speech,
-                start_over_echo=WARMING_UP_START if bursty else None,
+                start_over_echo=WARMING_UP_START if new_chime_echo else None,
             )
             if warming_up:
                 # No pause while the canceller is new to the room: when a pause for no one
