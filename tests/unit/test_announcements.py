@@ -19,6 +19,7 @@ from talkbox.core.inputs import (
     PlaybackDrained,
     PlayChime,
     State,
+    StopRequested,
     TimerFired,
     WakeWord,
 )
@@ -94,6 +95,16 @@ def test_an_announcement_during_a_conversation_is_made_once_it_has_ended() -> No
     assert [c.kind for c in of(PlayChime, ended)] == ["done"]
     assert of(OpenConnection, ended) and d.m.state is State.CONNECTING
     assert sent(d.ready()) == [CreateResponse(ANNOUNCE_INSTRUCTIONS.format(text=TEXT))]
+
+
+def test_one_waiting_is_not_made_after_the_conversation_was_stopped() -> None:
+    d = Driver(speak_announcements=True)
+    d.start_listening()
+    d(Announce(TEXT))
+    stopped = d(StopRequested("talkbox ctl stop"))
+    assert d.m.state is State.IDLE and not of(OpenConnection, stopped)
+    assert any("not made (talkbox ctl stop)" in n.text for n in of(Notice, stopped))
+    assert d.m.waiting_announcements == []
 
 
 def test_announcements_that_waited_too_long_or_too_many_are_not_made() -> None:

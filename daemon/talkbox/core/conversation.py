@@ -438,7 +438,8 @@ class ConversationMachine:
         """Say the text through the service: a conversation of one response, which ends once
         it has played (nobody asked a question, so the microphone does not listen for one;
         the wake word still interrupts it, and then the conversation goes on). During a
-        conversation it waits for the end (ANNOUNCEMENT_WAIT_SECONDS at most). Without a
+        conversation it waits for the end (ANNOUNCEMENT_WAIT_SECONDS at most; not after a
+        stop, a mute or a timer that rings, which interrupt it). Without a
         service, or while the service is backing off after failures, a chime and the log."""
         if self.muted:
             out.append(Notice("info", f"announcement not made (muted): {event.text}"))
@@ -1032,7 +1033,12 @@ class ConversationMachine:
         self._reset_conversation()
         # A reload waited for this conversation to end; its outcome above was of the old settings.
         self._apply_pending_config(out)
-        self._announce_waiting(out)
+        if interrupt:  # stopped, muted, or a timer rings: not the moment for more talk
+            for text, _ in self.waiting_announcements:
+                out.append(Notice("info", f"announcement not made ({reason}): {text}"))
+            self.waiting_announcements.clear()
+        else:
+            self._announce_waiting(out)
 
     # --- timers and alarms ---------------------------------------------------------------------
 
