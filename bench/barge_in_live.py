@@ -54,7 +54,7 @@ from support.room import (
 from support.service import serving, sessions
 from support.speech import concat, silence
 from talkbox.audio.echo_cancel import WARM_UP_S
-from talkbox.audio.near_end import SOUNDING_DBFS
+from talkbox.audio.near_end import sounding
 
 RESULTS = Path(__file__).resolve().parent / "results" / "barge_in_live.json"
 INTERRUPTED = "state listening (interrupted)"
@@ -85,14 +85,13 @@ def silent_from(records: list[tuple[float, bytes]], since: float, quiet_s: float
 
 def sounded_seconds(records: list[tuple[float, bytes]], until: float) -> float:
     """How long the speaker sounded before `until`, as the echo canceller counts its warm-up
-    (reads above SOUNDING_DBFS)."""
-    threshold = (32768.0 * 10 ** (SOUNDING_DBFS / 20)) ** 2
+    (the drained reads that near_end.sounding calls sound)."""
     sounded = 0
     for at, pcm in records:
         if at >= until:
             break
-        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-        if len(samples) and float(np.dot(samples, samples)) > len(samples) * threshold:
+        samples = np.frombuffer(pcm, dtype="<i2")
+        if sounding(samples):
             sounded += len(samples)
     return sounded / SPEAKER_RATE
 

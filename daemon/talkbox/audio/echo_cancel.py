@@ -49,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 import pywebrtc_audio
 
-from talkbox.audio.near_end import SOUNDING_DBFS, NearEndDetector
+from talkbox.audio.near_end import NearEndDetector, sounding
 from talkbox.audio.resample import PromptResampler
 from talkbox.audio_format import BYTES_PER_SAMPLE
 
@@ -69,13 +69,12 @@ STAY_ON_S = 10.0
 # louder (the front end asks more of a voice meanwhile: frontend.FINDING_ECHO_FLOOR_DBFS,
 # WARMING_UP_FLOOR_DBFS, WARMING_UP_START).
 WARM_UP_S = 6.0
-# ...counted only while the speaker sounds (its reference above SOUNDING_DBFS): the chime's tail,
+# ...counted only while the speaker sounds (near_end.sounding): the chime's tail,
 # the person's request after it and the silence an answer may begin with teach AEC3 nothing
 # about the room. In the simulated hall (bench.barge_in_live, a new daemon's first answer),
 # what AEC3 left of the echo 2-3 s into it, at -35 to -43 dBFS, interrupted the answer in 3
 # of 15 runs when 3 s of chunks near a sound made the warm-up, in 1 of 6 after 3 s of sound;
 # after 6 s of sound, in none of 24 runs between 1 and 6 s into the answer.
-_SOUNDING_SQUARES = (32768.0 * 10 ** (SOUNDING_DBFS / 20)) ** 2
 # ...and for its first 1.5 s of sound it has not found the echo yet and lets it through
 # nearly whole, as loud as a person (-22 to -33 dBFS at the start of a new daemon's first
 # answer, kitchen-drift and the hall): the front end asks for a louder voice meanwhile.
@@ -100,11 +99,6 @@ _STEER_SMOOTHING = 0.05
 # At most this many reference blocks wait between two captured chunks (about 2 s of 20 ms
 # periods): a stalled microphone must not let the speaker's blocks pile up.
 _MAX_PENDING_BLOCKS = 100
-
-
-def _sounding(reference: npt.NDArray[np.int16]) -> bool:
-    samples = reference.astype(np.float64)
-    return float(np.dot(samples, samples)) > len(samples) * _SOUNDING_SQUARES
 
 
 class SpeakerReference:
@@ -312,7 +306,7 @@ class EchoCanceller:
         cleaned: npt.NDArray[np.int16] = self._aec.process(near, far)
         self.last_chunk_near_end = self._detect_near_end(near, far, cleaned)
         self.stats.chunks_cleaned += 1
-        if _sounding(far):
+        if sounding(far):
             finding, warming_up = self.finding_the_echo, self.warming_up
             self.stats.echo_s += n / self.capture_rate
             if not self._found_echo and self.stats.echo_s > FINDING_ECHO_S:

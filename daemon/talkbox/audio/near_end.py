@@ -52,13 +52,13 @@ _STEP = 0.5
 _REGULARISER = 1e6
 # After a near-end block, the filter does not adapt for this many blocks (the person talks on).
 _FREEZE_BLOCKS = 15
-# A reference this loud is the speaker sounding (quieter is the silence between sounds): the
-# echo canceller counts its warm-up in it, and this filter learns only from it...
+# A reference this loud is the speaker sounding (quieter is the silence between sounds), as
+# `sounding()` tells: the echo canceller counts its warm-up in it, and this filter learns only
+# from it, and from blocks whose AEC3 output was at its floor: after a barge-in the person
+# talks on over the echo's reverberation, and a filter that learnt from them took 3-6 dB of
+# echo out instead of 10-20.
 SOUNDING_DBFS = -50.0
-# ...and from blocks whose AEC3 output was at its floor: after a barge-in the person talks on
-# over the echo's reverberation, and a filter that learnt from them took 3-6 dB of echo out
-# instead of 10-20.
-_ACTIVE_FAR_SQUARES = BLOCK * (32768.0 * 10 ** (SOUNDING_DBFS / 20)) ** 2
+_SOUNDING_SQUARES = (32768.0 * 10 ** (SOUNDING_DBFS / 20)) ** 2
 # Near end in more than this share of the blocks of the last ~2 s (a speaker falls silent when
 # someone talks over it) is the filter gone wrong: it adapts and learns regardless.
 _MOST_FLAGGED = 0.3
@@ -93,6 +93,12 @@ _LEARN_BLOCKS = 150
 # ...and it must take at least this much echo out (median over bands): a filter that cannot
 # (an echo path longer than its 600 ms) leaves the decision to the speech gate alone.
 _MIN_ERLE_DB = 6.0
+
+
+def sounding(samples: npt.NDArray[np.int16] | npt.NDArray[np.float64]) -> bool:
+    """Whether `samples` (PCM16 scale) are the speaker sounding: above SOUNDING_DBFS."""
+    values = samples.astype(np.float64, copy=False)
+    return float(np.dot(values, values)) > len(values) * _SOUNDING_SQUARES
 
 
 class NearEndDetector:
@@ -217,7 +223,7 @@ class NearEndDetector:
             self.blocks_flagged += 1
             self._frozen = _FREEZE_BLOCKS + 1
         self._flag_rate += _FLAG_RATE_SMOOTHING * (flagged - self._flag_rate)
-        far_active = float(np.dot(far, far)) > _ACTIVE_FAR_SQUARES
+        far_active = sounding(far)
         if self._frozen and self._flag_rate < _MOST_FLAGGED:
             self._frozen -= 1
         elif echo_left and far_active:
