@@ -309,7 +309,8 @@ class EchoCanceller:
         if sounding(far):
             finding, warming_up = self.finding_the_echo, self.warming_up
             self.stats.echo_s += n / self.capture_rate
-            if not self._found_echo and self.stats.echo_s > FINDING_ECHO_S:
+            # (Only within the warm-up: after it, finding_the_echo is false whatever AEC3 does.)
+            if self.finding_the_echo and self.stats.echo_s > FINDING_ECHO_S:
                 self._judge_echo_reduction(near, cleaned)
             if finding != self.finding_the_echo or warming_up != self.warming_up:
                 log.debug("echo canceller: %s after %.1f s of sound",
