@@ -56,14 +56,17 @@ def room_echo(played: npt.NDArray[np.int16], delay_ms: int, drift_ppm: float,
 
 def run(canceller: EchoCanceller, played: npt.NDArray[np.int16],
         mic: npt.NDArray[np.float64], drift_ppm: float = 0.0, *,
-        lost: tuple[str, float, float] | None = None,
+        lost: tuple[str, float, float] | None = None, reply_from_s: float = math.inf,
+        flags: list[tuple[float, bool, bool, bool]] | None = None,
         ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]]:
     """Play and capture side by side on the two devices' clocks; (raw, cleaned) capture.
 
     `lost` = (side, at_s, seconds): from `at_s` on, that device goes on `seconds` later (an
     underrun, or a stall): the speaker's blocks are stamped that much later (`mic` must hold
     the silence it played meanwhile), or the microphone's chunks are, and hold what it heard
-    that much later (what it missed meanwhile is skipped)."""
+    that much later (what it missed meanwhile is skipped). The blocks from `reply_from_s` on
+    are the answer's (before it, a chime's). `flags` gets, per captured chunk, (its time,
+    cleaned, may echo, may echo the answer)."""
     side, lost_at_s, lost_s = lost or ("", math.inf, 0.0)
     reference = canceller.reference
     mic_period = CHUNK / (MIC_RATE * (1 + drift_ppm * 1e-6))
@@ -85,13 +88,17 @@ def run(canceller: EchoCanceller, played: npt.NDArray[np.int16],
                 break
             pcm = played[block * BLOCK : (block + 1) * BLOCK]
             pcm = np.concatenate([pcm, np.zeros(BLOCK - len(pcm), np.int16)])
-            reference.played(pcm.tobytes(), plays_at, bool(pcm.any()))
+            reference.played(pcm.tobytes(), plays_at, bool(pcm.any()),
+                             reply=block * BLOCK >= reply_from_s * SPEAKER_RATE)
             block += 1
         start = k * CHUNK + (skipped if mic_late else 0)
         chunk = np.clip(mic[start : start + CHUNK], -32768, 32767).astype(np.int16)
         raw.append(chunk)
         cleaned.append(np.frombuffer(canceller.process(chunk.tobytes(), captured_at + mic_late),
                                      np.int16))
+        if flags is not None:
+            flags.append((captured_at - T0, canceller.last_chunk_cleaned,
+                          canceller.last_chunk_may_echo, canceller.last_chunk_may_echo_reply))
     return np.concatenate(raw), np.concatenate(cleaned)
 
 
@@ -113,22 +120,11 @@ def new_canceller() -> EchoCanceller:
 
 def flags_over_time(canceller: EchoCanceller, played: npt.NDArray[np.int16],
                     reply_from_s: float = math.inf) -> list[tuple[float, bool, bool, bool]]:
-    """Play `played` (handed over 0.1 s ahead, the answer's blocks from `reply_from_s` on)
-    to a silent microphone: per captured chunk, (its time, cleaned, may echo, may echo the
-    answer)."""
-    reference = canceller.reference
-    flags = []
-    sent = 0
-    for k in range(len(played) * MIC_RATE // SPEAKER_RATE // CHUNK):
-        captured_at = T0 + k * CHUNK / MIC_RATE
-        while T0 + sent * BLOCK / SPEAKER_RATE <= captured_at + 0.1:
-            pcm = played[sent * BLOCK : (sent + 1) * BLOCK]
-            reference.played(pcm.tobytes(), T0 + sent * BLOCK / SPEAKER_RATE, bool(pcm.any()),
-                             reply=sent * BLOCK >= reply_from_s * SPEAKER_RATE)
-            sent += 1
-        canceller.process(bytes(2 * CHUNK), captured_at)
-        flags.append((captured_at - T0, canceller.last_chunk_cleaned,
-                      canceller.last_chunk_may_echo, canceller.last_chunk_may_echo_reply))
+    """`run` with a silent microphone: per captured chunk, (its time, cleaned, may echo, may
+    echo the answer)."""
+    flags: list[tuple[float, bool, bool, bool]] = []
+    silence = np.zeros(len(played) * MIC_RATE // SPEAKER_RATE)
+    run(canceller, played, silence, reply_from_s=reply_from_s, flags=flags)
     return flags
 
 
