@@ -32,6 +32,7 @@ from support.room import (
     SPEAKER_DBFS,
     EchoRoom,
     RoomSpec,
+    from_first_sound,
     speech_level_dbfs,
 )
 from support.speech import ordinary_speech_stretch, speak
@@ -116,7 +117,8 @@ def simulate(name: str, spec: RoomSpec, *, seconds: float = 120.0, talk_every_s:
     answer = at_level(ordinary_speech_stretch(SPEAKER_RATE, seconds + 6, noise_volume=0.0,
                                               pauses=(0.3, 0.6, 0.2))[SPEAKER_RATE:],
                       SPEAKER_DBFS)
-    voices = [at_level(speak(t, voice=v, speed=s, rate=MIC_RATE, pad=(0.0, 0.0)), PERSON_DBFS)
+    voices = [at_level(from_first_sound(speak(t, voice=v, speed=s, rate=MIC_RATE,
+                                              pad=(0.0, 0.0))), PERSON_DBFS)
               for t, v, s in (WAKE_VOICES if wake_word else INTERRUPTING_REQUESTS)]
     result = RoomResult(name, answer_s=seconds)
 

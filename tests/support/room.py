@@ -189,9 +189,25 @@ INTERRUPTING_REQUESTS = (
 
 
 def person(text: str, voice: str = "en-us", speed: int = 160) -> npt.NDArray[np.int16]:
-    """A person at the microphone saying `text`, at the room's reference level."""
-    return at_speech_level(speak(text, voice=voice, speed=speed, rate=MIC_RATE, pad=(0.0, 0.0)),
-                           PERSON_DBFS)
+    """A person at the microphone saying `text`, at the room's reference level, from their
+    first sound (so that the benchmarks' "start of speech" is when the person starts)."""
+    spoken = speak(text, voice=voice, speed=speed, rate=MIC_RATE, pad=(0.0, 0.0))
+    return at_speech_level(from_first_sound(spoken), PERSON_DBFS)
+
+
+# espeak-ng begins some phrases with up to 50 ms of silence ("tell me something else" in
+# en-us+f3, "can you speak more slowly please" in en-gb-x-rp): nobody is speaking yet.
+FIRST_SOUND_DBFS = -60.0
+_FIRST_SOUND_WINDOW_S = 0.005
+
+
+def from_first_sound(pcm: npt.NDArray[np.int16], rate: int = MIC_RATE) -> npt.NDArray[np.int16]:
+    """`pcm` from the first 5 ms window at or above FIRST_SOUND_DBFS on."""
+    window = round(rate * _FIRST_SOUND_WINDOW_S)
+    count = len(pcm) // window
+    power = (pcm[: count * window].astype(np.float64).reshape(count, window) ** 2).mean(axis=1)
+    loud = np.flatnonzero(power >= FULL_SCALE**2 * 10 ** (FIRST_SOUND_DBFS / 10))
+    return pcm[int(loud[0]) * window :] if len(loud) else pcm
 
 
 def long_answer(seconds: float) -> bytes:

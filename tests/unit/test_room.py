@@ -29,8 +29,10 @@ from support.room import (
     EchoRoom,
     RoomSpec,
     clip16,
+    from_first_sound,
     measure_delay,
     on_device_clock,
+    person,
     rms_dbfs,
     speech_level_dbfs,
     to_rate,
@@ -416,3 +418,16 @@ def test_measure_delay_and_levels_on_known_signals() -> None:
         -20.0, abs=0.1)
     assert rms_dbfs(np.concatenate([sine, np.zeros(MIC_RATE)])) == pytest.approx(-23.0, abs=0.1)
     assert speech_level_dbfs(np.zeros(MIC_RATE)) == -math.inf
+
+
+def test_a_person_starts_at_their_first_sound() -> None:
+    # espeak-ng leads some phrases with silence; "start of speech" is the first sound.
+    tone = (3000 * np.sin(np.arange(1600) * 0.3)).astype(np.int16)
+    led = np.concatenate((np.zeros(800, np.int16), np.full(80, 5, np.int16), tone))
+    assert np.array_equal(from_first_sound(led), tone)  # 50 ms of silence and a -76 dBFS hiss
+    assert np.array_equal(from_first_sound(tone), tone)
+    silent = np.zeros(800, np.int16)
+    assert np.array_equal(from_first_sound(silent), silent)
+    quiet_start = person("tell me something else", "en-us+f3", 170)
+    window = 80
+    assert np.mean(quiet_start[:window].astype(np.float64) ** 2) >= 32768.0**2 * 1e-6
