@@ -16,7 +16,9 @@ from support.speech import (
 )
 from support.wake_clips import SPEEDS, VOICES, on_chunk_grid, with_room_noise
 from talkbox.audio.frontend import (
+    ECHO_SPEECH_FLOOR_DBFS,
     TRACE_FRAMES,
+    WORD_RUN_PEAK_DBFS,
     FrontEnd,
     FrontEndEvent,
     VadFrame,
@@ -290,6 +292,21 @@ def request_no_louder_than(dbfs: float) -> bytes:
     loudest = float(np.sqrt(np.max(np.mean(frames**2, axis=1))))
     scaled = (clip * (32768 * 10 ** (dbfs / 20) / loudest)).astype(np.int16)
     return concat(silence(1.0, RATE), scaled).tobytes()
+
+
+def test_a_word_under_the_floor_pauses_the_answer_if_one_frame_of_it_is_loud_enough() -> None:
+    # A request that AEC3 let through no louder than WORD_RUN_PEAK_DBFS + 2 dB: under the
+    # floor a turn needs, but a run of voiced frames, one of them that loud.
+    def over_a_learnt_echo(peak_dbfs: float) -> list[list[FrontEndEvent]]:
+        canceller = _ScriptedCanceller(set(), set(), warming_up=False)
+        return feed_over_echo(front_end_over_echo(canceller), request_no_louder_than(peak_dbfs))
+    assert ECHO_SPEECH_FLOOR_DBFS > WORD_RUN_PEAK_DBFS + 2
+    louder = over_a_learnt_echo(WORD_RUN_PEAK_DBFS + 2)
+    assert first_chunk_with(GateSpeechLikely, louder) is not None
+    assert first_chunk_with(GateSpeechStarted, louder) is None
+    # 2 dB under it: what AEC3 leaves of an echo, for all the front end knows.
+    quieter = over_a_learnt_echo(WORD_RUN_PEAK_DBFS - 2)
+    assert first_chunk_with(GateSpeechLikely, quieter) is None
 
 
 def test_while_the_canceller_is_new_to_the_room_no_pause_is_asked_for() -> None:

@@ -204,6 +204,24 @@ def test_over_echo_a_likely_turn_counts_the_looser_decisions_but_two_must_be_voi
     assert likely_at("....#.##............") == [7]
 
 
+def test_over_echo_a_word_the_caller_heard_is_likely_once_and_never_without_echo() -> None:
+    def likely_with_words(marks: str, over_echo: bool = True) -> list[int]:
+        # `w`: voiced by the looser decision, and the caller heard a word end there.
+        gate = make_gate(over_echo_start=(4, 10))
+        said = []
+        for index, mark in enumerate(marks):
+            events = gate.feed(numbered_frame(index), mark == "#", over_echo=over_echo,
+                               maybe_speech=mark != ".", word_heard=mark == "w")
+            said += [index for event in events if isinstance(event, GateSpeechLikely)]
+        return said
+    # No frame loud enough for the plain rule: the word alone makes it likely, once a run.
+    assert likely_with_words("...vvvvwww..........") == [7]
+    assert likely_with_words("...vvvvw....vvvvw...") == [7, 16]
+    assert likely_with_words("...vvvvvvv..........") == []
+    # The speaker is not playing: a word means nothing (a turn opens as always).
+    assert likely_with_words("...vvvvwww..........", over_echo=False) == []
+
+
 def test_a_run_that_opens_the_turn_at_once_is_not_said_to_be_likely_too() -> None:
     gate = make_gate(over_echo_start=(3, 5))
     events = run_gate_over_echo(gate, pattern("..###"))
