@@ -413,16 +413,28 @@ def test_where_the_canceller_let_echo_through_no_voice_opens_a_turn() -> None:
     assert first_chunk_with(GateSpeechStarted, once) > first_chunk_with(GateSpeechStarted, plain)
 
 
-def test_the_double_talk_detector_opens_a_turn_sooner_and_a_leak_outweighs_it() -> None:
+def test_the_double_talk_detector_pauses_the_answer_sooner_and_a_leak_outweighs_it() -> None:
     plain, begins = over_echo()
-    opened = first_chunk_with(GateSpeechStarted, plain)
-    assert opened is not None and opened > begins
+    paused = first_chunk_with(GateSpeechLikely, plain)
+    assert paused is not None and paused > begins
     # The detector heard the person from their first chunk on (AEC3 may mute them).
-    heard = set(range(begins, opened))
+    heard = set(range(begins, paused))
     helped, _ = over_echo(near_end=heard)
-    assert first_chunk_with(GateSpeechStarted, helped) < opened
+    assert first_chunk_with(GateSpeechLikely, helped) in (begins, begins + 1)
+    # The turn itself opens on what the VAD hears, as before.
+    assert first_chunk_with(GateSpeechStarted, helped) == first_chunk_with(GateSpeechStarted, plain)
     both, _ = over_echo(near_end=heard, leaked=heard)
-    assert first_chunk_with(GateSpeechStarted, both) >= opened
+    paused_with_leaks = first_chunk_with(GateSpeechLikely, both)
+    assert paused_with_leaks is None or paused_with_leaks >= paused
+
+
+def test_the_double_talk_detector_alone_never_opens_a_turn() -> None:
+    # AEC3 muted everything while the detector heard a person (or went wrong) for 2 s: the
+    # answer pauses, and nothing is taken for a turn.
+    canceller = _ScriptedCanceller(set(), set(range(25, 75)), warming_up=False)
+    muted = feed_over_echo(front_end_over_echo(canceller), silence(4.0, RATE).tobytes())
+    assert first_chunk_with(GateSpeechLikely, muted) in (25, 26)
+    assert first_chunk_with(GateSpeechStarted, muted) is None
 
 
 def test_a_turn_opened_over_echo_leaves_the_story_of_its_frames_for_the_debug_log() -> None:

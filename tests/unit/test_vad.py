@@ -211,7 +211,7 @@ def test_over_echo_a_word_the_caller_heard_is_likely_once_and_never_without_echo
         said = []
         for index, mark in enumerate(marks):
             events = gate.feed(numbered_frame(index), mark == "#", over_echo=over_echo,
-                               maybe_speech=mark != ".", word_heard=mark == "w")
+                               maybe_speech=mark != ".", voice_heard=mark == "w")
             said += [index for event in events if isinstance(event, GateSpeechLikely)]
         return said
     # No frame loud enough for the plain rule: the word alone makes it likely, once a run.

@@ -78,11 +78,13 @@ FINDING_ECHO_FLOOR_DBFS = -35.0
 # (python -m bench.barge_in_live). Cleaned echo before the request costs nothing.
 OVER_ECHO_PADDING_MS = 1000
 # ...and while the canceller's double-talk detector (audio/near_end.py) hears someone over
-# the echo, and this many frames after, a frame counts as voiced towards opening a turn, even
-# if AEC3's suppressor muted it. In the simulated loud rooms (bench.echo_room, 240 s x 2
-# seeds a room, talked over every ~6 s) the 95th percentile of hearing someone went from 387
-# to 326 ms (the hall: 661 to 409), with no false barge-in added in 40 minutes of echo alone
-# (docs/benchmarks.md).
+# the echo, and this many frames after, the answer pauses (a turn is likely), even if AEC3's
+# suppressor muted them; once the echo is gone, AEC3 lets them through and the turn opens.
+# No turn opens on the detector's word alone: when it went wrong (the whole process, the
+# hall, 52 s into an answer), it heard a person at the start of every answer after, 23 times
+# in 45 s, and never learnt again, for each answer stopped before its filter could adapt. In
+# the simulated rooms (bench.echo_room, 240 s x 2 seeds a room) pausing instead of opening
+# took the hall's p95 to silence from 501 to 428 ms, with no pause for nobody added.
 NEAR_END_HOLD_FRAMES = 5
 # ...but where AEC3 let the echo through (its output louder than what the detector's linear
 # filter leaves), a frame over echo does not count as voiced, from then until this many frames
@@ -200,8 +202,8 @@ class FrontEnd:
         self.opening_trace = ""
         """How the last pause or turn over echo came about, frame by frame (for the debug
         log): the cleaned frame's level in dBFS, then `.` not voiced, `v` voiced but too quiet,
-        `V` voiced, `n` voiced by the double-talk detector, `x` not voiced for a leak (or over
-        the answer's echo before the canceller has found it)."""
+        `V` voiced, `n` a person to the double-talk detector (towards a pause), `x` not voiced
+        for a leak (or over the answer's echo before the canceller has found it)."""
         self._to_wake_rate = Resampler(input_rate, LISTEN_RATE)
         self._to_upload_rate = Resampler(input_rate, UPLOAD_RATE)
         self._frame16_bytes = vad.frame_bytes
@@ -322,21 +324,27 @@ class FrontEnd:
             self._share_later(vad_said)
             if self.quiet_frames_may_pause:
                 maybe_speech = vad_said
-        word_heard = self._word_run(level if opening_over_echo and vad_said else None)
+        voice_heard = self._word_run(level if opening_over_echo and vad_said else None)
+        near_end = False
         if self._near_end_frames:
             self._near_end_frames -= 1
             # The double-talk detector heard a person that AEC3's suppressor may be muting.
-            is_speech = is_speech or opening_over_echo
+            near_end = opening_over_echo
+            voice_heard = voice_heard or near_end
         if self._leak_frames:
             self._leak_frames -= 1
             is_speech = is_speech and not opening_over_echo
             maybe_speech = maybe_speech and not opening_over_echo
-            word_heard = word_heard and not opening_over_echo
-        wake_speech = is_speech  # the wake word is listened for over it all the same
+            near_end = near_end and not opening_over_echo
+            voice_heard = voice_heard and not opening_over_echo
+        # The wake word is listened for over it all the same (and over the person the
+        # detector heard: its audio is scored as if the VAD had called it speech).
+        wake_speech = is_speech or near_end
         if deaf:
-            is_speech = maybe_speech = word_heard = False
+            is_speech = maybe_speech = voice_heard = False
         if opening_over_echo:
-            self._trace.append((frame16, _trace_mark(vad_said, floor_said, is_speech)))
+            mark = _trace_mark(vad_said, floor_said, is_speech, near_end and not deaf)
+            self._trace.append((frame16, mark))
         self.last_is_speech = is_speech
         self._frames_done += 1
         if self.monitor:
@@ -359,7 +367,7 @@ class FrontEnd:
             gate_events = self.gate.feed(
                 frame24, is_speech, over_echo=self._over_echo, maybe_speech=maybe_speech,
                 start_over_echo=WARMING_UP_START if new_chime_echo else None,
-                word_heard=word_heard,
+                voice_heard=voice_heard,
             )
             if warming_up:
                 # No pause while the canceller is new to the room: when a pause for no one
@@ -407,11 +415,13 @@ class FrontEnd:
             self._echo_voiced_share += ECHO_VOICED_SMOOTHING * (voiced - self._echo_voiced_share)
 
 
-def _trace_mark(vad_said: bool, floor_said: bool, counted: bool) -> str:
+def _trace_mark(vad_said: bool, floor_said: bool, counted: bool, near_end: bool) -> str:
     if counted:
-        return "V" if floor_said else "n"
+        return "V"
     if floor_said:
         return "x"
+    if near_end:
+        return "n"
     return "v" if vad_said else "."
 
 

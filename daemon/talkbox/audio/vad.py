@@ -73,8 +73,8 @@ class GateSpeechStarted:
 class GateSpeechLikely:
     """Over echo, a run of voice that would open a turn without echo (`start_frames` of
     `start_window_frames`, counting `maybe_speech`, all but one voiced by `is_speech` too), or
-    that the caller took for a word (`word_heard`), was heard; the stricter `over_echo_start`
-    has not opened a turn yet. Said once per such run: the answer can pause while the gate
+    a voice the caller heard otherwise (`voice_heard`); the stricter `over_echo_start` has
+    not opened a turn yet. Said once per such run: the answer can pause while the gate
     makes sure."""
 
 
@@ -193,16 +193,16 @@ class SpeechGate:
     def feed(
         self, frame: bytes, is_speech: bool, *, over_echo: bool = False,
         maybe_speech: bool | None = None, start_over_echo: tuple[int, int] | None = None,
-        word_heard: bool = False,
+        voice_heard: bool = False,
     ) -> list[GateEvent]:
         """Take one frame and its VAD decision; return the events it causes.
 
         `over_echo`: the speaker is playing, so a turn needs `over_echo_start` to open, or
         `start_over_echo` (frames, window; the window no longer) for this frame instead.
         `maybe_speech`: a looser decision for the same frame (over echo: the VAD's, before the
-        echo's floor; default `is_speech`), which only the likely rule uses. `word_heard`: over
-        echo, the caller heard a word in the frames up to this one (the front end's
-        WORD_RUN_FRAMES): likely too."""
+        echo's floor; default `is_speech`), which only the likely rule uses. `voice_heard`: over
+        echo, the caller heard a voice in this frame by other means (the front end: a word's
+        run of voiced frames, or the double-talk detector): likely too, never a turn."""
         start_rule = start_over_echo or self.over_echo_start
         if start_rule[1] > self.over_echo_start[1]:
             raise ValueError("start_over_echo's window is longer than over_echo_start's")
@@ -211,7 +211,7 @@ class SpeechGate:
         self._recent_maybe.append(maybe)
         if self._state is _GateState.QUIET:
             if over_echo:
-                likely = self._likely_over_echo(maybe, word_heard)
+                likely = self._likely_over_echo(maybe, voice_heard)
                 events = self._feed_quiet(
                     frame, is_speech, *start_rule, self.over_echo_padding_frames
                 )
@@ -223,19 +223,20 @@ class SpeechGate:
             )
         return self._feed_speaking(frame, is_speech)
 
-    def _likely_over_echo(self, maybe_speech: bool, word_heard: bool) -> bool:
+    def _likely_over_echo(self, maybe_speech: bool, voice_heard: bool) -> bool:
         """Whether this frame starts a run that the plain start rule would take for a turn,
-        counting the looser decisions, all but one of them voiced by the stricter one, or
-        that the caller took for a word. (Over echo a short first word, "how", "what", often
-        has just two frames loud enough for the stricter decision before AEC3 mutes the rest
-        of it, or one.)"""
+        counting the looser decisions, all but one of them voiced by the stricter one, or a
+        voice the caller heard. (Over echo a short first word, "how", "what", often has just
+        two frames loud enough for the stricter decision before AEC3 mutes the rest of it,
+        or one, or none.)"""
         voiced = sum(islice(reversed(self._recent_voiced), self.start_window_frames))
         plain = sum(self._recent_maybe) >= self.start_frames and voiced >= self.start_frames - 1
-        if not (plain or word_heard):
+        if not (plain or voice_heard):
             self._likely = False
             return False
-        starts = maybe_speech and not self._likely
-        if maybe_speech:
+        heard = maybe_speech or voice_heard
+        starts = heard and not self._likely
+        if heard:
             self._likely = True
         return starts
 
