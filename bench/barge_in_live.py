@@ -142,6 +142,15 @@ class Interruption:
         return self.sounded_before_s < WARM_UP_S
 
 
+# How long a room's person waits for their words to be committed as a turn: the first
+# question (a wake word, a connection)...
+ASK_COMMIT_S = 20.0
+# ...and a request said over the answer (at most 2.5 s long; then the turn's 0.5 s of
+# silence). Short enough that the unheard request's answer, or its follow-up, still runs
+# when they ask again: a new session would not be the one the room's results are read from.
+REQUEST_COMMIT_S = 8.0
+
+
 @dataclass
 class RoomScript:
     """One room's person: asks, then talks over each answer a few seconds in, `count` times."""
@@ -164,12 +173,19 @@ class RoomScript:
     def _play(self) -> None:
         rng = random.Random(self.seed)
         mic: LiveMicrophone = self.run.microphone()
-        mic.speak(concat(silence(0.5), person("hey jarvis, tell me about rome")).tobytes())
+        ask = concat(silence(0.5), person("hey jarvis, tell me about rome")).tobytes()
+        mic.speak(ask)
         commits: int | None = 0
         for index in range(self.count):
-            commits = self._wait_for_commit(commits)
+            seen = commits or 0
+            commits = self._wait_for_commit(seen, REQUEST_COMMIT_S if index else ASK_COMMIT_S)
             if commits is None:
-                return
+                # The last request went unheard (it is judged so). Ask again for an answer to
+                # talk over: the unheard one, or its follow-up, still runs in this session.
+                mic.speak(ask)
+                commits = self._wait_for_commit(seen, ASK_COMMIT_S)
+                if commits is None:
+                    return
             answer_from = self._wait_for_answer()
             time.sleep(max(0.0, rng.uniform(1.5, 3.5) - (time.monotonic() - answer_from)))
             requests = INTERRUPTING_REQUESTS
@@ -179,15 +195,16 @@ class RoomScript:
             mic.speak(request.tobytes())
             wait_until(lambda n=spoken: len(mic.utterance_starts) > n, 5, "the request to start")
             self.results.append(Interruption(self.name, mic.utterance_starts[-1], request, text))
-        self._wait_for_commit(commits)
+        self._wait_for_commit(commits or 0, REQUEST_COMMIT_S)
 
-    def _wait_for_commit(self, seen: int) -> int | None:
-        """Turns committed, once more than `seen` are; None if no more come: the last request
-        was not heard (it is judged so), and there is no answer to talk over."""
+    def _wait_for_commit(self, seen: int, timeout_s: float) -> int | None:
+        """Turns committed, once more than `seen` are; None if none comes within `timeout_s`:
+        the last request was not heard."""
         def committed() -> int:
             return commit_count(self.service, self.session_index)
         try:
-            wait_until(lambda: committed() > seen, 20, f"{self.name}: a turn to be committed")
+            wait_until(lambda: committed() > seen, timeout_s,
+                       f"{self.name}: a turn to be committed")
         except AssertionError:
             if not self.results:
                 raise  # the first question was not heard: nothing was measured
