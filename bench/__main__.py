@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"speech barge-in, whole process: {plan.self_interruption_seconds:.0f} s of answer "
         f"in each of {len(ROOMS)} rooms, nobody talking")
     self_interrupted = measure_self_interruptions(list(ROOMS), plan.self_interruption_seconds,
-                                                  *barge_in_logs)
+                                                  args.keep_logs)
     log(f"speech barge-in, whole process: {plan.interruptions_per_room} interruptions in "
         f"each of {', '.join(LIVE_ROOMS)}")
     talked_over = measure_interruptions(LIVE_ROOMS, plan.interruptions_per_room, *barge_in_logs)
@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         single("self_interruptions", sum(self_interrupted.counts.values()), "",
                f"whole process, {sum(self_interrupted.played_s.values()):.0f} s of answer "
                f"played in {len(ROOMS)} rooms: {self_interrupted.counts}"),
+        single("answer_pauses_per_minute", self_interrupted.pauses_per_minute, "/min",
+               f"same answers: paused 0.8 s for a voice that was nobody's, "
+               f"{self_interrupted.pauses}"),
         repeated("speech_barge_in_ms", talked_over.after_warm_up.silent_after_ms, "ms",
                  "whole process: start of speech -> speaker silent (drainer), after the "
                  "canceller's warm-up"),
@@ -317,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "echo_rooms": echo.as_dict(),
         "speech_barge_in": {"self_interruptions": self_interrupted.counts,
+                            "pauses_for_nobody": self_interrupted.pauses,
                             "answer_played_seconds": self_interrupted.played_s,
                             "interruptions": talked_over.as_dicts()},
         "frontend_cpu": {key: cpu[key] for key in (

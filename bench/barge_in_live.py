@@ -58,6 +58,9 @@ from talkbox.audio.near_end import sounding
 
 RESULTS = Path(__file__).resolve().parent / "results" / "barge_in_live.json"
 INTERRUPTED = "state listening (interrupted)"
+# What the daemon logs (at debug) when it paused the answer for a likely voice and no turn
+# opened: a pause for nobody, when nobody talks.
+PLAYED_ON = "no turn opened: the answer plays on"
 # Talked over in bench/__main__.py: the rooms with drift (either way), 120-200 ms of delay.
 LIVE_ROOMS = ["kitchen-drift", "living-room"]
 # The fake service streams replies at this many times real time, as in bench.daemon_bench. At
@@ -289,25 +292,32 @@ class TalkedOver:
 
 @dataclass
 class SelfInterruptions:
-    """Per room: how often the answer interrupted itself, and how much of it was played."""
+    """Per room: how often the answer interrupted itself, how often it paused for a voice
+    that was nobody's (and played on), and how much of it was played."""
 
     counts: dict[str, int]
+    pauses: dict[str, int]
     played_s: dict[str, float]
 
     @property
     def per_hour(self) -> float:
         return sum(self.counts.values()) / max(1e-9, sum(self.played_s.values())) * 3600
 
+    @property
+    def pauses_per_minute(self) -> float:
+        return sum(self.pauses.values()) / max(1e-9, sum(self.played_s.values())) * 60
 
-def measure_self_interruptions(names: list[str], answer_s: float, log_level: str = "info",
+
+def measure_self_interruptions(names: list[str], answer_s: float,
                                keep_logs: Path | None = None) -> SelfInterruptions:
     """One long answer in each room at once, nobody talking. An answer that interrupts itself
-    ends there (the service cancels it), so what was played is counted, not assumed."""
+    ends there (the service cancels it), so what was played is counted, not assumed. The
+    daemons log at debug, where their pauses for nobody are said."""
     with serving(API_KEY, deployments={DEPLOYMENT}, pace_factor=PACE) as service, \
             tempfile.TemporaryDirectory(prefix="talkbox-barge-in-") as tmp:
         service.server.reply_pcm = long_answer(answer_s)
         ask = concat(silence(1.0), person("hey jarvis, tell me a long story"), silence(1.0))
-        with rooms_running(Path(tmp), service.url_base, names, log_level) as runs:
+        with rooms_running(Path(tmp), service.url_base, names, "debug") as runs:
             for run in runs.values():
                 run.say(ask.tobytes())
             for run in runs.values():
@@ -317,13 +327,14 @@ def measure_self_interruptions(names: list[str], answer_s: float, log_level: str
                     "state listening (answer played)" in run.log() for run in runs.values()):
                 time.sleep(0.5)
             counts = {name: run.log().count(INTERRUPTED) for name, run in runs.items()}
+            pauses = {name: run.log().count(PLAYED_ON) for name, run in runs.items()}
             if keep_logs is not None:
                 keep_logs.mkdir(parents=True, exist_ok=True)
                 for name, run in runs.items():
                     (keep_logs / f"{name}.answer.log").write_text(run.log())
             played = {name: sum(len(pcm) / 2 / SPEAKER_RATE for _, pcm in run.drainer.records
                                 if any(pcm)) for name, run in runs.items()}
-    return SelfInterruptions(counts, played)
+    return SelfInterruptions(counts, pauses, played)
 
 
 def measure_interruptions(names: list[str], per_room: int, log_level: str = "info",
@@ -377,12 +388,13 @@ def main() -> None:
     names = args.rooms.split(",")
     document: dict[str, object] = {"rooms": names}
     if args.answer_seconds > 0:
-        false = measure_self_interruptions(names, args.answer_seconds, args.log_level,
-                                           args.keep_logs)
+        false = measure_self_interruptions(names, args.answer_seconds, args.keep_logs)
         document["self_interruptions"] = false.counts
+        document["pauses_for_nobody"] = false.pauses
         document["answer_played_seconds"] = false.played_s
         for name, count in false.counts.items():
-            print(f"{name:18} self-interruptions {count} in {false.played_s[name]:.0f} s played")
+            print(f"{name:18} self-interruptions {count}, pauses for nobody "
+                  f"{false.pauses[name]}, in {false.played_s[name]:.0f} s played")
     talked_over = measure_interruptions(names, args.per_room, args.log_level, args.keep_logs)
     print("milliseconds from the start of speech: to 'interrupted' logged (heard), to the "
           "speaker's last sound (silent)")

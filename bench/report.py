@@ -68,7 +68,8 @@ FIGURE_KEYS: tuple[str, ...] = (
     "barge_in_ms", "upload_ratio", "speech_lost_ms", "echo_reduction_db",
     "echo_false_barge_ins_per_hour", "echo_detect_ms", "echo_silent_ms",
     "echo_false_pauses_per_hour", "reply_cpu_with_aec",
-    "reply_cpu_without_aec", "self_interruptions", "speech_barge_in_ms",
+    "reply_cpu_without_aec", "self_interruptions", "answer_pauses_per_minute",
+    "speech_barge_in_ms",
     "speech_barge_in_warm_up_ms", "speech_barge_in_missed", "speech_request_clipped",
     "loop_lag_idle_ms", "loop_lag_conversation_ms", "tool_call_ms",
 )
