@@ -209,7 +209,7 @@ def test_a_clipping_microphone_is_not_safe_and_told_to_lower_its_gain() -> None:
     assert report.clipped_share > 0.01
     assert report.verdict == "not_safe"
     assert report.verdict_line == (
-        'speech barge-in: not safe here (the microphone clips) — keep barge_in = "wake"'
+        'speech barge-in: not safe here (the microphone clips) — set barge_in = "wake"'
     )
     assert any("gain is too high" in note for note in report.notes)
 
@@ -221,7 +221,7 @@ def test_turns_opened_over_the_adapted_echo_make_it_not_safe() -> None:
     assert report.verdict == "not_safe"
     assert report.verdict_line == (
         "speech barge-in: not safe here (2 false starts in 3.5 s of playback after the "
-        'canceller adapted; echo reduced by 40 dB) — keep barge_in = "wake"'
+        'canceller adapted; echo reduced by 40 dB) — set barge_in = "wake"'
     )
 
 

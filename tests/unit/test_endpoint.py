@@ -172,7 +172,7 @@ def config(toml: str) -> Config:
     return parse_config(toml, "test.toml")
 
 
-def test_defaults_give_local_turns_and_no_server_interruptions() -> None:
+def test_defaults_give_local_turns_and_speech_barge_in() -> None:
     settings = session_settings_for(config(""))
     assert settings == SessionSettings(
         voice="alloy",
@@ -187,7 +187,7 @@ def test_defaults_give_local_turns_and_no_server_interruptions() -> None:
             silence_duration_ms=500,
             eagerness="auto",
             create_response=True,
-            interrupt_response=False,
+            interrupt_response=True,  # barge_in = "speech" (with local turns, never sent)
         ),
     )
     assert settings.instructions
@@ -249,15 +249,18 @@ def test_semantic_vad_eagerness_and_noise_reduction_off() -> None:
     assert settings.noise_reduction is None
     assert settings.turn_detection.kind == "semantic_vad"
     assert settings.turn_detection.eagerness == "high"
-    assert settings.turn_detection.interrupt_response is False
+    assert settings.turn_detection.interrupt_response is True  # barge_in = "speech"
+    waking = session_settings_for(config('[turn]\ndetection = "semantic_vad"\n'
+                                         '[conversation]\nbarge_in = "wake"\n'))
+    assert waking.turn_detection.interrupt_response is False
 
 
 @pytest.mark.parametrize(
     ("api_version", "flags"),
     [
         ("2024-10-01-preview", (None, None)),
-        ("2025-04-01-preview", (True, False)),
-        ("", (True, False)),
+        ("2025-04-01-preview", (True, True)),
+        ("", (True, True)),
     ],
 )
 def test_server_vad_flags_only_where_the_protocol_has_them(

@@ -478,7 +478,7 @@ def verdict(report: EchoReport) -> tuple[Verdict, str, tuple[str, ...]]:
             problems.append(reduced)
         return (
             "not_safe",
-            f'speech barge-in: not safe here ({"; ".join(problems)}) — keep barge_in = "wake"',
+            f'speech barge-in: not safe here ({"; ".join(problems)}) — set barge_in = "wake"',
             tuple(notes),
         )
     if report.false_starts_adapting:

@@ -171,6 +171,12 @@ def config_warnings(cfg: Config) -> list[str]:
         warnings.append('turn.threshold is ignored: it is for detection = "server_vad"')
     if turn.eagerness != TurnConfig().eagerness and turn.detection != "semantic_vad":
         warnings.append('turn.eagerness is ignored: it is for detection = "semantic_vad"')
+    if cfg.conversation.barge_in == "speech" and not cfg.audio.echo_cancellation:
+        warnings.append(
+            'conversation.barge_in = "speech" with audio.echo_cancellation = false: unless the '
+            "microphone does not hear the speaker (a headset, a board that cancels the echo "
+            'itself), the answer\'s own voice interrupts it; set barge_in = "wake"'
+        )
     if (
         turn.detection == "server_vad"
         and realtime.uses_first_preview_protocol

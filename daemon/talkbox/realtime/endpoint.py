@@ -104,7 +104,8 @@ def session_settings_for(
     Temperature is passed only on the preview protocol (GA removed it); a non-default value on
     GA is logged once as ignored. noise_reduction "off" becomes None. The server may interrupt
     its own answer on speech (`interrupt_response`) only when [conversation] barge_in is
-    "speech": a speaker hears itself, so by default only the wake word interrupts.
+    "speech" (the default), where what it hears is what the echo canceller left: with "wake"
+    or "off" a speaker that hears itself must not cut its own answer off.
     """
     realtime, turn = cfg.realtime, cfg.turn
     # The first preview protocol knows neither flag: leave both out (config warns about it).
