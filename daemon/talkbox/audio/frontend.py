@@ -83,8 +83,9 @@ OVER_ECHO_PADDING_MS = 1000
 # No turn opens on the detector's word alone: when it went wrong (the whole process, the
 # hall, 52 s into an answer), it heard a person at the start of every answer after, 23 times
 # in 45 s, and never learnt again, for each answer stopped before its filter could adapt. In
-# the simulated rooms (bench.echo_room, 240 s x 2 seeds a room) pausing instead of opening
-# took the hall's p95 to silence from 501 to 428 ms, with no pause for nobody added.
+# the simulated hall (bench.echo_room, 240 s a seed) pausing instead of opening was about
+# even on time to silence: p95 501 -> 428 ms on two seeds, 317 / 800 / 330 -> 437 / 800 /
+# 368 on three more; no pause for nobody added.
 NEAR_END_HOLD_FRAMES = 5
 # ...but where AEC3 let the echo through (its output louder than what the detector's linear
 # filter leaves), a frame over echo does not count as voiced, from then until this many frames
@@ -107,8 +108,11 @@ ECHO_VOICED_SMOOTHING = 1 / 3000
 # -79v`, then 460 ms to the next word). What AEC3 leaves of an echo comes in quieter runs
 # (-57 to -69 dBFS in the simulated living room). In the simulated rooms (bench.echo_room,
 # 240 s x 2 seeds a room, and 300 s of echo alone) living-room's p95 to silence went from 431
-# to 345 ms, with no pause for nobody added; runs of 6 at any level paused for nobody 22
-# times in living-room's 8 minutes.
+# to 345 ms, with no pause for nobody added (runs of 6 at any level: 22 in living-room's 8
+# minutes). In the whole process AEC3 leaves louder runs: this about doubles the answer's
+# pauses for nobody, to one or two a minute where the echo is as loud as the person
+# (bench.barge_in_live, answer_pauses_per_minute), and took living-room's muted first words
+# from 301-602 ms to silence to 225-304.
 WORD_RUN_FRAMES = 5
 WORD_RUN_PEAK_DBFS = -52.0
 # A frame over echo joins that share this many frames late, and the frames before a turn that
