@@ -310,8 +310,9 @@ class FrontEnd:
         is_speech = self.vad.is_speech(frame16)
         vad_said = is_speech
         opening_over_echo = self._over_echo and not self.gate.in_speech
-        level = _mean_square(frame16) if is_speech and opening_over_echo else 0.0
-        if is_speech and opening_over_echo:
+        # A voiced frame's level over echo (None otherwise).
+        level = _mean_square(frame16) if is_speech and opening_over_echo else None
+        if level is not None:
             # Only to open a turn: once the person has the word, the echo canceller may dull
             # their quieter syllables, and a turn must not end on them.
             is_speech = level >= self._opening_floor()
@@ -328,7 +329,7 @@ class FrontEnd:
             self._share_later(vad_said)
             if self.quiet_frames_may_pause:
                 maybe_speech = vad_said
-        voice_heard = self._word_run(level if opening_over_echo and vad_said else None)
+        voice_heard = self._word_run(level)
         near_end = False
         if self._near_end_frames:
             self._near_end_frames -= 1
