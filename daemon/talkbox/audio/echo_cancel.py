@@ -324,9 +324,9 @@ class EchoCanceller:
     ) -> None:
         """How much of the echo AEC3 takes out, FOUND_JUDGED_S of sound at a time, until it
         has found it (for good: a person talking over the answer later is not the echo)."""
-        self._raw_energy += float(np.dot(near.astype(np.float64), near.astype(np.float64)))
-        self._left_energy += float(np.dot(cleaned.astype(np.float64),
-                                          cleaned.astype(np.float64)))
+        raw, left = near.astype(np.float64), cleaned.astype(np.float64)
+        self._raw_energy += float(np.dot(raw, raw))
+        self._left_energy += float(np.dot(left, left))
         self._judged_s += len(near) / self.capture_rate
         if self._judged_s < FOUND_JUDGED_S:
             return
