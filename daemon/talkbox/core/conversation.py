@@ -437,10 +437,11 @@ class ConversationMachine:
     def _on_announce(self, event: Announce, out: list[Action]) -> None:
         """Say the text through the service: a conversation of one response, which ends once
         it has played (nobody asked a question, so the microphone does not listen for one;
-        the wake word still interrupts it, and then the conversation goes on). During a
-        conversation it waits for the end (ANNOUNCEMENT_WAIT_SECONDS at most; not after a
-        stop, a mute or a timer that rings, which interrupt it). Without a
-        service, or while the service is backing off after failures, a chime and the log."""
+        the wake word still interrupts it, or with barge_in = "speech" any speech, and then
+        the conversation goes on). During a conversation it waits for the end
+        (ANNOUNCEMENT_WAIT_SECONDS at most; not after a stop, a mute or a timer that rings,
+        which interrupt it). Without a service, or while the service is backing off after
+        failures, a chime and the log."""
         if self.muted:
             out.append(Notice("info", f"announcement not made (muted): {event.text}"))
             return
